@@ -1,0 +1,34 @@
+# covjax: the two commands of the README.
+#   make demo  -- create .venv, install, run the main job on the embedded synthetic data
+#   make test  -- create .venv, install, lint, run every test and notebook
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_WORKERS ?= 2
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m experiments.main $(DEMO_FLAGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --nbmake notebooks
+
+bench: $(STAMP)
+	$(PY) -m experiments.benchmarks.weighting_overhead
+
+clean:
+	rm -rf $(VENV) results .pytest_cache
