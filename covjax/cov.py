@@ -78,7 +78,9 @@ def cov_weighting(
       A :class:`~covjax.Weighting` whose weights are non-negative and sum to 1.
     """
     if statistic not in ("ratio", "loss"):
-        raise ValueError(f"covjax.cov_weighting: statistic must be 'ratio' or 'loss', got {statistic!r}")
+        raise ValueError(
+            f"covjax.cov_weighting: statistic must be 'ratio' or 'loss', got {statistic!r}"
+        )
     if reference_decay and decay is None:
         raise ValueError("covjax.cov_weighting: reference_decay=True needs a decay.")
     if isinstance(decay, int | float) and not 0.0 < decay < 1.0:

@@ -25,7 +25,15 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import Array
 
-from covjax.base import Losses, PyTree, Weighting, WeightingState, Weights, step_accepted, weighted_sum
+from covjax.base import (
+    Losses,
+    PyTree,
+    Weighting,
+    WeightingState,
+    Weights,
+    step_accepted,
+    weighted_sum,
+)
 
 
 class WeightedLosses(NamedTuple):
@@ -90,7 +98,9 @@ def value_and_grad(
     def _split_output(output: Any) -> tuple[Losses, Any]:
         if has_aux:
             if not (isinstance(output, tuple) and len(output) == 2):
-                raise ValueError("covjax.value_and_grad: has_aux=True but loss_fn did not return (losses, aux).")
+                raise ValueError(
+                    "covjax.value_and_grad: has_aux=True but loss_fn did not return (losses, aux)."
+                )
             return output
         return output, None
 
@@ -101,7 +111,9 @@ def value_and_grad(
         if "gramian" in scheme.requires:
             from covjax import gradients  # local: the engine imports this module
 
-            gramian = gradients.gramian_from_vjp(vjp_fn, losses, params, wrt=wrt, chunk_size=chunk_size)
+            gramian = gradients.gramian_from_vjp(
+                vjp_fn, losses, params, wrt=wrt, chunk_size=chunk_size
+            )
             weights, new_state = scheme.update(losses, state, gramian=gramian)
         else:
             weights, new_state = scheme.update(losses, state)
@@ -130,7 +142,7 @@ def value_and_grad(
         graphdef, param_state, rest_state = nnx.split(module, nnx.Param, ...)
 
         def pure_fn(p):
-            model = nnx.merge(graphdef, p, rest_state)
+            model = nnx.merge(graphdef, p, rest_state, copy=True)
             losses, aux = _split_output(loss_fn(model, *args, **kwargs))
             _, _, new_rest = nnx.split(model, nnx.Param, ...)
             return losses, (aux, new_rest)
