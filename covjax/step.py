@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import Array
 
+from covjax import gradients
 from covjax.base import (
     Losses,
     PyTree,
@@ -69,6 +70,7 @@ def value_and_grad(
     has_aux: bool = False,
     wrt: Any = None,
     chunk_size: int | None = None,
+    representation: LossFn | None = None,
 ) -> Callable[..., tuple[WeightedLosses, PyTree]]:
     """Make ``step(params, weighting_state, *args) -> (WeightedLosses, grads)``.
 
@@ -76,19 +78,33 @@ def value_and_grad(
       loss_fn: ``loss_fn(params, *args, **kwargs)`` returning the losses (a
         1-D array or a pytree of scalars), or ``(losses, aux)`` with
         ``has_aux=True``. ``params`` may be a pytree or an ``nnx.Module``.
+        With ``representation``, ``loss_fn(params, z, *args, **kwargs)``.
       scheme: any :class:`~covjax.Weighting`.
       has_aux: whether ``loss_fn`` returns ``(losses, aux)``.
       wrt: gradient-based schemes only: which parameters the per-loss
-        gradients (and so the Gramian) are taken with respect to; see
-        :func:`covjax.gradients.per_loss_gramian`. ``None`` means all.
+        gradients (and so the Gramian) are taken with respect to (a path
+        regex, a predicate, an NNX filter; see :mod:`covjax.gradients`).
+        ``None`` means all (or all of z with ``representation``).
       chunk_size: gradient-based schemes only: how many per-loss gradients
         are materialised at once (bounds memory; ``1`` is sequential).
+      representation: ``representation(params, *args, **kwargs) -> z``, the
+        shared part of the network; the per-loss gradients are then taken
+        w.r.t. z (MGDA-UB) and cost only a backward pass through
+        ``loss_fn``'s heads. The parameter gradient is still one weighted
+        backward pass through heads and representation.
 
     Returns:
       A function with the signature above; ``grads`` has the structure of
       ``params`` (an ``nnx.State`` of the ``nnx.Param`` variables for a
       module) and equals ∇ Σ α_i L_i.
     """
+    gradients._validate_chunk_size(chunk_size)
+    if representation is not None and not callable(representation):
+        raise TypeError(
+            "covjax.value_and_grad: representation must be a function "
+            f"representation(params, *args) -> z, got {representation!r}."
+        )
+    needs_gramian = "gramian" in scheme.requires
 
     def step(params: Any, state: WeightingState, *args: Any, **kwargs: Any):
         if isinstance(params, nnx.Module):
@@ -104,51 +120,101 @@ def value_and_grad(
             return output
         return output, None
 
-    def _weigh_and_pull_back(
-        pure_fn: Callable[[PyTree], tuple[Losses, Any]], params: PyTree, state: WeightingState
-    ) -> tuple[WeightedLosses, PyTree, Any]:
-        losses, vjp_fn, aux = jax.vjp(pure_fn, params, has_aux=True)
-        if "gramian" in scheme.requires:
-            from covjax import gradients  # local: the engine imports this module
-
+    def _weigh(
+        losses: Losses, state: WeightingState, gramian_vjp: gradients.VjpFn, primal: PyTree
+    ) -> tuple[Weights, WeightingState]:
+        if needs_gramian:
             gramian = gradients.gramian_from_vjp(
-                vjp_fn, losses, params, wrt=wrt, chunk_size=chunk_size
+                gramian_vjp, losses, primal, wrt=wrt, chunk_size=chunk_size
             )
             weights, new_state = scheme.update(losses, state, gramian=gramian)
         else:
             weights, new_state = scheme.update(losses, state)
-        weights = jax.lax.stop_gradient(weights)
-        cotangent = jax.tree.map(lambda w, loss: w.astype(jnp.result_type(loss)), weights, losses)
-        (grads,) = vjp_fn(cotangent)
-        total = weighted_sum(losses, weights)
+        return jax.lax.stop_gradient(weights), new_state
+
+    def _weigh_and_pull_back(
+        head_fn: Callable[..., tuple[Losses, Any]],
+        encode_fn: Callable[[PyTree], tuple[PyTree, Any]] | None,
+        params: PyTree,
+        state: WeightingState,
+    ) -> tuple[WeightedLosses, PyTree]:
+        """One forward, (per-loss gradients,) one weighted backward.
+
+        Without a representation ``head_fn(params)`` gives ``(losses, aux)``;
+        with one, ``encode_fn(params)`` gives ``(z, encoder_aux)`` and
+        ``head_fn(params, z, encoder_aux)`` gives ``(losses, aux)``.
+        """
+        if encode_fn is None:
+            losses, vjp_fn, aux = jax.vjp(head_fn, params, has_aux=True)
+            weights, new_state = _weigh(losses, state, vjp_fn, params)
+            cotangent = _cotangent(weights, losses)
+            (grads,) = vjp_fn(cotangent)
+        else:
+            z, encode_vjp, encoder_aux = jax.vjp(encode_fn, params, has_aux=True)
+            losses, head_vjp, aux = jax.vjp(
+                lambda p, rep: head_fn(p, rep, encoder_aux), params, z, has_aux=True
+            )
+            per_loss_z_vjp = lambda cotangent: (head_vjp(cotangent)[1],)  # noqa: E731
+            weights, new_state = _weigh(losses, state, per_loss_z_vjp, z)
+            head_grads, z_cotangent = head_vjp(_cotangent(weights, losses))
+            (encoder_grads,) = encode_vjp(z_cotangent)
+            grads = jax.tree.map(jnp.add, head_grads, encoder_grads)
         result = WeightedLosses(
-            total=total,
+            total=weighted_sum(losses, weights),
             losses=losses,
             weights=weights,
             state=new_state,
             finite=step_accepted(state, new_state),
             aux=aux,
         )
-        return result, grads, aux
+        return result, grads
 
     def _pytree_step(params, state, args, kwargs):
-        def pure_fn(p):
-            return _split_output(loss_fn(p, *args, **kwargs))
-
-        result, grads, _ = _weigh_and_pull_back(pure_fn, params, state)
+        if representation is None:
+            head_fn = lambda p: _split_output(loss_fn(p, *args, **kwargs))  # noqa: E731
+            encode_fn = None
+        else:
+            head_fn = lambda p, z, _: _split_output(loss_fn(p, z, *args, **kwargs))  # noqa: E731
+            encode_fn = lambda p: (representation(p, *args, **kwargs), None)  # noqa: E731
+        result, grads = _weigh_and_pull_back(head_fn, encode_fn, params, state)
         return result, grads
 
     def _module_step(module: nnx.Module, state, args, kwargs):
         graphdef, param_state, rest_state = nnx.split(module, nnx.Param, ...)
 
-        def pure_fn(p):
-            model = nnx.merge(graphdef, p, rest_state, copy=True)
-            losses, aux = _split_output(loss_fn(model, *args, **kwargs))
-            _, _, new_rest = nnx.split(model, nnx.Param, ...)
-            return losses, (aux, new_rest)
+        def run(p, rest, fn, *fn_args):
+            """Call ``fn`` on the merged module; return its output and the new non-params."""
+            model = nnx.merge(graphdef, p, rest)
+            output = fn(model, *fn_args, *args, **kwargs)
+            return output, nnx.split(model, nnx.Param, ...)[2]
 
-        result, grads, (aux, new_rest) = _weigh_and_pull_back(pure_fn, param_state, state)
+        if representation is None:
+
+            def head_fn(p):
+                output, new_rest = run(p, rest_state, loss_fn)
+                losses, aux = _split_output(output)
+                return losses, (aux, new_rest)
+
+            encode_fn = None
+        else:
+            # Non-parameter variables (batch statistics...) updated by the
+            # representation flow into the heads, as in one forward pass.
+            def encode_fn(p):
+                return run(p, rest_state, representation)
+
+            def head_fn(p, z, encoder_rest):
+                output, new_rest = run(p, jax.lax.stop_gradient(encoder_rest), loss_fn, z)
+                losses, aux = _split_output(output)
+                return losses, (aux, new_rest)
+
+        result, grads = _weigh_and_pull_back(head_fn, encode_fn, param_state, state)
+        aux, new_rest = result.aux
         nnx.update(module, new_rest)
         return result._replace(aux=aux), grads
 
     return step
+
+
+def _cotangent(weights: Weights, losses: Losses) -> Losses:
+    """The weights as a cotangent of the losses (each in its loss's dtype)."""
+    return jax.tree.map(lambda w, loss: w.astype(jnp.result_type(loss)), weights, losses)
