@@ -250,9 +250,7 @@ class FakePascalImage:
     label: np.ndarray  # uint8, 0 background, 1..59 classes
 
 
-def make_fake_pascal_context(
-    root: Path, *, seed: int = 0
-) -> dict[str, list[FakePascalImage]]:
+def make_fake_pascal_context(root: Path, *, seed: int = 0) -> dict[str, list[FakePascalImage]]:
     """VOCdevkit/VOC2010/{JPEGImages,SegmentationClassContext,ImageSets/SegmentationContext}."""
     rng = np.random.default_rng(seed)
     voc = root / "VOCdevkit" / "VOC2010"

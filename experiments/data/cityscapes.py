@@ -4,7 +4,8 @@ Built on the TFDS builder ``cityscapes/stereo_disparity``, which reads three
 manually downloaded archives from https://www.cityscapes-dataset.com (login
 required), unchanged, from its *manual directory*:
 
-* ``leftImg8bit_trainvaltest.zip``  (``leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png``)
+* ``leftImg8bit_trainvaltest.zip``  (``leftImg8bit/<split>/<city>/<id>_leftImg8bit.png``,
+  ``<id>`` = ``<city>_<sequence>_<frame>``)
 * ``rightImg8bit_trainvaltest.zip`` (``rightImg8bit/<split>/<city>/<id>_rightImg8bit.png``)
 * ``disparity_trainvaltest.zip``    (``disparity/<split>/<city>/<id>_disparity.png``)
 
@@ -189,9 +190,7 @@ def validate_archives(manual_dir: str | os.PathLike[str]) -> dict[str, int]:
         for member in members:
             parts = member.split("/")
             if len(parts) == 4 and parts[0] == root and parts[3].endswith(suffix):
-                per_split.setdefault(parts[1], set()).add(
-                    f"{parts[2]}/{parts[3][: -len(suffix)]}"
-                )
+                per_split.setdefault(parts[1], set()).add(f"{parts[2]}/{parts[3][: -len(suffix)]}")
         if not per_split:
             raise DatasetFormatError(
                 f"Cityscapes: {path} has no '{root}/<split>/<city>/*{suffix}' files; is it the "
