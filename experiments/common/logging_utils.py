@@ -1,0 +1,123 @@
+"""Run logs: JSONL rows, TensorBoard scalars and a tqdm progress bar.
+
+Every logged row holds the step, the weighted total, each loss as
+``loss/<name>`` and each weight as ``weight/<name>`` (so all K weights are
+named), plus throughput. ``metrics.jsonl`` is what the report helpers read;
+the TensorBoard event files (``tensorboard/``) are for looking at runs live.
+TensorBoard scalars are written with ``tf.summary.write`` and the scalars
+plugin's metadata, which works with TensorFlow alone (the ``tensorboard``
+package, needed only to *view* the files, is not a dependency).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+from tqdm.auto import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class MetricWriter:
+    """Append rows to ``<workdir>/metrics.jsonl`` and to TensorBoard event files."""
+
+    def __init__(self, workdir: str | Path, *, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.workdir = Path(workdir)
+        self._tensorboard = None
+        if not enabled:
+            return
+        self._file = (self.workdir / METRICS_FILE).open("a")
+        if tensorboard:
+            import tensorflow as tf  # local: only the logging process needs it
+
+            self._tf = tf
+            self._tensorboard = tf.summary.create_file_writer(str(self.workdir / TENSORBOARD_DIR))
+            from tensorflow.core.framework import summary_pb2
+
+            self._scalar_metadata = summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+            )
+
+    def write(self, step: int, row: Mapping[str, float | bool]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{key: _jsonable(value) for key, value in row.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tensorboard is not None:
+            with self._tensorboard.as_default():
+                for key, value in row.items():
+                    self._tf.summary.write(
+                        key,
+                        self._tf.constant(float(value), self._tf.float32),
+                        step=int(step),
+                        metadata=self._scalar_metadata,
+                    )
+
+    def write_config(self, config: ml_collections.ConfigDict) -> None:
+        if self.enabled:
+            (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.flush()
+            self._tensorboard.close()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    value = float(value)
+    return value if math.isfinite(value) else str(value)
+
+
+def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
+    """The rows of ``<workdir>/metrics.jsonl``; a resumed run's repeated steps keep the last."""
+    path = Path(workdir) / METRICS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"No training log at {path}.")
+    by_step: dict[int, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_step[int(record["step"])] = record
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def weight_series(rows: list[dict[str, Any]]) -> tuple[list[int], dict[str, list[float]]]:
+    """Steps and ``{loss name: weights over training}`` from logged rows."""
+    steps = [int(row["step"]) for row in rows]
+    names = [key[len("weight/") :] for key in rows[0] if key.startswith("weight/")] if rows else []
+    series = {name: [float(row[f"weight/{name}"]) for row in rows] for name in names}
+    return steps, series
+
+
+def progress_bar(start: int, total: int, *, desc: str, enabled: bool) -> Any:
+    """A tqdm bar from ``start`` to ``total`` (a silent stand-in when disabled)."""
+    if enabled:
+        return tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
+    return _SilentBar()
+
+
+class _SilentBar:
+    def update(self, _: int) -> None:
+        pass
+
+    def set_postfix(self, **_: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())

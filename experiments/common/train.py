@@ -1,0 +1,366 @@
+"""The shared training machinery: one jitted step for any covjax scheme, and the loop.
+
+A step is ``covjax.value_and_grad`` over the task's named losses: the scheme
+turns the K losses (and, for gradient-based schemes, the K×K Gramian of the
+per-loss gradients at the scheme's gradient target) into weights, and one
+weighted backward pass gives ∇ Σ α_i L_i, which the optimiser (Adam by
+default, SGD configurable) applies. A step whose losses are not all finite
+leaves the parameters, the optimiser and the weighting untouched.
+
+The loop adds: data parallelism over all devices (:mod:`.sharding`), a tqdm
+progress bar with the loss and throughput, the losses and every weight by
+name every ``log_every_steps`` to JSONL and TensorBoard (:mod:`.logging_utils`),
+and Orbax checkpoints of the whole training state (parameters, batch
+statistics, optimiser and weighting state), from which a run in the same
+workdir resumes automatically.
+
+Config fields read here (see ``experiments/depth/configs/default.py``):
+``seed, num_train_steps, batch_size, optimizer, learning_rate, momentum,
+scheme, scheme_kwargs, scheme_gradient_target, gradient_chunk_size,
+steps_per_epoch, log_every_steps, checkpoint_every_steps,
+max_checkpoints_to_keep, num_devices, distributed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx, struct
+from jax import Array
+from jax.sharding import Mesh
+
+import covjax
+from experiments.common import checkpoints, logging_utils, sharding
+from experiments.common.schemes import Scheme, SchemeContext, build_scheme
+from experiments.common.task import Batch, Task
+
+MODEL = "model"
+REPRESENTATION = "representation"
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a run needs to continue exactly where it stopped.
+
+    Attributes:
+      step: int32, optimiser steps taken.
+      params: the model's ``nnx.Param`` variables.
+      rest: the model's other variables (e.g. batch statistics).
+      opt_state: the optimiser state over ``params``.
+      weighting: the covjax weighting state.
+    """
+
+    step: Array
+    params: nnx.State
+    rest: nnx.State
+    opt_state: optax.OptState
+    weighting: covjax.WeightingState
+
+
+class StepMetrics(struct.PyTreeNode):
+    """Per-step outputs for logging (kept on device until logged)."""
+
+    total: Array
+    losses: dict[str, Array]
+    weights: dict[str, Array]
+    finite: Array
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam (the paper's depth setting) or SGD with momentum (its segmentation setting)."""
+    name = config.get("optimizer", "adam")
+    learning_rate = config.learning_rate
+    if name == "adam":
+        return optax.adam(learning_rate)
+    if name == "sgd":
+        return optax.sgd(learning_rate, momentum=config.get("momentum", 0.9) or None)
+    raise ValueError(f"Unknown optimizer {name!r}; use 'adam' or 'sgd'.")
+
+
+def scheme_from_config(
+    config: ml_collections.ConfigDict, task: Task, optimizer: optax.GradientTransformation
+) -> Scheme:
+    """Build ``config.scheme`` with its keyword arguments from ``config.scheme_kwargs``."""
+    name = config.scheme
+    kwargs_by_scheme = config.get("scheme_kwargs", None) or {}
+    targets_by_scheme = config.get("scheme_gradient_target", None) or {}
+    kwargs = kwargs_by_scheme.get(name, None) or {}
+    if isinstance(kwargs, ml_collections.ConfigDict):
+        kwargs = kwargs.to_dict()
+    context = SchemeContext(
+        task=task, optimizer=optimizer, steps_per_epoch=int(config.steps_per_epoch)
+    )
+    return build_scheme(name, context, kwargs, targets_by_scheme.get(name, None))
+
+
+def _path_names(path: tuple[Any, ...]) -> tuple[str, ...]:
+    names = []
+    for key in path:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(key, attribute):
+                names.append(str(getattr(key, attribute)))
+                break
+        else:
+            names.append(str(key))
+    return tuple(names)
+
+
+def gradient_subset(scheme: Scheme, task: Task) -> Callable[[tuple[Any, ...], Any], bool] | None:
+    """The ``wrt`` filter of covjax's per-loss gradients for ``scheme``'s target.
+
+    The differentiated pytree is ``{"model": params}`` plus, for the
+    representation target, ``{"representation": zeros like z}``: a zero offset
+    added to z, whose gradient is the gradient w.r.t. z (the final update
+    still is one weighted backward pass through the whole network).
+    """
+    if scheme.gradient_target == "representation":
+        return lambda path, _: _path_names(path)[:1] == (REPRESENTATION,)
+    if scheme.gradient_target == "layer":
+        layer = (MODEL, *task.shared_layer())  # type: ignore[attr-defined]
+        return lambda path, _: _path_names(path)[: len(layer)] == layer
+    return None  # "parameters": all of them
+
+
+@dataclasses.dataclass
+class Trainer:
+    """The jitted train step of ``task`` under ``scheme``, on a device mesh.
+
+    Attributes:
+      task: the experiment.
+      config: the run's config.
+      mesh: the data-parallel mesh.
+    """
+
+    task: Task
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+
+    def __post_init__(self) -> None:
+        self.optimizer = make_optimizer(self.config)
+        self.scheme = scheme_from_config(self.config, self.task, self.optimizer)
+        model = self.task.create_model(self.config, nnx.Rngs(self.config.seed))
+        self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        self._initial_params, self._initial_rest = params, rest
+        self._wrt = gradient_subset(self.scheme, self.task)
+        self._replicated = sharding.replicated(self.mesh)
+        self._loss_fn = jax.jit(self._losses_only)
+        self._step_fn: Callable[..., tuple[TrainState, StepMetrics]] | None = None
+
+    # -- the pure functions -------------------------------------------------
+
+    def model(self, params: nnx.State, rest: nnx.State) -> nnx.Module:
+        return nnx.merge(self.graphdef, params, rest, copy=True)
+
+    def _losses_only(self, params: nnx.State, rest: nnx.State, batch: Batch) -> dict[str, Array]:
+        return self.task.losses(self.model(params, rest), batch)
+
+    def _objective(
+        self, trainable: dict[str, Any], rest: nnx.State, batch: Batch
+    ) -> tuple[dict[str, Array], nnx.State]:
+        model = self.model(trainable[MODEL], rest)
+        if REPRESENTATION in trainable:
+            task: Any = self.task
+            z = task.representation(model, batch)
+            z = jax.tree.map(jnp.add, z, trainable[REPRESENTATION])
+            losses = task.losses_from_representation(model, z, batch)
+        else:
+            losses = self.task.losses(model, batch)
+        _, _, new_rest = nnx.split(model, nnx.Param, ...)
+        return losses, new_rest
+
+    def _representation_offset(self, params: nnx.State, rest: nnx.State, batch: Batch) -> Any:
+        task: Any = self.task
+        shapes = jax.eval_shape(
+            lambda p, r, b: task.representation(self.model(p, r), b), params, rest, batch
+        )
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def _train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, StepMetrics]:
+        trainable: dict[str, Any] = {MODEL: state.params}
+        if self.scheme.gradient_target == "representation":
+            trainable[REPRESENTATION] = self._representation_offset(state.params, state.rest, batch)
+        kwargs: dict[str, Any] = {"has_aux": True}
+        if self.scheme.needs_gradients:
+            kwargs.update(wrt=self._wrt, chunk_size=self.config.get("gradient_chunk_size", None))
+        step = covjax.value_and_grad(self._objective, self.scheme.weighting, **kwargs)
+        result, grads = step(trainable, state.weighting, state.rest, batch)
+        updates, opt_state = self.optimizer.update(grads[MODEL], state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        # A step with a non-finite loss changes nothing (covjax already kept
+        # the weighting state); the step counter still advances so the data
+        # stream and the logs stay aligned with it.
+        keep = lambda new, old: jax.tree.map(  # noqa: E731
+            lambda n, o: jnp.where(result.finite, n, o), new, old
+        )
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            rest=keep(result.aux, state.rest),
+            opt_state=keep(opt_state, state.opt_state),
+            weighting=result.state,
+        )
+        metrics = StepMetrics(
+            total=result.total,
+            losses=covjax.named(result.losses),
+            weights=covjax.named(result.weights),
+            finite=result.finite,
+        )
+        return new_state, metrics
+
+    # -- public API ------------------------------------------------------
+
+    def init_state(self, first_batch: Batch) -> TrainState:
+        """The initial state, replicated over the mesh (the losses of the first
+        batch initialise the weighting, as covjax's ``init`` expects real losses)."""
+        params, rest = self._initial_params, self._initial_rest
+        losses = self._loss_fn(params, rest, first_batch)
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            rest=rest,
+            opt_state=self.optimizer.init(params),
+            weighting=self.scheme.weighting.init(losses),
+        )
+        return sharding.replicate(state, self.mesh)
+
+    @property
+    def train_step(self) -> Callable[[TrainState, Batch], tuple[TrainState, StepMetrics]]:
+        """``(state, sharded batch) -> (state, metrics)``, jitted, state donated."""
+        if self._step_fn is None:
+            self._step_fn = jax.jit(
+                self._train_step,
+                out_shardings=self._replicated,
+                donate_argnums=0,
+            )
+        return self._step_fn
+
+    def model_from_state(self, state: TrainState) -> nnx.Module:
+        return self.model(state.params, state.rest)
+
+    def loss_names(self, first_batch: Batch) -> tuple[str, ...]:
+        shapes = jax.eval_shape(
+            self._losses_only, self._initial_params, self._initial_rest, first_batch
+        )
+        return covjax.loss_names(shapes)
+
+
+def _host_metrics(metrics: StepMetrics) -> dict[str, float]:
+    host = jax.device_get(metrics)
+    row = {"total": float(host.total), "finite": bool(host.finite)}
+    row.update({f"loss/{name}": float(value) for name, value in host.losses.items()})
+    row.update({f"weight/{name}": float(value) for name, value in host.weights.items()})
+    return row
+
+
+def setup_runtime(config: ml_collections.ConfigDict) -> Mesh:
+    """Join a multi-host run if configured and build the data-parallel mesh."""
+    if config.get("distributed", False):
+        sharding.initialize_distributed()
+    mesh = sharding.make_mesh(config.get("num_devices", None))
+    sharding.check_global_batch_size(config.batch_size, mesh)
+    return mesh
+
+
+def train(
+    task: Task,
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    mesh: Mesh | None = None,
+    show_progress: bool = True,
+) -> tuple[Trainer, TrainState]:
+    """Train ``task`` under ``config.scheme`` into ``workdir``, resuming from its checkpoints.
+
+    Returns the trainer (for its model) and the final state.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = mesh or setup_runtime(config)
+    trainer = Trainer(task, config, mesh)
+    manager = checkpoints.Checkpointer(
+        workdir / "checkpoints",
+        save_every_steps=config.checkpoint_every_steps,
+        max_to_keep=config.get("max_checkpoints_to_keep", 2),
+    )
+    num_steps = int(config.num_train_steps)
+    initial_batches = task.train_batches(
+        config,
+        start_step=0,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    first_local = next(initial_batches)
+    state = trainer.init_state(sharding.shard_batch(first_local, mesh))
+    state = manager.restore_latest(state, sharding.replicated(mesh))
+    start_step = int(state.step)
+    batches: Iterator[Mapping[str, np.ndarray]]
+    if start_step:
+        logging.info("Resumed %s/%s from step %d.", task.name, trainer.scheme.name, start_step)
+        batches = task.train_batches(
+            config,
+            start_step=start_step,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    else:
+        batches = _prepend(first_local, initial_batches)
+    writer = logging_utils.MetricWriter(workdir, enabled=jax.process_index() == 0)
+    writer.write_config(config)
+    progress = logging_utils.progress_bar(
+        start_step,
+        num_steps,
+        desc=f"{task.name}/{config.scheme}",
+        enabled=show_progress and jax.process_index() == 0,
+    )
+    log_every = int(config.log_every_steps)
+    tick, tick_step = time.perf_counter(), start_step
+    for step in range(start_step, num_steps):
+        batch = sharding.shard_batch(next(batches), mesh)
+        state, metrics = trainer.train_step(state, batch)
+        done = step + 1
+        if done % log_every == 0 or done == num_steps:
+            row = _host_metrics(metrics)
+            now = time.perf_counter()
+            row["images_per_second"] = (done - tick_step) * config.batch_size / (now - tick)
+            tick, tick_step = now, done
+            writer.write(done, row)
+            progress.set_postfix(
+                loss=f"{row['total']:.4g}", img_s=f"{row['images_per_second']:.1f}"
+            )
+        progress.update(1)
+        manager.maybe_save(done, state, force=done == num_steps)
+    progress.close()
+    writer.close()
+    manager.wait()
+    return trainer, state
+
+
+def _prepend(first: Mapping[str, np.ndarray], rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
+def restore_trainer(
+    task: Task, config: ml_collections.ConfigDict, workdir: str | Path, mesh: Mesh | None = None
+) -> tuple[Trainer, TrainState]:
+    """The trainer and the latest checkpointed state of a finished (or partial) run."""
+    mesh = mesh or sharding.make_mesh(config.get("num_devices", None))
+    trainer = Trainer(task, config, mesh)
+    batches = task.train_batches(
+        config, start_step=0, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    state = trainer.init_state(sharding.shard_batch(next(batches), mesh))
+    manager = checkpoints.Checkpointer(Path(workdir) / "checkpoints", save_every_steps=1)
+    if manager.latest_step() is None:
+        raise FileNotFoundError(f"No checkpoint in {Path(workdir) / 'checkpoints'}.")
+    return trainer, manager.restore_latest(state, sharding.replicated(mesh))
