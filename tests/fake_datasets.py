@@ -246,7 +246,7 @@ def make_fake_cityscapes_archives(
 @dataclasses.dataclass
 class FakePascalImage:
     image_id: str
-    image: np.ndarray
+    image: np.ndarray  # the JPEG file decoded by PIL
     label: np.ndarray  # uint8, 0 background, 1..59 classes
 
 
@@ -267,7 +267,10 @@ def make_fake_pascal_context(root: Path, *, seed: int = 0) -> dict[str, list[Fak
             label = rng.integers(0, 60, size=(height, width)).astype(np.uint8)
             label[0, 0], label[0, 1] = 0, 59  # both ends of the label range
             (voc / "JPEGImages").mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=95)
+            jpeg_path = voc / "JPEGImages" / f"{image_id}.jpg"
+            Image.fromarray(image).save(jpeg_path, quality=95)
+            # JPEG is lossy: what a reader must return is the decoded file (here by PIL).
+            image = np.asarray(Image.open(jpeg_path).convert("RGB"))
             write_png(voc / "SegmentationClassContext" / f"{image_id}.png", label)
             images[split].append(FakePascalImage(image_id, image, label))
         list_dir = voc / "ImageSets" / "SegmentationContext"
