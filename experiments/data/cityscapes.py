@@ -9,9 +9,13 @@ required), unchanged, from its *manual directory*:
 * ``rightImg8bit_trainvaltest.zip`` (``rightImg8bit/<split>/<city>/<id>_rightImg8bit.png``)
 * ``disparity_trainvaltest.zip``    (``disparity/<split>/<city>/<id>_disparity.png``)
 
-The first :func:`load` extracts them and writes the prepared TFRecords under
-``data_dir`` (TFDS's own format); later calls read the prepared copy and no
-longer need the archives.
+The first :func:`load` extracts them (into ``<data_dir>/downloads/extracted``,
+about 26 GB, deletable afterwards) and writes the prepared TFRecords under
+``<data_dir>/cityscapes/stereo_disparity/1.0.0`` (TFDS's own format, the PNG
+bytes unchanged); later calls read the prepared copy and no longer need the
+archives. Before extracting, the archives' listings are checked (every left
+image has its right image and disparity map) so a wrong or partial download
+fails in seconds with the name of a missing file.
 
 Disparity encoding (Cityscapes README): a 16-bit PNG ``p`` with
 ``d_px = (p - 1) / 256`` for ``p > 0``; ``p = 0`` is invalid. Depth in metres is
