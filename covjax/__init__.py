@@ -12,32 +12,69 @@ from covjax.base import (
     weighted_sum,
 )
 from covjax.cov import CovState, cov_weighting
+from covjax.famo import FamoState, famo
+from covjax.gls import gls
 from covjax.gradients import per_loss_gramian, per_loss_jacobian
 from covjax.gradnorm import GradNormState, gradnorm
+from covjax.imtl import imtl_l, imtl_l_regulariser
+from covjax.loss_trends import (
+    DwaState,
+    RelobraloState,
+    SoftAdaptState,
+    dwa,
+    relobralo,
+    softadapt,
+)
+from covjax.lsb import LsbState, RebalancingState, lsb, multi_loss_rebalancing
 from covjax.mgda import MgdaState, mgda, min_norm_solver
+from covjax.rlw import RandomState, rlw
+from covjax.static import equal_weighting, static_weighting
 from covjax.step import WeightedLosses, value_and_grad
+from covjax.uncertainty import LearnedLogState, uncertainty_regulariser, uncertainty_weighting
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CovState",
+    "DwaState",
+    "FamoState",
     "GradNormState",
+    "LearnedLogState",
     "LossStructure",
+    "LsbState",
     "MgdaState",
+    "RandomState",
+    "RebalancingState",
+    "RelobraloState",
+    "SoftAdaptState",
     "WeightedLosses",
     "Weighting",
     "WeightingState",
     "cov_weighting",
+    "dwa",
+    "equal_weighting",
+    "famo",
     "flatten_losses",
+    "gls",
     "gradnorm",
+    "imtl_l",
+    "imtl_l_regulariser",
     "loss_names",
+    "lsb",
     "make_weighting",
     "mgda",
     "min_norm_solver",
+    "multi_loss_rebalancing",
     "named",
     "per_loss_gramian",
     "per_loss_jacobian",
+    "relobralo",
+    "rlw",
+    "softadapt",
+    "static_weighting",
     "step_accepted",
+    "uncertainty_regulariser",
+    "uncertainty_weighting",
     "value_and_grad",
     "weighted_sum",
 ]

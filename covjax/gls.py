@@ -1,0 +1,52 @@
+"""Geometric Loss Strategy, GLS (Chennupati, Sistu, Yogamani, Rawashdeh, CVPRW 2019).
+
+"MultiNet++: Multi-Stream Feature Aggregation and Geometric Loss Strategy for
+Multi-Task Learning" (SPEC §4). The objective is the geometric mean of the
+losses::
+
+    GLS = (Π_i L_i)^{1/K}
+
+Its gradient is ∇GLS = Σ_i GLS/(K L_i) · ∇L_i, so the stop-gradient weights::
+
+    α_i = GLS / (K L_i) = exp( mean_j log L_j − log L_i ) / K
+
+give exactly ∇(Π L_i)^{1/K} in one ordinary weighted backward pass
+(``Σ α_i L_i`` has the value of GLS as well: Σ_i GLS/K = GLS). Everything is
+computed in log space, so no product of 32 losses under- or overflows.
+
+Requires positive losses. A loss ≤ ``epsilon`` is clamped to ``epsilon`` (a
+loss of exactly 0 gives large but finite weights: the geometric mean is
+infinitely sensitive to a loss at 0). Weights are positive and stateless.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import Array
+
+from covjax.base import Weighting, make_weighting
+
+
+def gls(epsilon: float = 1e-12) -> Weighting:
+    """Geometric loss strategy: α_i = GLS/(K L_i), i.e. the gradient of (Π L_i)^{1/K}.
+
+    Args:
+      epsilon: losses are clamped to at least this before the logarithm.
+    """
+    if not epsilon > 0:
+        raise ValueError(f"covjax.gls: epsilon must be positive, got {epsilon}")
+
+    def init_fn(losses: Array) -> tuple[()]:
+        del losses
+        return ()
+
+    def update_fn(
+        losses: Array, state: tuple[()], count: Array, gramian: Array | None
+    ) -> tuple[Array, tuple[()]]:
+        del count, gramian
+        log_losses = jnp.log(jnp.maximum(losses, epsilon))
+        k = losses.shape[0]
+        weights = jnp.exp(jnp.mean(log_losses) - log_losses) / k
+        return weights, state
+
+    return make_weighting(init_fn, update_fn, name="gls")

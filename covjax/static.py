@@ -1,0 +1,98 @@
+"""Static loss weights: fixed (hand-tuned) weights and equal weighting.
+
+The baselines of Groenendijk et al., "Multi-Loss Weighting with Coefficient of
+Variations", WACV 2021 (SPEC §2.1)::
+
+    equal:       α_i = 1/K
+    static:      α_i = w_i                 (or w_i / Σ_j w_j with ``normalise=True``)
+
+The weights never change, so the state only holds the step counter; they are
+still a :class:`~covjax.Weighting` so that every scheme is used the same way.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from covjax.base import Losses, PyTree, Weighting, WeightingState, flatten_losses, make_weighting
+
+
+def _is_concrete(x: Array) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def static_weighting(weights: PyTree, normalise: bool = False) -> Weighting:
+    """Fixed weights α_i = w_i, e.g. hand-tuned ones.
+
+    Args:
+      weights: a 1-D array of K weights, or a pytree of scalar weights with the
+        same structure as the losses (checked at ``init``). May be a traced
+        array, so that a sweep over weightings is one ``jax.vmap``.
+      normalise: divide by Σ w so that the weights sum to 1. Off by default:
+        the weights are used exactly as given (their scale then acts like a
+        learning-rate factor, as in any hand-tuned objective).
+
+    Raises:
+      ValueError: (at construction) weights that are non-finite or negative;
+        (at ``init``) weights whose number or structure differs from the losses'.
+    """
+    weight_vector, weight_structure = flatten_losses(weights)
+    if _is_concrete(weight_vector):
+        values = np.asarray(weight_vector)
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"covjax.static_weighting: weights must be finite, got {values}.")
+        if np.any(values < 0):
+            raise ValueError(
+                f"covjax.static_weighting: weights must be non-negative, got {values}."
+            )
+        if normalise and not values.sum() > 0:
+            raise ValueError(
+                "covjax.static_weighting: normalise=True needs weights with a positive sum."
+            )
+
+    def init_fn(losses: Array) -> tuple[()]:
+        del losses
+        return ()
+
+    def update_fn(
+        losses: Array, state: tuple[()], count: Array, gramian: Array | None
+    ) -> tuple[Array, tuple[()]]:
+        del count, gramian
+        vector = jnp.broadcast_to(weight_vector.astype(losses.dtype), losses.shape)
+        if normalise:
+            vector = vector / jnp.sum(vector)
+        return vector, state
+
+    scheme = make_weighting(init_fn, update_fn, name="static_weighting")
+
+    def init(losses: Losses) -> WeightingState:
+        _, loss_structure = flatten_losses(losses)
+        if weight_structure.num_losses != loss_structure.num_losses or (
+            not weight_structure.is_vector and weight_structure.treedef != loss_structure.treedef
+        ):
+            raise ValueError(
+                f"covjax.static_weighting: the weights are {weight_structure.describe()} but "
+                f"the losses are {loss_structure.describe()}."
+            )
+        return scheme.init(losses)
+
+    return Weighting(init=init, update=scheme.update, requires=scheme.requires)
+
+
+def equal_weighting() -> Weighting:
+    """Equal weights α_i = 1/K (the paper's "equal" baseline; Σ α = 1)."""
+
+    def init_fn(losses: Array) -> tuple[()]:
+        del losses
+        return ()
+
+    def update_fn(
+        losses: Array, state: tuple[()], count: Array, gramian: Array | None
+    ) -> tuple[Array, tuple[()]]:
+        del count, gramian
+        return jnp.full_like(losses, 1.0 / losses.shape[0]), state
+
+    return make_weighting(init_fn, update_fn, name="equal_weighting")
