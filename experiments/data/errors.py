@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-__all__ = ["DatasetNotFoundError", "DatasetFormatError"]
+__all__ = ["DatasetFormatError", "DatasetNotFoundError"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
