@@ -24,6 +24,7 @@ max_checkpoints_to_keep, num_devices, distributed``.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -103,31 +104,22 @@ def scheme_from_config(
     return build_scheme(name, context, kwargs, targets_by_scheme.get(name, None))
 
 
-def _path_names(path: tuple[Any, ...]) -> tuple[str, ...]:
-    names = []
-    for key in path:
-        for attribute in ("key", "name", "idx"):
-            if hasattr(key, attribute):
-                names.append(str(getattr(key, attribute)))
-                break
-        else:
-            names.append(str(key))
-    return tuple(names)
-
-
-def gradient_subset(scheme: Scheme, task: Task) -> Callable[[tuple[Any, ...], Any], bool] | None:
-    """The ``wrt`` filter of covjax's per-loss gradients for ``scheme``'s target.
+def gradient_subset(scheme: Scheme, task: Task) -> str | None:
+    """The ``wrt`` of covjax's per-loss gradients for ``scheme``'s target (a path regex).
 
     The differentiated pytree is ``{"model": params}`` plus, for the
     representation target, ``{"representation": zeros like z}``: a zero offset
-    added to z, whose gradient is the gradient w.r.t. z (the final update
-    still is one weighted backward pass through the whole network).
+    added to z, whose gradient is the gradient w.r.t. z. Under jit only the
+    heads' backward pass is run K times for it, and the final update still is
+    one weighted backward pass through the whole network. (covjax's own
+    ``representation=`` mode does the same, but its encoder cannot return
+    updated batch statistics; the offset keeps one forward pass that does.)
     """
     if scheme.gradient_target == "representation":
-        return lambda path, _: _path_names(path)[:1] == (REPRESENTATION,)
+        return re.escape(REPRESENTATION) + "(/|$)"
     if scheme.gradient_target == "layer":
-        layer = (MODEL, *task.shared_layer())  # type: ignore[attr-defined]
-        return lambda path, _: _path_names(path)[: len(layer)] == layer
+        layer = "/".join((MODEL, *task.shared_layer()))  # type: ignore[attr-defined]
+        return re.escape(layer) + "(/|$)"
     return None  # "parameters": all of them
 
 
