@@ -40,10 +40,7 @@ Example features (shared contract): ``left``, ``right`` uint8 [H, W, 3],
 
 from __future__ import annotations
 
-import importlib.resources
-import importlib.resources.abc
 import os
-import sys
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,6 +49,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from experiments.data.errors import DatasetFormatError, DatasetNotFoundError
+from experiments.data.tfds_compat import ensure_importlib_resources
 
 __all__ = [
     "ARCHIVES",
@@ -222,21 +220,6 @@ def validate_archives(manual_dir: str | os.PathLike[str]) -> dict[str, int]:
     return counts
 
 
-def _provide_importlib_resources() -> None:
-    """Lets TFDS 4.9.x prepare datasets on Python >= 3.9 without ``importlib_resources``.
-
-    ``DatasetBuilder.code_path`` (used by ``download_and_prepare``) touches
-    ``importlib_resources.abc.Traversable``, but TFDS only declares that backport
-    as a dependency for Python < 3.9. The standard library's ``importlib.resources``
-    is the module it backports (same ``abc.Traversable``), so stand it in when the
-    backport is absent.
-    """
-    try:
-        import importlib_resources  # noqa: F401
-    except ImportError:
-        sys.modules["importlib_resources"] = importlib.resources
-
-
 def load(
     split: str,
     data_dir: str | os.PathLike[str] | None,
@@ -273,7 +256,7 @@ def load(
     if not builder.is_prepared():
         archives_dir = find_manual_dir(data_dir, manual_dir)
         validate_archives(archives_dir)
-        _provide_importlib_resources()
+        ensure_importlib_resources()  # TFDS 4.9 needs it to prepare on Python 3.11
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(
                 manual_dir=os.fspath(archives_dir), try_download_gcs=False
