@@ -1,0 +1,261 @@
+"""Depth evaluation: post-processing, disparity → depth, the 7 error metrics, win rate.
+
+As in Godard et al. (CVPR 2017, ``evaluate_kitti.py``) and Groenendijk et al.
+(WACV 2021, Tables 3-5; SPEC §6):
+
+1. post-process: predict on the image and on its mirror, blend the two with
+   Godard's ramp masks (:func:`post_process_disparity`);
+2. resize the disparity (a fraction of the width) bilinearly to the ground
+   truth's size and convert it: depth = baseline · focal / (disparity · W_gt)
+   (:func:`disparity_to_depth`), clamped to [min_depth, max_depth];
+3. per image, on the pixels with valid ground truth (min_depth < d < max_depth,
+   optionally inside the Garg or Eigen crop), compute::
+
+       abs_rel  = mean |d − d̂| / d          sq_rel = mean (d − d̂)² / d
+       rmse     = √ mean (d − d̂)²           rmse_log = √ mean (log d − log d̂)²
+       δ_k      = mean [max(d/d̂, d̂/d) < 1.25^k],  k = 1, 2, 3
+
+   and average over images (:func:`evaluate_disparities`, :func:`mean_errors`);
+4. win rate: A beats B on an image when A is better on a majority (≥ 4) of
+   the 7 metrics (:func:`win_rate`).
+
+Ground truth comes in variable sizes (KITTI images differ slightly), so the
+per-image metrics are NumPy (float64); post-processing is JAX (batched, jittable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+MIN_DEPTH = 1e-3
+MAX_DEPTH = 80.0
+#: The 7 metrics, in the paper's column order.
+METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
+#: +1 where higher is better (the δ accuracies), −1 where lower is better.
+METRIC_DIRECTION = np.array([-1, -1, -1, -1, 1, 1, 1])
+#: Crops as fractions (top, bottom, left, right) of the ground truth's size.
+CROPS: dict[str, tuple[float, float, float, float]] = {
+    # Garg et al. (ECCV 2016), used by monodepth's KITTI Eigen evaluation.
+    "garg": (0.40810811, 0.99189189, 0.03594771, 0.96405229),
+    # Eigen et al. (NeurIPS 2014).
+    "eigen": (0.3324324, 0.91351351, 0.0359477, 0.96405229),
+}
+Crop = Literal["garg", "eigen"] | None
+
+
+class DepthErrors(NamedTuple):
+    """The 7 depth metrics of one image (or their mean over images)."""
+
+    abs_rel: float
+    sq_rel: float
+    rmse: float
+    rmse_log: float
+    a1: float
+    a2: float
+    a3: float
+
+
+def post_process_disparity(disp: Array, disp_of_flipped: Array) -> Array:
+    """Godard's post-processing: blend a disparity with that of the mirrored image.
+
+    ``disp_of_flipped`` is the network's disparity for the horizontally
+    flipped image, in that image's own (flipped) coordinates. With f its flip
+    back and m = (d + f)/2, the result is r·d + l·f + (1 − l − r)·m, where the
+    ramp l(x) = 1 − clip(20 (x − 0.05), 0, 1) (x ∈ [0, 1] across the width) and
+    r its mirror: the leftmost 5% come from the flipped prediction, the
+    rightmost 5% from the direct one (each view's occlusion-free side), and
+    the rest is their average.
+
+    Args:
+      disp, disp_of_flipped: (..., H, W) left disparities of the same shape.
+
+    Returns:
+      (..., H, W) the post-processed disparity.
+    """
+    disp, disp_of_flipped = jnp.asarray(disp), jnp.asarray(disp_of_flipped)
+    if disp.shape != disp_of_flipped.shape or disp.ndim < 2:
+        raise ValueError(
+            "post_process_disparity: expected two (..., H, W) disparities of the same shape, "
+            f"got {disp.shape} and {disp_of_flipped.shape}."
+        )
+    width = disp.shape[-1]
+    flipped_back = jnp.flip(disp_of_flipped, axis=-1)
+    mean = 0.5 * (disp + flipped_back)
+    ramp = jnp.linspace(0.0, 1.0, width, dtype=mean.dtype)
+    left_mask = 1.0 - jnp.clip(20.0 * (ramp - 0.05), 0.0, 1.0)
+    right_mask = jnp.flip(left_mask)
+    return right_mask * disp + left_mask * flipped_back + (1.0 - left_mask - right_mask) * mean
+
+
+def resize_disparity(disp: np.ndarray | Array, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a (H, W) disparity to (height, width) (half-pixel, as cv2)."""
+    disp = jnp.asarray(disp, jnp.float32)
+    if disp.ndim != 2:
+        raise ValueError(f"resize_disparity: expected a (H, W) disparity, got shape {disp.shape}.")
+    return np.asarray(jax.image.resize(disp, (height, width), "bilinear", antialias=False))
+
+
+def disparity_to_depth(
+    disp_fraction: np.ndarray, focal: float, baseline: float, width: int
+) -> np.ndarray:
+    """depth = baseline · focal / (disparity · width), disparity a fraction of the width.
+
+    A zero (or negative) disparity gives an infinite depth, which the metrics clamp.
+
+    Args:
+      disp_fraction: disparity as a fraction of the image width.
+      focal: focal length in pixels at ``width``.
+      baseline: stereo baseline in metres.
+      width: the width (pixels) at which ``focal`` is given.
+    """
+    if not (focal > 0 and baseline > 0 and width > 0):
+        raise ValueError(
+            "disparity_to_depth: focal, baseline and width must be positive, got "
+            f"focal={focal}, baseline={baseline}, width={width}."
+        )
+    pixels = np.asarray(disp_fraction, np.float64) * width
+    with np.errstate(divide="ignore"):
+        return np.where(pixels > 0, baseline * focal / np.where(pixels > 0, pixels, 1.0), np.inf)
+
+
+def crop_mask(height: int, width: int, crop: Crop) -> np.ndarray:
+    """Boolean (height, width) mask of the Garg/Eigen crop (all True for ``None``)."""
+    mask = np.ones((height, width), bool)
+    if crop is None:
+        return mask
+    if crop not in CROPS:
+        raise ValueError(f"unknown crop {crop!r}; choose one of {sorted(CROPS)} or None.")
+    top, bottom, left, right = CROPS[crop]
+    rows = slice(int(top * height), int(bottom * height))
+    cols = slice(int(left * width), int(right * width))
+    mask[:] = False
+    mask[rows, cols] = True
+    return mask
+
+
+def compute_depth_errors(
+    gt: np.ndarray,
+    pred: np.ndarray,
+    min_depth: float = MIN_DEPTH,
+    max_depth: float = MAX_DEPTH,
+    crop: Crop = None,
+) -> DepthErrors:
+    """The 7 metrics of one image, on the pixels where min_depth < gt < max_depth.
+
+    Args:
+      gt: (H, W) ground-truth depth in metres; 0 (or anything out of range)
+        marks a missing measurement.
+      pred: (H, W) predicted depth in metres, clamped to [min_depth, max_depth].
+      crop: restrict to the ``"garg"`` or ``"eigen"`` crop.
+
+    Raises:
+      ValueError: shapes differ, or no pixel has valid ground truth.
+    """
+    gt = np.asarray(gt, np.float64)
+    pred = np.asarray(pred, np.float64)
+    if gt.ndim != 2 or gt.shape != pred.shape:
+        raise ValueError(
+            "compute_depth_errors: gt and pred must be (H, W) maps of the same shape, "
+            f"got {gt.shape} and {pred.shape} (resize the prediction first)."
+        )
+    valid = (gt > min_depth) & (gt < max_depth) & crop_mask(*gt.shape, crop)
+    if not valid.any():
+        raise ValueError("compute_depth_errors: no pixel has valid ground truth.")
+    gt = gt[valid]
+    pred = np.clip(np.nan_to_num(pred[valid], nan=max_depth), min_depth, max_depth)
+    ratio = np.maximum(gt / pred, pred / gt)
+    squared = (gt - pred) ** 2
+    return DepthErrors(
+        abs_rel=float(np.mean(np.abs(gt - pred) / gt)),
+        sq_rel=float(np.mean(squared / gt)),
+        rmse=float(np.sqrt(np.mean(squared))),
+        rmse_log=float(np.sqrt(np.mean((np.log(gt) - np.log(pred)) ** 2))),
+        a1=float(np.mean(ratio < 1.25)),
+        a2=float(np.mean(ratio < 1.25**2)),
+        a3=float(np.mean(ratio < 1.25**3)),
+    )
+
+
+def evaluate_disparities(
+    gt_depths: Sequence[np.ndarray],
+    disparities: Sequence[np.ndarray] | np.ndarray,
+    focal: float | Sequence[float],
+    baseline: float | Sequence[float],
+    *,
+    min_depth: float = MIN_DEPTH,
+    max_depth: float = MAX_DEPTH,
+    crop: Crop = None,
+) -> np.ndarray:
+    """Per-image metrics of predicted disparities against ground-truth depths.
+
+    Each disparity (a fraction of the width, at the network's resolution) is
+    resized bilinearly to its ground truth's size, converted with that image's
+    focal length (in pixels at the ground truth's width) and baseline, and scored.
+
+    Args:
+      gt_depths: N ground-truth depth maps (H_i, W_i) in metres.
+      disparities: N (h, w) predicted (post-processed) left disparities.
+      focal, baseline: one value for all images or one per image.
+
+    Returns:
+      (N, 7) float64 array, columns :data:`METRIC_NAMES` (save it for win rates).
+    """
+    count = len(gt_depths)
+    if len(disparities) != count:
+        raise ValueError(
+            f"evaluate_disparities: {count} ground-truth maps but {len(disparities)} disparities."
+        )
+    focals = np.broadcast_to(np.asarray(focal, np.float64), (count,))
+    baselines = np.broadcast_to(np.asarray(baseline, np.float64), (count,))
+    rows = []
+    for gt, disp, f, b in zip(gt_depths, disparities, focals, baselines, strict=True):
+        height, width = np.shape(gt)
+        resized = resize_disparity(disp, height, width)
+        depth = disparity_to_depth(resized, float(f), float(b), width)
+        rows.append(compute_depth_errors(gt, depth, min_depth, max_depth, crop))
+    return np.asarray(rows, np.float64).reshape(count, len(METRIC_NAMES))
+
+
+def mean_errors(per_image: np.ndarray) -> DepthErrors:
+    """The paper's numbers: each metric averaged over images."""
+    per_image = _check_per_image("mean_errors", per_image)
+    return DepthErrors(*(float(v) for v in per_image.mean(axis=0)))
+
+
+def _check_per_image(name: str, per_image: np.ndarray) -> np.ndarray:
+    per_image = np.asarray(per_image, np.float64)
+    if per_image.ndim != 2 or per_image.shape[1] != len(METRIC_NAMES) or not len(per_image):
+        raise ValueError(
+            f"{name}: expected per-image metrics of shape (N ≥ 1, {len(METRIC_NAMES)}) with "
+            f"columns {METRIC_NAMES}, got shape {per_image.shape}."
+        )
+    return per_image
+
+
+def win_rate(per_image_a: np.ndarray, per_image_b: np.ndarray) -> float:
+    """Fraction of images on which A beats B (paper Table 5).
+
+    A beats B on an image when it is strictly better on a majority (at least
+    4) of the 7 metrics: lower abs_rel, sq_rel, rmse, rmse_log; higher δ's.
+    Ties count for neither.
+
+    Args:
+      per_image_a, per_image_b: (N, 7) per-image metrics of the same images,
+        as returned by :func:`evaluate_disparities`.
+    """
+    a = _check_per_image("win_rate", per_image_a)
+    b = _check_per_image("win_rate", per_image_b)
+    if a.shape != b.shape:
+        raise ValueError(
+            f"win_rate: both methods must be scored on the same images, got {a.shape} and "
+            f"{b.shape}."
+        )
+    better = METRIC_DIRECTION * (a - b) > 0
+    wins = better.sum(axis=1) > len(METRIC_NAMES) // 2
+    return float(wins.mean())
