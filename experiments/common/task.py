@@ -70,17 +70,20 @@ class Task(Protocol):
 class RepresentationTask(Task, Protocol):
     """A task whose losses factor through a shared representation z (MGDA-UB).
 
-    ``losses(model, batch) == losses_from_representation(model,
-    representation(model, batch), batch)``; MGDA-UB takes the per-loss
-    gradients with respect to z instead of the parameters (Sener & Koltun).
+    With ``z, carry = representation(model, batch)``,
+    ``losses(model, batch) == losses_from_representation(model, z, carry,
+    batch)``; MGDA-UB takes the per-loss gradients with respect to z instead
+    of the parameters (Sener & Koltun). ``carry`` holds whatever else the
+    heads need from the shared part (e.g. skip connections); no per-loss
+    gradient is taken with respect to it.
     """
 
-    def representation(self, model: nnx.Module, batch: Batch) -> Any:
-        """The shared representation z (an array or pytree of arrays)."""
+    def representation(self, model: nnx.Module, batch: Batch) -> tuple[Any, Any]:
+        """``(z, carry)``: the shared representation (array or pytree) and the rest."""
         ...
 
     def losses_from_representation(
-        self, model: nnx.Module, representation: Any, batch: Batch
+        self, model: nnx.Module, representation: Any, carry: Any, batch: Batch
     ) -> Losses:
         """The named losses computed from z (the heads/decoder part of the network)."""
         ...

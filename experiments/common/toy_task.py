@@ -60,18 +60,18 @@ class ToyTask:
         del config
         return ToyNet(self.num_losses, self.hidden, rngs=rngs)
 
-    def representation(self, model: nnx.Module, batch: Batch) -> Array:
-        return model.encode(batch["x"])  # type: ignore[operator]
+    def representation(self, model: nnx.Module, batch: Batch) -> tuple[Array, None]:
+        return model.encode(batch["x"]), None  # type: ignore[operator]
 
     def losses_from_representation(
-        self, model: nnx.Module, representation: Array, batch: Batch
+        self, model: nnx.Module, representation: Array, carry: None, batch: Batch
     ) -> Losses:
         predictions = model.heads(representation)  # type: ignore[operator]
         errors = jnp.mean((predictions - batch["y"]) ** 2, axis=0) * self._scales
         return {name: errors[k] for k, name in enumerate(self.names)}
 
     def losses(self, model: nnx.Module, batch: Batch) -> Losses:
-        return self.losses_from_representation(model, self.representation(model, batch), batch)
+        return self.losses_from_representation(model, *self.representation(model, batch), batch)
 
     def shared_layer(self) -> ParamPath:
         return ("trunk", "kernel")

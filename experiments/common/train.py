@@ -162,9 +162,9 @@ class Trainer:
         model = self.model(trainable[MODEL], rest)
         if REPRESENTATION in trainable:
             task: Any = self.task
-            z = task.representation(model, batch)
+            z, carry = task.representation(model, batch)
             z = jax.tree.map(jnp.add, z, trainable[REPRESENTATION])
-            losses = task.losses_from_representation(model, z, batch)
+            losses = task.losses_from_representation(model, z, carry, batch)
         else:
             losses = self.task.losses(model, batch)
         _, _, new_rest = nnx.split(model, nnx.Param, ...)
@@ -173,7 +173,7 @@ class Trainer:
     def _representation_offset(self, params: nnx.State, rest: nnx.State, batch: Batch) -> Any:
         task: Any = self.task
         shapes = jax.eval_shape(
-            lambda p, r, b: task.representation(self.model(p, r), b), params, rest, batch
+            lambda p, r, b: task.representation(self.model(p, r), b)[0], params, rest, batch
         )
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
