@@ -9,8 +9,10 @@ On-disk layout (mmsegmentation's, ``data_dir`` = the folder holding ``VOCdevkit`
 The images are PASCAL VOC 2010's (``VOCtrainval_03-May-2010.tar``); the label
 PNGs are made from the Context annotations (``trainval_merged.json``) with
 mmsegmentation's ``tools/dataset_converters/pascal_context.py`` (which uses the
-``detail`` API), and the ``train.txt``/``val.txt`` lists come from the same
-converter (4996 / 5104 images; the paper quotes 4998 / 5105).
+``detail`` API and maps the 59 classes, in the sorted order of their ids in the
+459-class list, to 1..59 and everything else to 0), and the
+``train.txt``/``val.txt`` lists come from the same converter (about 5000 images
+each; the paper quotes 4998 train / 5105 val).
 
 Labels: the paper's metrics ignore the background (SPEC §7: "pixel accuracy and
 mean IoU, background ignored"), so by default (``background="ignore"``, like
