@@ -32,9 +32,9 @@ is scale invariant), so float32 neither overflows nor underflows.
 Degenerate input, documented fallbacks (weights are never NaN): a Gramian with
 a NaN/Inf entry gives uniform weights (inside :func:`mgda`, such a step is
 rejected by the weighting wrapper and the previous weights are kept); all
-gradients zero (G = 0) gives uniform weights; if some gradient is zero, α*
-puts all its weight on it (the true optimum: 0 is in the hull, a Pareto
-stationary point).
+gradients zero (max G_ii below the smallest normal float) gives uniform
+weights; if some gradient is zero, α* puts all its weight on it (the true
+optimum: 0 is in the hull, a Pareto stationary point).
 
 Differences from the reference: the reference computes the gradients on the
 first image of the batch only; covjax uses the whole batch. The reference's
@@ -208,7 +208,8 @@ def min_norm_solver(
     gramian = jnp.where(finite, gramian, jnp.eye(k, dtype=gramian.dtype))
     gramian = 0.5 * (gramian + gramian.T)
     scale = jnp.max(jnp.diag(gramian))
-    degenerate = ~finite | (scale <= numerics.TINY)
+    # Any positive normal scale is fine: |G_ij| ≤ max_i G_ii, so G/scale ≤ 1.
+    degenerate = ~finite | (scale <= jnp.finfo(gramian.dtype).tiny)
     gramian = gramian / jnp.where(degenerate, 1.0, scale)
 
     weights = _frank_wolfe(gramian, _best_pair(gramian), max_iters, tol)

@@ -1,0 +1,267 @@
+"""GradNorm and MGDA against float64 NumPy/SciPy oracles, plus their degenerate inputs."""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from oracles import gradient_schemes as oracle
+
+import covjax
+from covjax.mgda import normalize_gramian
+
+# ----------------------------------------------------------------------------- GradNorm
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def run_gradnorm(scheme: covjax.Weighting, losses: jax.Array, norms: jax.Array) -> jax.Array:
+    """Weights of every step for (T, K) losses and per-loss gradient norms at the layer."""
+    state = scheme.init(losses[0])
+
+    def body(state, inputs):
+        step_losses, step_norms = inputs
+        weights, state = scheme.update(step_losses, state, gramian=jnp.diag(step_norms**2))
+        return state, weights
+
+    return jax.lax.scan(body, state, (losses, norms))[1]
+
+
+def gradnorm_trace(seed: int, steps: int = 40, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    rates = rng.uniform(0.005, 0.05, size=k)
+    t = np.arange(steps)[:, None]
+    noise = rng.lognormal(0, 0.1, (steps, k))
+    losses = 10.0 ** rng.uniform(-1, 1, size=k) * np.exp(-rates * t) * noise
+    norms = 10.0 ** rng.uniform(-1, 1, size=k) * rng.lognormal(0, 0.2, (steps, k))
+    return losses.astype(np.float32), norms.astype(np.float32)
+
+
+@pytest.mark.parametrize("form", ["reference", "paper"])
+@pytest.mark.parametrize("alpha", [0.0, 1.5])
+def test_gradnorm_matches_oracle(form: str, alpha: float) -> None:
+    losses, norms = gradnorm_trace(seed=int(alpha * 10) + len(form))
+    ours = np.asarray(run_gradnorm(covjax.gradnorm(alpha=alpha, form=form), losses, norms))
+    expected = oracle.gradnorm_weights(losses, norms, alpha=alpha, form=form)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5)
+    total = losses.shape[1] if form == "paper" else 1.0
+    np.testing.assert_allclose(ours.sum(axis=1), total, rtol=1e-5)
+    # The weights really moved, so the comparison is not vacuous.
+    assert np.ptp(ours[-1]) > 1e-2 * total
+
+
+def test_gradnorm_learning_rate_and_custom_optimizer() -> None:
+    losses, norms = gradnorm_trace(seed=3, steps=10, k=3)
+    ours = np.asarray(run_gradnorm(covjax.gradnorm(learning_rate=0.1), losses, norms))
+    np.testing.assert_allclose(
+        ours, oracle.gradnorm_weights(losses, norms, learning_rate=0.1), atol=1e-5
+    )
+    via_optimizer = run_gradnorm(covjax.gradnorm(optimizer=optax.adam(0.1)), losses, norms)
+    chex.assert_trees_all_close(via_optimizer, ours, atol=1e-7)
+
+
+def test_gradnorm_all_clamped_restarts_uniform() -> None:
+    # An "optimiser" that sends every weight to 0: the clamp+renormalise would be 0/0.
+    to_zero = optax.GradientTransformation(
+        lambda params: optax.EmptyState(),
+        lambda updates, state, params: (jax.tree.map(jnp.negative, params), state),
+    )
+    losses, norms = gradnorm_trace(seed=4, steps=3, k=4)
+    weights = np.asarray(run_gradnorm(covjax.gradnorm(optimizer=to_zero), losses, norms))
+    np.testing.assert_allclose(weights, 0.25, atol=1e-7)
+
+
+def test_gradnorm_first_step_and_zero_initial_loss() -> None:
+    scheme = covjax.gradnorm(form="paper")
+    update = jax.jit(scheme.update)
+    losses = jnp.array([0.0, 2.0, 3.0])
+    state = scheme.init(losses)
+    weights, state = update(losses, state, gramian=jnp.eye(3))
+    chex.assert_trees_all_close(weights, jnp.ones(3))  # w(0) = 1 in the paper form
+    weights, state = update(losses + 1.0, state, gramian=jnp.eye(3))
+    assert np.all(np.isfinite(weights)) and np.isclose(float(jnp.sum(weights)), 3.0)
+
+
+def test_gradnorm_errors() -> None:
+    with pytest.raises(ValueError, match="form"):
+        covjax.gradnorm(form="both")
+    with pytest.raises(ValueError, match="alpha"):
+        covjax.gradnorm(alpha=-1.0)
+    scheme = covjax.gradnorm()
+    state = scheme.init(jnp.ones(2))
+    with pytest.raises(ValueError, match="Gramian"):
+        scheme.update(jnp.ones(2), state)
+    with pytest.raises(ValueError, match=r"\(2, 2\)"):
+        scheme.update(jnp.ones(2), state, gramian=jnp.eye(3))
+
+
+# ----------------------------------------------------------------------------- MGDA solver
+
+solve = jax.jit(covjax.min_norm_solver)
+solve_plain_frank_wolfe = jax.jit(functools.partial(covjax.min_norm_solver, refine=False))
+
+
+def random_jacobian(rng: np.random.Generator, kind: str, k: int, dim: int) -> np.ndarray:
+    jacobian = rng.normal(size=(k, dim)) * 10.0 ** rng.uniform(-1, 1, size=(k, 1))
+    if kind == "conflicting":  # a pair pointing in opposite directions
+        jacobian[1] = -rng.uniform(0.5, 2.0) * jacobian[0]
+    elif kind == "parallel":
+        jacobian[: k // 2 + 1] = jacobian[0] * rng.uniform(0.5, 2.0, size=(k // 2 + 1, 1))
+    elif kind == "rank_deficient":
+        jacobian = rng.normal(size=(k, 2)) @ rng.normal(size=(2, dim))
+    elif kind == "zero":
+        jacobian[k - 1] = 0.0
+    elif kind == "agreeing":  # all in one half-space: the optimum is not 0
+        jacobian = jacobian + 3.0 * rng.normal(size=dim)
+    return jacobian
+
+
+def assert_near_optimal(gramian: np.ndarray, weights: np.ndarray, optimum: float) -> None:
+    assert np.all(weights >= 0.0)
+    np.testing.assert_allclose(weights.sum(), 1.0, atol=1e-6)
+    value = oracle.min_norm_objective(gramian, weights)
+    # 1e-6 relative; the absolute term is float32 rounding of G itself, reached
+    # only when the optimum is (numerically) 0.
+    scale = float(np.max(np.diag(gramian)))
+    assert value - optimum <= 1e-6 * optimum + 1e-8 * scale, (value, optimum, scale)
+
+
+KINDS = ["generic", "conflicting", "parallel", "rank_deficient", "zero", "agreeing"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("k", [3, 8])
+def test_min_norm_solver_matches_exhaustive_qp(kind: str, k: int) -> None:
+    rng = np.random.default_rng(hash((kind, k)) % 2**32)
+    for dim in (4, 50):
+        jacobian = random_jacobian(rng, kind, k, dim)
+        gramian = jacobian @ jacobian.T
+        weights = np.asarray(solve(jnp.asarray(gramian, jnp.float32)), np.float64)
+        assert_near_optimal(gramian, weights, oracle.min_norm_optimum(gramian))
+
+
+@pytest.mark.parametrize("kind", ["generic", "agreeing", "rank_deficient"])
+def test_min_norm_solver_k32_matches_slsqp(kind: str) -> None:
+    rng = np.random.default_rng(len(kind))
+    jacobian = random_jacobian(rng, kind, 32, 64)
+    gramian = jacobian @ jacobian.T
+    weights = np.asarray(solve(jnp.asarray(gramian, jnp.float32)), np.float64)
+    assert_near_optimal(gramian, weights, oracle.min_norm_by_slsqp(gramian))
+
+
+def test_active_set_finish_beats_plain_frank_wolfe() -> None:
+    # Frank–Wolfe zig-zags towards a face; the exact finish closes the gap.
+    rng = np.random.default_rng(1)
+    jacobian = random_jacobian(rng, "generic", 8, 6)  # 8 gradients in 6-D: optimum near 0
+    gramian = jacobian @ jacobian.T
+    optimum = oracle.min_norm_optimum(gramian)
+    plain = np.asarray(solve_plain_frank_wolfe(jnp.asarray(gramian, jnp.float32)), np.float64)
+    refined = np.asarray(solve(jnp.asarray(gramian, jnp.float32)), np.float64)
+    assert oracle.min_norm_objective(gramian, plain) - optimum > 1e-2 * optimum
+    assert_near_optimal(gramian, refined, optimum)
+
+
+@given(st.integers(0, 2**31 - 1))
+def test_min_norm_solver_kkt_property(seed: int) -> None:
+    """At α*, every gradient has (Gα*)_i ≥ α*ᵀGα*, with equality on the support."""
+    rng = np.random.default_rng(seed)
+    kind = KINDS[seed % len(KINDS)]
+    jacobian = random_jacobian(rng, kind, 6, 5)
+    gramian = jacobian @ jacobian.T
+    weights = np.asarray(solve(jnp.asarray(gramian, jnp.float32)), np.float64)
+    scale = np.max(np.diag(gramian))
+    multipliers = (gramian @ weights - weights @ gramian @ weights) / scale
+    assert multipliers.min() >= -1e-5
+    assert np.all(np.abs(multipliers[weights > 1e-4]) <= 1e-5)
+
+
+def test_two_gradients_closed_form() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        jacobian = rng.normal(size=(2, 7))
+        gramian = jacobian @ jacobian.T
+        weights = solve(jnp.asarray(gramian, jnp.float32))
+        np.testing.assert_allclose(weights, oracle.two_vector_weights(gramian), atol=1e-5)
+    # One gradient's projection on the other is longer than itself: a vertex.
+    gramian = np.array([[1.0, 1.5], [1.5, 4.0]])
+    np.testing.assert_allclose(solve(jnp.asarray(gramian, jnp.float32)), [1.0, 0.0], atol=1e-7)
+
+
+def test_min_norm_solver_degenerate_inputs() -> None:
+    uniform = np.full(4, 0.25)
+    nan_gramian = jnp.eye(4).at[1, 2].set(jnp.nan)
+    np.testing.assert_allclose(solve(nan_gramian), uniform)
+    np.testing.assert_allclose(solve(jnp.zeros((4, 4))), uniform)
+    np.testing.assert_allclose(solve(jnp.full((4, 4), jnp.inf)), uniform)
+    # Identical gradients (singular G): any simplex point is optimal, none is NaN.
+    weights = np.asarray(solve(jnp.ones((4, 4))))
+    assert np.all(np.isfinite(weights)) and np.isclose(weights.sum(), 1.0)
+    # A zero gradient: the origin is in the hull and all weight goes to it.
+    jacobian = np.random.default_rng(0).normal(size=(4, 3))
+    jacobian[2] = 0.0
+    np.testing.assert_allclose(solve(jnp.asarray(jacobian @ jacobian.T)), [0, 0, 1, 0], atol=1e-7)
+    # Tiny and huge scales give the same weights (α* is scale invariant).
+    gramian = jnp.asarray((lambda j: j @ j.T)(np.random.default_rng(1).normal(size=(5, 9))))
+    for scale in (1e-30, 1e30):
+        np.testing.assert_allclose(solve(gramian * scale), solve(gramian), atol=1e-6)
+    np.testing.assert_allclose(covjax.min_norm_solver(jnp.ones((1, 1)) * 3.0), [1.0])
+
+
+def test_min_norm_solver_shape_errors() -> None:
+    with pytest.raises(ValueError, match="K×K"):
+        covjax.min_norm_solver(jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match="max_iters"):
+        covjax.min_norm_solver(jnp.eye(2), max_iters=-1)
+
+
+# ----------------------------------------------------------------------------- MGDA scheme
+
+
+@pytest.mark.parametrize("normalization", ["none", "l2", "loss", "loss+"])
+def test_mgda_normalizations(normalization: str) -> None:
+    rng = np.random.default_rng(5)
+    jacobian = random_jacobian(rng, "agreeing", 5, 8)
+    gramian = jacobian @ jacobian.T
+    losses = rng.uniform(0.1, 10.0, size=5)
+    scheme = covjax.mgda(normalization=normalization)
+    state = scheme.init(jnp.asarray(losses, jnp.float32))
+    weights, state = jax.jit(scheme.update)(
+        jnp.asarray(losses, jnp.float32), state, gramian=jnp.asarray(gramian, jnp.float32)
+    )
+    normalized = oracle.normalized_gramian(gramian, losses, normalization)
+    optimum = oracle.min_norm_optimum(normalized)
+    assert_near_optimal(normalized, np.asarray(weights, np.float64), optimum)
+
+
+def test_mgda_pytree_losses_and_rejected_steps() -> None:
+    scheme = covjax.mgda(normalization="l2")
+    update = jax.jit(scheme.update)
+    losses = {"a": jnp.float32(1.0), "b": jnp.float32(2.0)}
+    state = scheme.init(losses)
+    gramian = jnp.array([[4.0, -1.0], [-1.0, 1.0]])
+    weights, state = update(losses, state, gramian=gramian)
+    assert set(weights) == {"a", "b"}
+    chex.assert_trees_all_close(weights["a"] + weights["b"], jnp.float32(1.0))
+    # A NaN Gramian (or loss) is a rejected step: previous weights, state unchanged.
+    again, new_state = update(losses, state, gramian=gramian.at[0, 0].set(jnp.nan))
+    chex.assert_trees_all_close(again, weights)
+    assert int(new_state.count) == int(state.count)
+    nan_losses = {"a": jnp.float32(jnp.nan), "b": jnp.float32(1.0)}
+    again, _ = update(nan_losses, state, gramian=gramian)
+    chex.assert_trees_all_close(again, weights)
+    # A zero gradient under l2 normalisation: no division by zero.
+    weights, _ = update(losses, state, gramian=jnp.array([[0.0, 0.0], [0.0, 1.0]]))
+    assert all(np.isfinite(float(w)) for w in weights.values())
+
+
+def test_mgda_errors() -> None:
+    with pytest.raises(ValueError, match="normalization"):
+        covjax.mgda(normalization="l1")
+    with pytest.raises(ValueError, match="normalization"):
+        normalize_gramian(jnp.eye(2), jnp.ones(2), "max")
