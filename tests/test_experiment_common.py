@@ -83,7 +83,7 @@ def test_registry_builds_and_steps_every_scheme(name: str) -> None:
     entry = schemes.SCHEMES[name]
     if not hasattr(covjax, entry.constructor):
         pytest.skip(f"covjax.{entry.constructor} is not written yet")
-    config = toy_task.toy_config(scheme=name, steps_per_epoch=2)
+    config = toy_task.toy_config(scheme=name, steps_per_epoch=4)
     mesh = sharding.make_mesh(1)
     trainer = train.Trainer(TASK, config, mesh)
     assert trainer.scheme.name == name

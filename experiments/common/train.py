@@ -223,6 +223,9 @@ class Trainer:
             opt_state=self.optimizer.init(params),
             weighting=self.scheme.weighting.init(losses),
         )
+        # Some schemes initialise two state leaves from one array; give every
+        # leaf its own buffer, as the jitted step donates (and reuses) them.
+        state = jax.tree.map(lambda leaf: jnp.array(leaf, copy=True), state)
         return sharding.replicate(state, self.mesh)
 
     @property
