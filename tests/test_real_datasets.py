@@ -341,3 +341,20 @@ def test_nyuv2_errors(tmp_path: Path) -> None:
     np.save(tmp_path / "train" / "depth" / "1.npy", np.zeros((6, 8, 1), np.float32))
     with pytest.raises(DatasetFormatError, match="13-class"):
         nyuv2.load("train", tmp_path)
+
+
+# --------------------------------------------------------------------------- #
+# Registry
+
+
+def test_registry_reaches_the_real_readers(tmp_path: Path, pascal) -> None:
+    from experiments.data import get_dataset
+
+    fake.make_fake_nyuv2(tmp_path / "nyu", counts={"val": 2})
+    nyu = as_list(get_dataset("nyuv2", "validation", tmp_path / "nyu"))
+    assert len(nyu) == 2 and set(nyu[0]) == {"left", "semantic", "depth", "normals"}
+    pascal_root, _ = pascal
+    voc = as_list(get_dataset("pascal_context", "validation", pascal_root, background="class"))
+    assert len(voc) == 1 and set(voc[0]) == {"left", "semantic"}
+    with pytest.raises(ValueError, match="data_dir is required"):
+        get_dataset("kitti", "test", None)
