@@ -139,7 +139,22 @@ def test_kitti_all_frames_and_default_split_file(kitti_inline: fake.FakeKitti) -
     assert len(as_list(dataset)) == 9
     with pytest.raises(DatasetNotFoundError, match="split file") as error:
         kitti.load("test", kitti_inline.root)
-    assert "eigen_test_files.txt" in str(error.value)
+    assert str(kitti_inline.root / "splits" / "eigen_test_files.txt") in str(error.value)
+
+
+def test_kitti_split_file_per_split(kitti_inline: fake.FakeKitti, tmp_path: Path) -> None:
+    train, test = kitti_inline.frames[:4], kitti_inline.frames[4:]
+    fake.write_kitti_split_monodepth(tmp_path / "eigen_train_files.txt", train, ext="png")
+    fake.write_kitti_split_eigen(tmp_path / "eigen_test_files.txt", test)
+    template = tmp_path / "eigen_{split}_files.txt"
+    # One setting for both splits: a {split} template, or the folder of the lists.
+    for options in ({"split_file": template}, {"split_dir": tmp_path}):
+        check_kitti_examples(
+            as_list(kitti.load("test", kitti_inline.root, **options)),
+            [f for f in test if f.depth is not None],
+        )
+        training = as_list(kitti.load("train", kitti_inline.root, **options))
+        assert len(training) == len(train) and "depth" not in training[0]
 
 
 def test_kitti_missing_files_are_named(tmp_path: Path) -> None:

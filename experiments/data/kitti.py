@@ -28,8 +28,10 @@ The annotated maps cover all but the first and last 5 frames of each drive, so
 default (``missing_depth="skip"``), which gives the usual 652-image
 "Eigen improved" benchmark.
 
-Split files (the official lists are not shipped: pass their path): one frame per
-line, in either of the two public formats:
+Split files (the official lists are not shipped: pass ``split_file``, or copy
+monodepth's ``utils/filenames/eigen_{train,val,test}_files.txt`` or monodepth2's
+``splits/eigen/`` into ``<data_dir>/splits/``): one frame per line, in either of
+the two public formats:
 
 * monodepth (Godard et al. 2017; ``utils/filenames/eigen_test_files.txt``, ...):
   ``<date>/<drive>/image_02/data/<frame>.jpg <date>/<drive>/image_03/data/<frame>.jpg``
@@ -252,12 +254,12 @@ def _existing_image(root: Path, frame: KittiFrame, camera: str) -> Path | None:
     return None
 
 
-def _default_split_file(data_dir: Path, split: str) -> Path:
+def _default_split_file(split_dir: Path, split: str) -> Path:
     candidates = [
-        data_dir / "splits" / f"{split}_files.txt",
-        data_dir / "splits" / f"eigen_{split}_files.txt",
-        data_dir / "splits" / "eigen" / f"{split}_files.txt",
-        data_dir / "splits" / f"{split}.txt",
+        split_dir / f"eigen_{split}_files.txt",  # monodepth's utils/filenames/
+        split_dir / "eigen" / f"{split}_files.txt",  # monodepth2's splits/
+        split_dir / f"{split}_files.txt",
+        split_dir / f"{split}.txt",
     ]
     for candidate in candidates:
         if candidate.is_file():
@@ -318,6 +320,7 @@ def load(
     data_dir: str | os.PathLike[str] | None,
     *,
     split_file: str | os.PathLike[str] | None = None,
+    split_dir: str | os.PathLike[str] | None = None,
     depth_dir: str | os.PathLike[str] | None = None,
     with_depth: bool | None = None,
     missing_depth: str = "skip",
@@ -325,12 +328,16 @@ def load(
     """KITTI raw stereo pairs (and improved ground truth) in split-file order.
 
     Args:
-      split: split name; selects the default split file (``<data_dir>/splits/
-        {split}_files.txt``, ``eigen_{split}_files.txt``, ``eigen/{split}_files.txt``
-        or ``{split}.txt``) when ``split_file`` is not given, and the default of
-        ``with_depth``. ``"all"`` without a split file takes every frame on disk.
+      split: split name; selects the split file when ``split_file`` is not given
+        (the first of ``eigen_{split}_files.txt``, ``eigen/{split}_files.txt``,
+        ``{split}_files.txt``, ``{split}.txt`` in ``split_dir``), and the default
+        of ``with_depth``. ``"all"`` without a split file takes every frame on disk.
       data_dir: root of the unpacked raw drives (holds the ``<date>/`` folders).
-      split_file: path of a monodepth or monodepth2 split file.
+      split_file: path of a monodepth or monodepth2 split file; a ``{split}`` in
+        it is replaced by ``split`` (so one setting serves train and test, e.g.
+        ``".../eigen_{split}_files.txt"``).
+      split_dir: folder searched for split files (default ``<data_dir>/splits``):
+        copy monodepth's ``utils/filenames/`` or monodepth2's ``splits/`` there.
       depth_dir: root of the annotated depth maps (default: ``data_dir``).
       with_depth: add the ``depth`` ground truth; default: all splits but ``"train"``.
       missing_depth: for listed frames without ground truth: ``"skip"`` them (logged),
@@ -361,7 +368,7 @@ def load(
     depth_root = Path(depth_dir).expanduser() if depth_dir is not None else root
 
     if split_file is not None:
-        frames = parse_split_file(split_file)
+        frames = parse_split_file(os.fspath(split_file).replace("{split}", split))
     elif split == "all":
         frames = list_all_frames(root)
         if not frames:
@@ -372,7 +379,8 @@ def load(
                 _HOW_TO_GET_RAW,
             )
     else:
-        frames = parse_split_file(_default_split_file(root, split))
+        split_root = Path(split_dir).expanduser() if split_dir is not None else root / "splits"
+        frames = parse_split_file(_default_split_file(split_root, split))
 
     cameras: dict[str, tuple[float, float]] = {}
     for date in sorted({frame.date for frame in frames}):
