@@ -162,7 +162,8 @@ def jacobian_from_vjp(
 
     Returns:
       ``{path: (K, *leaf.shape) array}`` for every selected leaf, row i being
-      ∇ L_i, in the leaf's dtype.
+      ∇ L_i for the i-th loss of ``covjax.loss_names(losses)``, in the leaf's
+      dtype.
     """
     _validate_chunk_size(chunk_size)
     vector, structure = flatten_losses(losses)
@@ -242,7 +243,7 @@ def _differentiable(
 
     if isinstance(params, nnx.Module):
         graphdef, param_state, rest = nnx.split(params, nnx.Param, ...)
-        model = lambda p: nnx.merge(graphdef, p, rest)  # noqa: E731
+        model = lambda p: nnx.merge(graphdef, p, rest, copy=True)  # noqa: E731
         params = param_state
     else:
         model = lambda p: p  # noqa: E731

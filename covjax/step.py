@@ -184,7 +184,7 @@ def value_and_grad(
 
         def run(p, rest, fn, *fn_args):
             """Call ``fn`` on the merged module; return its output and the new non-params."""
-            model = nnx.merge(graphdef, p, rest)
+            model = nnx.merge(graphdef, p, rest, copy=True)
             output = fn(model, *fn_args, *args, **kwargs)
             return output, nnx.split(model, nnx.Param, ...)[2]
 

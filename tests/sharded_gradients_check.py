@@ -1,0 +1,94 @@
+"""Run by tests/test_gradients.py in a subprocess with 8 fake CPU devices.
+
+Trains a small multi-head network for a few steps with MGDA (gradients w.r.t.
+all parameters) and with GradNorm (w.r.t. one shared layer), once with the
+batch sharded over a ``Mesh`` of all devices (parameters and weighting state
+replicated) and once on a single device, and prints the largest differences in
+weights and parameters as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import covjax
+
+NUM_LOSSES = 4
+
+
+def loss_fn(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+    hidden = jnp.tanh(x @ params["shared"]["w1"])
+    hidden = jnp.tanh(hidden @ params["shared"]["w2"])
+    predictions = jnp.einsum("bd,kd->kb", hidden, params["heads"])
+    targets = jnp.stack([y, -y, jnp.sin(3 * y), y**2])
+    return jnp.mean((predictions - targets) ** 2, axis=1)
+
+
+def train(scheme_name: str, devices: list, steps: int = 4) -> tuple[list, dict]:
+    mesh = Mesh(np.array(devices), ("data",))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch_sharded = NamedSharding(mesh, PartitionSpec("data"))
+    rng = np.random.default_rng(0)
+    params = {
+        "shared": {
+            "w1": rng.normal(size=(5, 16)).astype(np.float32) * 0.5,
+            "w2": rng.normal(size=(16, 16)).astype(np.float32) * 0.3,
+        },
+        "heads": rng.normal(size=(NUM_LOSSES, 16)).astype(np.float32) * 0.3,
+    }
+    params = jax.device_put(params, replicated)
+    if scheme_name == "mgda":
+        scheme, wrt = covjax.mgda(normalization="l2"), None
+    else:
+        scheme, wrt = covjax.gradnorm(learning_rate=0.05), "shared/w2"
+    state = jax.device_put(scheme.init(jnp.ones(NUM_LOSSES)), replicated)
+    step = covjax.value_and_grad(loss_fn, scheme, wrt=wrt, chunk_size=2)
+
+    @jax.jit
+    def train_step(params, state, x, y):
+        out, grads = step(params, state, x, y)
+        params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+        return params, out.state, out.weights
+
+    history = []
+    for t in range(steps):
+        batch_rng = np.random.default_rng(100 + t)
+        x = batch_rng.normal(size=(64, 5)).astype(np.float32)
+        y = np.tanh(x[:, 0] - x[:, 1]).astype(np.float32)
+        x = jax.device_put(x, batch_sharded)
+        y = jax.device_put(y, batch_sharded)
+        params, state, weights = train_step(params, state, x, y)
+        history.append(np.asarray(weights))
+    if scheme_name == "gradnorm":
+        history.append(np.asarray(state.inner.weights))  # the learned weights moved
+    return history, params
+
+
+def max_diff(a, b) -> float:
+    return max(
+        float(np.max(np.abs(np.asarray(u) - np.asarray(v))))
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+def main() -> None:
+    devices = jax.devices()
+    report: dict = {"devices": len(devices)}
+    for scheme_name in ("mgda", "gradnorm"):
+        sharded_weights, sharded_params = train(scheme_name, devices)
+        single_weights, single_params = train(scheme_name, devices[:1])
+        report[scheme_name] = {
+            "weights": max_diff(sharded_weights, single_weights),
+            "params": max_diff(sharded_params, single_params),
+            "weight_spread": float(np.ptp(sharded_weights[-1])),
+        }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
