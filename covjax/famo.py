@@ -16,7 +16,8 @@ observed decrease of each log loss::
 is the gradient signal for ξ: ξ takes one step of its own optimiser along
 ∇_ξ = J_softmax(ξ)ᵀ δ = z ⊙ (δ − ⟨z, δ⟩) (tasks that improved fast lose weight).
 The reference uses Adam (lr 0.025) with L2 weight decay γ on ξ (PyTorch's
-``weight_decay``), which is the default here.
+``weight_decay``), which is the default here (γ = 1e-3; the reference class's
+own default is γ = 0.01).
 
 Like the paper's practical algorithm, δ compares consecutive steps' losses
 (the reference re-evaluates the same batch after the update; with losses only,

@@ -270,9 +270,10 @@ def test_lsb_equalises_loss_scales_after_the_first_period() -> None:
 # ---------------------------------------------------------------------------
 # Properties shared by every scheme, on small traces and compiled once each.
 
-# name -> (factory, promised sum of the weights or None, deterministic)
+# name -> (factory, promised sum of the weights or None, permutation equivariant)
 PROPERTY_CASES: dict[str, tuple[Callable[[], covjax.Weighting], float | None, bool]] = {
     "equal": (covjax.equal_weighting, 1.0, True),
+    "static": (lambda: covjax.static_weighting(jnp.arange(1.0, 7.0), normalise=True), 1.0, False),
     "uncertainty": (lambda: covjax.uncertainty_weighting(optax.adam(0.1)), None, True),
     "imtl_l": (lambda: covjax.imtl_l(optax.adam(0.1)), None, True),
     "gls": (covjax.gls, None, True),
@@ -301,13 +302,13 @@ small_traces = st.integers(0, 2**31 - 1).map(lambda seed: random_trace(seed, 12,
 def test_weights_finite_non_negative_normalised_equivariant(
     case: str, trace: np.ndarray, seed: int
 ) -> None:
-    _, promised_sum, deterministic = PROPERTY_CASES[case]
+    _, promised_sum, equivariant = PROPERTY_CASES[case]
     run = compiled_run(case)
     weights = np.asarray(run(trace))
     assert np.all(np.isfinite(weights)) and np.all(weights >= 0)
     if promised_sum is not None:
         np.testing.assert_allclose(weights.sum(axis=1), promised_sum, rtol=1e-5)
-    if deterministic:
+    if equivariant:
         permutation = np.random.default_rng(seed).permutation(PROPERTY_K)
         np.testing.assert_allclose(
             run(trace[:, permutation]), weights[:, permutation], rtol=2e-5, atol=1e-6
