@@ -429,8 +429,8 @@ class EncNet(nnx.Module):
         )
         self.aux_head = FCNHead(self.backbone.stage3_features, num_classes, dropout, rngs=rngs)
 
-    def __call__(self, images: Array) -> EncNetOutputs:
-        """(B, H, W, 3) images in [0, 1], H and W multiples of 8 → :class:`EncNetOutputs`."""
+    def features(self, images: Array) -> tuple[Array, Array]:
+        """The backbone's (stage 3, stage 4) features, the representation all heads share."""
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(
                 f"EncNet: expected NHWC RGB images of shape (B, H, W, 3), got {images.shape}."
@@ -443,7 +443,10 @@ class EncNet(nnx.Module):
             )
         if self.normalize_input:
             images = (images - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
-        stage3, stage4 = self.backbone(images)
+        return self.backbone(images)
+
+    def heads(self, stage3: Array, stage4: Array, height: int, width: int) -> EncNetOutputs:
+        """EncHead on stage 4 and the FCN head on stage 3, upsampled to height × width."""
         logits, se_logits = self.head(stage4)
         aux_logits = self.aux_head(stage3)
         return EncNetOutputs(
@@ -451,3 +454,8 @@ class EncNet(nnx.Module):
             aux_logits=upsample(aux_logits, height, width),
             se_logits=se_logits,
         )
+
+    def __call__(self, images: Array) -> EncNetOutputs:
+        """(B, H, W, 3) images in [0, 1], H and W multiples of 8 → :class:`EncNetOutputs`."""
+        stage3, stage4 = self.features(images)
+        return self.heads(stage3, stage4, images.shape[1], images.shape[2])

@@ -1,0 +1,1 @@
+"""Segmentation configs: ``--config=experiments/segmentation/configs/<name>.py``."""
