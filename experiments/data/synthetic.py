@@ -270,6 +270,8 @@ def sample_scene(rng: np.random.Generator) -> Scene:
         # Skewed towards the camera, so that close-up disparities (up to ~20 % of
         # the width) occur.
         z_near = 1.8 + (street_end - 7.0) * rng.uniform() ** 1.5
+        if abs(x_mid) < width / 2 + 1.2:
+            z_near = max(z_near, 6.0)  # right ahead: do not fill the whole view
         add_box(
             (x_mid - width / 2, 0.0, z_near),
             (x_mid + width / 2, height, z_near + length),
@@ -494,9 +496,9 @@ def render_view(scene: Scene, camera: Camera, camera_x: float = 0.0) -> View:
     if num_spheres:
         rows, cols = np.nonzero(is_sphere)
         index = sphere_index[rows, cols]
-        normal[rows, cols] = (point[rows, cols] - scene.sphere_center[index]) / (
-            scene.sphere_radius[index, None]
-        )
+        radial = point[rows, cols] - scene.sphere_center[index]
+        # Normalised explicitly: dividing by the radius leaves float32 hit-point error.
+        normal[rows, cols] = radial / np.linalg.norm(radial, axis=-1, keepdims=True)
         semantic[rows, cols] = VEGETATION
         albedo[rows, cols] = scene.sphere_albedo[index]
         texture_scale[rows, cols] = 2.5
@@ -673,6 +675,8 @@ class SyntheticStereo(tfds.core.GeneratorBasedBuilder):
             features=tfds.features.FeaturesDict(features),
             description=__doc__.split("\n\n")[0],
             supervised_keys=None,
+            # Keep the examples in index order (the training pipeline shuffles).
+            disable_shuffling=True,
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
