@@ -1,0 +1,269 @@
+"""Cost of the per-loss gradient engine and of the gradient-based schemes.
+
+The network is LibMTL's hard-parameter-sharing MLP of SPEC §9: a shared trunk
+256→512→512→512 (ReLU) and K linear heads 512→10 with cross-entropy, batch 32.
+Three tables, for K = 2, 8, 32 by default:
+
+1. The K×K Gramian of the per-loss gradients w.r.t. all shared parameters:
+   covjax's engine (one batched VJP) against a Python loop of K ``jax.grad``
+   calls, both inside one ``jax.jit`` (XLA shares the forward pass; the K
+   backward passes stay separate), and against K separately jitted calls.
+2. The full jitted train step (forward, weighting, backward, Adam) of GradNorm
+   (gradients at the last trunk layer), MGDA (all shared parameters) and
+   MGDA-UB (the trunk's output) relative to static weights, timed in
+   interleaved rounds so that machine noise hits every scheme alike.
+3. :func:`covjax.min_norm_solver` alone for K = 32.
+
+Run: ``python -m experiments.benchmarks.gradients [--rounds 9 --steps 20 --ks 2 8 32]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import covjax
+from covjax import gradients
+
+Params = dict
+
+
+def init_params(num_losses: int, seed: int = 0, hidden: int = 512, inputs: int = 256) -> Params:
+    rng = np.random.default_rng(seed)
+
+    def dense(n_in: int, n_out: int) -> dict:
+        return {
+            "w": jnp.asarray(rng.normal(size=(n_in, n_out)) / np.sqrt(n_in), jnp.float32),
+            "b": jnp.zeros((n_out,), jnp.float32),
+        }
+
+    return {
+        "trunk": {
+            "layer0": dense(inputs, hidden),
+            "layer1": dense(hidden, hidden),
+            "layer2": dense(hidden, hidden),
+        },
+        "heads": {
+            "w": jnp.asarray(
+                rng.normal(size=(num_losses, hidden, 10)) / np.sqrt(hidden), jnp.float32
+            ),
+            "b": jnp.zeros((num_losses, 10), jnp.float32),
+        },
+    }
+
+
+def trunk(params: Params, x: jax.Array, labels: jax.Array) -> jax.Array:
+    del labels
+    for name in ("layer0", "layer1", "layer2"):
+        layer = params["trunk"][name]
+        x = jax.nn.relu(x @ layer["w"] + layer["b"])
+    return x
+
+
+def heads(params: Params, z: jax.Array, x: jax.Array, labels: jax.Array) -> jax.Array:
+    """(K,) cross-entropies; ``labels`` is (K, batch) with one label set per task."""
+    del x
+    logits = jnp.einsum("bd,kdc->kbc", z, params["heads"]["w"]) + params["heads"]["b"][:, None]
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels), axis=1)
+
+
+def loss_fn(params: Params, x: jax.Array, labels: jax.Array) -> jax.Array:
+    return heads(params, trunk(params, x, labels), x, labels)
+
+
+def make_batch(num_losses: int, batch: int, seed: int = 1) -> tuple[jax.Array, jax.Array]:
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(batch, 256)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, size=(num_losses, batch)), jnp.int32)
+    return x, labels
+
+
+def static_weighting() -> covjax.Weighting:
+    """Equal, constant weights (the baseline every ratio refers to)."""
+    return covjax.make_weighting(
+        lambda losses: (),
+        lambda losses, state, count, gramian: (jnp.full_like(losses, 1.0 / losses.shape[0]), state),
+        name="static",
+    )
+
+
+def shared_leaves(tree: Params) -> list[jax.Array]:
+    return jax.tree.leaves(tree["trunk"])
+
+
+def gramian_engine(params: Params, x: jax.Array, labels: jax.Array) -> jax.Array:
+    return gradients.per_loss_gramian(loss_fn, params, x, labels, wrt="trunk")[1]
+
+
+def gramian_loop(params: Params, x: jax.Array, labels: jax.Array) -> jax.Array:
+    """K separate ``jax.grad`` calls (a Python loop, traced into one program)."""
+    num_losses = labels.shape[0]
+    rows = []
+    for i in range(num_losses):
+        grads = jax.grad(lambda p, i=i: loss_fn(p, x, labels)[i])(params)
+        rows.append(jnp.concatenate([leaf.ravel() for leaf in shared_leaves(grads)]))
+    jacobian = jnp.stack(rows)
+    return jacobian @ jacobian.T
+
+
+def gramian_dispatched_loop(num_losses: int) -> Callable[..., jax.Array]:
+    """K separately jitted ``jax.grad`` calls dispatched from Python (PyTorch-style)."""
+    grad_fns = [
+        jax.jit(jax.grad(lambda p, x, labels, i=i: loss_fn(p, x, labels)[i]))
+        for i in range(num_losses)
+    ]
+
+    @jax.jit
+    def reduce(rows: list) -> jax.Array:
+        jacobian = jnp.stack([jnp.concatenate([leaf.ravel() for leaf in r]) for r in rows])
+        return jacobian @ jacobian.T
+
+    def run(params: Params, x: jax.Array, labels: jax.Array) -> jax.Array:
+        return reduce([shared_leaves(fn(params, x, labels)) for fn in grad_fns])
+
+    return run
+
+
+def interleaved_times(
+    runners: dict[str, Callable[[], jax.Array]], rounds: int, steps: int
+) -> dict[str, float]:
+    """Median seconds per call of each runner, measured in interleaved rounds."""
+    for run in runners.values():
+        jax.block_until_ready(run())  # compile and warm up
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                out = run()
+            jax.block_until_ready(out)
+            times[name].append((time.perf_counter() - start) / steps)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def engine_table(ks: list[int], batch: int, rounds: int, steps: int) -> None:
+    print(
+        f"\n1. K×K Gramian w.r.t. all shared parameters (0.66 M), batch {batch}; ms per call, "
+        f"median of {rounds} rounds × {steps} calls ({jax.devices()[0].platform})"
+    )
+    print("| K | engine (batched VJP) | loop, one jit | loop, K jitted calls | speed-up vs loop |")
+    print("|---|---|---|---|---|")
+    for k in ks:
+        params, (x, labels) = init_params(k), make_batch(k, batch)
+        engine, loop = jax.jit(gramian_engine), jax.jit(gramian_loop)
+        dispatched = gramian_dispatched_loop(k)
+        np.testing.assert_allclose(
+            engine(params, x, labels), loop(params, x, labels), rtol=2e-3, atol=1e-5
+        )
+        t = interleaved_times(
+            {
+                "engine": lambda: engine(params, x, labels),
+                "loop": lambda: loop(params, x, labels),
+                "dispatched": lambda: dispatched(params, x, labels),
+            },
+            rounds,
+            steps,
+        )
+        print(
+            f"| {k} | {1e3 * t['engine']:.2f} | {1e3 * t['loop']:.2f} | "
+            f"{1e3 * t['dispatched']:.2f} | {t['loop'] / t['engine']:.2f}× |"
+        )
+
+
+def make_train_step(
+    scheme: covjax.Weighting, **engine_options
+) -> Callable[..., tuple[Params, optax.OptState, covjax.WeightingState, jax.Array]]:
+    optimizer = optax.adam(1e-3)
+    if "representation" in engine_options:
+        grad_fn = covjax.value_and_grad(heads, scheme, **engine_options)
+    else:
+        grad_fn = covjax.value_and_grad(loss_fn, scheme, **engine_options)
+
+    @jax.jit
+    def train_step(params, opt_state, weighting_state, x, labels):
+        out, grads = grad_fn(params, weighting_state, x, labels)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, out.state, out.total
+
+    return train_step
+
+
+def step_table(ks: list[int], batch: int, rounds: int, steps: int) -> None:
+    print(
+        f"\n2. Full train step (forward, weighting, backward, Adam), batch {batch}; "
+        f"ratio to static weights, median of {rounds} rounds × {steps} steps"
+    )
+    print("| K | static ms | GradNorm (layer2) | MGDA (all shared) | MGDA-UB (representation) |")
+    print("|---|---|---|---|---|")
+    configurations = {
+        "static": (static_weighting, {}),
+        "gradnorm": (covjax.gradnorm, {"wrt": "trunk/layer2/w"}),
+        "mgda": (covjax.mgda, {"wrt": "trunk"}),
+        "mgda_ub": (covjax.mgda, {"representation": trunk}),
+    }
+    for k in ks:
+        x, labels = make_batch(k, batch)
+        runners = {}
+        for name, (make_scheme, options) in configurations.items():
+            scheme = make_scheme()
+            params = init_params(k)
+            state = [params, optax.adam(1e-3).init(params), scheme.init(jnp.ones(k)), None]
+            train_step = make_train_step(scheme, **options)
+
+            def run(train_step=train_step, state=state) -> jax.Array:
+                state[0], state[1], state[2], total = train_step(
+                    state[0], state[1], state[2], x, labels
+                )
+                return total
+
+            runners[name] = run
+        t = interleaved_times(runners, rounds, steps)
+        base = t["static"]
+        print(
+            f"| {k} | {1e3 * base:.2f} | {t['gradnorm'] / base:.2f} | {t['mgda'] / base:.2f} | "
+            f"{t['mgda_ub'] / base:.2f} |"
+        )
+
+
+def solver_table(k: int, rounds: int, steps: int) -> None:
+    rng = np.random.default_rng(0)
+    solve = jax.jit(covjax.min_norm_solver)
+    problems = {
+        "generic (K gradients in 64-D)": rng.normal(size=(k, 64)),
+        "rank-deficient (rank 4)": rng.normal(size=(k, 4)) @ rng.normal(size=(4, 64)),
+        "agreeing (optimum ≠ 0)": rng.normal(size=(k, 64)) + 3.0 * rng.normal(size=64),
+    }
+    print(f"\n3. min_norm_solver alone, K = {k}, jitted, per call incl. dispatch")
+    print("| problem | ms |")
+    print("|---|---|")
+    for name, jacobian in problems.items():
+        gramian = jnp.asarray(jacobian @ jacobian.T, jnp.float32)
+        t = interleaved_times({"solve": lambda gramian=gramian: solve(gramian)}, rounds, 10 * steps)
+        print(f"| {name} | {1e3 * t['solve']:.3f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ks", type=int, nargs="+", default=[2, 8, 32])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["engine", "step", "solver"])
+    args = parser.parse_args()
+    if "engine" not in args.skip:
+        engine_table(args.ks, args.batch, args.rounds, args.steps)
+    if "step" not in args.skip:
+        step_table(args.ks, args.batch, args.rounds, args.steps)
+    if "solver" not in args.skip:
+        solver_table(max(args.ks), args.rounds, args.steps)
+
+
+if __name__ == "__main__":
+    main()
