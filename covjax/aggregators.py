@@ -1,0 +1,887 @@
+"""Gradient aggregators as weightings: losses + Gramian (+ state) → weights.
+
+PCGrad, CAGrad, IMTL-G, Nash-MTL, Aligned-MTL, UPGrad, GradVac and DB-MTL
+each turn the K per-loss gradients g_i (rows of the Jacobian J) into one
+update direction d. Every one of them is a linear combination d = Σ_i w_i g_i
+whose coefficients depend on the gradients only through their inner products,
+so it is computed here from the K×K Gramian G = J Jᵀ alone: a modified
+gradient is tracked as its coefficient vector c over the original gradients
+(⟨Σ c_i g_i, g_j⟩ = (cᵀG)_j, ‖Σ c_i g_i‖² = cᵀGc). The returned weights are w,
+and :func:`covjax.value_and_grad` then forms d with ONE weighted backward pass.
+
+All schemes are built with ``requires={"gramian"}``. Conventions shared by all:
+
+* The Gramian is symmetrised and divided by its mean diagonal before solving.
+  Every aggregator here is invariant to that scale (or, for Nash-MTL, scales
+  back explicitly), and float32 solvers behave much better on O(1) numbers.
+* A loss whose gradient norm is below ``DEAD_GRADIENT`` (1e-5) times the
+  largest is "dead": it cannot be projected on, normalised or bargained with.
+  Each scheme says in its docstring what it does with dead losses; when every
+  gradient is zero (G = 0) the direction is 0 whatever the weights, and the
+  schemes return their documented neutral weights (never NaN).
+* Randomness (PCGrad, GradVac) comes from a PRNG key in the state, split every
+  step: the same seed and inputs give the same weights, jitted or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from covjax import numerics
+from covjax.base import Weighting, make_weighting
+
+GRAMIAN = frozenset({"gramian"})
+
+#: A gradient whose norm is below this fraction of the largest one is treated as zero.
+DEAD_GRADIENT = 1e-5
+
+
+# ---------------------------------------------------------------------------
+# Shared helpers.
+
+
+class Normalised(NamedTuple):
+    """A Gramian divided by its mean diagonal, with what is needed to undo it."""
+
+    gramian: Array  # (K, K) symmetric, mean diagonal 1 (or all zero)
+    scale: Array  # the mean diagonal of the original Gramian (0 when G = 0)
+    live: Array  # (K,) bool: gradient norm ≥ DEAD_GRADIENT · the largest one
+
+
+def _normalise(gramian: Array) -> Normalised:
+    symmetric = 0.5 * (gramian + gramian.T)
+    diagonal = jnp.maximum(jnp.diagonal(symmetric), 0.0)
+    scale = jnp.mean(diagonal)
+    ok = scale > 0
+    normalised = jnp.where(ok, symmetric / jnp.where(ok, scale, 1.0), 0.0)
+    norms_sq = jnp.maximum(jnp.diagonal(normalised), 0.0)
+    live = (norms_sq > DEAD_GRADIENT**2 * jnp.max(norms_sq)) & ok
+    return Normalised(normalised, scale, live)
+
+
+def _uniform(k: int) -> Array:
+    return jnp.full((k,), 1.0 / k, jnp.float32)
+
+
+def _shuffled_orders(key: Array, k: int) -> tuple[Array, Array]:
+    """A fresh key and one random permutation of range(K) per loss: (K, K) int32."""
+    next_key, order_key = jax.random.split(key)
+    keys = jax.random.split(order_key, k)
+    orders = jax.vmap(lambda kk: jax.random.permutation(kk, k))(keys)
+    return next_key, orders.astype(jnp.int32)
+
+
+def _project_to_simplex(v: Array, support: Array | None = None) -> Array:
+    """Euclidean projection onto {w ≥ 0, Σ w = 1} (sort-based, Duchi et al. 2008).
+
+    With a boolean ``support`` (not all False), onto the face where w = 0
+    outside it.
+    """
+    k = v.shape[0]
+    if support is not None:
+        v = jnp.where(support, v, -jnp.inf)
+    u = jnp.sort(v)[::-1]
+    cumulative = jnp.cumsum(u) - 1.0
+    index = jnp.arange(1, k + 1, dtype=v.dtype)
+    # −inf entries (outside the support) give NaN here and compare False.
+    above = u - cumulative / index > 0
+    rho = jnp.sum(above)
+    theta = cumulative[rho - 1] / rho.astype(v.dtype)
+    return jnp.maximum(v - theta, 0.0)
+
+
+class _LawsonHanson(NamedTuple):
+    x: Array
+    passive: Array
+    iteration: Array
+
+
+def nonnegative_qp(
+    gramian: Array, linear: Array, max_iters: int | None = None, tol: float = 1e-7
+) -> Array:
+    """``argmin_{x ≥ 0} ½ xᵀGx + linearᵀx`` for a PSD ``gramian`` (small K).
+
+    Lawson & Hanson's active-set NNLS algorithm (1974) in normal-equation form:
+    it is exact after finitely many steps (at most a few K in practice), which
+    projected-gradient methods are not. ``tol`` is the threshold on the
+    negative gradient for adding a variable to the passive set (G is assumed
+    normalised to an O(1) diagonal). A 1e-7 ridge on the passive block keeps
+    the masked solves regular for rank-deficient Gramians.
+    """
+    k = linear.shape[0]
+    max_iters = 3 * k if max_iters is None else max_iters
+    eye = jnp.eye(k, dtype=gramian.dtype)
+    indices = jnp.arange(k)
+
+    def solve_on(passive: Array) -> Array:
+        both = passive[:, None] & passive[None, :]
+        system = jnp.where(both, gramian + 1e-7 * eye, eye)
+        rhs = jnp.where(passive, -linear, 0.0)
+        return jnp.where(passive, jnp.linalg.solve(system, rhs), 0.0)
+
+    def negative_gradient(x: Array) -> Array:
+        return -(gramian @ x + linear)
+
+    def outer_cond(state: _LawsonHanson) -> Array:
+        w = negative_gradient(state.x)
+        return (state.iteration < max_iters) & jnp.any(~state.passive & (w > tol))
+
+    def outer_body(state: _LawsonHanson) -> _LawsonHanson:
+        w = negative_gradient(state.x)
+        entering = jnp.argmax(jnp.where(state.passive, -jnp.inf, w))
+        passive = state.passive | (indices == entering)
+
+        def inner_cond(carry: tuple[Array, Array, Array, Array]) -> Array:
+            _, passive, s, count = carry
+            return jnp.any(passive & (s <= 0)) & (count < k)
+
+        def inner_body(carry: tuple[Array, Array, Array, Array]):
+            x, passive, s, count = carry
+            blocking = passive & (s <= 0)
+            gap = x - s
+            ratio = jnp.where(blocking & (gap > 0), x / jnp.where(gap > 0, gap, 1.0), jnp.inf)
+            ratio = jnp.where(blocking & (gap <= 0), 0.0, ratio)
+            leaving = jnp.argmin(ratio)
+            step = jnp.clip(ratio[leaving], 0.0, 1.0)
+            x = jnp.where(passive, x + step * (s - x), 0.0)
+            passive = passive & (x > 1e-12) & (indices != leaving)
+            x = jnp.where(passive, x, 0.0)
+            return x, passive, solve_on(passive), count + 1
+
+        x, passive, s, _ = jax.lax.while_loop(
+            inner_cond, inner_body, (state.x, passive, solve_on(passive), jnp.zeros((), jnp.int32))
+        )
+        x = jnp.where(passive, jnp.maximum(s, 0.0), 0.0)
+        return _LawsonHanson(x, passive, state.iteration + 1)
+
+    start = _LawsonHanson(
+        jnp.zeros_like(linear), jnp.zeros((k,), bool), jnp.zeros((), jnp.int32)
+    )
+    return jax.lax.while_loop(outer_cond, outer_body, start).x
+
+
+# ---------------------------------------------------------------------------
+# PCGrad.
+
+
+class PCGradState(NamedTuple):
+    """PRNG key for the random projection orders (uint32[2], split every step)."""
+
+    key: Array
+
+
+def pcgrad(seed: int = 0) -> Weighting:
+    """PCGrad, "Gradient Surgery for Multi-Task Learning" (Yu et al., NeurIPS 2020).
+
+    For every loss i, starting from g_i^PC = g_i and visiting all j (i included,
+    as the reference implementations do) in a random order::
+
+        if ⟨g_i^PC, g_j⟩ < 0:   g_i^PC ← g_i^PC − ⟨g_i^PC, g_j⟩ / ‖g_j‖² · g_j
+
+    (projection onto the normal plane of each conflicting ORIGINAL gradient),
+    and d = Σ_i g_i^PC. Each g_i^PC is tracked as a coefficient vector c_i
+    (starting at e_i), so w = Σ_i c_i. Dead (zero) gradients are never
+    projected on; with no conflicts w = 1 (plain sum).
+
+    Args:
+      seed: seed of the PRNG key kept in the state (one permutation per loss
+        per step, drawn from a key split every step).
+    """
+
+    def init_fn(losses: Array) -> PCGradState:
+        del losses
+        return PCGradState(jax.random.PRNGKey(seed))
+
+    def update_fn(
+        losses: Array, state: PCGradState, count: Array, gramian: Array | None
+    ) -> tuple[Array, PCGradState]:
+        del count
+        k = losses.shape[0]
+        g = _normalise(gramian)
+        next_key, orders = _shuffled_orders(state.key, k)
+        eye = jnp.eye(k, dtype=g.gramian.dtype)
+
+        def surgery(start: Array, order: Array) -> Array:
+            def visit(coef: Array, j: Array) -> tuple[Array, None]:
+                dot = coef @ g.gramian[:, j]
+                conflict = (dot < 0) & g.live[j]
+                shift = jnp.where(conflict, dot / jnp.where(conflict, g.gramian[j, j], 1.0), 0.0)
+                return coef - shift * eye[j], None
+
+            return jax.lax.scan(visit, start, order)[0]
+
+        coefficients = jax.vmap(surgery)(eye, orders)
+        return jnp.sum(coefficients, axis=0), PCGradState(next_key)
+
+    return make_weighting(init_fn, update_fn, name="pcgrad", requires=GRAMIAN)
+
+
+# ---------------------------------------------------------------------------
+# GradVac.
+
+
+class GradVacState(NamedTuple):
+    """GradVac's state.
+
+    Attributes:
+      key: PRNG key for the random visiting orders (split every step).
+      targets: (K, K) EMA targets φ̂_ij of the cosine similarity (start at 0).
+    """
+
+    key: Array
+    targets: Array
+
+
+def gradvac(beta: float = 0.5, seed: int = 0) -> Weighting:
+    """Gradient Vaccine (Wang, Tsvetkov, Firat, Cao, ICLR 2021).
+
+    For every loss i, starting from g_i^PC = g_i, and every j ≠ i in a random
+    order, with φ = cos(g_i^PC, g_j) and the target φ̂_ij::
+
+        if φ < φ̂_ij:  g_i^PC ← g_i^PC + ‖g_i^PC‖ (φ̂ √(1−φ²) − φ √(1−φ̂²)) / (‖g_j‖ √(1−φ̂²)) · g_j
+        φ̂_ij ← (1 − β) φ̂_ij + β φ          (every visit, with φ before the adjustment)
+
+    and d = Σ_i g_i^PC (coefficient bookkeeping, w = Σ_i c_i). Targets start at
+    0, so early steps behave like PCGrad with a gentler correction.
+
+    Args:
+      beta: EMA rate of the targets. The paper uses 1e-2; LibMTL's default,
+        adopted here, is 0.5.
+      seed: seed of the PRNG key kept in the state.
+
+    Degenerate cases: a pair with a dead gradient (or a vanished g_i^PC) is
+    skipped and its target left unchanged; a target |φ̂| = 1 (√(1−φ̂²) = 0)
+    makes no adjustment.
+    """
+    if not 0.0 < beta <= 1.0:
+        raise ValueError(f"covjax.gradvac: beta must lie in (0, 1], got {beta}")
+
+    def init_fn(losses: Array) -> GradVacState:
+        k = losses.shape[0]
+        return GradVacState(jax.random.PRNGKey(seed), jnp.zeros((k, k), jnp.float32))
+
+    def update_fn(
+        losses: Array, state: GradVacState, count: Array, gramian: Array | None
+    ) -> tuple[Array, GradVacState]:
+        del count
+        k = losses.shape[0]
+        g = _normalise(gramian)
+        next_key, orders = _shuffled_orders(state.key, k)
+        eye = jnp.eye(k, dtype=g.gramian.dtype)
+        norms = jnp.sqrt(jnp.maximum(jnp.diagonal(g.gramian), 0.0))
+
+        def vaccinate(i: Array, order: Array, targets: Array) -> tuple[Array, Array]:
+            def visit(carry: tuple[Array, Array], j: Array) -> tuple[tuple[Array, Array], None]:
+                coef, row = carry
+                pc_norm = jnp.sqrt(jnp.maximum(coef @ g.gramian @ coef, 0.0))
+                valid = (j != i) & g.live[j] & (pc_norm > DEAD_GRADIENT * jnp.max(norms))
+                denominator = jnp.where(valid, pc_norm * norms[j], 1.0)
+                phi = jnp.clip((coef @ g.gramian[:, j]) / denominator, -1.0, 1.0)
+                target = row[j]
+                target_sine = jnp.sqrt(jnp.maximum(1.0 - target**2, 0.0))
+                adjust = valid & (phi < target) & (target_sine > 1e-6)
+                scale = jnp.where(adjust, pc_norm / jnp.where(adjust, norms[j], 1.0), 0.0)
+                amount = scale * (
+                    target * jnp.sqrt(jnp.maximum(1.0 - phi**2, 0.0)) - phi * target_sine
+                ) / jnp.where(adjust, target_sine, 1.0)
+                coef = coef + jnp.where(adjust, amount, 0.0) * eye[j]
+                row = row.at[j].set(jnp.where(valid, (1.0 - beta) * target + beta * phi, target))
+                return (coef, row), None
+
+            (coef, row), _ = jax.lax.scan(visit, (eye[i], targets), order)
+            return coef, row
+
+        coefficients, targets = jax.vmap(vaccinate)(jnp.arange(k), orders, state.targets)
+        return jnp.sum(coefficients, axis=0), GradVacState(next_key, targets)
+
+    return make_weighting(init_fn, update_fn, name="gradvac", requires=GRAMIAN)
+
+
+# ---------------------------------------------------------------------------
+# CAGrad.
+
+
+class CAGradState(NamedTuple):
+    """The simplex weights w of the last dual solution (warm start)."""
+
+    dual: Array
+
+
+def cagrad(
+    c: float = 0.4, rescale: bool = True, max_iters: int = 500, tol: float = 1e-7
+) -> Weighting:
+    """Conflict-Averse Gradient descent (Liu, Liu, Jin, Stone, Liu, NeurIPS 2021).
+
+    With g0 = (1/K) Σ g_i, find d maximising the worst improvement
+    min_i ⟨g_i, d⟩ within the ball ‖d − g0‖ ≤ c‖g0‖. Its dual over the simplex::
+
+        w* = argmin_{w ∈ Δ}  ⟨g_w, g0⟩ + c ‖g0‖ ‖g_w‖,    g_w = Σ w_i g_i
+
+    gives d = g0 + (c ‖g0‖ / ‖g_w*‖) g_w*, i.e. weights
+    1/K + (c ‖g0‖/‖g_w*‖) w*. In Gramian terms ⟨g_w, g0⟩ = wᵀG1/K and
+    ‖g_w‖² = wᵀGw. The dual is solved in-graph by accelerated projected
+    gradient (FISTA with backtracking and adaptive restart, Beck & Teboulle
+    2009; O'Donoghue & Candès 2015), warm-started from the last solution.
+
+    Args:
+      c: radius of the ball relative to ‖g0‖ (the paper's 0.4 for NYUv2...).
+      rescale: divide d by 1 + c² as the authors' code (``rescale=1``, their
+        default) and LibMTL do; ``False`` gives the paper's d exactly.
+      max_iters: iteration cap of the dual solver.
+      tol: stop when an iteration moves w by less than this (∞-norm).
+
+    Degenerate cases: dead losses (zero gradient) are left out of the worst
+    case (w_i = 0: their improvement is 0 for every d); if ‖g_w*‖ = 0 (0 lies
+    in the gradients' hull) or g0 = 0, d = g0 (weights 1/K, rescaled).
+    """
+    if c < 0:
+        raise ValueError(f"covjax.cagrad: c must be ≥ 0, got {c}")
+    if max_iters < 1:
+        raise ValueError(f"covjax.cagrad: max_iters must be ≥ 1, got {max_iters}")
+
+    def init_fn(losses: Array) -> CAGradState:
+        return CAGradState(_uniform(losses.shape[0]))
+
+    def update_fn(
+        losses: Array, state: CAGradState, count: Array, gramian: Array | None
+    ) -> tuple[Array, CAGradState]:
+        del count
+        k = losses.shape[0]
+        g = _normalise(gramian)
+        mean_weights = _uniform(k)
+        linear = g.gramian @ mean_weights
+        g0_norm = jnp.sqrt(jnp.maximum(mean_weights @ linear, 0.0))
+        radius = c * g0_norm
+        start = jnp.where(jnp.all(jnp.isfinite(state.dual)), state.dual, mean_weights)
+        # A dead loss's improvement is 0 whatever d: it is left out of the worst case.
+        live = jnp.where(jnp.any(g.live), g.live, True)
+        dual = cagrad_dual(g.gramian, linear, radius, start, live, max_iters, tol)
+        gw_norm = jnp.sqrt(jnp.maximum(dual @ g.gramian @ dual, 0.0))
+        ok = gw_norm > 1e-6 * jnp.maximum(g0_norm, numerics.TINY)
+        lam = jnp.where(ok, radius / jnp.where(ok, gw_norm, 1.0), 0.0)
+        weights = mean_weights + lam * dual
+        if rescale:
+            weights = weights / (1.0 + c**2)
+        return weights, CAGradState(dual)
+
+    return make_weighting(init_fn, update_fn, name="cagrad", requires=GRAMIAN)
+
+
+class _Fista(NamedTuple):
+    w: Array
+    y: Array
+    momentum: Array
+    step: Array
+    iteration: Array
+    moved: Array
+
+
+def cagrad_dual(
+    gramian: Array,
+    linear: Array,
+    radius: Array,
+    start: Array,
+    support: Array,
+    max_iters: int,
+    tol: float,
+) -> Array:
+    """``argmin_{w ∈ Δ} linearᵀw + radius·√(wᵀGw)`` by FISTA with backtracking and restart.
+
+    ``w`` is restricted to the face of the simplex where w = 0 outside ``support``.
+    """
+    # A tiny floor inside the root keeps the gradient finite at g_w = 0.
+    floor = 1e-12
+
+    def objective(w: Array) -> Array:
+        return linear @ w + radius * jnp.sqrt(jnp.maximum(w @ gramian @ w, 0.0) + floor)
+
+    def gradient(w: Array) -> Array:
+        gw = gramian @ w
+        return linear + radius * gw / jnp.sqrt(jnp.maximum(w @ gw, 0.0) + floor)
+
+    def cond(s: _Fista) -> Array:
+        return (s.iteration < max_iters) & (s.moved > tol)
+
+    def body(s: _Fista) -> _Fista:
+        f_y = objective(s.y)
+        g_y = gradient(s.y)
+
+        def not_sufficient(carry: tuple[Array, Array, Array]) -> Array:
+            step, z, count = carry
+            diff = z - s.y
+            bound = f_y + g_y @ diff + (diff @ diff) / (2.0 * step)
+            return (objective(z) > bound + 1e-7 * jnp.abs(f_y)) & (count < 40)
+
+        def shrink(carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+            step, _, count = carry
+            step = 0.5 * step
+            return step, _project_to_simplex(s.y - step * g_y, support), count + 1
+
+        step = s.step * 1.25  # let the step grow back after a shrink
+        z = _project_to_simplex(s.y - step * g_y, support)
+        step, z, _ = jax.lax.while_loop(not_sufficient, shrink, (step, z, jnp.zeros((), jnp.int32)))
+        # Adaptive restart: drop the momentum when the objective goes up.
+        restart = objective(z) > objective(s.w)
+        momentum = jnp.where(restart, 1.0, s.momentum)
+        next_momentum = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * momentum**2))
+        w = jnp.where(restart, s.w, z)
+        y = jnp.where(restart, s.w, z + ((momentum - 1.0) / next_momentum) * (z - s.w))
+        moved = jnp.where(restart, jnp.inf, jnp.max(jnp.abs(z - s.w)))
+        return _Fista(w, y, next_momentum, step, s.iteration + 1, moved)
+
+    # Initial step from the largest curvature of the quadratic part.
+    lipschitz = radius * jnp.max(jnp.sum(jnp.abs(gramian), axis=1)) + 1.0
+    start = _project_to_simplex(start, support)
+    state = _Fista(
+        start,
+        start,
+        jnp.ones((), start.dtype),
+        1.0 / lipschitz,
+        jnp.zeros((), jnp.int32),
+        jnp.full((), jnp.inf, start.dtype),
+    )
+    result = jax.lax.while_loop(cond, body, state)
+    return _polish_on_face(result.w, gramian, linear, radius, gradient, support)
+
+
+def _polish_on_face(
+    w: Array,
+    gramian: Array,
+    linear: Array,
+    radius: Array,
+    gradient: Callable[[Array], Array],
+    support: Array,
+    steps: int = 4,
+) -> Array:
+    """Newton steps for the CAGrad dual on the face {w_i > 0} found by FISTA.
+
+    The dual is flat along many directions (duplicated or dependent
+    gradients): float32 objective values cannot tell its near-optimal points
+    apart, so first-order methods stall about 1e-4 from the optimum. Newton
+    steps on the face's KKT system (stationarity up to a multiplier of Σw = 1)
+    use gradients only and converge quadratically. A step that would leave
+    the simplex is cut at the boundary (the blocking weight leaves the face);
+    a step is kept only if it lowers the projected-gradient residual.
+    """
+    k = w.shape[0]
+    eye = jnp.eye(k, dtype=w.dtype)
+
+    def residual(v: Array) -> Array:
+        g = gradient(v)
+        scale = jnp.max(jnp.abs(g)) + 1.0
+        return jnp.max(jnp.abs(v - _project_to_simplex(v - g / scale, support)))
+
+    def newton(_: int, v: Array) -> Array:
+        face = (v > 0) & support
+        gw = gramian @ v
+        norm_sq = jnp.maximum(v @ gw, numerics.TINY)
+        norm = jnp.sqrt(norm_sq)
+        # Hessian of radius·‖g_w‖: (r/‖g_w‖)(G − (Gw)(Gw)ᵀ/‖g_w‖²), singular along w
+        # itself; the Σ Δ = 0 constraint removes that direction. A 1e-7 ridge
+        # handles duplicated gradients.
+        hessian = (radius / norm) * (gramian - jnp.outer(gw, gw) / norm_sq)
+        hessian = hessian + 1e-7 * (jnp.trace(hessian) / k + 1e-6) * eye
+        both = face[:, None] & face[None, :]
+        ones = face.astype(v.dtype)
+        system = jnp.block(
+            [
+                [jnp.where(both, hessian, eye), ones[:, None]],
+                [ones[None, :], jnp.zeros((1, 1), v.dtype)],
+            ]
+        )
+        rhs = jnp.concatenate([jnp.where(face, -gradient(v), 0.0), jnp.zeros((1,), v.dtype)])
+        delta = jnp.where(face, jnp.linalg.solve(system, rhs)[:k], 0.0)
+        # Ratio test: the longest step ≤ 1 that keeps w ≥ 0.
+        shrinking = face & (delta < 0)
+        limits = jnp.where(shrinking, v / jnp.where(shrinking, -delta, 1.0), jnp.inf)
+        step = jnp.minimum(1.0, jnp.min(limits))
+        candidate = jnp.maximum(v + step * delta, 0.0)
+        candidate = candidate / jnp.sum(candidate)
+        better = jnp.all(jnp.isfinite(candidate)) & (residual(candidate) <= residual(v))
+        return jnp.where(better, candidate, v)
+
+    return jax.lax.fori_loop(0, steps, newton, w)
+
+
+# ---------------------------------------------------------------------------
+# IMTL-G.
+
+
+def imtl_g() -> Weighting:
+    """IMTL-G, the gradient half of Impartial MTL (Liu et al., ICLR 2021).
+
+    Find d = Σ α_i g_i with Σ α_i = 1 whose projections onto every unit
+    gradient u_i = g_i/‖g_i‖ are equal: dᵀu_1 = dᵀu_i. The paper's closed form,
+    with D = [g_1 − g_i]ᵀ and U = [u_1 − u_i]ᵀ (i = 2..K)::
+
+        α_{2:K} = g_1 Uᵀ (D Uᵀ)⁻¹,   α_1 = 1 − Σ_{i≥2} α_i
+
+    is the solution of the (K+1)-square linear system
+    Σ_j G_ij α_j / ‖g_i‖ − p = 0 (all i), Σ α = 1 in (α, p), solved here in
+    Gramian terms by least squares, so a singular system (parallel or
+    linearly dependent gradients) gives its minimum-norm solution rather than
+    NaN. Dead losses get α_i = 0 (they have no direction to be impartial to);
+    with every gradient zero the weights are uniform.
+    """
+
+    def init_fn(losses: Array) -> tuple[()]:
+        del losses
+        return ()
+
+    def update_fn(
+        losses: Array, state: tuple[()], count: Array, gramian: Array | None
+    ) -> tuple[Array, tuple[()]]:
+        del count
+        k = losses.shape[0]
+        g = _normalise(gramian)
+        norms = jnp.sqrt(jnp.maximum(jnp.diagonal(g.gramian), 0.0))
+        eye = jnp.eye(k, dtype=g.gramian.dtype)
+        projections = g.gramian / jnp.where(g.live, norms, 1.0)[:, None]
+        rows = jnp.where(g.live[:, None], projections, eye)
+        column = jnp.where(g.live, -1.0, 0.0)[:, None]
+        system = jnp.concatenate(
+            [
+                jnp.concatenate([rows, column], axis=1),
+                jnp.concatenate([jnp.ones((1, k)), jnp.zeros((1, 1))], axis=1),
+            ],
+            axis=0,
+        )
+        rhs = jnp.zeros((k + 1,), g.gramian.dtype).at[k].set(1.0)
+        solution = jnp.linalg.lstsq(system, rhs, rcond=1e-6)[0]
+        weights = jnp.where(g.live, solution[:k], 0.0)
+        ok = jnp.any(g.live) & jnp.all(jnp.isfinite(weights))
+        return jnp.where(ok, weights, _uniform(k)), state
+
+    return make_weighting(init_fn, update_fn, name="imtl_g", requires=GRAMIAN)
+
+
+# ---------------------------------------------------------------------------
+# Nash-MTL.
+
+
+class NashMTLState(NamedTuple):
+    """The last solution α̂ of the normalised problem (warm start; 0 before the first)."""
+
+    alpha: Array
+
+
+def nash_mtl(
+    max_iters: int = 50,
+    normalise_gramian: bool = True,
+    ridge: float = 1e-6,
+    tol: float = 1e-10,
+) -> Weighting:
+    """Nash-MTL, "Multi-Task Learning as a Bargaining Game" (Navon et al., ICML 2022).
+
+    The Nash bargaining solution d = Σ α_i g_i, α > 0, solves (Gα)_i = 1/α_i:
+    every loss's improvement ⟨g_i, d⟩ is inversely proportional to its weight.
+    These are the stationarity conditions of the strictly convex,
+    self-concordant problem::
+
+        min_{α > 0}  ½ αᵀGα − Σ_i log α_i
+
+    solved in-graph by damped Newton (step 1/(1+λ) while the Newton decrement
+    λ > 1/4, full steps after: Nesterov & Nemirovski; stays in α > 0 without
+    a line search), warm-started from the previous step's α. The authors'
+    code uses cvxpy with a sequence of convex relaxations (≤ 20 rounds) that
+    converges to the same point.
+
+    Args:
+      max_iters: Newton iteration cap (typically 3–6 are used warm-started).
+      normalise_gramian: as the authors' code, solve with G/‖G‖_F so that the
+        weights do not depend on the gradients' scale; ``False`` solves
+        Gα = 1/α with the raw Gramian (the paper's equation).
+      ridge: fallback regularisation. Gα = 1/α has no solution when a
+        non-negative combination of the gradients vanishes (e.g. two exactly
+        opposing gradients: the problem above is unbounded). When the plain
+        solve does not converge, or gives α beyond 1e6 (in units of
+        1/rms‖g‖), it is redone with G + ridge·mean(diag G)·I, whose weights
+        are bounded by about 1/√ridge (instead of diverging).
+      tol: stop when the squared Newton decrement λ² falls below this.
+
+    Dead losses get α_i = 0 (their utility cannot be improved); all dead:
+    uniform. The authors' ``max_norm`` gradient clipping belongs to the
+    optimiser (e.g. ``optax.clip_by_global_norm``) and is not applied here.
+    """
+    if max_iters < 1:
+        raise ValueError(f"covjax.nash_mtl: max_iters must be ≥ 1, got {max_iters}")
+    if ridge <= 0:
+        raise ValueError(f"covjax.nash_mtl: ridge must be > 0, got {ridge}")
+
+    def init_fn(losses: Array) -> NashMTLState:
+        return NashMTLState(jnp.zeros_like(losses, dtype=jnp.float32))
+
+    def update_fn(
+        losses: Array, state: NashMTLState, count: Array, gramian: Array | None
+    ) -> tuple[Array, NashMTLState]:
+        del count
+        k = losses.shape[0]
+        g = _normalise(gramian)
+        eye = jnp.eye(k, dtype=g.gramian.dtype)
+        both = g.live[:, None] & g.live[None, :]
+        # Dead losses are decoupled (identity rows): their α is discarded below.
+        system = jnp.where(both, g.gramian, eye)
+        alpha, decrement_sq = nash_bargaining(system, state.alpha, max_iters, tol)
+        solved = (decrement_sq < NEWTON_CONVERGED) & jnp.all(alpha < MAX_NASH_WEIGHT)
+        alpha = jax.lax.cond(
+            solved,
+            lambda: alpha,
+            lambda: nash_bargaining(system + ridge * eye, state.alpha, max_iters, tol)[0],
+        )
+        alpha = jnp.where(g.live, alpha, 0.0)
+        if normalise_gramian:
+            frobenius = jnp.linalg.norm(jnp.where(both, g.gramian, 0.0))
+            unscale = jnp.sqrt(frobenius)  # (G/‖G‖_F)α = 1/α  ⇔  α = √(‖Ĝ‖_F) α̂
+        else:
+            unscale = 1.0 / jnp.sqrt(jnp.where(g.scale > 0, g.scale, 1.0))
+        weights = alpha * unscale
+        ok = jnp.any(g.live) & jnp.all(jnp.isfinite(weights))
+        return jnp.where(ok, weights, _uniform(k)), NashMTLState(jnp.where(ok, alpha, state.alpha))
+
+    return make_weighting(init_fn, update_fn, name="nash_mtl", requires=GRAMIAN)
+
+
+#: Squared Newton decrement below which Nash-MTL's solve counts as converged
+#: (deep in the quadratic-convergence region; float32 round-off sits far lower).
+NEWTON_CONVERGED = 1e-6
+#: Largest α̂ (normalised Gramian, so in units of 1/rms‖g‖) accepted without the ridge.
+MAX_NASH_WEIGHT = 1e6
+
+
+class _Newton(NamedTuple):
+    alpha: Array
+    decrement_sq: Array
+    iteration: Array
+
+
+def nash_bargaining(
+    gramian: Array, warm_start: Array, max_iters: int, tol: float
+) -> tuple[Array, Array]:
+    """Solve ``gramian @ α = 1/α``, α > 0; returns α and the last squared Newton decrement."""
+
+    def objective(alpha: Array) -> Array:
+        return 0.5 * alpha @ gramian @ alpha - jnp.sum(jnp.log(alpha))
+
+    # Warm start if it is valid and better than α_i = 1/√G_ii (exact for orthogonal gradients).
+    diagonal_start = 1.0 / jnp.sqrt(jnp.maximum(jnp.diagonal(gramian), numerics.TINY))
+    warm_valid = jnp.all(warm_start > 0) & jnp.all(jnp.isfinite(warm_start))
+    warm = jnp.where(warm_valid, warm_start, diagonal_start)
+    start = jnp.where(
+        warm_valid & (objective(warm) < objective(diagonal_start)), warm, diagonal_start
+    )
+
+    def cond(s: _Newton) -> Array:
+        return (s.iteration < max_iters) & (s.decrement_sq > tol)
+
+    def body(s: _Newton) -> _Newton:
+        alpha = s.alpha
+        gradient = gramian @ alpha - 1.0 / alpha
+        hessian = gramian + jnp.diag(1.0 / alpha**2)
+        direction = -jnp.linalg.solve(hessian, gradient)
+        decrement_sq = jnp.maximum(-(gradient @ direction), 0.0)
+        decrement = jnp.sqrt(decrement_sq)
+        step = jnp.where(decrement > 0.25, 1.0 / (1.0 + decrement), 1.0)
+        new_alpha = alpha + step * direction
+        # Float32 safety net: the damped step provably stays positive in exact arithmetic.
+        new_alpha = jnp.where(new_alpha > 0, new_alpha, 0.5 * alpha)
+        return _Newton(new_alpha, decrement_sq, s.iteration + 1)
+
+    init = _Newton(start, jnp.full((), jnp.inf, start.dtype), jnp.zeros((), jnp.int32))
+    result = jax.lax.while_loop(cond, body, init)
+    return result.alpha, result.decrement_sq
+
+
+# ---------------------------------------------------------------------------
+# Aligned-MTL.
+
+
+def aligned_mtl(
+    scale: Literal["min", "median", "rmse"] = "min", task_weights: Array | None = None
+) -> Weighting:
+    """Aligned-MTL (Senushkin, Patakin, Kuznetsov, Konushin, CVPR 2023).
+
+    Make the system of gradients well-conditioned: with the eigendecomposition
+    G = V Λ Vᵀ (Λ = Σ², Σ the Jacobian's singular values), the balance
+    transformation B = σ V Λ^{-1/2} Vᵀ turns J into B J = σ U_J Vᵀ_J, whose
+    rows are orthogonal with equal norm σ (condition number 1). The update is
+    d = Σ_i t_i (BJ)_i = Σ_i (B t)_i g_i, so the weights are w = B t with
+    task weights t (default all 1, the sum used by the authors and LibMTL).
+
+    Args:
+      scale: σ = the smallest kept singular value ("min", the paper's and
+        default), their median ("median"), or √(mean Λ) ("rmse").
+      task_weights: optional (K,) preference weights t.
+
+    Rank deficiency: eigenvalues below λ_max·K·eps(float32) are dropped
+    (their directions get no weight), as in the authors' code; σ uses the
+    kept ones. G = 0: weights t.
+    """
+    if scale not in ("min", "median", "rmse"):
+        raise ValueError(
+            f"covjax.aligned_mtl: scale must be 'min', 'median' or 'rmse', got {scale!r}"
+        )
+
+    def init_fn(losses: Array) -> tuple[()]:
+        if task_weights is not None and jnp.shape(task_weights) != losses.shape:
+            raise ValueError(
+                f"covjax.aligned_mtl: task_weights has shape {jnp.shape(task_weights)}, "
+                f"expected {losses.shape}."
+            )
+        return ()
+
+    def update_fn(
+        losses: Array, state: tuple[()], count: Array, gramian: Array | None
+    ) -> tuple[Array, tuple[()]]:
+        del count
+        k = losses.shape[0]
+        preference = (
+            jnp.ones((k,), jnp.float32)
+            if task_weights is None
+            else jnp.asarray(task_weights, jnp.float32)
+        )
+        g = _normalise(gramian)
+        eigenvalues, vectors = jnp.linalg.eigh(g.gramian)
+        tolerance = jnp.max(eigenvalues) * k * jnp.finfo(jnp.float32).eps
+        kept = eigenvalues > tolerance
+        safe = jnp.where(kept, eigenvalues, 1.0)
+        if scale == "min":
+            sigma_sq = jnp.min(jnp.where(kept, eigenvalues, jnp.inf))
+        elif scale == "median":
+            ordered = jnp.sort(jnp.where(kept, eigenvalues, jnp.inf))
+            rank = jnp.sum(kept)
+            sigma_sq = jnp.where(
+                rank % 2 == 1,
+                ordered[(rank - 1) // 2],
+                0.5 * (ordered[jnp.maximum(rank // 2 - 1, 0)] + ordered[rank // 2 % k]),
+            )
+        else:
+            sigma_sq = jnp.sum(jnp.where(kept, eigenvalues, 0.0)) / jnp.maximum(jnp.sum(kept), 1)
+        inverse_root = jnp.where(kept, 1.0 / jnp.sqrt(safe), 0.0)
+        balance = jnp.sqrt(sigma_sq) * (vectors * inverse_root) @ vectors.T
+        weights = balance @ preference
+        ok = jnp.any(kept) & jnp.all(jnp.isfinite(weights))
+        return jnp.where(ok, weights, preference), state
+
+    return make_weighting(init_fn, update_fn, name="aligned_mtl", requires=GRAMIAN)
+
+
+# ---------------------------------------------------------------------------
+# UPGrad.
+
+
+def upgrad(task_weights: Array | None = None) -> Weighting:
+    """UPGrad, "Jacobian Descent for Multi-Objective Optimization" (Quinton & Rey, 2024).
+
+    Project every gradient onto the dual cone of the gradients,
+    C = {v : ⟨g_j, v⟩ ≥ 0 ∀j}, and average the projections::
+
+        π_i = argmin_{v ∈ C} ‖v − g_i‖²,     d = Σ_i t_i π_i   (t_i = 1/K)
+
+    By duality π_i = Σ_j u_ij g_j with u_i = e_i + λ_i and
+    λ_i = argmin_{λ ≥ 0} ½ λᵀGλ + λᵀGe_i (equivalently
+    u_i = argmin_{u ≥ e_i} uᵀGu, TorchJD's form), a non-negative QP on the
+    Gramian solved exactly by Lawson–Hanson. Weights w = Σ_i t_i u_i.
+    TorchJD additionally adds 1e-4·I to the normalised Gramian by default;
+    this implementation solves the unregularised projection.
+
+    Args:
+      task_weights: optional (K,) preference t (default 1/K each, the mean).
+
+    A dead gradient is its own projection (0); with G = 0, w = t.
+    """
+
+    def init_fn(losses: Array) -> tuple[()]:
+        if task_weights is not None and jnp.shape(task_weights) != losses.shape:
+            raise ValueError(
+                f"covjax.upgrad: task_weights has shape {jnp.shape(task_weights)}, "
+                f"expected {losses.shape}."
+            )
+        return ()
+
+    def update_fn(
+        losses: Array, state: tuple[()], count: Array, gramian: Array | None
+    ) -> tuple[Array, tuple[()]]:
+        del count
+        k = losses.shape[0]
+        preference = (
+            _uniform(k) if task_weights is None else jnp.asarray(task_weights, jnp.float32)
+        )
+        g = _normalise(gramian)
+        multipliers = jax.vmap(lambda e: nonnegative_qp(g.gramian, g.gramian @ e))(
+            jnp.eye(k, dtype=g.gramian.dtype)
+        )
+        projections = jnp.eye(k, dtype=g.gramian.dtype) + multipliers
+        weights = preference @ projections
+        ok = jnp.all(jnp.isfinite(weights))
+        return jnp.where(ok, weights, preference), state
+
+    return make_weighting(init_fn, update_fn, name="upgrad", requires=GRAMIAN)
+
+
+# ---------------------------------------------------------------------------
+# DB-MTL.
+
+
+class DBMTLState(NamedTuple):
+    """EMA of the norms of the log-loss gradients ‖∇ log(L_i + ε)‖ ((K,) float32)."""
+
+    ema_norms: Array
+
+
+def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, epsilon: float = 1e-8) -> Weighting:
+    """DB-MTL, "Dual-Balancing for Multi-Task Learning" (Lin et al., 2023).
+
+    Loss-scale balancing: train on log(L_i + ε), whose gradient is
+    ∇L_i / (L_i + ε). Gradient-magnitude balancing: rescale every log-loss
+    gradient to the largest EMA gradient norm::
+
+        n_i = ‖∇L_i‖ / (L_i + ε) = √G_ii / (L_i + ε)
+        m_i ← n_i at the first step, else (1 − β_t) n_i + β_t m_i,  β_t = β / t^σ
+        d = Σ_i (max_j m_j / m_i) ∇L_i / (L_i + ε)
+
+    so w_i = (max_j m_j / m_i) / (L_i + ε). The authors' code (LibMTL) keeps
+    an EMA of the gradient VECTORS and steps along the EMA itself, which is
+    not a combination of the current gradients; here only the norms are
+    averaged (the current gradients are rescaled), so the update is one
+    weighted backward pass.
+
+    Args:
+      beta, beta_sigma: β and σ of the decaying EMA rate β_t = β / t^σ
+        (LibMTL defaults 0.9 and 0.5).
+      epsilon: ε inside the log.
+
+    A loss whose EMA norm is below 1e-5 of the largest (a dead gradient)
+    keeps its log-gradient unscaled (ratio 1).
+    """
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"covjax.db_mtl: beta must lie in [0, 1), got {beta}")
+    if epsilon <= 0:
+        raise ValueError(f"covjax.db_mtl: epsilon must be > 0, got {epsilon}")
+
+    def init_fn(losses: Array) -> DBMTLState:
+        return DBMTLState(jnp.zeros_like(losses, dtype=jnp.float32))
+
+    def update_fn(
+        losses: Array, state: DBMTLState, count: Array, gramian: Array | None
+    ) -> tuple[Array, DBMTLState]:
+        shifted = jnp.maximum(losses, 0.0) + epsilon
+        g = _normalise(gramian)
+        # Work with the normalised Gramian: the EMA, ratios and weights are
+        # all invariant to one common scale, except the norms kept in the
+        # state, which are stored on the raw scale.
+        root_scale = jnp.sqrt(g.scale)
+        norms = root_scale * jnp.sqrt(jnp.maximum(jnp.diagonal(g.gramian), 0.0)) / shifted
+        t = (count + 1).astype(jnp.float32)
+        rate = beta / t**beta_sigma
+        ema = jnp.where(count == 0, norms, (1.0 - rate) * norms + rate * state.ema_norms)
+        largest = jnp.max(ema)
+        alive = ema > DEAD_GRADIENT * largest
+        ratio = jnp.where(alive, largest / jnp.where(alive, ema, 1.0), 1.0)
+        return ratio / shifted, DBMTLState(ema)
+
+    return make_weighting(init_fn, update_fn, name="db_mtl", requires=GRAMIAN)

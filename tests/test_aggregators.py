@@ -1,0 +1,421 @@
+"""Gradient aggregators (covjax.aggregators) against NumPy/SciPy oracles on explicit gradients.
+
+Every oracle works on a random K×P Jacobian J (float64); covjax only ever sees
+the float32 Gramian J Jᵀ. Directions d = Σ w_i g_i (or weights) are compared.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from oracles import aggregators as oracle
+
+import covjax
+from covjax import aggregators
+
+K, P = 5, 12
+
+
+def jacobian(case: str, seed: int = 0, k: int = K, p: int = P) -> np.ndarray:
+    """A K×P Jacobian (float64) of one of the test cases."""
+    rng = np.random.default_rng(seed)
+    J = rng.normal(size=(k, p)) * rng.uniform(0.3, 3.0, size=(k, 1))
+    if case == "random":
+        return J
+    if case == "conflicting":
+        # Pairs of strongly opposed gradients plus a shared component.
+        J[1] = -0.8 * J[0] + 0.3 * rng.normal(size=p)
+        J[3] = -1.5 * J[2] + 0.2 * rng.normal(size=p)
+        return J
+    if case == "parallel":
+        J[1] = 2.0 * J[0]
+        J[2] = 0.5 * J[0]
+        return J
+    if case == "rank_deficient":
+        return rng.normal(size=(k, 3)) @ rng.normal(size=(3, p))
+    if case == "zero":
+        J[2] = 0.0
+        return J
+    raise ValueError(case)
+
+
+CASES = ("random", "conflicting", "parallel", "rank_deficient", "zero")
+
+
+def gramian_of(J: np.ndarray) -> jax.Array:
+    return jnp.asarray(J @ J.T, jnp.float32)
+
+
+@functools.cache
+def scheme_and_update(name: str, **kwargs):
+    """One scheme instance and its jitted update per configuration (compiled once)."""
+    scheme = getattr(covjax, name)(**kwargs)
+    return scheme, jax.jit(scheme.update)
+
+
+def run(name: str, J: np.ndarray, losses: np.ndarray | None = None, state=None, **kwargs):
+    scheme, update = scheme_and_update(name, **kwargs)
+    losses = jnp.ones((J.shape[0],), jnp.float32) if losses is None else jnp.asarray(losses)
+    state = scheme.init(losses) if state is None else state
+    weights, state = update(losses, state, gramian=gramian_of(J))
+    return np.asarray(weights, np.float64), state
+
+
+def assert_direction_close(got: np.ndarray, want: np.ndarray, J: np.ndarray, tol=1e-5) -> None:
+    """Directions agree to ``tol`` relative to the largest gradient norm."""
+    scale = max(np.linalg.norm(J, axis=1).max(), 1e-30)
+    np.testing.assert_allclose(got / scale, want / scale, atol=tol, rtol=0)
+
+
+# ---------------------------------------------------------------------------
+# PCGrad.
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_pcgrad_matches_oracle(case: str) -> None:
+    J = jacobian(case, seed=1)
+    weights, state = run("pcgrad", J, seed=3)
+    _, orders = aggregators._shuffled_orders(jax.random.PRNGKey(3), K)
+    want = oracle.pcgrad(J, np.asarray(orders))
+    assert_direction_close(weights @ J, want, J)
+    # The key advances: the next step draws new orders.
+    assert not np.array_equal(np.asarray(state.inner.key), np.asarray(jax.random.PRNGKey(3)))
+
+
+def test_pcgrad_removes_the_conflict_of_two_opposing_gradients() -> None:
+    J = np.array([[1.0, 0.0], [-1.0, 1.0]])
+    weights, _ = run("pcgrad", J)
+    # g1 − ⟨g1,g2⟩/‖g2‖² g2 = g1 + ½g2 = (½, ½) and g2 − ⟨g2,g1⟩/‖g1‖² g1 = g2 + g1 = (0, 1).
+    np.testing.assert_allclose(weights, [2.0, 1.5], atol=1e-6)
+    d = weights @ J
+    np.testing.assert_allclose(d, [0.5, 1.5], atol=1e-6)
+    assert np.all(J @ d > 0)
+
+
+def test_pcgrad_without_conflict_is_the_plain_sum() -> None:
+    J = np.abs(jacobian("random", seed=2))
+    weights, _ = run("pcgrad", J)
+    np.testing.assert_allclose(weights, np.ones(K), atol=1e-6)
+
+
+def test_pcgrad_is_deterministic_given_the_seed() -> None:
+    J = jacobian("conflicting", seed=4)
+    a, state_a = run("pcgrad", J, seed=7)
+    b, state_b = run("pcgrad", J, seed=7)
+    np.testing.assert_array_equal(a, b)
+    a2, _ = run("pcgrad", J, state=state_a)
+    b2, _ = run("pcgrad", J, state=state_b)
+    np.testing.assert_array_equal(a2, b2)
+
+
+# ---------------------------------------------------------------------------
+# GradVac.
+
+
+@pytest.mark.parametrize("case", ["random", "conflicting", "rank_deficient"])
+def test_gradvac_matches_oracle_over_steps(case: str) -> None:
+    beta = 0.5
+    scheme, update = scheme_and_update("gradvac", beta=beta, seed=5)
+    losses = jnp.ones((K,))
+    state = scheme.init(losses)
+    targets = np.zeros((K, K))
+    key = jax.random.PRNGKey(5)
+    for step in range(3):
+        J = jacobian(case, seed=10 + step)
+        weights, state = update(losses, state, gramian=gramian_of(J))
+        key, orders = aggregators._shuffled_orders(key, K)
+        want, targets = oracle.gradvac(J, np.asarray(orders), targets, beta)
+        assert_direction_close(np.asarray(weights, np.float64) @ J, want, J, tol=2e-5)
+        np.testing.assert_allclose(np.asarray(state.inner.targets), targets, atol=2e-5)
+
+
+def test_gradvac_with_a_zero_gradient_skips_its_pairs() -> None:
+    J = jacobian("zero", seed=6)
+    weights, state = run("gradvac", J)
+    assert np.all(np.isfinite(weights))
+    targets = np.asarray(state.inner.targets)
+    np.testing.assert_array_equal(targets[2], 0.0)
+    np.testing.assert_array_equal(targets[:, 2], 0.0)
+
+
+# ---------------------------------------------------------------------------
+# CAGrad.
+
+
+@pytest.mark.parametrize("case", ["random", "conflicting", "rank_deficient", "zero", "parallel"])
+@pytest.mark.parametrize("rescale", [True, False])
+def test_cagrad_matches_brute_force_dual(case: str, rescale: bool) -> None:
+    c = 0.4
+    J = jacobian(case, seed=7)
+    weights, state = run("cagrad", J, c=c, rescale=rescale)
+    dual = np.asarray(state.inner.dual, np.float64)
+    dual = dual / dual.sum()  # F is 1-homogeneous: evaluate on the exact simplex
+    want_d, want_objective = oracle.cagrad(J, c=c, rescale=rescale)
+    got_objective = oracle.cagrad_objective(dual, J, c)
+    scale = np.linalg.norm(J, axis=1).max() ** 2
+    # Objective within 1e-6 relative of the brute-force optimum (and of the
+    # problem's scale, for optima near 0).
+    assert got_objective - want_objective <= 1e-6 * max(abs(want_objective), 1e-3 * scale)
+    assert_direction_close(weights @ J, want_d, J, tol=1e-5)
+
+
+def test_cagrad_with_zero_radius_is_the_mean() -> None:
+    J = jacobian("conflicting", seed=8)
+    weights, _ = run("cagrad", J, c=0.0)
+    np.testing.assert_allclose(weights, np.full(K, 1.0 / K), atol=1e-7)
+
+
+# ---------------------------------------------------------------------------
+# IMTL-G.
+
+
+@pytest.mark.parametrize("case", ["random", "conflicting"])
+def test_imtl_g_matches_closed_form(case: str) -> None:
+    J = jacobian(case, seed=9)
+    weights, _ = run("imtl_g", J)
+    np.testing.assert_allclose(weights, oracle.imtl_g(J), atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["parallel", "rank_deficient", "zero"])
+def test_imtl_g_degenerate_cases_keep_equal_projections(case: str) -> None:
+    J = jacobian(case, seed=9)
+    weights, _ = run("imtl_g", J)
+    assert np.all(np.isfinite(weights))
+    np.testing.assert_allclose(weights.sum(), 1.0, atol=1e-5)
+    norms = np.linalg.norm(J, axis=1)
+    live = norms > 0
+    projections = (J[live] @ (weights @ J)) / norms[live]
+    scale = norms.max()
+    np.testing.assert_allclose(projections / scale, projections[0] / scale, atol=1e-4)
+    if case == "zero":
+        assert weights[2] == 0.0
+        np.testing.assert_allclose(
+            weights[live], oracle.imtl_g(J[live]), atol=1e-5
+        )
+
+
+# ---------------------------------------------------------------------------
+# Nash-MTL.
+
+
+@pytest.mark.parametrize("case", ["random", "conflicting", "parallel", "rank_deficient"])
+def test_nash_mtl_solves_the_bargaining_equation(case: str) -> None:
+    J = jacobian(case, seed=11)
+    if case == "rank_deficient":
+        # Rank 3 but inside a pointed cone: no non-negative combination
+        # vanishes, so Gα = 1/α has a solution.
+        rng = np.random.default_rng(11)
+        J = np.abs(rng.normal(size=(K, 3))) @ rng.normal(size=(3, P))
+    weights, _ = run("nash_mtl", J, normalise_gramian=False)
+    assert np.all(weights > 0)
+    G = J @ J.T
+    # The near-opposed pairs make cond(G) ≈ 2e3: float32 inputs then limit
+    # the solution to ≈ cond·eps(float32) relative.
+    tol = 1e-4 if case == "conflicting" else 1e-5
+    np.testing.assert_allclose(weights * (G @ weights), 1.0, atol=tol)
+    np.testing.assert_allclose(weights, oracle.nash_mtl(J), rtol=tol)
+
+
+def test_nash_mtl_default_normalises_by_the_frobenius_norm() -> None:
+    J = jacobian("random", seed=12) * 37.0
+    weights, _ = run("nash_mtl", J)
+    G = J @ J.T / np.linalg.norm(J @ J.T)
+    np.testing.assert_allclose(weights * (G @ weights), 1.0, atol=1e-5)
+    # Scale invariance of the reference's normalisation.
+    again, _ = run("nash_mtl", J / 37.0)
+    np.testing.assert_allclose(weights, again, rtol=1e-5)
+
+
+def test_nash_mtl_warm_start_reaches_the_same_point() -> None:
+    first = jacobian("random", seed=13)
+    second = first + 0.05 * jacobian("random", seed=14)
+    _, state = run("nash_mtl", first, normalise_gramian=False)
+    warm, _ = run("nash_mtl", second, state=state, normalise_gramian=False)
+    cold, _ = run("nash_mtl", second, normalise_gramian=False)
+    np.testing.assert_allclose(warm, cold, rtol=1e-5)
+
+
+def test_nash_mtl_zero_gradient_gets_zero_weight_and_opposing_stay_finite() -> None:
+    J = jacobian("zero", seed=15)
+    weights, _ = run("nash_mtl", J, normalise_gramian=False)
+    assert weights[2] == 0.0
+    live = np.array([0, 1, 3, 4])
+    np.testing.assert_allclose(weights[live], oracle.nash_mtl(J[live]), rtol=1e-5)
+    opposing = np.array([[1.0, 2.0], [-1.0, -2.0]])
+    weights, _ = run("nash_mtl", opposing)
+    assert np.all(np.isfinite(weights)) and np.all(weights > 0)
+
+
+# ---------------------------------------------------------------------------
+# Aligned-MTL.
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_aligned_mtl_matches_svd_oracle(case: str) -> None:
+    J = jacobian(case, seed=16)
+    weights, _ = run("aligned_mtl", J)
+    assert_direction_close(weights @ J, oracle.aligned_mtl(J), J, tol=2e-5)
+
+
+def test_aligned_mtl_orthogonal_gradients_are_rescaled_to_the_smallest() -> None:
+    J = np.diag([1.0, 2.0, 4.0])
+    weights, _ = run("aligned_mtl", J)
+    np.testing.assert_allclose(weights, [1.0, 0.5, 0.25], rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# UPGrad.
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_upgrad_matches_nnls_oracle(case: str) -> None:
+    J = jacobian(case, seed=17)
+    weights, _ = run("upgrad", J)
+    d = weights @ J
+    assert_direction_close(d, oracle.upgrad(J), J, tol=2e-5)
+    # Non-conflicting: d improves (or keeps) every loss.
+    assert np.all(J @ d >= -1e-5 * np.linalg.norm(J, axis=1).max() ** 2)
+
+
+def test_nonnegative_qp_is_exact_on_a_known_problem() -> None:
+    gramian = jnp.array([[2.0, 1.0], [1.0, 2.0]])
+    # Unconstrained optimum (−1, 2)·(1/3)·... has a negative entry; the constrained one is (0, 1).
+    x = aggregators.nonnegative_qp(gramian, jnp.array([1.0, -2.0]))
+    np.testing.assert_allclose(np.asarray(x), [0.0, 1.0], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# DB-MTL.
+
+
+def test_db_mtl_matches_oracle_over_steps() -> None:
+    scheme, update = scheme_and_update("db_mtl")
+    state = scheme.init(jnp.ones((K,)))
+    rng = np.random.default_rng(18)
+    J_steps = [jacobian("random", seed=20 + t) for t in range(4)]
+    loss_steps = [rng.uniform(0.01, 10.0, size=K) for _ in range(4)]
+    want = oracle.db_mtl(J_steps, loss_steps, beta=0.9, beta_sigma=0.5, epsilon=1e-8)
+    for J, losses, direction in zip(J_steps, loss_steps, want, strict=True):
+        weights, state = update(jnp.asarray(losses, jnp.float32), state, gramian=gramian_of(J))
+        got = np.asarray(weights, np.float64) @ J
+        np.testing.assert_allclose(got, direction, rtol=2e-5, atol=2e-5 * np.abs(direction).max())
+
+
+# ---------------------------------------------------------------------------
+# Properties shared by all.
+
+ALL = ("pcgrad", "gradvac", "cagrad", "imtl_g", "nash_mtl", "aligned_mtl", "upgrad", "db_mtl")
+ORDER_FREE = ("cagrad", "imtl_g", "nash_mtl", "aligned_mtl", "upgrad", "db_mtl")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_jit_equals_no_jit(name: str) -> None:
+    J = jacobian("conflicting", seed=19)
+    scheme = getattr(covjax, name)()
+    losses = jnp.asarray(np.linspace(0.5, 2.0, K), jnp.float32)
+    state = scheme.init(losses)
+    eager, eager_state = scheme.update(losses, state, gramian=gramian_of(J))
+    jitted, jitted_state = jax.jit(scheme.update)(losses, state, gramian=gramian_of(J))
+    np.testing.assert_allclose(np.asarray(eager), np.asarray(jitted), rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(eager_state), jax.tree.leaves(jitted_state), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_all_zero_gradients_give_finite_weights_and_advance(name: str) -> None:
+    weights, state = run(name, np.zeros((K, P)))
+    assert np.all(np.isfinite(weights))
+    assert int(state.count) == 1  # accepted, not discarded as non-finite
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_requires_the_gramian(name: str) -> None:
+    scheme = getattr(covjax, name)()
+    assert scheme.requires == frozenset({"gramian"})
+    losses = jnp.ones((3,))
+    with pytest.raises(ValueError, match="Gramian"):
+        scheme.update(losses, scheme.init(losses))
+
+
+def test_bad_hyperparameters_are_rejected() -> None:
+    with pytest.raises(ValueError, match="c must be"):
+        covjax.cagrad(c=-1.0)
+    with pytest.raises(ValueError, match="beta"):
+        covjax.gradvac(beta=0.0)
+    with pytest.raises(ValueError, match="ridge"):
+        covjax.nash_mtl(ridge=-1.0)
+    with pytest.raises(ValueError, match="scale"):
+        covjax.aligned_mtl(scale="max")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="beta"):
+        covjax.db_mtl(beta=1.0)
+    with pytest.raises(ValueError, match="task_weights"):
+        covjax.upgrad(task_weights=jnp.ones(2)).init(jnp.ones(3))
+
+
+small_jacobians = st.builds(
+    lambda k, p, values, zero_row: _small_jacobian(k, p, values, zero_row),
+    st.integers(2, 4),
+    st.integers(1, 5),
+    st.lists(st.sampled_from([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0]), min_size=20, max_size=20),
+    st.booleans(),
+)
+
+
+def _small_jacobian(k: int, p: int, values: list[float], zero_row: bool) -> np.ndarray:
+    J = np.resize(np.asarray(values), (k, p))
+    if zero_row:
+        J[0] = 0.0
+    return J
+
+
+@given(J=small_jacobians)
+def test_weights_are_always_finite(J: np.ndarray) -> None:
+    # Degenerate by construction: repeated, opposing, zero and rank-deficient rows.
+    for name in ALL:
+        weights, state = run(name, J)
+        assert np.all(np.isfinite(weights)), (name, J)
+        assert int(state.count) == 1, name
+
+
+@given(J=small_jacobians, data=st.data())
+def test_order_free_schemes_are_permutation_equivariant(J: np.ndarray, data) -> None:
+    k = J.shape[0]
+    permutation = np.asarray(data.draw(st.permutations(range(k))))
+    losses = np.linspace(1.0, 2.0, k)
+    for name in ORDER_FREE:
+        weights, _ = run(name, J, losses=losses.astype(np.float32))
+        permuted, _ = run(name, J[permutation], losses=losses[permutation].astype(np.float32))
+        scale = max(np.abs(weights).max(), 1.0)
+        # Compare directions when the weights themselves are not unique (singular systems).
+        d = weights @ J
+        d_permuted = permuted @ J[permutation]
+        np.testing.assert_allclose(
+            d_permuted, d, atol=1e-4 * scale * max(np.abs(J).max(), 1.0), err_msg=name
+        )
+
+
+@pytest.mark.slow
+def test_value_and_grad_applies_the_aggregated_direction() -> None:
+    """End to end: the parameter gradient is Σ w_i ∇L_i with the Gramian of the true gradients."""
+    rng = np.random.default_rng(21)
+    features = jnp.asarray(rng.normal(size=(8, 6)), jnp.float32)
+    targets = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
+    params = {"w": jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)}
+
+    def loss_fn(params, x, y):
+        return jnp.mean((x @ params["w"] - y) ** 2, axis=0)  # 4 losses, one per output
+
+    scheme = covjax.nash_mtl()
+    step = jax.jit(covjax.value_and_grad(loss_fn, scheme))
+    result, grads = step(params, scheme.init(jnp.ones(4)), features, targets)
+    jac = jax.jacrev(loss_fn)(params, features, targets)["w"].reshape(4, -1)
+    want_weights, _ = run("nash_mtl", np.asarray(jac, np.float64))
+    np.testing.assert_allclose(np.asarray(result.weights), want_weights, rtol=1e-4)
+    want = (np.asarray(result.weights) @ np.asarray(jac)).reshape(6, 4)
+    np.testing.assert_allclose(np.asarray(grads["w"]), want, rtol=1e-4, atol=1e-6)
