@@ -214,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         arrays = convert(args.torch_checkpoint, args.out)
         print(f"wrote {len(arrays)} arrays to {args.out}")
     else:
-        backbone = DilatedResNet(args.backbone, rngs=nnx.Rngs(0))
+        # Abstract construction: every backbone variable is overwritten by the load.
+        backbone = nnx.eval_shape(lambda: DilatedResNet(args.backbone, rngs=nnx.Rngs(0)))
         loaded = load_torchvision_backbone(backbone, args.npz)
         print(f"{args.npz}: loaded {len(loaded)} arrays into a {args.backbone} backbone")
     return 0

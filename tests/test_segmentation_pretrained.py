@@ -1,0 +1,180 @@
+"""Loading torchvision ResNet weights (a fake .npz with torchvision's exact names and shapes)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from experiments.segmentation import models, pretrained
+
+
+def torchvision_resnet_shapes(depth: int) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of torchvision's ``resnet{depth}().state_dict()``, written out
+    independently of our model (torchvision/models/resnet.py, v1.5 bottlenecks)."""
+    bottleneck = depth == 50
+    blocks = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}[depth]
+    expansion = 4 if bottleneck else 1
+    shapes: dict[str, tuple[int, ...]] = {"conv1.weight": (64, 3, 7, 7)}
+
+    def bn(name: str, channels: int) -> None:
+        for field in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{name}.{field}"] = (channels,)
+        shapes[f"{name}.num_batches_tracked"] = ()
+
+    bn("bn1", 64)
+    inplanes = 64
+    for stage, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks, strict=True), 1):
+        for index in range(count):
+            prefix = f"layer{stage}.{index}"
+            if bottleneck:
+                convs = [(planes, inplanes, 1), (planes, planes, 3), (planes * 4, planes, 1)]
+            else:
+                convs = [(planes, inplanes, 3), (planes, planes, 3)]
+            for i, (out, inp, k) in enumerate(convs, 1):
+                shapes[f"{prefix}.conv{i}.weight"] = (out, inp, k, k)
+                bn(f"{prefix}.bn{i}", out)
+            stride = 2 if index == 0 and stage > 1 else 1
+            if index == 0 and (stride != 1 or inplanes != planes * expansion):
+                shapes[f"{prefix}.downsample.0.weight"] = (planes * expansion, inplanes, 1, 1)
+                bn(f"{prefix}.downsample.1", planes * expansion)
+            inplanes = planes * expansion
+    shapes["fc.weight"] = (1000, 512 * expansion)
+    shapes["fc.bias"] = (1000,)
+    return shapes
+
+
+@functools.cache
+def fake_checkpoint(depth: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(depth)
+    arrays = {}
+    for name, shape in torchvision_resnet_shapes(depth).items():
+        if name.endswith("num_batches_tracked"):
+            arrays[name] = np.array(100, np.int64)
+        elif name.endswith("running_var"):
+            arrays[name] = rng.uniform(0.5, 2.0, shape).astype(np.float32)
+        else:
+            arrays[name] = rng.standard_normal(shape, dtype=np.float32)
+    return arrays
+
+
+@pytest.fixture(scope="module")
+def resnet50_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pretrained") / "resnet50.npz"
+    np.savez(path, **fake_checkpoint(50))
+    return path
+
+
+@functools.cache
+def abstract_backbone(name: str, width: float = 1.0) -> models.DilatedResNet:
+    # Shapes only: building the full-width network abstractly is fast, and a load
+    # fills every one of its variables.
+    return nnx.eval_shape(lambda: models.DilatedResNet(name, width=width, rngs=nnx.Rngs(0)))
+
+
+@pytest.fixture(scope="module")
+def loaded_resnet50(resnet50_npz: Path) -> tuple[models.DilatedResNet, list[str]]:
+    backbone = nnx.eval_shape(lambda: models.DilatedResNet("resnet50", rngs=nnx.Rngs(0)))
+    return backbone, pretrained.load_torchvision_backbone(backbone, resnet50_npz)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_every_backbone_variable_has_its_torchvision_name(depth: int) -> None:
+    backbone = abstract_backbone(f"resnet{depth}")
+    entries = pretrained.torchvision_variables(backbone)
+    expected = {
+        name: shape
+        for name, shape in torchvision_resnet_shapes(depth).items()
+        if not pretrained._is_unused(name)
+    }
+    assert set(entries) == set(expected)
+    for name, (variable, is_kernel) in entries.items():
+        shape = expected[name]
+        if is_kernel:
+            shape = (shape[2], shape[3], shape[1], shape[0])  # OIHW → HWIO
+        assert variable.shape == shape, name
+    # The mapping covers every parameter and batch statistic of the backbone.
+    assert len(jax.tree.leaves(nnx.state(backbone))) == len(entries)
+
+
+def test_load_resnet50_npz_transposes_and_maps_batch_norm(loaded_resnet50) -> None:
+    backbone, loaded = loaded_resnet50
+    assert len(loaded) == 265 and "layer4.2.conv3.weight" in loaded and "fc.weight" not in loaded
+    source = fake_checkpoint(50)
+    np.testing.assert_array_equal(
+        backbone.conv1.kernel[...], source["conv1.weight"].transpose(2, 3, 1, 0)
+    )
+    block = backbone.layer3[0]
+    np.testing.assert_array_equal(
+        block.conv2.kernel[...], source["layer3.0.conv2.weight"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(
+        block.downsample.conv.kernel[...],
+        source["layer3.0.downsample.0.weight"].transpose(2, 3, 1, 0),
+    )
+    np.testing.assert_array_equal(
+        block.downsample.bn.var[...], source["layer3.0.downsample.1.running_var"]
+    )
+    np.testing.assert_array_equal(backbone.layer1[0].bn3.bias[...], source["layer1.0.bn3.bias"])
+    np.testing.assert_array_equal(backbone.bn1.scale[...], source["bn1.weight"])
+    np.testing.assert_array_equal(backbone.bn1.mean[...], source["bn1.running_mean"])
+    # Every leaf is now a concrete array: nothing was left uninitialised.
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(nnx.state(backbone)))
+
+
+def test_check_command(resnet50_npz: Path, capsys) -> None:
+    assert pretrained.main(["check", "--npz", str(resnet50_npz), "--backbone", "resnet50"]) == 0
+    assert "loaded 265 arrays" in capsys.readouterr().out
+
+
+def test_mismatches_are_clear_errors_and_leave_the_model_untouched(
+    resnet50_npz: Path, loaded_resnet50
+) -> None:
+    narrow = abstract_backbone("resnet50", width=0.5)
+    before = narrow.conv1.kernel.value
+    with pytest.raises(ValueError, match=r"conv1.weight: .*width=1"):
+        pretrained.load_torchvision_backbone(narrow, resnet50_npz)
+    assert narrow.conv1.kernel.value is before
+    with pytest.raises(ValueError, match="weights the backbone does not have"):
+        pretrained.load_torchvision_backbone(abstract_backbone("resnet18"), resnet50_npz)
+    backbone, _ = loaded_resnet50
+    kernel = backbone.conv1.kernel.value
+    partial = {k: v for k, v in fake_checkpoint(50).items() if not k.startswith("layer4.2.")}
+    with pytest.raises(ValueError, match=r"lacks .* backbone weights"):
+        pretrained.load_torchvision_backbone(backbone, partial)
+    assert backbone.conv1.kernel.value is kernel
+    with pytest.raises(FileNotFoundError, match="pretrained convert"):
+        pretrained.load_torchvision_backbone(backbone, "missing.npz")
+
+
+def test_resnet18_checkpoint_with_extra_keys_needs_non_strict_load() -> None:
+    arrays = dict(fake_checkpoint(18), **{"extra.weight": np.zeros(3, np.float32)})
+    backbone = nnx.eval_shape(lambda: models.DilatedResNet("resnet18", rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"extra\.weight"):
+        pretrained.load_torchvision_backbone(backbone, arrays)
+    loaded = pretrained.load_torchvision_backbone(backbone, arrays, strict=False)
+    # stem 1 + 4, eight blocks of 2 convs + 2 × 4 BN arrays, three projections of 1 + 4.
+    assert len(loaded) == 5 + 8 * 10 + 3 * 5
+    np.testing.assert_array_equal(
+        backbone.layer2[1].conv2.kernel[...],
+        arrays["layer2.1.conv2.weight"].transpose(2, 3, 1, 0),
+    )
+
+
+def test_state_dict_to_numpy_unwraps_checkpoints() -> None:
+    weights = {"module.conv1.weight": np.ones((2, 3, 1, 1), np.float32), "epoch": 3}
+    arrays = pretrained.state_dict_to_numpy({"state_dict": weights})
+    assert list(arrays) == ["conv1.weight"]
+    with pytest.raises(ValueError, match="no tensors"):
+        pretrained.state_dict_to_numpy({"epoch": 3})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch is installed")
+def test_convert_without_torch_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ImportError, match="needs PyTorch"):
+        pretrained.convert(str(tmp_path / "resnet50.pth"), str(tmp_path / "out.npz"))
