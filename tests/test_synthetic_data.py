@@ -167,6 +167,12 @@ def test_images_use_the_colour_range():
     assert ex["left"].min() < 60 and ex["left"].max() > 180
 
 
+def test_preview_strip():
+    strip = synthetic.preview(example("train", 0))
+    assert strip.shape == (HEIGHT, 5 * WIDTH, 3) and strip.dtype == np.uint8
+    np.testing.assert_array_equal(strip[:, :WIDTH], example("train", 0)["left"])
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="split"):
         synthetic.generate_example(0, "dev", 0, 8, 16)
