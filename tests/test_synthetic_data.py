@@ -184,17 +184,21 @@ def test_bad_arguments_are_named():
         synthetic.load("dev", "/nonexistent")
 
 
-def test_tfds_builder_builds_once_and_reads_back(tmp_path):
-    sizes = dict(height=16, width=32, num_train=5, num_validation=2, num_test=3, seed=7)
+# 16×32 stores raw image bytes, 66×128 PNG-encoded images.
+@pytest.mark.parametrize("height, width, num_train", [(16, 32, 5), (66, 128, 2)])
+def test_tfds_builder_builds_once_and_reads_back(tmp_path, height, width, num_train):
+    sizes = dict(
+        height=height, width=width, num_train=num_train, num_validation=2, num_test=3, seed=7
+    )
     train = experiments.data.get_dataset("synthetic", "train", str(tmp_path), **sizes)
     examples = list(train.as_numpy_iterator())
-    assert [int(e["index"]) for e in examples] == list(range(5))
+    assert [int(e["index"]) for e in examples] == list(range(num_train))
     assert len(list(experiments.data.get_dataset("synthetic", "val", tmp_path, **sizes))) == 2
     assert len(list(experiments.data.get_dataset("synthetic", "test", tmp_path, **sizes))) == 3
     spec = train.element_spec
     assert spec["semantic"].dtype == tf.int32 and spec["normals"].dtype == tf.float32
     for stored in examples[:2]:
-        fresh = synthetic.generate_example(7, "train", int(stored["index"]), 16, 32)
+        fresh = synthetic.generate_example(7, "train", int(stored["index"]), height, width)
         for key in ("left", "right", "depth", "semantic", "depth_right", "semantic_right"):
             np.testing.assert_array_equal(stored[key], fresh[key], err_msg=key)
         np.testing.assert_allclose(stored["normals"], fresh["normals"], atol=1e-3)

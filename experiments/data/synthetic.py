@@ -118,6 +118,9 @@ CAMERA_HEIGHT_M = 1.65
 # (seed, split, index), so any number of examples can be made in any order).
 SPLIT_IDS: dict[str, int] = {"train": 0, "validation": 1, "test": 2}
 
+# Images up to this size are stored uncompressed (see SyntheticStereo._info).
+_RAW_IMAGE_MAX_PIXELS = 64 * 128
+
 # Sinusoids of the 3-D texture: directions and frequencies are fixed per scene.
 _NUM_WAVES = 8
 
@@ -648,12 +651,16 @@ class SyntheticStereo(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         config = self.builder_config
         H, W = config.height, config.width
-        # Raw bytes for the images: their noisy textures barely compress and PNG
-        # encoding would cost more than rendering. zlib for the smooth targets.
+        # Small images are stored as raw bytes: their fine textures barely compress
+        # and PNG encoding would take longer than rendering them. Larger ones are
+        # smoother per pixel and PNG halves the disk use. zlib for the targets.
         zlib = tfds.features.Encoding.ZLIB
-        image = tfds.features.Tensor(
-            shape=(H, W, 3), dtype=np.uint8, encoding=tfds.features.Encoding.BYTES
-        )
+        if H * W <= _RAW_IMAGE_MAX_PIXELS:
+            image = tfds.features.Tensor(
+                shape=(H, W, 3), dtype=np.uint8, encoding=tfds.features.Encoding.BYTES
+            )
+        else:
+            image = tfds.features.Image(shape=(H, W, 3), dtype=np.uint8, encoding_format="png")
         features = {
             "left": image,
             "right": image,
