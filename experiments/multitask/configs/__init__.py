@@ -1,0 +1,1 @@
+"""Multi-task configs: ``--config=experiments/multitask/configs/<name>.py``."""
