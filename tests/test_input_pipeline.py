@@ -311,3 +311,18 @@ def test_bad_inputs_are_named():
         ip.make_eval_dataset(
             stereo_dataset(), batch_size=2, height=8, width=8, num_shards=2, shard_index=2
         )
+
+
+def test_select_features_keeps_right_view_twins():
+    selected = ip.select_features(stereo_dataset(), ["left", "right", "semantic"])
+    assert set(selected.element_spec) == {"left", "right", "semantic", "semantic_right", "focal"}
+    images_only = ip.select_features(stereo_dataset(), ["left", "right"])
+    assert set(images_only.element_spec) == {"left", "right"}
+    with pytest.raises(ValueError, match=r"\['disparity'\] are not in the dataset"):
+        ip.select_features(stereo_dataset(), ["left", "disparity"])
+    batch = next(
+        ip.train_iterator(
+            stereo_dataset(), batch_size=2, height=8, width=16, keys=["left", "right"], cache=True
+        )
+    )
+    assert set(batch) == {"left", "right"} and batch["left"].shape == (2, 8, 16, 3)

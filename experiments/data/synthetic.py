@@ -773,7 +773,12 @@ def load(
                 compute_stats=tfds.download.ComputeStatsMode.SKIP,
             )
         )
-    dataset = builder.as_dataset(split=split, shuffle_files=False)
+    # No TFDS auto-cache: it would hold every decoded feature of both views in
+    # memory (about 370 kB per 64×128 example); the input pipeline can cache just
+    # the features an experiment uses (make_train_dataset(keys=..., cache=True)).
+    dataset = builder.as_dataset(
+        split=split, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False)
+    )
     return dataset.map(_to_contract_dtypes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
