@@ -45,6 +45,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx import filterlib
 from jax import Array
+from jax.extend import core as jex_core
 
 from covjax.base import Losses, PyTree, flatten_losses
 
@@ -140,6 +141,84 @@ def _validate_chunk_size(chunk_size: int | None) -> None:
         raise ValueError(f"covjax: chunk_size must be a positive int or None, got {chunk_size!r}.")
 
 
+def _without_trailing_transposes(batched_fn: Callable[[Array], list[Array]], one_hots: Array):
+    """``batched_fn(one_hots)`` minus the transposes that end its outputs.
+
+    The VJP of ``x @ W`` under ``vmap`` yields ∂L/∂W as a (K, out, in) product
+    transposed to (K, in, out): on CPU that copy costs as much as the product.
+    A Gramian sums over all non-K axes, so their order does not matter and the
+    transposes that keep axis 0 in place are dropped from the traced program.
+    """
+    closed = jax.make_jaxpr(batched_fn)(one_hots)
+    producer = {var: eqn for eqn in closed.jaxpr.eqns for var in eqn.outvars}
+    outvars = []
+    for var in closed.jaxpr.outvars:
+        eqn = producer.get(var) if isinstance(var, jex_core.Var) else None
+        while (
+            eqn is not None
+            and eqn.primitive is jax.lax.transpose_p
+            and eqn.params["permutation"][0] == 0
+        ):
+            var = eqn.invars[0]
+            eqn = producer.get(var) if isinstance(var, jex_core.Var) else None
+        outvars.append(var)
+    rewritten = jex_core.ClosedJaxpr(closed.jaxpr.replace(outvars=outvars), closed.consts)
+    return jex_core.jaxpr_as_fun(rewritten)(one_hots)
+
+
+def _per_loss_rows(
+    vjp_fn: VjpFn,
+    losses: Losses,
+    params: PyTree,
+    wrt: Selector,
+    chunk_size: int | None,
+    any_axis_order: bool,
+) -> tuple[list[str], list[Array]]:
+    """Names and (K, ...) per-loss gradients of the selected leaves.
+
+    With ``any_axis_order`` the non-K axes of a leaf may come permuted (enough
+    for a Gramian, and cheaper).
+    """
+    _validate_chunk_size(chunk_size)
+    vector, structure = flatten_losses(losses)
+    k = structure.num_losses
+    mask, names = select_leaves(params, wrt)
+    loss_leaves = jax.tree.leaves(losses)
+
+    def pull_back(one_hot: Array) -> list[Array]:
+        cotangent = structure.unflatten(one_hot)
+        # The cotangent of each loss must have that loss's dtype (bf16 losses...).
+        cotangent_leaves = jax.tree.leaves(cotangent)
+        cotangent = jax.tree.unflatten(
+            jax.tree.structure(losses),
+            [c.astype(x.dtype) for c, x in zip(cotangent_leaves, loss_leaves, strict=True)],
+        )
+        (grads,) = vjp_fn(cotangent)
+        leaves = jax.tree.leaves(grads)
+        if len(leaves) != len(mask):
+            raise ValueError(
+                f"covjax: the VJP returned {len(leaves)} gradient leaves, params has {len(mask)}."
+            )
+        return [leaf for leaf, keep in zip(leaves, mask, strict=True) if keep]
+
+    def batched(one_hots: Array) -> list[Array]:
+        if any_axis_order:
+            return _without_trailing_transposes(jax.vmap(pull_back), one_hots)
+        return jax.vmap(pull_back)(one_hots)
+
+    one_hots = jnp.eye(k, dtype=vector.dtype)
+    if chunk_size is None or chunk_size >= k:
+        rows = batched(one_hots)
+    else:
+        # Zero cotangents pad K to whole chunks; their (zero) rows are dropped.
+        num_chunks = -(-k // chunk_size)
+        padded = jnp.zeros((num_chunks * chunk_size, k), one_hots.dtype).at[:k].set(one_hots)
+        chunked = jax.lax.map(batched, padded.reshape(num_chunks, chunk_size, k))
+        rows = [leaf.reshape(num_chunks * chunk_size, *leaf.shape[2:])[:k] for leaf in chunked]
+    selected = [name for name, keep in zip(names, mask, strict=True) if keep]
+    return selected, list(rows)
+
+
 def jacobian_from_vjp(
     vjp_fn: VjpFn,
     losses: Losses,
@@ -165,35 +244,8 @@ def jacobian_from_vjp(
       ∇ L_i for the i-th loss of ``covjax.loss_names(losses)``, in the leaf's
       dtype.
     """
-    _validate_chunk_size(chunk_size)
-    vector, structure = flatten_losses(losses)
-    k = structure.num_losses
-    mask, names = select_leaves(params, wrt)
-    loss_leaves = jax.tree.leaves(losses)
-
-    def pull_back(one_hot: Array) -> list[Array]:
-        cotangent = structure.unflatten(one_hot)
-        # The cotangent of each loss must have that loss's dtype (bf16 losses...).
-        cotangent_leaves = jax.tree.leaves(cotangent)
-        cotangent = jax.tree.unflatten(
-            jax.tree.structure(losses),
-            [c.astype(x.dtype) for c, x in zip(cotangent_leaves, loss_leaves, strict=True)],
-        )
-        (grads,) = vjp_fn(cotangent)
-        leaves = jax.tree.leaves(grads)
-        if len(leaves) != len(mask):
-            raise ValueError(
-                f"covjax: the VJP returned {len(leaves)} gradient leaves, params has {len(mask)}."
-            )
-        return [leaf for leaf, keep in zip(leaves, mask, strict=True) if keep]
-
-    one_hots = jnp.eye(k, dtype=vector.dtype)
-    if chunk_size is None or chunk_size >= k:
-        rows = jax.vmap(pull_back)(one_hots)
-    else:
-        rows = jax.lax.map(pull_back, one_hots, batch_size=chunk_size)
-    selected = [name for name, keep in zip(names, mask, strict=True) if keep]
-    return dict(zip(selected, rows, strict=True))
+    names, rows = _per_loss_rows(vjp_fn, losses, params, wrt, chunk_size, any_axis_order=False)
+    return dict(zip(names, rows, strict=True))
 
 
 def gramian_of_jacobian(jacobian: Jacobian | Array) -> Array:
@@ -219,9 +271,8 @@ def gramian_from_vjp(
     chunk_size: int | None = None,
 ) -> Array:
     """The K×K Gramian of the per-loss gradients; arguments as :func:`jacobian_from_vjp`."""
-    return gramian_of_jacobian(
-        jacobian_from_vjp(vjp_fn, losses, params, wrt=wrt, chunk_size=chunk_size)
-    )
+    _, rows = _per_loss_rows(vjp_fn, losses, params, wrt, chunk_size, any_axis_order=True)
+    return gramian_of_jacobian(rows)
 
 
 def _differentiable(
@@ -309,14 +360,8 @@ def per_loss_gramian(
     **kwargs: Any,
 ) -> tuple[Losses, Array, Any]:
     """``(losses, gramian, aux)``: :func:`per_loss_jacobian`'s J reduced to G = J Jᵀ (K×K)."""
-    losses, jacobian, aux = per_loss_jacobian(
-        loss_fn,
-        params,
-        *args,
-        wrt=wrt,
-        chunk_size=chunk_size,
-        has_aux=has_aux,
-        representation=representation,
-        **kwargs,
+    losses, vjp_fn, primal, aux = _differentiable(
+        loss_fn, params, args, kwargs, has_aux, representation
     )
-    return losses, gramian_of_jacobian(jacobian), aux
+    gramian = gramian_from_vjp(vjp_fn, losses, primal, wrt=wrt, chunk_size=chunk_size)
+    return losses, gramian, aux

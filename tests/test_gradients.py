@@ -128,6 +128,10 @@ def test_chunk_sizes_agree(chunk_size: int) -> None:
     jacobian_fn = functools.partial(gradients.per_loss_jacobian, loss_fn, chunk_size=chunk_size)
     chunked = jax.jit(jacobian_fn)(PARAMS, X, Y)[1]
     chex.assert_trees_all_close(chunked, full, rtol=1e-6, atol=1e-7)
+    # The Gramian path (which may permute non-K axes) chunks the same way.
+    gramian_fn = functools.partial(gradients.per_loss_gramian, loss_fn, chunk_size=chunk_size)
+    chunked_gramian = jax.jit(gramian_fn)(PARAMS, X, Y)[1]
+    np.testing.assert_allclose(chunked_gramian, loop_gramian(LOOP, sorted(full)), rtol=1e-5)
 
 
 def test_vector_and_low_precision_losses() -> None:
