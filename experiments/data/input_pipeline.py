@@ -97,8 +97,6 @@ def _check_example(example: Mapping[str, Any]) -> None:
             raise ValueError(
                 f"{key!r} must be {dtype.name} of rank {rank}, got {value.dtype.name} {value.shape}"
             )
-    if "depth" in example and "focal" not in example:
-        raise ValueError("example has 'depth' but no 'focal': depth cannot become disparity")
 
 
 def _resize_nearest(value: tf.Tensor, height: int, width: int) -> tf.Tensor:
