@@ -139,8 +139,6 @@ def main(
 if __name__ == "__main__":
     _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file.")
     _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints/).")
-    _SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default config.data.eval_split).")
+    _SPLIT = flags.DEFINE_string("split", None, "Split (default config.data.eval_split).")
     _UNTRAINED = flags.DEFINE_bool("untrained", False, "Evaluate the initial network instead.")
-    app.run(
-        lambda argv: main(argv, _CONFIG.value, _WORKDIR.value, _SPLIT.value, _UNTRAINED.value)
-    )
+    app.run(lambda argv: main(argv, _CONFIG.value, _WORKDIR.value, _SPLIT.value, _UNTRAINED.value))

@@ -77,9 +77,7 @@ def confusion_matrix(
     if np.any((predictions[valid] < 0) | (predictions[valid] >= num_classes)):
         raise ValueError(f"confusion_matrix: predictions outside [0, {num_classes}).")
     index = labels[valid] * num_classes + predictions[valid]
-    return np.bincount(index, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes
-    )
+    return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def depth_error_sums(prediction: np.ndarray, target: np.ndarray) -> tuple[float, float, int]:

@@ -101,9 +101,7 @@ def resize_bilinear(x: Array, height: int, width: int) -> Array:
 class SharedDecoder(nnx.Module):
     """DeepLabv3+-style decoder: stage 4 (1/8) upsampled and fused with stage 1 (1/4)."""
 
-    def __init__(
-        self, deep_features: int, shallow_features: int, features: int, *, rngs: nnx.Rngs
-    ):
+    def __init__(self, deep_features: int, shallow_features: int, features: int, *, rngs: nnx.Rngs):
         self.context = ConvBNReLU(deep_features, features, 3, rngs=rngs)
         # The shallow projection is narrow so that the fused map is dominated by context.
         self.shallow_features = max(1, features // 4)
@@ -166,9 +164,10 @@ class MultiTaskNet(nnx.Module):
         self.backbone = segmentation_models.DilatedResNet(
             backbone, width=width, stage_sizes=stage_sizes, rngs=rngs
         )
-        stage1_features = segmentation_models.scaled_channels(
-            segmentation_models.STAGE_CHANNELS[0], width
-        ) * segmentation_models.EXPANSION[self.backbone.block_type]
+        stage1_features = (
+            segmentation_models.scaled_channels(segmentation_models.STAGE_CHANNELS[0], width)
+            * segmentation_models.EXPANSION[self.backbone.block_type]
+        )
         features = segmentation_models.scaled_channels(decoder_features, width)
         hidden = segmentation_models.scaled_channels(head_features, width)
         self.representation_features = features
@@ -201,8 +200,7 @@ class MultiTaskNet(nnx.Module):
         height, width = images.shape[1:3]
         if height % OUTPUT_STRIDE or width % OUTPUT_STRIDE:
             raise ValueError(
-                f"MultiTaskNet: image size {height}×{width} must be divisible by "
-                f"{OUTPUT_STRIDE}."
+                f"MultiTaskNet: image size {height}×{width} must be divisible by {OUTPUT_STRIDE}."
             )
         if self.normalize_input:
             mean = jnp.asarray(segmentation_models.IMAGENET_MEAN)
