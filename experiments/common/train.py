@@ -140,13 +140,28 @@ class Trainer:
     def __post_init__(self) -> None:
         self.optimizer = make_optimizer(self.config)
         self.scheme = scheme_from_config(self.config, self.task, self.optimizer)
-        model = self.task.create_model(self.config, nnx.Rngs(self.config.seed))
-        self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        self.graphdef, params, rest = self._create_model()
         self._initial_params, self._initial_rest = params, rest
         self._wrt = gradient_subset(self.scheme, self.task)
         self._replicated = sharding.replicated(self.mesh)
-        self._loss_fn = jax.jit(self._losses_only)
         self._step_fn: Callable[..., tuple[TrainState, StepMetrics]] | None = None
+
+    def _create_model(self) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+        """The model's graph and initial variables, initialised in one compiled call.
+
+        Eagerly, every initialiser of a deep network compiles on its own; in one
+        call with threefry keys, XLA compiles hundreds of threefry expansions.
+        The "rbg" generator (XLA's RngBitGenerator) compiles several times
+        faster, and initial values only need to be random and seeded.
+        """
+
+        def create() -> nnx.Module:
+            key = jax.random.key(self.config.seed, impl="rbg")
+            return self.task.create_model(self.config, nnx.Rngs(key))
+
+        graphdef, _, _ = nnx.split(nnx.eval_shape(create), nnx.Param, ...)
+        params, rest = jax.jit(lambda: nnx.split(create(), nnx.Param, ...)[1:])()
+        return graphdef, params, rest
 
     # -- the pure functions -------------------------------------------------
 
@@ -212,10 +227,15 @@ class Trainer:
     # -- public API ------------------------------------------------------
 
     def init_state(self, first_batch: Batch) -> TrainState:
-        """The initial state, replicated over the mesh (the losses of the first
-        batch initialise the weighting, as covjax's ``init`` expects real losses)."""
+        """The initial state, replicated over the mesh.
+
+        covjax's ``init`` only uses the losses' structure (schemes take L(0)
+        and the like from their first ``update``), so it gets ones of the
+        right structure, found without compiling the network.
+        """
         params, rest = self._initial_params, self._initial_rest
-        losses = self._loss_fn(params, rest, first_batch)
+        shapes = jax.eval_shape(self._losses_only, params, rest, first_batch)
+        losses = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), shapes)
         state = TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,

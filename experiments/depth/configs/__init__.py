@@ -1,0 +1,1 @@
+"""Configs of the depth experiment (``--config=experiments/depth/configs/<name>.py``)."""

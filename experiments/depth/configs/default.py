@@ -1,0 +1,70 @@
+"""Shared defaults of the depth experiment; the other configs start from these.
+
+Fields used by the shared machinery are documented in
+:mod:`experiments.common.train`; ``model``, ``data`` and ``eval`` are the
+depth task's own.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # MonoDepth (SPEC §6): experiments.depth.models.MonoDepth arguments.
+    config.model = ml_collections.ConfigDict()
+    config.model.encoder = "resnet50"
+    config.model.width = 1.0
+    config.model.batch_norm = False
+
+    # Data: a source of the shared registry (experiments.data.get_dataset).
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "synthetic"
+    config.data.data_dir = ml_collections.config_dict.placeholder(str)
+    config.data.train_split = "train"
+    config.data.eval_split = "validation"
+    # Keyword arguments of the source's loader (for "synthetic": its size and resolution).
+    config.data.kwargs = ml_collections.ConfigDict(
+        {"height": 64, "width": 128, "num_train": 512, "num_validation": 64, "num_test": 64}
+    )
+    config.data.augment = True  # SPEC §6 flip + colour augmentation (training only)
+    config.data.shuffle_buffer = 512
+    config.image_height = 64  # the network's input resolution
+    config.image_width = 128
+
+    # Optimisation (paper: Adam 1e-4, batch 8, no learning-rate decay).
+    config.optimizer = "adam"
+    config.learning_rate = 1e-4
+    config.momentum = 0.9
+    config.batch_size = 8
+    config.steps_per_epoch = 64
+    config.num_train_steps = 640
+
+    # Weighting: a name of experiments.common.schemes.SCHEMES, its keyword
+    # arguments per scheme, and optional gradient-target overrides.
+    config.scheme = "cov"
+    config.scheme_kwargs = ml_collections.ConfigDict()
+    config.scheme_gradient_target = ml_collections.ConfigDict()
+    config.gradient_chunk_size = ml_collections.config_dict.placeholder(int)
+
+    # Logging and checkpoints.
+    config.log_every_steps = 10
+    config.checkpoint_every_steps = 200
+    config.max_checkpoints_to_keep = 2
+
+    # Devices: all by default; multi-host runs set distributed = True.
+    config.num_devices = ml_collections.config_dict.placeholder(int)
+    config.distributed = False
+
+    # Evaluation (SPEC §6): post-processed, depth clamped to [1e-3, 80] m.
+    config.eval = ml_collections.ConfigDict()
+    config.eval.batch_size = 8
+    config.eval.max_examples = ml_collections.config_dict.placeholder(int)
+    config.eval.post_process = True
+    config.eval.crop = ml_collections.config_dict.placeholder(str)  # "garg" for KITTI Eigen
+    config.eval.min_depth = 1e-3
+    config.eval.max_depth = 80.0
+    return config

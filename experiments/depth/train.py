@@ -1,0 +1,147 @@
+"""Train monodepth under any covjax weighting (Groenendijk et al. 2021, Sec. 4.1).
+
+    python -m experiments.depth.train \\
+        --config=experiments/depth/configs/cpu.py --workdir=/tmp/depth_cov \\
+        --config.scheme=cov
+
+The network (:class:`~experiments.depth.models.MonoDepth`) sees the left
+image and predicts left and right disparities at 4 scales; the 32
+self-supervised losses of :func:`~experiments.depth.losses.monodepth_losses`
+are weighted by ``config.scheme`` (see :mod:`experiments.common.schemes`).
+Runs resume from the checkpoints in ``--workdir``; logs go to
+``<workdir>/metrics.jsonl`` and ``<workdir>/tensorboard``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from jax import Array
+from ml_collections import config_flags
+
+from experiments.common import train as common_train
+from experiments.common.task import Batch, Losses, ParamPath
+from experiments.depth import losses as depth_losses
+from experiments.depth import models
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for logs and checkpoints.")
+
+
+@dataclasses.dataclass
+class DepthTask:
+    """The self-supervised stereo depth task of the paper (32 monodepth losses).
+
+    MGDA-UB's representation is the ``iconv4`` feature map and GradNorm's
+    shared layer the ``iconv4`` kernel, as in the reference code.
+    """
+
+    name: str = "depth"
+
+    def create_model(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+        return models.MonoDepth(
+            encoder=config.model.encoder,
+            width=config.model.width,
+            batch_norm=config.model.batch_norm,
+            rngs=rngs,
+        )
+
+    def losses(self, model: nnx.Module, batch: Batch) -> Losses:
+        disparities = model(batch["left"])  # type: ignore[operator]
+        return depth_losses.monodepth_losses(disparities, batch["left"], batch["right"])
+
+    def representation(self, model: nnx.Module, batch: Batch) -> tuple[Array, Any]:
+        return model.encode(batch["left"])  # type: ignore[attr-defined]
+
+    def losses_from_representation(
+        self, model: nnx.Module, representation: Array, carry: Any, batch: Batch
+    ) -> Losses:
+        disparities = model.decode_from_iconv4(representation, carry)  # type: ignore[attr-defined]
+        return depth_losses.monodepth_losses(disparities, batch["left"], batch["right"])
+
+    def shared_layer(self) -> ParamPath:
+        return models.GRADNORM_LAYER
+
+    def hand_tuned_weights(self) -> dict[str, float]:
+        return depth_losses.hand_tuned_weights()
+
+    def train_batches(
+        self,
+        config: ml_collections.ConfigDict,
+        *,
+        start_step: int,
+        process_index: int,
+        process_count: int,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        return train_batches(
+            config,
+            start_step=start_step,
+            process_index=process_index,
+            process_count=process_count,
+        )
+
+
+def load_split(config: ml_collections.ConfigDict, split: str) -> Any:
+    """The ``tf.data.Dataset`` of ``split`` of ``config.data`` (the shared registry)."""
+    from experiments.data import get_dataset  # local: imports TensorFlow
+
+    kwargs = config.data.kwargs.to_dict() if config.data.get("kwargs") else {}
+    return get_dataset(config.data.name, split, config.data.data_dir, **kwargs)
+
+
+def train_batches(
+    config: ml_collections.ConfigDict,
+    *,
+    start_step: int,
+    process_index: int,
+    process_count: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's training batches ("left", "right" float32 in [0, 1]) from ``start_step``.
+
+    The shared input pipeline (resize, SPEC §6 augmentation, seeded shuffling)
+    draws all its randomness from ``config.seed`` and the position in the
+    stream, so skipping the first ``start_step`` batches gives exactly the
+    batches an uninterrupted run sees next.
+    """
+    from experiments.data import input_pipeline  # local: imports TensorFlow
+
+    dataset = input_pipeline.make_train_dataset(
+        load_split(config, config.data.train_split),
+        batch_size=config.batch_size // process_count,
+        height=config.image_height,
+        width=config.image_width,
+        seed=config.seed,
+        augment=config.data.augment,
+        shuffle_buffer=config.data.shuffle_buffer,
+        cache=config.data.get("cache", True),
+        num_shards=process_count,
+        shard_index=process_index,
+    )
+    # Only the stereo pair is needed for training; do not ship the targets.
+    dataset = dataset.map(lambda batch: {"left": batch["left"], "right": batch["right"]})
+    return input_pipeline.as_numpy_iterator(dataset.skip(start_step))
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, show_progress: bool = True
+) -> tuple[common_train.Trainer, common_train.TrainState]:
+    """Train ``config.scheme`` on the depth task into ``workdir`` (resuming if possible)."""
+    return common_train.train(DepthTask(), config, workdir, show_progress=show_progress)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        raise app.UsageError("--config and --workdir are required.")
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
