@@ -25,7 +25,6 @@ All schemes are built with ``requires={"gramian"}``. Conventions shared by all:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import jax
@@ -76,25 +75,6 @@ def _shuffled_orders(key: Array, k: int) -> tuple[Array, Array]:
     return next_key, orders.astype(jnp.int32)
 
 
-def _project_to_simplex(v: Array, support: Array | None = None) -> Array:
-    """Euclidean projection onto {w ≥ 0, Σ w = 1} (sort-based, Duchi et al. 2008).
-
-    With a boolean ``support`` (not all False), onto the face where w = 0
-    outside it.
-    """
-    k = v.shape[0]
-    if support is not None:
-        v = jnp.where(support, v, -jnp.inf)
-    u = jnp.sort(v)[::-1]
-    cumulative = jnp.cumsum(u) - 1.0
-    index = jnp.arange(1, k + 1, dtype=v.dtype)
-    # −inf entries (outside the support) give NaN here and compare False.
-    above = u - cumulative / index > 0
-    rho = jnp.sum(above)
-    theta = cumulative[rho - 1] / rho.astype(v.dtype)
-    return jnp.maximum(v - theta, 0.0)
-
-
 class _LawsonHanson(NamedTuple):
     x: Array
     passive: Array
@@ -113,6 +93,14 @@ def nonnegative_qp(
     normalised to an O(1) diagonal). A 1e-7 ridge on the passive block keeps
     the masked solves regular for rank-deficient Gramians.
     """
+    k = linear.shape[0]
+    return _lawson_hanson(gramian, linear, jnp.zeros((k,), bool), max_iters, tol)[0]
+
+
+def _lawson_hanson(
+    gramian: Array, linear: Array, passive: Array, max_iters: int | None, tol: float
+) -> tuple[Array, Array]:
+    """:func:`nonnegative_qp` warm-started from a guess of the passive set; (x, passive)."""
     k = linear.shape[0]
     max_iters = 3 * k if max_iters is None else max_iters
     eye = jnp.eye(k, dtype=gramian.dtype)
@@ -159,10 +147,24 @@ def nonnegative_qp(
         x = jnp.where(passive, jnp.maximum(s, 0.0), 0.0)
         return _LawsonHanson(x, passive, state.iteration + 1)
 
-    start = _LawsonHanson(
-        jnp.zeros_like(linear), jnp.zeros((k,), bool), jnp.zeros((), jnp.int32)
+    # Warm start: shrink the guessed passive set until its solution is
+    # positive, which gives the feasible start (x_P > 0, x_Z = 0) LH needs.
+    def infeasible(carry: tuple[Array, Array, Array]) -> Array:
+        passive, s, count = carry
+        return jnp.any(passive & (s <= 0)) & (count < k)
+
+    def shrink(carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+        passive, s, count = carry
+        passive = passive & (s > 0)
+        return passive, solve_on(passive), count + 1
+
+    passive, s, _ = jax.lax.while_loop(
+        infeasible, shrink, (passive, solve_on(passive), jnp.zeros((), jnp.int32))
     )
-    return jax.lax.while_loop(outer_cond, outer_body, start).x
+    passive = passive & (s > 0)
+    start = _LawsonHanson(jnp.where(passive, s, 0.0), passive, jnp.zeros((), jnp.int32))
+    result = jax.lax.while_loop(outer_cond, outer_body, start)
+    return result.x, result.passive
 
 
 # ---------------------------------------------------------------------------
@@ -286,9 +288,11 @@ def gradvac(beta: float = 0.5, seed: int = 0) -> Weighting:
                 target_sine = jnp.sqrt(jnp.maximum(1.0 - target**2, 0.0))
                 adjust = valid & (phi < target) & (target_sine > 1e-6)
                 scale = jnp.where(adjust, pc_norm / jnp.where(adjust, norms[j], 1.0), 0.0)
-                amount = scale * (
-                    target * jnp.sqrt(jnp.maximum(1.0 - phi**2, 0.0)) - phi * target_sine
-                ) / jnp.where(adjust, target_sine, 1.0)
+                amount = (
+                    scale
+                    * (target * jnp.sqrt(jnp.maximum(1.0 - phi**2, 0.0)) - phi * target_sine)
+                    / jnp.where(adjust, target_sine, 1.0)
+                )
                 coef = coef + jnp.where(adjust, amount, 0.0) * eye[j]
                 row = row.at[j].set(jnp.where(valid, (1.0 - beta) * target + beta * phi, target))
                 return (coef, row), None
@@ -307,14 +311,18 @@ def gradvac(beta: float = 0.5, seed: int = 0) -> Weighting:
 
 
 class CAGradState(NamedTuple):
-    """The simplex weights w of the last dual solution (warm start)."""
+    """CAGrad's warm start.
+
+    Attributes:
+      dual: (K,) the simplex weights w* of the last dual solution.
+      passive: (K,) bool, the support of w* (the active set to start from).
+    """
 
     dual: Array
+    passive: Array
 
 
-def cagrad(
-    c: float = 0.4, rescale: bool = True, max_iters: int = 500, tol: float = 1e-7
-) -> Weighting:
+def cagrad(c: float = 0.4, rescale: bool = True, max_iters: int = 30) -> Weighting:
     """Conflict-Averse Gradient descent (Liu, Liu, Jin, Stone, Liu, NeurIPS 2021).
 
     With g0 = (1/K) Σ g_i, find d maximising the worst improvement
@@ -323,17 +331,23 @@ def cagrad(
         w* = argmin_{w ∈ Δ}  ⟨g_w, g0⟩ + c ‖g0‖ ‖g_w‖,    g_w = Σ w_i g_i
 
     gives d = g0 + (c ‖g0‖ / ‖g_w*‖) g_w*, i.e. weights
-    1/K + (c ‖g0‖/‖g_w*‖) w*. In Gramian terms ⟨g_w, g0⟩ = wᵀG1/K and
-    ‖g_w‖² = wᵀGw. The dual is solved in-graph by accelerated projected
-    gradient (FISTA with backtracking and adaptive restart, Beck & Teboulle
-    2009; O'Donoghue & Candès 2015), warm-started from the last solution.
+    1/K + (c ‖g0‖/‖g_w*‖) w*. In Gramian terms ⟨g_w, g0⟩ = wᵀa with a = G1/K,
+    and ‖g_w‖² = wᵀGw.
+
+    Solver (exact, in-graph): with r = c‖g0‖, the KKT conditions say that
+    v = (r/‖g_w‖) w solves the non-negative QP
+    min_{v ≥ 0} ½vᵀGv + (a − ν1)ᵀv for the multiplier ν of Σw = 1, with
+    vᵀGv = r². φ(ν) = v(ν)ᵀGv(ν) is convex and increasing, so ν is found by
+    Newton steps from the right (monotone), each step jumping to the exact
+    root on the current active face when that is closer; every QP is solved
+    exactly by Lawson–Hanson, warm-started from the previous active set.
+    Then w* = v/Σv and the weights are 1/K + r v/√φ.
 
     Args:
       c: radius of the ball relative to ‖g0‖ (the paper's 0.4 for NYUv2...).
       rescale: divide d by 1 + c² as the authors' code (``rescale=1``, their
         default) and LibMTL do; ``False`` gives the paper's d exactly.
-      max_iters: iteration cap of the dual solver.
-      tol: stop when an iteration moves w by less than this (∞-norm).
+      max_iters: cap on the Newton steps in ν (a handful are used).
 
     Degenerate cases: dead losses (zero gradient) are left out of the worst
     case (w_i = 0: their improvement is 0 for every d); if ‖g_w*‖ = 0 (0 lies
@@ -345,7 +359,8 @@ def cagrad(
         raise ValueError(f"covjax.cagrad: max_iters must be ≥ 1, got {max_iters}")
 
     def init_fn(losses: Array) -> CAGradState:
-        return CAGradState(_uniform(losses.shape[0]))
+        k = losses.shape[0]
+        return CAGradState(_uniform(k), jnp.zeros((k,), bool))
 
     def update_fn(
         losses: Array, state: CAGradState, count: Array, gramian: Array | None
@@ -355,28 +370,28 @@ def cagrad(
         g = _normalise(gramian)
         mean_weights = _uniform(k)
         linear = g.gramian @ mean_weights
-        g0_norm = jnp.sqrt(jnp.maximum(mean_weights @ linear, 0.0))
-        radius = c * g0_norm
-        start = jnp.where(jnp.all(jnp.isfinite(state.dual)), state.dual, mean_weights)
+        radius = c * jnp.sqrt(jnp.maximum(mean_weights @ linear, 0.0))
         # A dead loss's improvement is 0 whatever d: it is left out of the worst case.
-        live = jnp.where(jnp.any(g.live), g.live, True)
-        dual = cagrad_dual(g.gramian, linear, radius, start, live, max_iters, tol)
-        gw_norm = jnp.sqrt(jnp.maximum(dual @ g.gramian @ dual, 0.0))
-        ok = gw_norm > 1e-6 * jnp.maximum(g0_norm, numerics.TINY)
-        lam = jnp.where(ok, radius / jnp.where(ok, gw_norm, 1.0), 0.0)
-        weights = mean_weights + lam * dual
+        v, passive = cagrad_dual(g.gramian, linear, radius, g.live, state.passive, max_iters)
+        phi = v @ g.gramian @ v
+        total = jnp.sum(v)
+        ok = (radius > 0) & (phi > 1e-12 * radius**2) & (total > 0)
+        weights = mean_weights + jnp.where(ok, radius * v / jnp.sqrt(jnp.where(ok, phi, 1.0)), 0.0)
         if rescale:
             weights = weights / (1.0 + c**2)
-        return weights, CAGradState(dual)
+        dual = jnp.where(ok, v / jnp.where(ok, total, 1.0), mean_weights)
+        ok = jnp.all(jnp.isfinite(weights))
+        new_state = CAGradState(jnp.where(ok, dual, mean_weights), passive & ok)
+        return jnp.where(ok, weights, mean_weights / (1.0 + c**2 if rescale else 1.0)), new_state
 
     return make_weighting(init_fn, update_fn, name="cagrad", requires=GRAMIAN)
 
 
-class _Fista(NamedTuple):
-    w: Array
-    y: Array
-    momentum: Array
-    step: Array
+class _Multiplier(NamedTuple):
+    nu: Array
+    v: Array
+    passive: Array
+    phi: Array
     iteration: Array
     moved: Array
 
@@ -385,127 +400,64 @@ def cagrad_dual(
     gramian: Array,
     linear: Array,
     radius: Array,
-    start: Array,
-    support: Array,
+    live: Array,
+    passive: Array,
     max_iters: int,
-    tol: float,
-) -> Array:
-    """``argmin_{w ∈ Δ} linearᵀw + radius·√(wᵀGw)`` by FISTA with backtracking and restart.
+) -> tuple[Array, Array]:
+    """Solve the CAGrad dual through ν (see :func:`cagrad`); returns (v, its support).
 
-    ``w`` is restricted to the face of the simplex where w = 0 outside ``support``.
+    ``v ≥ 0`` with vᵀGv = radius², zero outside ``live``; w* = v / Σv.
     """
-    # A tiny floor inside the root keeps the gradient finite at g_w = 0.
-    floor = 1e-12
+    k = linear.shape[0]
+    eye = jnp.eye(k, dtype=gramian.dtype)
+    any_live = jnp.any(live)
+    live = jnp.where(any_live, live, True)
+    both = live[:, None] & live[None, :]
+    system = jnp.where(both, gramian, eye)
+    target = radius**2
+    diagonal = jnp.maximum(jnp.diagonal(system), numerics.TINY)
+    # φ(ν) ≥ max_i (ν − a_i)²/G_ii (the single-variable QP bounds the optimum),
+    # so φ(ν0) ≥ r² here: Newton starts right of the root.
+    nu0 = jnp.min(jnp.where(live, linear + radius * jnp.sqrt(diagonal), jnp.inf))
+    # Dead losses never enter: ν only decreases from ν0.
+    linear = jnp.where(live, linear, nu0 + 1.0)
 
-    def objective(w: Array) -> Array:
-        return linear @ w + radius * jnp.sqrt(jnp.maximum(w @ gramian @ w, 0.0) + floor)
+    def solve_on(mask: Array, rhs: Array) -> Array:
+        masked = jnp.where(mask[:, None] & mask[None, :], system + 1e-7 * eye, eye)
+        return jnp.where(mask, jnp.linalg.solve(masked, jnp.where(mask, rhs, 0.0)), 0.0)
 
-    def gradient(w: Array) -> Array:
-        gw = gramian @ w
-        return linear + radius * gw / jnp.sqrt(jnp.maximum(w @ gw, 0.0) + floor)
+    def qp(nu: Array, guess: Array) -> tuple[Array, Array, Array]:
+        v, support = _lawson_hanson(system, linear - nu, guess & live, None, 1e-7)
+        return v, support, v @ system @ v
 
-    def cond(s: _Fista) -> Array:
-        return (s.iteration < max_iters) & (s.moved > tol)
+    def cond(s: _Multiplier) -> Array:
+        converged = jnp.abs(s.phi - target) <= 1e-6 * target
+        return (s.iteration < max_iters) & ~converged & s.moved
 
-    def body(s: _Fista) -> _Fista:
-        f_y = objective(s.y)
-        g_y = gradient(s.y)
-
-        def not_sufficient(carry: tuple[Array, Array, Array]) -> Array:
-            step, z, count = carry
-            diff = z - s.y
-            bound = f_y + g_y @ diff + (diff @ diff) / (2.0 * step)
-            return (objective(z) > bound + 1e-7 * jnp.abs(f_y)) & (count < 40)
-
-        def shrink(carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
-            step, _, count = carry
-            step = 0.5 * step
-            return step, _project_to_simplex(s.y - step * g_y, support), count + 1
-
-        step = s.step * 1.25  # let the step grow back after a shrink
-        z = _project_to_simplex(s.y - step * g_y, support)
-        step, z, _ = jax.lax.while_loop(not_sufficient, shrink, (step, z, jnp.zeros((), jnp.int32)))
-        # Adaptive restart: drop the momentum when the objective goes up.
-        restart = objective(z) > objective(s.w)
-        momentum = jnp.where(restart, 1.0, s.momentum)
-        next_momentum = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * momentum**2))
-        w = jnp.where(restart, s.w, z)
-        y = jnp.where(restart, s.w, z + ((momentum - 1.0) / next_momentum) * (z - s.w))
-        moved = jnp.where(restart, jnp.inf, jnp.max(jnp.abs(z - s.w)))
-        return _Fista(w, y, next_momentum, step, s.iteration + 1, moved)
-
-    # Initial step from the largest curvature of the quadratic part.
-    lipschitz = radius * jnp.max(jnp.sum(jnp.abs(gramian), axis=1)) + 1.0
-    start = _project_to_simplex(start, support)
-    state = _Fista(
-        start,
-        start,
-        jnp.ones((), start.dtype),
-        1.0 / lipschitz,
-        jnp.zeros((), jnp.int32),
-        jnp.full((), jnp.inf, start.dtype),
-    )
-    result = jax.lax.while_loop(cond, body, state)
-    return _polish_on_face(result.w, gramian, linear, radius, gradient, support)
-
-
-def _polish_on_face(
-    w: Array,
-    gramian: Array,
-    linear: Array,
-    radius: Array,
-    gradient: Callable[[Array], Array],
-    support: Array,
-    steps: int = 4,
-) -> Array:
-    """Newton steps for the CAGrad dual on the face {w_i > 0} found by FISTA.
-
-    The dual is flat along many directions (duplicated or dependent
-    gradients): float32 objective values cannot tell its near-optimal points
-    apart, so first-order methods stall about 1e-4 from the optimum. Newton
-    steps on the face's KKT system (stationarity up to a multiplier of Σw = 1)
-    use gradients only and converge quadratically. A step that would leave
-    the simplex is cut at the boundary (the blocking weight leaves the face);
-    a step is kept only if it lowers the projected-gradient residual.
-    """
-    k = w.shape[0]
-    eye = jnp.eye(k, dtype=w.dtype)
-
-    def residual(v: Array) -> Array:
-        g = gradient(v)
-        scale = jnp.max(jnp.abs(g)) + 1.0
-        return jnp.max(jnp.abs(v - _project_to_simplex(v - g / scale, support)))
-
-    def newton(_: int, v: Array) -> Array:
-        face = (v > 0) & support
-        gw = gramian @ v
-        norm_sq = jnp.maximum(v @ gw, numerics.TINY)
-        norm = jnp.sqrt(norm_sq)
-        # Hessian of radius·‖g_w‖: (r/‖g_w‖)(G − (Gw)(Gw)ᵀ/‖g_w‖²), singular along w
-        # itself; the Σ Δ = 0 constraint removes that direction. A 1e-7 ridge
-        # handles duplicated gradients.
-        hessian = (radius / norm) * (gramian - jnp.outer(gw, gw) / norm_sq)
-        hessian = hessian + 1e-7 * (jnp.trace(hessian) / k + 1e-6) * eye
-        both = face[:, None] & face[None, :]
-        ones = face.astype(v.dtype)
-        system = jnp.block(
-            [
-                [jnp.where(both, hessian, eye), ones[:, None]],
-                [ones[None, :], jnp.zeros((1, 1), v.dtype)],
-            ]
+    def body(s: _Multiplier) -> _Multiplier:
+        total = jnp.sum(s.v)
+        newton = s.nu - (s.phi - target) / jnp.where(total > 0, 2.0 * total, jnp.inf)
+        # On a fixed face v(ν) = ν p − q: φ is the quadratic
+        # (1ᵀp) ν² − 2 (1ᵀq) ν + aᵀq, whose larger root is exact if the face is right.
+        p = solve_on(s.passive, jnp.ones_like(linear))
+        q = solve_on(s.passive, linear)
+        a2, b2, c2 = jnp.sum(p), jnp.sum(q), linear @ q - target
+        discriminant = b2**2 - a2 * c2
+        face_ok = (a2 > 0) & (discriminant >= 0)
+        face_root = jnp.where(
+            face_ok,
+            (b2 + jnp.sqrt(jnp.maximum(discriminant, 0.0))) / jnp.where(a2 > 0, a2, 1.0),
+            -jnp.inf,
         )
-        rhs = jnp.concatenate([jnp.where(face, -gradient(v), 0.0), jnp.zeros((1,), v.dtype)])
-        delta = jnp.where(face, jnp.linalg.solve(system, rhs)[:k], 0.0)
-        # Ratio test: the longest step ≤ 1 that keeps w ≥ 0.
-        shrinking = face & (delta < 0)
-        limits = jnp.where(shrinking, v / jnp.where(shrinking, -delta, 1.0), jnp.inf)
-        step = jnp.minimum(1.0, jnp.min(limits))
-        candidate = jnp.maximum(v + step * delta, 0.0)
-        candidate = candidate / jnp.sum(candidate)
-        better = jnp.all(jnp.isfinite(candidate)) & (residual(candidate) <= residual(v))
-        return jnp.where(better, candidate, v)
+        nu = jnp.minimum(jnp.maximum(newton, face_root), s.nu)
+        v, support, phi = qp(nu, s.passive)
+        return _Multiplier(nu, v, support, phi, s.iteration + 1, nu != s.nu)
 
-    return jax.lax.fori_loop(0, steps, newton, w)
+    v0, support0, phi0 = qp(nu0, passive)
+    start = _Multiplier(nu0, v0, support0, phi0, jnp.zeros((), jnp.int32), jnp.array(True))
+    result = jax.lax.while_loop(cond, body, start)
+    v = jnp.where(live & any_live, result.v, 0.0)
+    return v, result.passive
 
 
 # ---------------------------------------------------------------------------
@@ -774,6 +726,12 @@ def aligned_mtl(
 # UPGrad.
 
 
+class UPGradState(NamedTuple):
+    """Passive (non-zero) sets of the K projections' multipliers, (K, K) bool (warm start)."""
+
+    passive: Array
+
+
 def upgrad(task_weights: Array | None = None) -> Weighting:
     """UPGrad, "Jacobian Descent for Multi-Objective Optimization" (Quinton & Rey, 2024).
 
@@ -795,30 +753,31 @@ def upgrad(task_weights: Array | None = None) -> Weighting:
     A dead gradient is its own projection (0); with G = 0, w = t.
     """
 
-    def init_fn(losses: Array) -> tuple[()]:
+    def init_fn(losses: Array) -> UPGradState:
         if task_weights is not None and jnp.shape(task_weights) != losses.shape:
             raise ValueError(
                 f"covjax.upgrad: task_weights has shape {jnp.shape(task_weights)}, "
                 f"expected {losses.shape}."
             )
-        return ()
+        k = losses.shape[0]
+        return UPGradState(jnp.zeros((k, k), bool))
 
     def update_fn(
-        losses: Array, state: tuple[()], count: Array, gramian: Array | None
-    ) -> tuple[Array, tuple[()]]:
+        losses: Array, state: UPGradState, count: Array, gramian: Array | None
+    ) -> tuple[Array, UPGradState]:
         del count
         k = losses.shape[0]
-        preference = (
-            _uniform(k) if task_weights is None else jnp.asarray(task_weights, jnp.float32)
-        )
+        preference = _uniform(k) if task_weights is None else jnp.asarray(task_weights, jnp.float32)
         g = _normalise(gramian)
-        multipliers = jax.vmap(lambda e: nonnegative_qp(g.gramian, g.gramian @ e))(
-            jnp.eye(k, dtype=g.gramian.dtype)
-        )
-        projections = jnp.eye(k, dtype=g.gramian.dtype) + multipliers
-        weights = preference @ projections
+        eye = jnp.eye(k, dtype=g.gramian.dtype)
+        # The active constraints change little from one step to the next:
+        # warm-start every projection from its previous passive set.
+        multipliers, passive = jax.vmap(
+            lambda e, guess: _lawson_hanson(g.gramian, g.gramian @ e, guess, None, 1e-7)
+        )(eye, state.passive)
+        weights = preference @ (eye + multipliers)
         ok = jnp.all(jnp.isfinite(weights))
-        return jnp.where(ok, weights, preference), state
+        return jnp.where(ok, weights, preference), UPGradState(passive)
 
     return make_weighting(init_fn, update_fn, name="upgrad", requires=GRAMIAN)
 

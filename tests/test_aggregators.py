@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracles import aggregators as oracle
 
@@ -195,9 +195,7 @@ def test_imtl_g_degenerate_cases_keep_equal_projections(case: str) -> None:
     np.testing.assert_allclose(projections / scale, projections[0] / scale, atol=1e-4)
     if case == "zero":
         assert weights[2] == 0.0
-        np.testing.assert_allclose(
-            weights[live], oracle.imtl_g(J[live]), atol=1e-5
-        )
+        np.testing.assert_allclose(weights[live], oracle.imtl_g(J[live]), atol=1e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -360,7 +358,7 @@ def test_bad_hyperparameters_are_rejected() -> None:
 
 small_jacobians = st.builds(
     lambda k, p, values, zero_row: _small_jacobian(k, p, values, zero_row),
-    st.integers(2, 4),
+    st.sampled_from([2, 4]),  # two K only: every K compiles every scheme again
     st.integers(1, 5),
     st.lists(st.sampled_from([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0]), min_size=20, max_size=20),
     st.booleans(),
@@ -374,6 +372,7 @@ def _small_jacobian(k: int, p: int, values: list[float], zero_row: bool) -> np.n
     return J
 
 
+@settings(max_examples=15)
 @given(J=small_jacobians)
 def test_weights_are_always_finite(J: np.ndarray) -> None:
     # Degenerate by construction: repeated, opposing, zero and rank-deficient rows.
@@ -383,6 +382,7 @@ def test_weights_are_always_finite(J: np.ndarray) -> None:
         assert int(state.count) == 1, name
 
 
+@settings(max_examples=15)
 @given(J=small_jacobians, data=st.data())
 def test_order_free_schemes_are_permutation_equivariant(J: np.ndarray, data) -> None:
     k = J.shape[0]

@@ -44,11 +44,15 @@ def gradvac(
             phi = g @ J[j] / (np.linalg.norm(g) * np.linalg.norm(J[j]))
             target = targets[i, j]
             if phi < target:
-                g = g + (
-                    np.linalg.norm(g)
-                    * (target * np.sqrt(1 - phi**2) - phi * np.sqrt(1 - target**2))
-                    / (np.linalg.norm(J[j]) * np.sqrt(1 - target**2))
-                ) * J[j]
+                g = (
+                    g
+                    + (
+                        np.linalg.norm(g)
+                        * (target * np.sqrt(1 - phi**2) - phi * np.sqrt(1 - target**2))
+                        / (np.linalg.norm(J[j]) * np.sqrt(1 - target**2))
+                    )
+                    * J[j]
+                )
             targets[i, j] = (1 - beta) * target + beta * phi
         projected.append(g)
     return np.sum(projected, axis=0), targets
@@ -177,9 +181,7 @@ def nash_mtl(J: np.ndarray) -> np.ndarray:
         alpha = np.exp(log_alpha)
         return alpha * (J @ (J.T @ alpha)) - 1.0
 
-    fine = optimize.least_squares(
-        residual, np.log(coarse.x), xtol=1e-15, ftol=1e-15, gtol=1e-15
-    )
+    fine = optimize.least_squares(residual, np.log(coarse.x), xtol=1e-15, ftol=1e-15, gtol=1e-15)
     assert np.max(np.abs(fine.fun)) < 1e-9, f"oracle failed to solve Gα = 1/α for K={k}"
     return np.exp(fine.x)
 
@@ -226,8 +228,10 @@ def db_mtl(
     for t, (J, losses) in enumerate(zip(J_steps, losses_steps, strict=True), start=1):
         log_grads = J / (losses + epsilon)[:, None]
         norms = np.linalg.norm(log_grads, axis=1)
-        ema = norms if ema is None else (1 - beta / t**beta_sigma) * norms + (
-            beta / t**beta_sigma
-        ) * ema
+        ema = (
+            norms
+            if ema is None
+            else (1 - beta / t**beta_sigma) * norms + (beta / t**beta_sigma) * ema
+        )
         directions.append(np.sum((ema.max() / ema)[:, None] * log_grads, axis=0))
     return directions
