@@ -124,21 +124,26 @@ def plot_weights(
     return path
 
 
-def plot_run_weights(workdir: str | Path, out_dir: str | Path, title: str) -> list[Path]:
-    """Weight plots of one run from its log: per loss group and per scale."""
+def plot_run_weights(
+    workdir: str | Path, out_dir: str | Path, title: str, prefix: str = ""
+) -> list[Path]:
+    """Weight plots of one run from its log, per loss group and per scale.
+
+    Writes ``<out_dir>/<prefix>weights_by_group.png`` and ``..._by_scale.png``.
+    """
     steps, series = logging_utils.weight_series(logging_utils.read_metrics(workdir))
     out_dir = Path(out_dir)
     return [
         plot_weights(
             steps,
             series,
-            out_dir / "weights_by_group.png",
+            out_dir / f"{prefix}weights_by_group.png",
             title=f"{title}: weights per loss group",
         ),
         plot_weights(
             steps,
             series,
-            out_dir / "weights_by_scale.png",
+            out_dir / f"{prefix}weights_by_scale.png",
             title=f"{title}: weights per scale",
             group_by=scale_of,
         ),

@@ -259,6 +259,10 @@ class Trainer:
             )
         return self._step_fn
 
+    def initial_variables(self) -> tuple[nnx.State, nnx.State]:
+        """``(params, rest)`` of the untrained network (seeded by ``config.seed``)."""
+        return self._initial_params, self._initial_rest
+
     def model_from_state(self, state: TrainState) -> nnx.Module:
         return self.model(state.params, state.rest)
 

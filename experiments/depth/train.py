@@ -30,9 +30,6 @@ from experiments.common.task import Batch, Losses, ParamPath
 from experiments.depth import losses as depth_losses
 from experiments.depth import models
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for logs and checkpoints.")
-
 
 @dataclasses.dataclass
 class DepthTask:
@@ -138,10 +135,17 @@ def train_and_evaluate(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if _CONFIG.value is None or _WORKDIR.value is None:
+    if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
         raise app.UsageError("--config and --workdir are required.")
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+def define_flags() -> None:
+    """The command-line flags (defined only when run as a program, so modules import freely)."""
+    config_flags.DEFINE_config_file("config", None, "Training config file.")
+    flags.DEFINE_string("workdir", None, "Directory for logs and checkpoints.")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

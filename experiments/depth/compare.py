@@ -1,0 +1,213 @@
+"""Train, evaluate and compare weighting schemes on the depth task (paper Tables 3–5, Fig. 1).
+
+    python -m experiments.depth.compare --config=experiments/depth/configs/cpu.py \\
+        --schemes=equal,hand_tuned,uncertainty,gradnorm,mgda_ub,cov,cov_decay,lsb \\
+        --workdir=/tmp/depth_compare
+
+Each scheme trains in ``<workdir>/runs/<scheme>`` (resuming an interrupted
+run; a run already trained and evaluated to ``config.num_train_steps`` is
+skipped), is evaluated on ``config.data.eval_split``, and the untrained
+network is evaluated once as a reference. ``<workdir>/results/`` then holds
+
+* ``depth_results.md``: the paper's Table 3/4 layout (ARD, SRD, RMSE,
+  RMSE log, δ1–δ3 per scheme) with the paper's own numbers below ours,
+  clearly labelled, and the win-rate table (paper Table 5: the fraction of
+  images on which the row's scheme beats the column's on a majority of the
+  7 metrics);
+* ``weights/<scheme>_weights_by_group.png`` and ``..._by_scale.png``: the weights over
+  training per loss group and per scale (the analogue of the paper's Fig. 1).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments.common import report
+from experiments.depth import evaluate, metrics
+from experiments.depth.train import train_and_evaluate
+
+METRIC_HEADERS = ("ARD", "SRD", "RMSE", "RMSE log", "δ<1.25", "δ<1.25²", "δ<1.25³")
+#: Lower is better for the errors, higher for the accuracies.
+BEST = {name: ("max" if name.startswith("a") else "min") for name in metrics.METRIC_NAMES}
+
+#: The paper's numbers (Groenendijk et al. 2021), tested on KITTI Eigen (SPEC §6).
+PAPER_TABLE_4_KITTI = {
+    "equal": (0.0923, 0.5477, 3.9856, 0.1464, 0.8971, 0.9763, 0.9936),
+    "hand_tuned": (0.0944, 0.5609, 3.8678, 0.1469, 0.8950, 0.9731, 0.9926),
+    "uncertainty": (1.0712, 18.5936, 11.7052, 0.7417, 0.3226, 0.4760, 0.5989),
+    "gradnorm": (0.1152, 1.1530, 4.7621, 0.1759, 0.8669, 0.9642, 0.9887),
+    "mgda_ub": (6.3400, 442.7141, 65.5198, 1.9283, 0.0097, 0.0265, 0.0507),
+    "cov": (0.0912, 0.5108, 3.8717, 0.1425, 0.9023, 0.9775, 0.9942),
+}
+PAPER_TABLE_3_CITYSCAPES = {
+    "equal": (0.2106, 1.7460, 6.6303, 0.3838, 0.6887, 0.8580, 0.9231),
+    "hand_tuned": (0.1955, 1.6028, 6.3803, 0.3507, 0.7182, 0.8734, 0.9336),
+    "cov": (0.1988, 1.6673, 6.6989, 0.3118, 0.6988, 0.8723, 0.9426),
+}
+PAPER_WIN_RATES = {("cov", "equal"): 0.5537, ("cov", "hand_tuned"): 0.5583}
+
+
+def run_dir(workdir: str | Path, scheme: str) -> Path:
+    return Path(workdir) / "runs" / scheme
+
+
+def scheme_config(config: ml_collections.ConfigDict, scheme: str) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.scheme = scheme
+    return config
+
+
+def _finished(summary_path: Path, num_steps: int) -> bool:
+    if not summary_path.exists():
+        return False
+    return json.loads(summary_path.read_text()).get("step") == num_steps
+
+
+def run_scheme(
+    config: ml_collections.ConfigDict, workdir: str | Path, scheme: str
+) -> dict[str, Any]:
+    """Train (or resume) and evaluate one scheme; skipped when already done."""
+    config = scheme_config(config, scheme)
+    directory = run_dir(workdir, scheme)
+    summary_path = evaluate.eval_dir(directory, config.data.eval_split) / evaluate.SUMMARY_FILE
+    if _finished(summary_path, config.num_train_steps):
+        logging.info("%s: already trained and evaluated, skipping.", scheme)
+        return json.loads(summary_path.read_text())
+    train_and_evaluate(config, str(directory))
+    return evaluate.evaluate_run(config, directory)
+
+
+def untrained_summary(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    directory = Path(workdir) / "untrained"
+    summary_path = evaluate.eval_dir(directory, config.data.eval_split, untrained=True)
+    if (summary_path / evaluate.SUMMARY_FILE).exists():
+        return json.loads((summary_path / evaluate.SUMMARY_FILE).read_text())
+    return evaluate.evaluate_run(config, directory, untrained=True)
+
+
+def win_rate_table(per_image: dict[str, np.ndarray]) -> str:
+    """Markdown matrix: entry (A, B) = fraction of images where A beats B (paper Table 5)."""
+    names = list(per_image)
+    rows = []
+    for a in names:
+        row: dict[str, Any] = {"scheme": a}
+        for b in names:
+            row[b] = None if a == b else metrics.win_rate(per_image[a], per_image[b])
+        rows.append(row)
+    return report.markdown_table(rows, ["scheme", *names], headers=["A \\ B", *names])
+
+
+def results_markdown(
+    config: ml_collections.ConfigDict,
+    summaries: dict[str, dict[str, Any]],
+    untrained: dict[str, Any],
+    per_image: dict[str, np.ndarray],
+) -> str:
+    """The whole results page (tables only; the plots are separate files)."""
+    columns = ["scheme", *metrics.METRIC_NAMES]
+    headers = ["Scheme", *METRIC_HEADERS]
+    ours = [
+        {"scheme": name, **{m: summaries[name][m] for m in metrics.METRIC_NAMES}}
+        for name in summaries
+    ]
+    ours.append(
+        {"scheme": "(untrained network)", **{m: untrained[m] for m in metrics.METRIC_NAMES}}
+    )
+    lines = [
+        "# Depth: weighting schemes compared\n",
+        f"Ours: {config.data.name} data ({config.data.eval_split} split, "
+        f"{untrained['num_images']} images), MonoDepth {config.model.encoder} width "
+        f"{config.model.width}, {config.image_height}×{config.image_width}, batch "
+        f"{config.batch_size}, {config.optimizer} lr {config.learning_rate}, "
+        f"{config.num_train_steps} steps, post-processing "
+        f"{'on' if config.eval.post_process else 'off'}. Best of our rows in bold.\n",
+        report.markdown_table(ours, columns, headers=headers, bold_best=BEST),
+        "\nCriterion (issue): trained ARD ≤ half the untrained ARD "
+        f"({untrained['abs_rel'] / 2:.4f}):\n",
+    ]
+    for name, summary in summaries.items():
+        verdict = "yes" if summary["abs_rel"] <= untrained["abs_rel"] / 2 else "no"
+        lines.append(f"- {name}: ARD {summary['abs_rel']:.4f} → {verdict}")
+    for title, paper in (
+        (
+            "Paper, Table 4 (trained and tested on KITTI, Eigen split) — reference only, "
+            "not our runs",
+            PAPER_TABLE_4_KITTI,
+        ),
+        (
+            "Paper, Table 3 (trained on Cityscapes, tested on KITTI Eigen) — reference only, "
+            "not our runs",
+            PAPER_TABLE_3_CITYSCAPES,
+        ),
+    ):
+        rows = [
+            {"scheme": f"paper: {name}", **dict(zip(metrics.METRIC_NAMES, values, strict=True))}
+            for name, values in paper.items()
+        ]
+        lines += [f"\n## {title}\n", report.markdown_table(rows, columns, headers=headers)]
+    lines += [
+        "\n## Win rates (paper Table 5 analogue)\n",
+        "Fraction of test images on which the row's scheme beats the column's on a "
+        "majority of the 7 metrics.\n",
+        win_rate_table(per_image),
+    ]
+    paper_rates = ", ".join(f"{a} over {b}: {rate:.4f}" for (a, b), rate in PAPER_WIN_RATES.items())
+    lines.append(f"\nPaper (KITTI, reference only): {paper_rates}.\n")
+    return "\n".join(lines) + "\n"
+
+
+def compare(config: ml_collections.ConfigDict, schemes: Sequence[str], workdir: str | Path) -> Path:
+    """Run every scheme, then write ``<workdir>/results/``; returns the Markdown path."""
+    if not schemes:
+        raise ValueError("--schemes is empty.")
+    if len(set(schemes)) != len(schemes):
+        raise ValueError(f"--schemes has duplicates: {list(schemes)}.")
+    workdir = Path(workdir)
+    summaries = {scheme: run_scheme(config, workdir, scheme) for scheme in schemes}
+    untrained = untrained_summary(config, workdir)
+    per_image = {
+        scheme: evaluate.load_per_image(
+            evaluate.eval_dir(run_dir(workdir, scheme), config.data.eval_split)
+        )
+        for scheme in schemes
+    }
+    results = workdir / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    for scheme in schemes:
+        report.plot_run_weights(
+            run_dir(workdir, scheme), results / "weights", title=scheme, prefix=f"{scheme}_"
+        )
+    path = results / "depth_results.md"
+    path.write_text(results_markdown(config, summaries, untrained, per_image))
+    return path
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
+        raise app.UsageError("--config and --workdir are required.")
+    path = compare(flags.FLAGS.config, flags.FLAGS.schemes, flags.FLAGS.workdir)
+    print(path.read_text())
+
+
+def define_flags() -> None:
+    """The command-line flags (defined only when run as a program, so modules import freely)."""
+    config_flags.DEFINE_config_file("config", None, "Base training config file.")
+    flags.DEFINE_list(
+        "schemes", ["equal", "hand_tuned", "cov"], "Comma-separated scheme names to compare."
+    )
+    flags.DEFINE_string("workdir", None, "Directory for every run and the results.")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
