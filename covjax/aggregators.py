@@ -344,7 +344,7 @@ def cagrad(c: float = 0.4, rescale: bool = True, max_iters: int = 30) -> Weighti
     Then w* = v/Σv and the weights are 1/K + r v/√φ.
 
     Args:
-      c: radius of the ball relative to ‖g0‖ (the paper's 0.4 for NYUv2...).
+      c: radius of the ball relative to ‖g0‖ (SPEC §5's default 0.4).
       rescale: divide d by 1 + c² as the authors' code (``rescale=1``, their
         default) and LibMTL do; ``False`` gives the paper's d exactly.
       max_iters: cap on the Newton steps in ν (a handful are used).
@@ -666,7 +666,8 @@ def aligned_mtl(
 
     Args:
       scale: σ = the smallest kept singular value ("min", the paper's and
-        default), their median ("median"), or √(mean Λ) ("rmse").
+        default), their median ("median", the lower middle one for an even
+        count), or √(mean Λ) ("rmse"), as in the authors' code.
       task_weights: optional (K,) preference weights t.
 
     Rank deficiency: eigenvalues below λ_max·K·eps(float32) are dropped
@@ -704,13 +705,9 @@ def aligned_mtl(
         if scale == "min":
             sigma_sq = jnp.min(jnp.where(kept, eigenvalues, jnp.inf))
         elif scale == "median":
+            # The lower middle value for an even count, as torch.median (the authors' code).
             ordered = jnp.sort(jnp.where(kept, eigenvalues, jnp.inf))
-            rank = jnp.sum(kept)
-            sigma_sq = jnp.where(
-                rank % 2 == 1,
-                ordered[(rank - 1) // 2],
-                0.5 * (ordered[jnp.maximum(rank // 2 - 1, 0)] + ordered[rank // 2 % k]),
-            )
+            sigma_sq = ordered[jnp.maximum(jnp.sum(kept) - 1, 0) // 2]
         else:
             sigma_sq = jnp.sum(jnp.where(kept, eigenvalues, 0.0)) / jnp.maximum(jnp.sum(kept), 1)
         inverse_root = jnp.where(kept, 1.0 / jnp.sqrt(safe), 0.0)

@@ -165,6 +165,21 @@ def test_cagrad_matches_brute_force_dual(case: str, rescale: bool) -> None:
     assert_direction_close(weights @ J, want_d, J, tol=1e-5)
 
 
+def test_cagrad_with_eight_losses_and_warm_start() -> None:
+    """A larger face (K = 8, scales over two decades) and a warm-started second step."""
+    c = 0.4
+    first = jacobian("conflicting", seed=30, k=8, p=20)
+    second = first + 0.05 * jacobian("random", seed=31, k=8, p=20)
+    _, state = run("cagrad", first, c=c, rescale=False)
+    for J, start in ((first, None), (second, state)):
+        weights, new_state = run("cagrad", J, state=start, c=c, rescale=False)
+        dual = np.asarray(new_state.inner.dual, np.float64)
+        want_d, want_objective = oracle.cagrad(J, c=c, rescale=False)
+        got_objective = oracle.cagrad_objective(dual / dual.sum(), J, c)
+        assert got_objective - want_objective <= 1e-6 * abs(want_objective)
+        assert_direction_close(weights @ J, want_d, J, tol=1e-5)
+
+
 def test_cagrad_with_zero_radius_is_the_mean() -> None:
     J = jacobian("conflicting", seed=8)
     weights, _ = run("cagrad", J, c=0.0)
@@ -261,10 +276,12 @@ def test_aligned_mtl_matches_svd_oracle(case: str) -> None:
     assert_direction_close(weights @ J, oracle.aligned_mtl(J), J, tol=2e-5)
 
 
-def test_aligned_mtl_orthogonal_gradients_are_rescaled_to_the_smallest() -> None:
+@pytest.mark.parametrize(("scale", "sigma"), [("min", 1.0), ("median", 2.0), ("rmse", 7**0.5)])
+def test_aligned_mtl_orthogonal_gradients_get_equal_norms(scale: str, sigma: float) -> None:
+    # Singular values 1, 2, 4: every balanced gradient gets norm σ.
     J = np.diag([1.0, 2.0, 4.0])
-    weights, _ = run("aligned_mtl", J)
-    np.testing.assert_allclose(weights, [1.0, 0.5, 0.25], rtol=1e-5)
+    weights, _ = run("aligned_mtl", J, scale=scale)
+    np.testing.assert_allclose(weights, sigma * np.array([1.0, 0.5, 0.25]), rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -279,6 +296,15 @@ def test_upgrad_matches_nnls_oracle(case: str) -> None:
     assert_direction_close(d, oracle.upgrad(J), J, tol=2e-5)
     # Non-conflicting: d improves (or keeps) every loss.
     assert np.all(J @ d >= -1e-5 * np.linalg.norm(J, axis=1).max() ** 2)
+
+
+def test_upgrad_warm_start_reaches_the_same_projections() -> None:
+    first = jacobian("conflicting", seed=32)
+    second = first + 0.1 * jacobian("random", seed=33)
+    _, state = run("upgrad", first)
+    warm, _ = run("upgrad", second, state=state)
+    cold, _ = run("upgrad", second)
+    np.testing.assert_allclose(warm, cold, rtol=1e-5, atol=1e-6)
 
 
 def test_nonnegative_qp_is_exact_on_a_known_problem() -> None:
