@@ -118,13 +118,13 @@ def test_gradnorm_layer_path() -> None:
 def test_batch_norm_train_and_eval_modes() -> None:
     model = _numpy_initialised("resnet18", batch_norm=True, seed=1)
     left = _images(seed=2)
-    mean_before = np.asarray(model.conv1.norm.mean.value)
+    mean_before = np.asarray(model.conv1.norm.mean[...])
     train_out = _forward(model, left)
-    mean_after = np.asarray(model.conv1.norm.mean.value)
+    mean_after = np.asarray(model.conv1.norm.mean[...])
     assert not np.allclose(mean_before, mean_after)  # running statistics were updated
     model.eval()
     eval_out = _forward(model, left)
-    np.testing.assert_array_equal(np.asarray(model.conv1.norm.mean.value), mean_after)
+    np.testing.assert_array_equal(np.asarray(model.conv1.norm.mean[...]), mean_after)
     assert not np.allclose(np.asarray(train_out[0]), np.asarray(eval_out[0]))
     model.train()
 

@@ -87,7 +87,32 @@ def scaled_channels(channels: int, width: float) -> int:
     return max(MIN_CHANNELS, round(channels * width))
 
 
-def _uniform(bound: float) -> Callable[..., Array]:
+Initializer = Callable[..., Array]
+
+
+def _rbg_key(key: Array) -> Array:
+    """A key of the ``rbg`` PRNG derived deterministically from ``key``.
+
+    Eager initialisation compiles one random-number program per parameter
+    shape; XLA:CPU takes about 1 s per threefry program but about 0.2 s per
+    RngBitGenerator one, which makes building a MonoDepth ~5× faster (tens of
+    seconds on a 2-core CPU). Keys that already have 4 words are used as they are.
+    """
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    if data.shape[-1] == 4:
+        return jax.random.wrap_key_data(data, impl="rbg")
+    golden = jnp.uint32(0x9E3779B9)  # any fixed odd constant: two distinct extra words
+    return jax.random.wrap_key_data(jnp.concatenate([data, data ^ golden]), impl="rbg")
+
+
+def _fast_init(init: Initializer) -> Initializer:
+    def wrapped(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Array:
+        return init(_rbg_key(key), shape, dtype)
+
+    return wrapped
+
+
+def _uniform(bound: float) -> Initializer:
     def init(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Array:
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
@@ -116,8 +141,8 @@ def _conv(
         (kernel, kernel),
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
-        kernel_init=kernel_init,
-        bias_init=_uniform(1.0 / math.sqrt(fan_in)),
+        kernel_init=_fast_init(kernel_init),
+        bias_init=_fast_init(_uniform(1.0 / math.sqrt(fan_in))),
         rngs=rngs,
     )
 
