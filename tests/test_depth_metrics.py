@@ -63,7 +63,9 @@ def test_crops() -> None:
 
 def test_disparity_to_depth() -> None:
     # Cityscapes: focal 2262.52 px, baseline 0.209313 m; disparity 0.01·2048 px.
-    depth = disparity_to_depth(np.array([0.01, 0.0]), 2262.52, 0.209313, 2048)
+    depth = disparity_to_depth(
+        np.array([0.01, 0.0]), metrics.CITYSCAPES_FOCAL, metrics.CITYSCAPES_BASELINE, 2048
+    )
     np.testing.assert_allclose(depth[0], 0.209313 * 2262.52 / 20.48)
     assert depth[1] == np.inf
     with pytest.raises(ValueError, match="positive"):

@@ -35,6 +35,9 @@ from jax import Array
 
 MIN_DEPTH = 1e-3
 MAX_DEPTH = 80.0
+#: Cityscapes stereo rig (SPEC §6): focal length in pixels at 2048 px width, baseline in m.
+CITYSCAPES_FOCAL = 2262.52
+CITYSCAPES_BASELINE = 0.209313
 #: The 7 metrics, in the paper's column order.
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
 #: +1 where higher is better (the δ accuracies), −1 where lower is better.
