@@ -14,7 +14,8 @@ Three tables, for K = 2, 8, 32 by default:
    interleaved rounds so that machine noise hits every scheme alike.
 3. :func:`covjax.min_norm_solver` alone for K = 32.
 
-Run: ``python -m experiments.benchmarks.gradients [--rounds 9 --steps 20 --ks 2 8 32]``.
+Run: ``python -m experiments.benchmarks.gradients`` (about 2 CPU-minutes; bigger:
+``--rounds 9 --steps 20``; fewer: ``--ks 2 8 --skip engine``).
 """
 
 from __future__ import annotations
@@ -253,8 +254,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ks", type=int, nargs="+", default=[2, 8, 32])
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], choices=["engine", "step", "solver"])
     args = parser.parse_args()
     if "engine" not in args.skip:
