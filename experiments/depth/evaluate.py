@@ -21,6 +21,7 @@ rates).
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -43,10 +44,12 @@ PER_IMAGE_FILE = "per_image.csv"
 SUMMARY_FILE = "metrics.json"
 
 
+@functools.lru_cache(maxsize=8)
 def make_predictor(
     graphdef: nnx.GraphDef, post_process: bool
 ) -> Callable[[nnx.State, nnx.State, jax.Array], jax.Array]:
-    """``(params, rest, images (B,H,W,3)) -> (B,H,W)`` left disparities, jitted."""
+    """``(params, rest, images (B,H,W,3)) -> (B,H,W)`` left disparities, jitted
+    (one compiled function per network, shared by every run that evaluates it)."""
 
     @jax.jit
     def predict(params: nnx.State, rest: nnx.State, images: jax.Array) -> jax.Array:

@@ -1,0 +1,110 @@
+"""Throughput of the jitted depth train step: static vs CoV vs MGDA-UB (SPEC §9).
+
+    python -m experiments.benchmarks.depth_throughput                 # CPU size
+    python -m experiments.benchmarks.depth_throughput --size=paper --steps=1
+
+Runs the full training step of the shared machinery (forward, weighting,
+backward, Adam) on random stereo batches for each scheme, in one process on
+the same inputs, and prints seconds per step, images per second and the
+ratio to static weights (``hand_tuned``). Compilation is excluded (one warm-up
+step). Sizes: ``cpu`` is ``configs/cpu.py`` (tiny ResNet-50MD, 64×128,
+batch 8); ``paper`` is ``configs/paper.py`` (ResNet-50MD, 256×512, batch 8);
+``ref_small`` is ResNet-50MD at 128×256, batch 2 (the SPEC's reference row).
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+
+from experiments.common import sharding
+from experiments.common.train import Trainer
+from experiments.depth.configs import cpu, paper
+from experiments.depth.train import DepthTask
+
+SIZES = ("cpu", "paper", "ref_small")
+
+
+def size_config(size: str) -> ml_collections.ConfigDict:
+    if size == "cpu":
+        return cpu.get_config()
+    config = paper.get_config()
+    if size == "ref_small":
+        config.image_height, config.image_width, config.batch_size = 128, 256, 2
+    elif size != "paper":
+        raise ValueError(f"Unknown size {size!r}; choose one of {SIZES}.")
+    return config
+
+
+def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shape = (config.batch_size, config.image_height, config.image_width, 3)
+    return {
+        "left": rng.uniform(size=shape).astype(np.float32),
+        "right": rng.uniform(size=shape).astype(np.float32),
+    }
+
+
+def time_scheme(
+    config: ml_collections.ConfigDict, scheme: str, steps: int
+) -> tuple[float, float]:
+    """``(compile seconds, seconds per step)`` of ``scheme``'s train step."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.scheme = scheme
+    mesh = sharding.make_mesh()
+    trainer = Trainer(DepthTask(), config, mesh)
+    batch = sharding.shard_batch(random_batch(config), mesh)
+    state = trainer.init_state(batch)
+    start = time.perf_counter()
+    state, metrics = trainer.train_step(state, batch)
+    jax.block_until_ready((state, metrics))
+    compile_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = trainer.train_step(state, batch)
+    jax.block_until_ready((state, metrics))
+    return compile_seconds, (time.perf_counter() - start) / steps
+
+
+def benchmark(size: str, schemes: list[str], steps: int) -> str:
+    config = size_config(size)
+    lines = [
+        f"depth train step, {size}: {config.model.encoder} width {config.model.width}, "
+        f"{config.image_height}×{config.image_width}, batch {config.batch_size}, "
+        f"{jax.device_count()} × {jax.devices()[0].device_kind}, {steps} timed steps",
+        "| scheme | compile s | s/step | images/s | ratio to static |",
+        "|---|---|---|---|---|",
+    ]
+    baseline = None
+    for scheme in schemes:
+        compile_seconds, seconds = time_scheme(config, scheme, steps)
+        baseline = baseline or seconds
+        lines.append(
+            f"| {scheme} | {compile_seconds:.1f} | {seconds:.4f} | "
+            f"{config.batch_size / seconds:.1f} | {seconds / baseline:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    print(benchmark(flags.FLAGS.size, flags.FLAGS.schemes, flags.FLAGS.steps), flush=True)
+
+
+def define_flags() -> None:
+    """The command-line flags (defined only when run as a program)."""
+    flags.DEFINE_enum("size", "cpu", SIZES, "Network and input size.")
+    flags.DEFINE_list(
+        "schemes", ["hand_tuned", "cov", "mgda_ub"], "Schemes; the first is the baseline."
+    )
+    flags.DEFINE_integer("steps", 10, "Timed steps per scheme.")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
