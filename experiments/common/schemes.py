@@ -24,6 +24,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+import numpy as np
 import optax
 
 import covjax
@@ -96,6 +97,9 @@ SCHEMES: dict[str, SchemeEntry] = {
     "hand_tuned": SchemeEntry(
         "static_weighting", "none", _hand_tuned, "the task's hand-tuned static weights"
     ),
+    "static": SchemeEntry(
+        "static_weighting", "none", _none, "static weights given as scheme_kwargs.static.weights"
+    ),
     # CoV-Weighting and its variants (SPEC §1, paper Tables 2 and 7).
     "cov": SchemeEntry("cov_weighting", "none", _none, "CoV-Weighting, full history"),
     "cov_decay": SchemeEntry(
@@ -149,6 +153,15 @@ SCHEMES: dict[str, SchemeEntry] = {
 }
 
 
+def register_scheme(name: str, entry: SchemeEntry, *, overwrite: bool = False) -> None:
+    """Add a named scheme (e.g. an experiment's single-loss baselines) to :data:`SCHEMES`."""
+    if name in SCHEMES and not overwrite:
+        raise ValueError(f"Scheme {name!r} is already registered; pass overwrite=True.")
+    if entry.gradient_target not in GRADIENT_TARGETS:
+        raise ValueError(f"Scheme {name!r}: unknown gradient target {entry.gradient_target!r}.")
+    SCHEMES[name] = entry
+
+
 @dataclasses.dataclass(frozen=True)
 class Scheme:
     """A built scheme: the covjax weighting and what its gradients are taken of."""
@@ -197,6 +210,9 @@ def build_scheme(
             f"Scheme {name!r} needs covjax.{entry.constructor}, which this covjax lacks."
         )
     arguments = {**entry.defaults(context), **dict(kwargs or {})}
+    if isinstance(arguments.get("weights"), list | tuple):
+        # A config list of K weights, in the order of the task's losses.
+        arguments["weights"] = np.asarray(arguments["weights"], np.float32)
     try:
         weighting = constructor(**arguments)
     except TypeError as error:
