@@ -206,9 +206,8 @@ class Trainer:
         # A step with a non-finite loss changes nothing (covjax already kept
         # the weighting state); the step counter still advances so the data
         # stream and the logs stay aligned with it.
-        keep = lambda new, old: jax.tree.map(  # noqa: E731
-            lambda n, o: jnp.where(result.finite, n, o), new, old
-        )
+        # (lax.cond rather than jnp.where: it also selects PRNG-key leaves.)
+        keep = lambda new, old: jax.lax.cond(result.finite, lambda: new, lambda: old)  # noqa: E731
         new_state = TrainState(
             step=state.step + 1,
             params=keep(params, state.params),
