@@ -16,6 +16,7 @@ bilinearly, targets by nearest neighbour, no augmentation). Writes
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -35,18 +36,19 @@ from experiments.multitask import metrics, train
 SUMMARY_FILE = "summary.json"
 
 
-def make_predict_fn(model: nnx.Module) -> Callable[[np.ndarray], tuple[Array, Array, Array]]:
+@functools.partial(jax.jit, static_argnums=0)
+def _predict(graphdef: nnx.GraphDef, state: nnx.State, images: Array) -> tuple[Array, ...]:
+    # The graph definition is static, so every model of one architecture (all
+    # the runs of a comparison) shares one compiled function.
+    outputs = nnx.merge(graphdef, state)(images)
+    labels = jnp.argmax(outputs.segmentation, axis=-1).astype(jnp.int32)
+    return labels, outputs.depth, outputs.normals
+
+
+def make_predict_fn(model: nnx.Module) -> Callable[[np.ndarray], tuple[Array, ...]]:
     """A jitted ``images -> (class ids, depth, normals)`` of ``model`` in evaluation mode."""
-    model = nnx.view(model, use_running_average=True)
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def predict(state: nnx.State, images: Array) -> tuple[Array, Array, Array]:
-        outputs = nnx.merge(graphdef, state)(images)
-        labels = jnp.argmax(outputs.segmentation, axis=-1).astype(jnp.int32)
-        return labels, outputs.depth, outputs.normals
-
-    return lambda images: predict(state, images)
+    graphdef, state = nnx.split(nnx.view(model, use_running_average=True))
+    return lambda images: _predict(graphdef, state, images)
 
 
 def evaluate(
