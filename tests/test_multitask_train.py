@@ -75,6 +75,14 @@ def test_missing_targets_and_unknown_focal_are_named() -> None:
         train.load_split(config, "train")
 
 
+def test_compare_rejects_bad_scheme_lists(tmp_path: Path) -> None:
+    config = test_config.get_config()
+    with pytest.raises(ValueError, match="must include 'equal'"):
+        compare.compare(config, ["cov"], tmp_path)
+    with pytest.raises(ValueError, match=r"unknown schemes \['covv'\]"):
+        compare.compare(config, ["equal", "covv"], tmp_path)
+
+
 @pytest.mark.slow
 def test_compare_trains_and_reports_two_schemes(tmp_path: Path) -> None:
     config = test_config.get_config()

@@ -37,6 +37,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments.common import logging_utils, report
+from experiments.common.schemes import SCHEMES
 from experiments.multitask import evaluate, metrics, models, train
 
 #: A head "learned" when its primary metric beats the untrained network's.
@@ -121,6 +122,9 @@ def compare(
         raise ValueError(
             f"compare: the schemes must include {EQUAL!r}, the baseline of Δm%; got {schemes}."
         )
+    unknown = [scheme for scheme in schemes if scheme not in SCHEMES]
+    if unknown:  # before hours of training, not after
+        raise ValueError(f"compare: unknown schemes {unknown}; known: {sorted(SCHEMES)}.")
     workdir = Path(workdir)
     runs = workdir / "runs"
     untrained = evaluate.evaluate_and_save(
