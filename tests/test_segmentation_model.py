@@ -16,10 +16,24 @@ from experiments.segmentation import models
 HEIGHT, WIDTH = 32, 64
 
 
+def fast_rngs(seed: int = 0) -> nnx.Rngs:
+    # rbg keys: XLA compiles their random initialisers ~2× faster than threefry's on CPU.
+    return nnx.Rngs(
+        params=jax.random.key(seed, impl="rbg"), dropout=jax.random.key(seed + 1, impl="rbg")
+    )
+
+
 @functools.cache
 def tiny_model(backbone: str) -> models.EncNet:
+    # Two blocks in the dilated stages: the first keeps the previous dilation.
     return models.EncNet(
-        5, backbone=backbone, width=1 / 16, num_codes=4, head_features=128, rngs=nnx.Rngs(0)
+        5,
+        backbone=backbone,
+        width=1 / 16,
+        num_codes=4,
+        head_features=128,
+        stage_sizes=(1, 1, 2, 2),
+        rngs=fast_rngs(),
     )
 
 
@@ -96,20 +110,20 @@ def test_encoding_matches_numpy_equations() -> None:
 
 
 def test_encoding_layer_module_flattens_pixels() -> None:
-    layer = models.Encoding(3, 5, rngs=nnx.Rngs(2))
+    layer = models.Encoding(3, 5, rngs=fast_rngs(2))
     x = jax.random.normal(jax.random.key(3), (2, 3, 4, 3))
     expected = numpy_encoding(
         np.asarray(x).reshape(2, 12, 3), np.asarray(layer.codewords[...]), layer.smoothing[...]
     )
-    np.testing.assert_allclose(layer(x), expected, rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(nnx.jit(lambda m, v: m(v))(layer, x), expected, rtol=2e-4, atol=2e-4)
     bound = 1 / np.sqrt(5 * 3)
     assert np.all(np.abs(layer.codewords[...]) <= bound)
 
 
 def test_context_encoding_rescales_channels_and_predicts_presence() -> None:
-    module = models.ContextEncoding(8, num_classes=3, num_codes=4, rngs=nnx.Rngs(0))
+    module = models.ContextEncoding(8, num_classes=3, num_codes=4, rngs=fast_rngs())
     x = jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 4, 4, 8)))
-    rescaled, se_logits = module(x)
+    rescaled, se_logits = nnx.jit(lambda m, v: m(v))(module, x)
     chex.assert_shape(rescaled, (2, 4, 4, 8))
     chex.assert_shape(se_logits, (2, 3))
     # ReLU(x + x·γ) with γ ∈ (0, 1) per (image, channel): a positive ratio in [1, 2].
@@ -118,16 +132,15 @@ def test_context_encoding_rescales_channels_and_predicts_presence() -> None:
 
 
 def test_train_mode_updates_batch_statistics_eval_mode_does_not() -> None:
-    model = models.EncNet(
-        3, backbone="resnet18", width=1 / 16, stage_sizes=(1, 1, 1, 1), rngs=nnx.Rngs(0)
-    )
-    images = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
+    model = nnx.clone(tiny_model("resnet18"))
+    forward = nnx.jit(lambda module, images: module(images).logits)
+    images = jax.random.uniform(jax.random.key(0), (2, HEIGHT, WIDTH, 3))
     before = np.asarray(model.backbone.bn1.mean[...]).copy()
     model.eval()
-    model(images)
+    forward(model, images)
     np.testing.assert_array_equal(model.backbone.bn1.mean[...], before)
     model.train()
-    model(images)
+    forward(model, images)
     assert not np.allclose(model.backbone.bn1.mean[...], before)
 
 

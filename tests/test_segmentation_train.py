@@ -23,7 +23,8 @@ from experiments.segmentation.configs import test as test_config
 def task_and_model() -> tuple[train.SegmentationTask, nnx.Module]:
     config = test_config.get_config()
     task = train.make_task(config)
-    model = task.create_model(config, nnx.Rngs(0))
+    rngs = nnx.Rngs(params=jax.random.key(0, impl="rbg"), dropout=jax.random.key(1, impl="rbg"))
+    model = task.create_model(config, rngs)
     model.eval()  # deterministic: compare two evaluations of the same network
     return task, model
 
@@ -37,9 +38,13 @@ def batch() -> dict[str, jax.Array]:
 def test_losses_factor_through_the_representation() -> None:
     task, model = task_and_model()
     data = batch()
-    direct = jax.jit(lambda m, b: task.losses(m, b))
-    via_z = jax.jit(lambda m, b: task.losses_from_representation(m, *task.representation(m, b), b))
-    expected, got = direct(model, data), via_z(model, data)
+
+    @jax.jit
+    def both(m, b):
+        z, carry = task.representation(m, b)
+        return task.losses(m, b), task.losses_from_representation(m, z, carry, b)
+
+    expected, got = both(model, data)
     assert set(expected) == set(losses.LOSS_NAMES)
     for name in losses.LOSS_NAMES:
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-5)
