@@ -70,7 +70,7 @@ def time_scheme(
     return compile_seconds, (time.perf_counter() - start) / steps
 
 
-def benchmark(size: str, schemes: list[str], steps: int) -> str:
+def benchmark(size: str, schemes: list[str], steps: int, verbose: bool = False) -> str:
     config = size_config(size)
     lines = [
         f"depth train step, {size}: {config.model.encoder} width {config.model.width}, "
@@ -87,13 +87,15 @@ def benchmark(size: str, schemes: list[str], steps: int) -> str:
             f"| {scheme} | {compile_seconds:.1f} | {seconds:.4f} | "
             f"{config.batch_size / seconds:.1f} | {seconds / baseline:.2f} |"
         )
+        if verbose:  # rows as they come: big sizes take minutes per scheme
+            print("\n".join(lines), flush=True)
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    print(benchmark(flags.FLAGS.size, flags.FLAGS.schemes, flags.FLAGS.steps), flush=True)
+    print(benchmark(flags.FLAGS.size, flags.FLAGS.schemes, flags.FLAGS.steps, verbose=True))
 
 
 def define_flags() -> None:
