@@ -1,0 +1,22 @@
+"""The main job's depth run (``make demo``): the CPU-sized network, sized for ≤ 15 min in all.
+
+Seven schemes train one after another on 2 CPU cores, so each gets a short
+run: the tiny ResNet-50MD (width 1/8) at 64×128 on 512 synthetic stereo
+pairs, 300 steps of batch 8 with Adam 1e-3, evaluated on 64 validation
+scenes. Scale it up with overrides, e.g. ``--config.num_train_steps=5000
+--config.model.width=0.5`` (see the README).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.depth.configs import cpu
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = cpu.get_config()
+    config.num_train_steps = 300
+    config.log_every_steps = 10
+    config.checkpoint_every_steps = 150
+    return config
