@@ -2,7 +2,7 @@
 
     python -m experiments.main [--schemes=equal,cov] [--config.num_train_steps=2000]
         [--config.model.width=0.5] [--config.data.name=kitti --config.data.data_dir=...]
-        [--workdir=workdirs/demo] [--results=results]
+        [--workdir=results/demo] [--results=results]
 
 Generates the synthetic stereo scenes (once; cached under the workdir),
 trains the CPU-sized monodepth network with the paper's schemes (equal,
@@ -32,7 +32,7 @@ config_flags.DEFINE_config_file(
     "config", "experiments/depth/configs/demo.py", "Depth experiment config (overridable)."
 )
 flags.DEFINE_list("schemes", list(PAPER_SCHEMES), "Weighting schemes to compare, in order.")
-flags.DEFINE_string("workdir", "workdirs/demo", "Where runs, data and checkpoints go.")
+flags.DEFINE_string("workdir", "results/demo", "Where runs, data and checkpoints go.")
 flags.DEFINE_string("results", "results", "Where the tables and plots are copied.")
 
 
