@@ -85,6 +85,11 @@ class SegmentationTask:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> SegmentationTask:
+        if config.model.backbone not in models.BACKBONES:
+            raise ValueError(
+                f"config.model.backbone={config.model.backbone!r}; choose one of "
+                f"{sorted(models.BACKBONES)}."
+            )
         block_type, default_sizes = models.BACKBONES[config.model.backbone]
         stage_sizes = config.model.get("stage_sizes", None) or default_sizes
         return cls(
