@@ -140,13 +140,13 @@ def compare(
             if summary is None:
                 raise RuntimeError(f"compare: the single-task {task} run failed: {error}")
             single[task] = summary
-            rows.append({"run": f"single-task {task}", **summary, "seconds": seconds})
+            rows.append({"run": f"single-task {task}", **summary, "seconds": round(seconds)})
     results: dict[str, dict[str, float]] = {}
     for scheme in schemes:
         summary, seconds, error = _train_one(
             run_config(config, scheme=scheme, single_task=None), runs / scheme, show_progress
         )
-        row: dict[str, Any] = {"run": scheme, "seconds": seconds}
+        row: dict[str, Any] = {"run": scheme, "seconds": round(seconds)}
         if summary is None:
             row["error"] = error
         else:
@@ -210,12 +210,14 @@ def _write_report(
     ]
     failed = [row for row in rows if "error" in row]
     if failed:
-        lines.append("\n## Failed runs\n")
-        lines.extend(f"- `{row['run']}`: {row['error']}\n" for row in failed)
+        lines.append("## Failed runs\n")
+        lines.append("".join(f"- `{row['run']}`: {row['error']}\n" for row in failed))
     if plots:
-        lines.append("\n## Weights over training\n")
-        lines.extend(
-            f"- {scheme}: ![]({path.relative_to(workdir)})\n" for scheme, path in plots.items()
+        lines.append("## Weights over training\n")
+        lines.append(
+            "".join(
+                f"- {scheme}: ![]({path.relative_to(workdir)})\n" for scheme, path in plots.items()
+            )
         )
     path = workdir / "report.md"
     path.write_text("\n".join(lines))
