@@ -36,7 +36,10 @@ from experiments.depth.train import train_and_evaluate
 
 METRIC_HEADERS = ("ARD", "SRD", "RMSE", "RMSE log", "δ<1.25", "δ<1.25²", "δ<1.25³")
 #: Lower is better for the errors, higher for the accuracies.
-BEST = {name: ("max" if name.startswith("a") else "min") for name in metrics.METRIC_NAMES}
+BEST = {
+    name: ("max" if direction > 0 else "min")
+    for name, direction in zip(metrics.METRIC_NAMES, metrics.METRIC_DIRECTION, strict=True)
+}
 
 #: The paper's numbers (Groenendijk et al. 2021), tested on KITTI Eigen (SPEC §6).
 PAPER_TABLE_4_KITTI = {
