@@ -241,3 +241,19 @@ def build_scheme(
             f"{context.task.name!r} defines no shared_layer()."
         )
     return Scheme(name=name, weighting=weighting, gradient_target=target)  # type: ignore[arg-type]
+
+
+def with_static_weights(config: Any, weights: Mapping[str, float]) -> Any:
+    """A copy of ``config`` (an ml_collections ConfigDict) trained with fixed ``weights``.
+
+    Single-loss and single-task baselines are static weightings with one-hot
+    weights; they go through the ``hand_tuned`` entry with these weights.
+    """
+    import ml_collections  # local: the registry itself does not need configs
+
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.scheme = "hand_tuned"
+    if "hand_tuned" not in config.scheme_kwargs:
+        config.scheme_kwargs.hand_tuned = ml_collections.ConfigDict()
+    config.scheme_kwargs.hand_tuned.weights = dict(weights)
+    return config

@@ -147,10 +147,25 @@ def evaluate_run(
         (params, rest), step = trainer.initial_variables(), 0
     else:
         trainer, state = common_train.restore_trainer(DepthTask(), config, workdir, mesh)
-        params, rest, step = state.params, state.rest, int(state.step)
+        return evaluate_trained(config, workdir, trainer, state, split=split)
     per_image = evaluate_state(config, trainer.graphdef, params, rest, split)
     extra = {"split": split, "step": step, "scheme": config.scheme, "untrained": untrained}
     return save_results(eval_dir(workdir, split, untrained), per_image, extra)
+
+
+def evaluate_trained(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    trainer: common_train.Trainer,
+    state: common_train.TrainState,
+    *,
+    split: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate a trained state already in memory (no checkpoint restore)."""
+    split = split or config.data.eval_split
+    per_image = evaluate_state(config, trainer.graphdef, state.params, state.rest, split)
+    extra = {"split": split, "step": int(state.step), "scheme": config.scheme, "untrained": False}
+    return save_results(eval_dir(workdir, split, False), per_image, extra)
 
 
 def main(argv: list[str]) -> None:

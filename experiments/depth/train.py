@@ -25,7 +25,9 @@ from flax import nnx
 from jax import Array
 from ml_collections import config_flags
 
+from experiments.common import data as common_data
 from experiments.common import train as common_train
+from experiments.common.data import load_split
 from experiments.common.task import Batch, Losses, ParamPath
 from experiments.depth import losses as depth_losses
 from experiments.depth import models
@@ -84,14 +86,6 @@ class DepthTask:
         )
 
 
-def load_split(config: ml_collections.ConfigDict, split: str) -> Any:
-    """The ``tf.data.Dataset`` of ``split`` of ``config.data`` (the shared registry)."""
-    from experiments.data import get_dataset  # local: imports TensorFlow
-
-    kwargs = config.data.kwargs.to_dict() if config.data.get("kwargs") else {}
-    return get_dataset(config.data.name, split, config.data.data_dir, **kwargs)
-
-
 def train_batches(
     config: ml_collections.ConfigDict,
     *,
@@ -101,28 +95,18 @@ def train_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's training batches ("left", "right" float32 in [0, 1]) from ``start_step``.
 
-    The shared input pipeline (resize, SPEC §6 augmentation, seeded shuffling)
-    draws all its randomness from ``config.seed`` and the position in the
-    stream, so skipping the first ``start_step`` batches gives exactly the
-    batches an uninterrupted run sees next.
+    Only the stereo pair is needed for training: the targets are dropped before
+    caching and augmentation.
     """
-    from experiments.data import input_pipeline  # local: imports TensorFlow
-
-    dataset = input_pipeline.make_train_dataset(
+    return common_data.train_batches(
+        config,
         load_split(config, config.data.train_split),
-        batch_size=config.batch_size // process_count,
-        height=config.image_height,
-        width=config.image_width,
-        seed=config.seed,
-        augment=config.data.augment,
-        shuffle_buffer=config.data.shuffle_buffer,
-        cache=config.data.get("cache", True),
-        num_shards=process_count,
-        shard_index=process_index,
+        start_step=start_step,
+        process_index=process_index,
+        process_count=process_count,
+        keys=("left", "right"),
+        cache=True,
     )
-    # Only the stereo pair is needed for training; do not ship the targets.
-    dataset = dataset.map(lambda batch: {"left": batch["left"], "right": batch["right"]})
-    return input_pipeline.as_numpy_iterator(dataset.skip(start_step))
 
 
 def train_and_evaluate(

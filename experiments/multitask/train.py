@@ -35,6 +35,8 @@ from flax import nnx
 from jax import Array
 from ml_collections import config_flags
 
+from experiments.common import data as common_data
+from experiments.common import schemes
 from experiments.common import train as common_train
 from experiments.common.task import Batch, Losses, ParamPath
 from experiments.multitask import losses as mt_losses
@@ -131,10 +133,7 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> Any:
     """The ``tf.data.Dataset`` of ``split`` of ``config.data``, reduced to image and targets."""
     import tensorflow as tf  # local: only data loading needs TensorFlow
 
-    from experiments.data import get_dataset
-
-    kwargs = config.data.kwargs.to_dict() if config.data.get("kwargs") else {}
-    dataset = get_dataset(config.data.name, split, config.data.data_dir, **kwargs)
+    dataset = common_data.load_split(config, split)
     missing = [key for key in KEYS if key not in dataset.element_spec]
     if missing:
         raise ValueError(
@@ -170,21 +169,13 @@ def train_batches(
     process_count: int,
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's batches from ``start_step`` (a pure function of ``config.seed``)."""
-    from experiments.data import input_pipeline
-
-    dataset = input_pipeline.make_train_dataset(
+    return common_data.train_batches(
+        config,
         load_split(config, config.data.train_split),
-        batch_size=config.batch_size // process_count,
-        height=config.image_height,
-        width=config.image_width,
-        seed=config.seed,
-        augment=config.data.augment,
-        shuffle_buffer=config.data.shuffle_buffer,
-        cache=config.data.get("cache", False),
-        num_shards=process_count,
-        shard_index=process_index,
+        start_step=start_step,
+        process_index=process_index,
+        process_count=process_count,
     )
-    return input_pipeline.as_numpy_iterator(dataset.skip(start_step))
 
 
 def resolve_single_task(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -192,12 +183,7 @@ def resolve_single_task(config: ml_collections.ConfigDict) -> ml_collections.Con
     task = config.get("single_task", None)
     if not task:
         return config
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.scheme = "hand_tuned"
-    if "hand_tuned" not in config.scheme_kwargs:
-        config.scheme_kwargs.hand_tuned = ml_collections.ConfigDict()
-    config.scheme_kwargs.hand_tuned.weights = mt_losses.single_task_weights(task)
-    return config
+    return schemes.with_static_weights(config, mt_losses.single_task_weights(task))
 
 
 def train_and_evaluate(
