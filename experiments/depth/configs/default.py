@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments.common.config import machinery_defaults
+
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    config = machinery_defaults()
 
     # MonoDepth (SPEC §6): experiments.depth.models.MonoDepth arguments.
     config.model = ml_collections.ConfigDict()
@@ -35,29 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.image_height = 64  # the network's input resolution
     config.image_width = 128
 
-    # Optimisation (paper: Adam 1e-4, batch 8, no learning-rate decay).
-    config.optimizer = "adam"
-    config.learning_rate = 1e-4
-    config.momentum = 0.9
-    config.batch_size = 8
-    config.steps_per_epoch = 64
-    config.num_train_steps = 640
-
-    # Weighting: a name of experiments.common.schemes.SCHEMES, its keyword
-    # arguments per scheme, and optional gradient-target overrides.
-    config.scheme = "cov"
-    config.scheme_kwargs = ml_collections.ConfigDict()
-    config.scheme_gradient_target = ml_collections.ConfigDict()
-    config.gradient_chunk_size = ml_collections.config_dict.placeholder(int)
-
-    # Logging and checkpoints.
-    config.log_every_steps = 10
-    config.checkpoint_every_steps = 200
-    config.max_checkpoints_to_keep = 2
-
-    # Devices: all by default; multi-host runs set distributed = True.
-    config.num_devices = ml_collections.config_dict.placeholder(int)
-    config.distributed = False
+    # Optimisation (paper: Adam 1e-4, batch 8, no learning-rate decay) and the
+    # weighting, logging, checkpoint and device fields: experiments.common.config.
 
     # Evaluation (SPEC §6): post-processed, depth clamped to [1e-3, 80] m.
     config.eval = ml_collections.ConfigDict()

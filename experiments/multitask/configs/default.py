@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments.common.config import machinery_defaults
+
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    config = machinery_defaults()
 
     # experiments.multitask.models.MultiTaskNet arguments.
     config.model = ml_collections.ConfigDict()
@@ -45,31 +46,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.image_height = 64  # the network's input resolution
     config.image_width = 128
 
-    # Optimisation.
-    config.optimizer = "adam"
-    config.learning_rate = 1e-4
-    config.momentum = 0.9
-    config.batch_size = 8
-    config.steps_per_epoch = 64
+    # ``single_task`` ("segmentation", "depth" or "normals") trains that task
+    # alone (static one-hot weights) and overrides ``scheme``.
     config.num_train_steps = 6400
-
-    # Weighting: a name of experiments.common.schemes.SCHEMES and its keyword
-    # arguments. ``single_task`` ("segmentation", "depth" or "normals") trains
-    # that task alone (static one-hot weights) and overrides ``scheme``.
     config.scheme = "equal"
     config.single_task = ml_collections.config_dict.placeholder(str)
-    config.scheme_kwargs = ml_collections.ConfigDict()
-    config.scheme_gradient_target = ml_collections.ConfigDict()
-    config.gradient_chunk_size = ml_collections.config_dict.placeholder(int)
-
-    # Logging and checkpoints.
-    config.log_every_steps = 10
     config.checkpoint_every_steps = 1000
-    config.max_checkpoints_to_keep = 2
-
-    # Devices: all by default; multi-host runs set distributed = True.
-    config.num_devices = ml_collections.config_dict.placeholder(int)
-    config.distributed = False
 
     # Evaluation at the network's resolution.
     config.eval = ml_collections.ConfigDict()

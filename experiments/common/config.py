@@ -1,0 +1,41 @@
+"""The config fields every task's config shares (read by :mod:`experiments.common.train`).
+
+Each experiment's ``configs/default.py`` starts from :func:`machinery_defaults`
+and sets only what is its own (model, data, evaluation) and the values it
+changes (optimiser, steps, scheme).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def machinery_defaults() -> ml_collections.ConfigDict:
+    """Optimisation, weighting, logging, checkpoint and device fields, with defaults."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # Optimisation.
+    config.optimizer = "adam"
+    config.learning_rate = 1e-4
+    config.momentum = 0.9
+    config.batch_size = 8
+    config.steps_per_epoch = 64
+    config.num_train_steps = 640
+
+    # Weighting: a name of experiments.common.schemes.SCHEMES, its keyword
+    # arguments per scheme, and optional gradient-target overrides.
+    config.scheme = "cov"
+    config.scheme_kwargs = ml_collections.ConfigDict()
+    config.scheme_gradient_target = ml_collections.ConfigDict()
+    config.gradient_chunk_size = ml_collections.config_dict.placeholder(int)
+
+    # Logging and checkpoints.
+    config.log_every_steps = 10
+    config.checkpoint_every_steps = 200
+    config.max_checkpoints_to_keep = 2
+
+    # Devices: all by default; multi-host runs set distributed = True.
+    config.num_devices = ml_collections.config_dict.placeholder(int)
+    config.distributed = False
+    return config
