@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,7 @@ from flax.nnx import filterlib
 from jax import Array
 from jax.extend import core as jex_core
 
+from covjax import factorised
 from covjax.base import Losses, PyTree, flatten_losses
 
 #: Per-loss gradients: each selected leaf's path → its (K, *leaf.shape) gradients.
@@ -54,6 +55,10 @@ Jacobian = dict[str, Array]
 #: Which parameters to differentiate: see the module docstring.
 Selector = Any
 VjpFn = Callable[[Losses], tuple[PyTree, ...]]
+
+#: How Gramian blocks of Dense-style kernels are computed: see :func:`vjp_and_gramian`.
+Factorise = Literal["auto", "always", "never"]
+FACTORISE_MODES: tuple[str, ...] = ("auto", "always", "never")
 
 #: Name of the Jacobian entry of an array-valued representation z.
 REPRESENTATION_KEY = "representation"
@@ -141,8 +146,10 @@ def _validate_chunk_size(chunk_size: int | None) -> None:
         raise ValueError(f"covjax: chunk_size must be a positive int or None, got {chunk_size!r}.")
 
 
-def _without_trailing_transposes(batched_fn: Callable[[Array], list[Array]], one_hots: Array):
-    """``batched_fn(one_hots)`` minus the transposes that end its outputs.
+def _without_trailing_transposes(
+    batched_fn: Callable[[Array], list[Array]], one_hots: Array, reorderable: Sequence[bool]
+) -> list[Array]:
+    """``batched_fn(one_hots)`` minus the transposes that end its ``reorderable`` outputs.
 
     The VJP of ``x @ W`` under ``vmap`` yields ∂L/∂W as a (K, out, in) product
     transposed to (K, in, out): on CPU that copy costs as much as the product.
@@ -152,8 +159,8 @@ def _without_trailing_transposes(batched_fn: Callable[[Array], list[Array]], one
     closed = jax.make_jaxpr(batched_fn)(one_hots)
     producer = {var: eqn for eqn in closed.jaxpr.eqns for var in eqn.outvars}
     outvars = []
-    for var in closed.jaxpr.outvars:
-        eqn = producer.get(var) if isinstance(var, jex_core.Var) else None
+    for var, may_reorder in zip(closed.jaxpr.outvars, reorderable, strict=True):
+        eqn = producer.get(var) if may_reorder and isinstance(var, jex_core.Var) else None
         while (
             eqn is not None
             and eqn.primitive is jax.lax.transpose_p
@@ -169,20 +176,19 @@ def _without_trailing_transposes(batched_fn: Callable[[Array], list[Array]], one
 def _per_loss_rows(
     vjp_fn: VjpFn,
     losses: Losses,
-    params: PyTree,
-    wrt: Selector,
+    mask: Sequence[bool],
     chunk_size: int | None,
-    any_axis_order: bool,
-) -> tuple[list[str], list[Array]]:
-    """Names and (K, ...) per-loss gradients of the selected leaves.
+    reorderable: Sequence[bool] | None = None,
+) -> list[Array]:
+    """The (K, ...) per-loss gradients of the leaves ``mask`` keeps.
 
-    With ``any_axis_order`` the non-K axes of a leaf may come permuted (enough
-    for a Gramian, and cheaper).
+    ``mask`` is aligned with the leaves of what ``vjp_fn`` returns. The non-K
+    axes of the kept leaves flagged in ``reorderable`` (aligned with the kept
+    leaves) may come permuted: enough for a Gramian, and cheaper.
     """
     _validate_chunk_size(chunk_size)
     vector, structure = flatten_losses(losses)
     k = structure.num_losses
-    mask, names = select_leaves(params, wrt)
     loss_leaves = jax.tree.leaves(losses)
 
     def pull_back(one_hot: Array) -> list[Array]:
@@ -193,30 +199,26 @@ def _per_loss_rows(
             jax.tree.structure(losses),
             [c.astype(x.dtype) for c, x in zip(cotangent_leaves, loss_leaves, strict=True)],
         )
-        (grads,) = vjp_fn(cotangent)
-        leaves = jax.tree.leaves(grads)
+        leaves = jax.tree.leaves(vjp_fn(cotangent))
         if len(leaves) != len(mask):
             raise ValueError(
-                f"covjax: the VJP returned {len(leaves)} gradient leaves, params has {len(mask)}."
+                f"covjax: the VJP returned {len(leaves)} gradient leaves, expected {len(mask)}."
             )
         return [leaf for leaf, keep in zip(leaves, mask, strict=True) if keep]
 
     def batched(one_hots: Array) -> list[Array]:
-        if any_axis_order:
-            return _without_trailing_transposes(jax.vmap(pull_back), one_hots)
+        if reorderable is not None and any(reorderable):
+            return _without_trailing_transposes(jax.vmap(pull_back), one_hots, reorderable)
         return jax.vmap(pull_back)(one_hots)
 
     one_hots = jnp.eye(k, dtype=vector.dtype)
     if chunk_size is None or chunk_size >= k:
-        rows = batched(one_hots)
-    else:
-        # Zero cotangents pad K to whole chunks; their (zero) rows are dropped.
-        num_chunks = -(-k // chunk_size)
-        padded = jnp.zeros((num_chunks * chunk_size, k), one_hots.dtype).at[:k].set(one_hots)
-        chunked = jax.lax.map(batched, padded.reshape(num_chunks, chunk_size, k))
-        rows = [leaf.reshape(num_chunks * chunk_size, *leaf.shape[2:])[:k] for leaf in chunked]
-    selected = [name for name, keep in zip(names, mask, strict=True) if keep]
-    return selected, list(rows)
+        return list(batched(one_hots))
+    # Zero cotangents pad K to whole chunks; their (zero) rows are dropped.
+    num_chunks = -(-k // chunk_size)
+    padded = jnp.zeros((num_chunks * chunk_size, k), one_hots.dtype).at[:k].set(one_hots)
+    chunked = jax.lax.map(batched, padded.reshape(num_chunks, chunk_size, k))
+    return [leaf.reshape(num_chunks * chunk_size, *leaf.shape[2:])[:k] for leaf in chunked]
 
 
 def jacobian_from_vjp(
@@ -244,8 +246,10 @@ def jacobian_from_vjp(
       ∇ L_i for the i-th loss of ``covjax.loss_names(losses)``, in the leaf's
       dtype.
     """
-    names, rows = _per_loss_rows(vjp_fn, losses, params, wrt, chunk_size, any_axis_order=False)
-    return dict(zip(names, rows, strict=True))
+    mask, names = select_leaves(params, wrt)
+    rows = _per_loss_rows(vjp_fn, losses, mask, chunk_size)
+    selected = [name for name, keep in zip(names, mask, strict=True) if keep]
+    return dict(zip(selected, rows, strict=True))
 
 
 def gramian_of_jacobian(jacobian: Jacobian | Array) -> Array:
@@ -271,8 +275,142 @@ def gramian_from_vjp(
     chunk_size: int | None = None,
 ) -> Array:
     """The K×K Gramian of the per-loss gradients; arguments as :func:`jacobian_from_vjp`."""
-    _, rows = _per_loss_rows(vjp_fn, losses, params, wrt, chunk_size, any_axis_order=True)
+    mask, _ = select_leaves(params, wrt)
+    rows = _per_loss_rows(vjp_fn, losses, mask, chunk_size, reorderable=[True] * sum(mask))
     return gramian_of_jacobian(rows)
+
+
+def stack_copies(z: PyTree, num_losses: int) -> PyTree:
+    """K copies of the representation z, stacked on a new leading axis (leaf by leaf)."""
+    return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (num_losses, *leaf.shape)), z)
+
+
+def jacobian_from_copies(
+    vjp_fn: VjpFn, losses: Losses, z: PyTree, *, wrt: Selector = None
+) -> Jacobian:
+    """∂L_i/∂z for all i from ONE pull-back, when loss i reads only copy i of z.
+
+    ``vjp_fn`` pulls a cotangent of the losses back to the stacked copies of
+    :func:`stack_copies` (it returns a 1-tuple). With a cotangent of ones,
+    copy i receives exactly ∂L_i/∂z, so the stacked result is the Jacobian.
+    """
+    ones = jax.tree.map(lambda loss: jnp.ones_like(loss), losses)
+    leaves = jax.tree.leaves(vjp_fn(ones))
+    mask, names = select_leaves(z, wrt)
+    if len(leaves) != len(mask):
+        raise ValueError(
+            f"covjax: the VJP returned {len(leaves)} gradient leaves, z has {len(mask)}."
+        )
+    return {name: leaf for name, leaf, keep in zip(names, leaves, mask, strict=True) if keep}
+
+
+def _num_losses(losses_shape: Any) -> int:
+    """K from the abstract losses (a 1-D array or a pytree of scalars)."""
+    leaves = jax.tree.leaves(losses_shape)
+    if len(leaves) == 1 and len(leaves[0].shape) == 1:
+        return leaves[0].shape[0]
+    return len(leaves)
+
+
+def vjp_and_gramian(
+    fn: Callable[[PyTree], tuple[Losses, Any]],
+    params: PyTree,
+    *,
+    wrt: Selector = None,
+    chunk_size: int | None = None,
+    factorise: Factorise = "auto",
+) -> tuple[Losses, VjpFn, Any, Callable[[], Array]]:
+    """One forward pass of ``fn(params) -> (losses, aux)``, ready for a Gramian and a VJP.
+
+    Returns ``(losses, vjp_fn, aux, gramian)``: ``vjp_fn(cotangent) ->
+    (grads,)`` as from ``jax.vjp``, and ``gramian()`` the K×K Gramian of the
+    per-loss gradients w.r.t. the ``wrt`` leaves, from one batched backward
+    pass. ``factorise``: ``"auto"`` gives each selected Dense-style kernel (a
+    leaf used once, as an operand of a matrix product) its Gramian block from
+    the layer input and the output cotangents (:mod:`covjax.factorised`),
+    never materialising its K per-loss gradients, where that is cheaper;
+    ``"always"`` wherever possible; ``"never"`` materialises every gradient.
+    The result is the same up to rounding.
+    """
+    if factorise not in FACTORISE_MODES:
+        raise ValueError(f"covjax: factorise must be one of {FACTORISE_MODES}, got {factorise!r}.")
+    mask, _ = select_leaves(params, wrt)
+    leaves, treedef = jax.tree.flatten(params)
+    taps: dict[int, factorised.Tap] = {}
+    if factorise != "never":
+
+        def flat_fn(*flat_leaves: Array) -> Any:
+            return fn(jax.tree.unflatten(treedef, flat_leaves))
+
+        closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*leaves)
+        if not closed.effects:
+            losses_shape = out_shape[0] if isinstance(out_shape, tuple) else out_shape
+            taps = factorised.find_taps(
+                closed, mask, _num_losses(losses_shape), always=factorise == "always"
+            )
+
+    if not taps:
+        losses, plain_vjp, aux = jax.vjp(fn, params, has_aux=True)
+
+        def plain_gramian() -> Array:
+            rows = _per_loss_rows(plain_vjp, losses, mask, chunk_size, [True] * sum(mask))
+            return gramian_of_jacobian(rows)
+
+        return losses, plain_vjp, aux, plain_gramian
+
+    run = factorised.tapped_function(closed, taps)
+    out_tree = jax.tree.structure(out_shape)
+
+    def tapped(p: PyTree, perturbations: dict[int, Array]) -> tuple[Losses, Any]:
+        outputs, layer_inputs = run(jax.tree.leaves(p), perturbations)
+        losses, aux = jax.tree.unflatten(out_tree, outputs)
+        return losses, (aux, layer_inputs)
+
+    perturbations = factorised.zero_perturbations(taps)
+    losses, tapped_vjp, (aux, layer_inputs) = jax.vjp(tapped, params, perturbations, has_aux=True)
+
+    def vjp_fn(cotangent: Losses) -> tuple[PyTree]:
+        return (tapped_vjp(cotangent)[0],)
+
+    def gramian() -> Array:
+        materialised = [keep and i not in taps for i, keep in enumerate(mask)]
+        tapped_leaves = sorted(taps)  # a dict's pytree leaves come in key order
+        reorderable = [True] * sum(materialised) + [False] * len(tapped_leaves)
+        rows = _per_loss_rows(
+            tapped_vjp,
+            losses,
+            materialised + [True] * len(tapped_leaves),
+            chunk_size,
+            reorderable,
+        )
+        num_materialised = sum(materialised)
+        k = rows[0].shape[0]
+        total = (
+            gramian_of_jacobian(rows[:num_materialised])
+            if num_materialised
+            else jnp.zeros((k, k), jnp.float32)
+        )
+        for leaf, deltas in zip(tapped_leaves, rows[num_materialised:], strict=True):
+            total = total + factorised.tap_gramian(taps[leaf], layer_inputs[leaf], deltas)
+        return total
+
+    return losses, vjp_fn, aux, gramian
+
+
+def _split_output(output: Any, has_aux: bool) -> tuple[Losses, Any]:
+    if has_aux:
+        if not (isinstance(output, tuple) and len(output) == 2):
+            raise ValueError("covjax: has_aux=True but loss_fn did not return (losses, aux).")
+        return output
+    return output, None
+
+
+def _as_pytree(params: Any) -> tuple[PyTree, Callable[[PyTree], Any]]:
+    """``(primal, model)``: an NNX module's ``nnx.Param`` state and how to rebuild it."""
+    if isinstance(params, nnx.Module):
+        graphdef, param_state, rest = nnx.split(params, nnx.Param, ...)
+        return param_state, lambda p: nnx.merge(graphdef, p, rest, copy=True)
+    return params, lambda p: p
 
 
 def _differentiable(
@@ -285,28 +423,20 @@ def _differentiable(
 ) -> tuple[Losses, VjpFn, PyTree, Any]:
     """``(losses, vjp_fn, primal, aux)``: what :func:`jacobian_from_vjp` needs."""
 
-    def split_output(output: Any) -> tuple[Losses, Any]:
-        if has_aux:
-            if not (isinstance(output, tuple) and len(output) == 2):
-                raise ValueError("covjax: has_aux=True but loss_fn did not return (losses, aux).")
-            return output
-        return output, None
-
-    if isinstance(params, nnx.Module):
-        graphdef, param_state, rest = nnx.split(params, nnx.Param, ...)
-        model = lambda p: nnx.merge(graphdef, p, rest, copy=True)  # noqa: E731
-        params = param_state
-    else:
-        model = lambda p: p  # noqa: E731
+    params, model = _as_pytree(params)
 
     if representation is None:
         losses, vjp_fn, aux = jax.vjp(
-            lambda p: split_output(loss_fn(model(p), *args, **kwargs)), params, has_aux=True
+            lambda p: _split_output(loss_fn(model(p), *args, **kwargs), has_aux),
+            params,
+            has_aux=True,
         )
         return losses, vjp_fn, params, aux
     z = representation(model(params), *args, **kwargs)
     losses, head_vjp, aux = jax.vjp(
-        lambda rep: split_output(loss_fn(model(params), rep, *args, **kwargs)), z, has_aux=True
+        lambda rep: _split_output(loss_fn(model(params), rep, *args, **kwargs), has_aux),
+        z,
+        has_aux=True,
     )
     return losses, head_vjp, z, aux
 
@@ -357,9 +487,24 @@ def per_loss_gramian(
     chunk_size: int | None = None,
     has_aux: bool = False,
     representation: Callable[..., Any] | None = None,
+    factorise: Factorise = "auto",
     **kwargs: Any,
 ) -> tuple[Losses, Array, Any]:
-    """``(losses, gramian, aux)``: :func:`per_loss_jacobian`'s J reduced to G = J Jᵀ (K×K)."""
+    """``(losses, gramian, aux)``: :func:`per_loss_jacobian`'s J reduced to G = J Jᵀ (K×K).
+
+    ``factorise``: see :func:`vjp_and_gramian` (Dense kernels' blocks from
+    layer inputs and output cotangents; parameters only, not z).
+    """
+    if representation is None:
+        params, model = _as_pytree(params)
+
+        def fn(p: PyTree) -> tuple[Losses, Any]:
+            return _split_output(loss_fn(model(p), *args, **kwargs), has_aux)
+
+        losses, _, aux, gramian = vjp_and_gramian(
+            fn, params, wrt=wrt, chunk_size=chunk_size, factorise=factorise
+        )
+        return losses, gramian(), aux
     losses, vjp_fn, primal, aux = _differentiable(
         loss_fn, params, args, kwargs, has_aux, representation
     )

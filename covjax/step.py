@@ -71,6 +71,8 @@ def value_and_grad(
     wrt: Any = None,
     chunk_size: int | None = None,
     representation: LossFn | None = None,
+    representation_copies: bool = False,
+    factorise: gradients.Factorise = "auto",
 ) -> Callable[..., tuple[WeightedLosses, PyTree]]:
     """Make ``step(params, weighting_state, *args) -> (WeightedLosses, grads)``.
 
@@ -92,6 +94,18 @@ def value_and_grad(
         w.r.t. z (MGDA-UB) and cost only a backward pass through
         ``loss_fn``'s heads. The parameter gradient is still one weighted
         backward pass through heads and representation.
+      representation_copies: with ``representation``, hand ``loss_fn`` one
+        copy of z per loss, stacked on a new leading axis of length K, and
+        promise that loss i reads only copy i (``heads[i](z[i])``, the
+        task-specific copies of LibMTL's ``rep_grad``). Then ∂L_i/∂z is the
+        i-th slice of ONE backward pass of Σ L_i instead of a batched
+        backward pass of all heads per loss: MGDA-UB costs about a static
+        step. A loss that reads another copy gets a wrong Gramian.
+      factorise: gradient-based schemes only: ``"auto"`` takes the Gramian
+        block of each selected Dense-style kernel from its layer's input and
+        output cotangents instead of its K per-loss gradients, where that is
+        cheaper (:mod:`covjax.factorised`; same result); ``"always"`` wherever
+        possible; ``"never"`` always materialises the per-loss gradients.
 
     Returns:
       A function with the signature above; ``grads`` has the structure of
@@ -104,6 +118,13 @@ def value_and_grad(
             "covjax.value_and_grad: representation must be a function "
             f"representation(params, *args) -> z, got {representation!r}."
         )
+    if factorise not in gradients.FACTORISE_MODES:
+        raise ValueError(
+            f"covjax.value_and_grad: factorise must be one of {gradients.FACTORISE_MODES}, "
+            f"got {factorise!r}."
+        )
+    if representation_copies and representation is None:
+        raise ValueError("covjax.value_and_grad: representation_copies needs a representation.")
     needs_gramian = "gramian" in scheme.requires
 
     def step(params: Any, state: WeightingState, *args: Any, **kwargs: Any):
@@ -144,19 +165,38 @@ def value_and_grad(
         with one, ``encode_fn(params)`` gives ``(z, encoder_aux)`` and
         ``head_fn(params, z, encoder_aux)`` gives ``(losses, aux)``.
         """
-        if encode_fn is None:
+        if encode_fn is None and needs_gramian:
+            losses, vjp_fn, aux, gramian = gradients.vjp_and_gramian(
+                head_fn, params, wrt=wrt, chunk_size=chunk_size, factorise=factorise
+            )
+            weights, new_state = scheme.update(losses, state, gramian=gramian())
+            weights = jax.lax.stop_gradient(weights)
+            (grads,) = vjp_fn(_cotangent(weights, losses))
+        elif encode_fn is None:
             losses, vjp_fn, aux = jax.vjp(head_fn, params, has_aux=True)
             weights, new_state = _weigh(losses, state, vjp_fn, params)
-            cotangent = _cotangent(weights, losses)
-            (grads,) = vjp_fn(cotangent)
+            (grads,) = vjp_fn(_cotangent(weights, losses))
         else:
             z, encode_vjp, encoder_aux = jax.vjp(encode_fn, params, has_aux=True)
+            head_input = (
+                gradients.stack_copies(z, state.structure.num_losses)
+                if representation_copies
+                else z
+            )
             losses, head_vjp, aux = jax.vjp(
-                lambda p, rep: head_fn(p, rep, encoder_aux), params, z, has_aux=True
+                lambda p, rep: head_fn(p, rep, encoder_aux), params, head_input, has_aux=True
             )
             per_loss_z_vjp = lambda cotangent: (head_vjp(cotangent)[1],)  # noqa: E731
-            weights, new_state = _weigh(losses, state, per_loss_z_vjp, z)
+            if representation_copies and needs_gramian:
+                rows = gradients.jacobian_from_copies(per_loss_z_vjp, losses, z, wrt=wrt)
+                gramian = gradients.gramian_of_jacobian(rows)
+                weights, new_state = scheme.update(losses, state, gramian=gramian)
+                weights = jax.lax.stop_gradient(weights)
+            else:
+                weights, new_state = _weigh(losses, state, per_loss_z_vjp, z)
             head_grads, z_cotangent = head_vjp(_cotangent(weights, losses))
+            if representation_copies:
+                z_cotangent = jax.tree.map(lambda leaf: jnp.sum(leaf, axis=0), z_cotangent)
             (encoder_grads,) = encode_vjp(z_cotangent)
             grads = jax.tree.map(jnp.add, head_grads, encoder_grads)
         result = WeightedLosses(

@@ -1,7 +1,8 @@
 """Run by tests/test_gradients.py in a subprocess with 8 fake CPU devices.
 
 Trains a small multi-head network for a few steps with MGDA (gradients w.r.t.
-all parameters) and with GradNorm (w.r.t. one shared layer), once with the
+all parameters; Gramians factorised and materialised) and with GradNorm (w.r.t.
+one shared layer), once with the
 batch sharded over a ``Mesh`` of all devices (parameters and weighting state
 replicated) and once on a single device, and prints the largest differences in
 weights and parameters as JSON.
@@ -42,12 +43,15 @@ def train(scheme_name: str, devices: list, steps: int = 4) -> tuple[list, dict]:
         "heads": rng.normal(size=(NUM_LOSSES, 16)).astype(np.float32) * 0.3,
     }
     params = jax.device_put(params, replicated)
+    # Factorised Gramians (layer inputs × output cotangents) and materialised ones.
     if scheme_name == "mgda":
-        scheme, wrt = covjax.mgda(normalization="l2"), None
+        scheme, wrt, factorise = covjax.mgda(normalization="l2"), None, "always"
+    elif scheme_name == "mgda_materialised":
+        scheme, wrt, factorise = covjax.mgda(normalization="l2"), None, "never"
     else:
-        scheme, wrt = covjax.gradnorm(learning_rate=0.05), "shared/w2"
+        scheme, wrt, factorise = covjax.gradnorm(learning_rate=0.05), "shared/w2", "always"
     state = jax.device_put(scheme.init(jnp.ones(NUM_LOSSES)), replicated)
-    step = covjax.value_and_grad(loss_fn, scheme, wrt=wrt, chunk_size=2)
+    step = covjax.value_and_grad(loss_fn, scheme, wrt=wrt, chunk_size=2, factorise=factorise)
 
     @jax.jit
     def train_step(params, state, x, y):
@@ -79,7 +83,7 @@ def max_diff(a, b) -> float:
 def main() -> None:
     devices = jax.devices()
     report: dict = {"devices": len(devices)}
-    for scheme_name in ("mgda", "gradnorm"):
+    for scheme_name in ("mgda", "mgda_materialised", "gradnorm"):
         sharded_weights, sharded_params = train(scheme_name, devices)
         single_weights, single_params = train(scheme_name, devices[:1])
         report[scheme_name] = {

@@ -49,9 +49,7 @@ def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, 
     }
 
 
-def time_scheme(
-    config: ml_collections.ConfigDict, scheme: str, steps: int
-) -> tuple[float, float]:
+def time_scheme(config: ml_collections.ConfigDict, scheme: str, steps: int) -> tuple[float, float]:
     """``(compile seconds, seconds per step)`` of ``scheme``'s train step."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.scheme = scheme

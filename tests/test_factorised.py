@@ -1,0 +1,232 @@
+"""Factorised Dense Gramians and per-task representation copies against the plain engine.
+
+The oracle for both is a float64 NumPy Gramian of per-loss gradients from a
+Python loop of ``jax.grad`` calls, independent of the batched engine.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import covjax
+from covjax import factorised, gradients
+
+K = 3
+
+
+def make_params(seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape: int, scale: float = 0.5) -> jax.Array:
+        return jnp.asarray(rng.normal(size=shape) * scale, jnp.float32)
+
+    return {
+        "dense": {"w": normal(5, 12), "b": normal(12, scale=0.1)},  # x @ W
+        "left": {"w": normal(12, 12)},  # W @ hᵀ: the parameter is the left operand
+        "attention": {"w": normal(12, 2, 6)},  # contracts one axis, two free axes
+        "tied": {"w": normal(12, 12)},  # used twice: never factorised
+        "conv": {"w": normal(3, 1, 2)},  # a convolution kernel: never factorised
+        "heads": {"w": normal(K, 12)},
+    }
+
+
+@jax.jit
+def _nested_product(h: jax.Array, w: jax.Array) -> jax.Array:
+    return h @ w  # a nested jit: the tapped product sits inside it
+
+
+def loss_fn(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+    """(K,) losses of a network that uses parameters in every supported and unsupported way."""
+    h = jnp.tanh(_nested_product(x, params["dense"]["w"]) + params["dense"]["b"])  # (B, T, 12)
+    h = jnp.tanh(jnp.einsum("ij,btj->bti", params["left"]["w"], h))
+    a = jnp.einsum("btd,dhe->bthe", h, params["attention"]["w"]).reshape(h.shape)
+    h = jnp.tanh(a @ params["tied"]["w"]) @ params["tied"]["w"]
+    conv = jax.lax.conv_general_dilated(
+        h[..., :1].transpose(0, 2, 1), params["conv"]["w"].transpose(2, 1, 0), (1,), "SAME"
+    )
+    pooled = jnp.mean(h, axis=1) + jnp.mean(conv, axis=(1, 2))[:, None]  # (B, 12)
+    predictions = pooled @ params["heads"]["w"].T  # (B, K)
+    targets = jnp.stack([y, -y, jnp.sin(3 * y)], axis=1)
+    return jnp.mean((predictions - targets) ** 2, axis=0) + jnp.array([0.0, 0.1, 0.2])
+
+
+def make_batch(size: int = 6, length: int = 4) -> tuple[jax.Array, jax.Array]:
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(size, length, 5)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(size,)), jnp.float32)
+    return x, y
+
+
+PARAMS = make_params()
+X, Y = make_batch()
+
+
+def loop_gramian(params: dict, prefix: str = "") -> np.ndarray:
+    rows = []
+    for i in range(K):
+        grads = jax.grad(lambda p, i=i: loss_fn(p, X, Y)[i])(params)
+        flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+        rows.append(
+            np.concatenate(
+                [
+                    np.ravel(leaf)
+                    for path, leaf in flat
+                    if "/".join(str(k.key) for k in path).startswith(prefix)
+                ]
+            ).astype(np.float64)
+        )
+    rows = np.stack(rows)
+    return rows @ rows.T
+
+
+def traced_taps(wrt: str | None = None, always: bool = True) -> set[str]:
+    leaves, treedef = jax.tree.flatten(PARAMS)
+    mask, names = gradients.select_leaves(PARAMS, wrt)
+    closed = jax.make_jaxpr(lambda *ls: loss_fn(jax.tree.unflatten(treedef, ls), X, Y))(*leaves)
+    return {names[leaf] for leaf in factorised.find_taps(closed, mask, K, always=always)}
+
+
+def test_taps_are_the_single_use_products() -> None:
+    assert traced_taps() == {"dense/w", "left/w", "attention/w", "heads/w"}
+    assert traced_taps("dense") == {"dense/w"}
+
+
+def test_cost_model_picks_big_kernels_only() -> None:
+    tap = factorised.Tap(0, False, (0,), (1,), (32, 512), jnp.float32)
+    assert factorised._worth_it(tap, (32, 512), num_losses=32)  # LibMTL's MLP layer
+    tall = factorised.Tap(0, False, (0,), (1,), (4096, 8), jnp.float32)
+    assert not factorised._worth_it(tall, (4096, 8), num_losses=32)  # N² dominates
+
+
+@pytest.mark.parametrize("mode", ["always", "auto", "never"])
+@pytest.mark.parametrize("wrt", [None, "dense", "attention"])
+def test_gramian_matches_loop(mode: str, wrt: str | None) -> None:
+    expected = loop_gramian(PARAMS, prefix=wrt or "")
+    fn = jax.jit(lambda p: gradients.per_loss_gramian(loss_fn, p, X, Y, wrt=wrt, factorise=mode)[1])
+    np.testing.assert_allclose(fn(PARAMS), expected, rtol=2e-5, atol=1e-6 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2])
+def test_chunked_and_vmapped(chunk_size: int) -> None:
+    def gramian(p: dict, x: jax.Array) -> jax.Array:
+        return gradients.per_loss_gramian(
+            loss_fn, p, x, Y, factorise="always", chunk_size=chunk_size
+        )[1]
+
+    reference = jax.jit(
+        lambda p, x: gradients.per_loss_gramian(loss_fn, p, x, Y, factorise="never")[1]
+    )
+    xs = jnp.stack([X, 2.0 * X])
+    batched = jax.jit(jax.vmap(gramian, in_axes=(None, 0)))(PARAMS, xs)
+    for i in range(2):
+        np.testing.assert_allclose(batched[i], reference(PARAMS, xs[i]), rtol=2e-5, atol=1e-5)
+
+
+def test_low_precision_parameters() -> None:
+    params = jax.tree.map(lambda leaf: leaf.astype(jnp.bfloat16), PARAMS)
+
+    def gramian(mode: str) -> jax.Array:
+        return gradients.per_loss_gramian(
+            loss_fn, params, X.astype(jnp.bfloat16), Y, factorise=mode
+        )[1]
+
+    tapped, plain = gramian("always"), gramian("never")
+    assert tapped.dtype == jnp.float32
+    np.testing.assert_allclose(tapped, plain, rtol=5e-2, atol=5e-2 * float(jnp.max(plain)))
+
+
+class Net(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.trunk = nnx.Linear(5, 16, rngs=rngs)
+        self.norm = nnx.BatchNorm(16, rngs=rngs)
+        self.heads = nnx.Linear(16, K, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.heads(jax.nn.relu(self.norm(self.trunk(x))))
+
+
+def nnx_loss(model: Net, x: jax.Array, y: jax.Array) -> jax.Array:
+    predictions = model(x.reshape(-1, 5))
+    targets = jnp.stack([y, -y, y**2], axis=1).repeat(x.shape[1], axis=0)
+    return jnp.mean((predictions - targets) ** 2, axis=0)
+
+
+@pytest.mark.parametrize("scheme", [covjax.mgda(), covjax.gradnorm(learning_rate=0.05)])
+def test_value_and_grad_on_nnx_module_same_either_way(scheme: covjax.Weighting) -> None:
+    results = {}
+    for mode in ("always", "never"):
+        model = Net(nnx.Rngs(0))
+        step = nnx.jit(covjax.value_and_grad(nnx_loss, scheme, wrt="trunk", factorise=mode))
+        state = scheme.init(jnp.ones(K))
+        for _ in range(3):
+            out, grads = step(model, state, X, Y)
+            state = out.state
+        results[mode] = (out.weights, grads, nnx.state(model, nnx.BatchStat))
+    chex.assert_trees_all_close(results["always"], results["never"], rtol=1e-4, atol=1e-6)
+    assert np.ptp(np.asarray(results["always"][0])) > 1e-3  # not trivially uniform
+
+
+def test_bad_mode_is_named() -> None:
+    with pytest.raises(ValueError, match="factorise must be one of"):
+        covjax.value_and_grad(loss_fn, covjax.mgda(), factorise="yes")
+    with pytest.raises(ValueError, match="factorise must be one of"):
+        gradients.per_loss_gramian(loss_fn, PARAMS, X, Y, factorise=True)
+
+
+# --- per-task copies of the representation (MGDA-UB in one head backward pass) ---
+
+
+def encoder(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+    del y
+    return jnp.tanh(jnp.mean(x, axis=1) @ params["dense"]["w"] + params["dense"]["b"])
+
+
+def heads_shared(params: dict, z: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
+    del x
+    predictions = z @ params["heads"]["w"].T  # (B, K)
+    targets = jnp.stack([y, -y, jnp.sin(3 * y)], axis=1)
+    return jnp.mean((predictions - targets) ** 2, axis=0)
+
+
+def heads_on_copies(params: dict, zs: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
+    """Head k reads only its copy zs[k]."""
+    del x
+    predictions = jnp.einsum("kbd,kd->bk", zs, params["heads"]["w"])
+    targets = jnp.stack([y, -y, jnp.sin(3 * y)], axis=1)
+    return jnp.mean((predictions - targets) ** 2, axis=0)
+
+
+@pytest.mark.parametrize("scheme", [covjax.mgda(normalization="l2"), covjax.pcgrad()])
+def test_representation_copies_match_shared_representation(scheme: covjax.Weighting) -> None:
+    state = scheme.init(jnp.ones(K))
+    shared = jax.jit(covjax.value_and_grad(heads_shared, scheme, representation=encoder))
+    copies = jax.jit(
+        covjax.value_and_grad(
+            heads_on_copies, scheme, representation=encoder, representation_copies=True
+        )
+    )
+    out_shared, grads_shared = shared(PARAMS, state, X, Y)
+    out_copies, grads_copies = copies(PARAMS, state, X, Y)
+    chex.assert_trees_all_close(out_copies.weights, out_shared.weights, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(grads_copies, grads_shared, rtol=1e-5, atol=1e-6)
+    assert np.ptp(np.asarray(out_copies.weights)) > 1e-3
+
+
+def test_representation_copies_with_statistics_scheme() -> None:
+    scheme = covjax.cov_weighting()
+    state = scheme.init(jnp.ones(K))
+    shared = covjax.value_and_grad(heads_shared, scheme, representation=encoder)
+    copies = covjax.value_and_grad(
+        heads_on_copies, scheme, representation=encoder, representation_copies=True
+    )
+    chex.assert_trees_all_close(copies(PARAMS, state, X, Y), shared(PARAMS, state, X, Y))
+
+
+def test_representation_copies_need_a_representation() -> None:
+    with pytest.raises(ValueError, match="representation_copies needs a representation"):
+        covjax.value_and_grad(loss_fn, covjax.mgda(), representation_copies=True)
