@@ -18,6 +18,8 @@ Solver (:func:`min_norm_solver`), all in-graph (``lax.while_loop``):
 2. Frank–Wolfe from there with the exact line search between the iterate and
    the best vertex (Sener & Koltun's Algorithm 2; ``max_iters`` 250 and a stop
    when the step moves α by less than ``tol`` in ℓ1, as the reference);
+0. (with ``refine``) if the minimiser over the whole support, one KKT solve,
+   is ≥ 0, it is α* and nothing else runs (common when K is large);
 3. Frank–Wolfe converges sublinearly on some faces, so it is finished by an
    exact primal active-set method: on the current support S the KKT system
    ``[G_SS 1; 1ᵀ 0][α_S; ν] = [0; 1]`` is solved (pseudo-inverse, so parallel
@@ -212,11 +214,28 @@ def min_norm_solver(
     degenerate = ~finite | (scale <= jnp.finfo(gramian.dtype).tiny)
     gramian = gramian / jnp.where(degenerate, 1.0, scale)
 
-    weights = _frank_wolfe(gramian, _best_pair(gramian), max_iters, tol)
+    def iterate() -> Array:
+        weights = _frank_wolfe(gramian, _best_pair(gramian), max_iters, tol)
+        if refine:
+            refined = _active_set(gramian, weights, max_iters=3 * k + 10)
+            better = _objective(gramian, refined) <= _objective(gramian, weights)
+            weights = jnp.where(better & jnp.all(jnp.isfinite(refined)), refined, weights)
+        return weights
+
     if refine:
-        refined = _active_set(gramian, weights, max_iters=3 * k + 10)
-        better = _objective(gramian, refined) <= _objective(gramian, weights)
-        weights = jnp.where(better & jnp.all(jnp.isfinite(refined)), refined, weights)
+        # Many gradients with a common descent direction (typical for MGDA-UB at
+        # large K) put α* inside the simplex, where one KKT solve on the full
+        # support is the exact answer; Frank–Wolfe would crawl there.
+        interior = _support_optimum(gramian, jnp.ones((k,), bool))
+        # Strictly inside (near-zero entries are left to the exact path, which
+        # lands on the face) and stationary, Gα = (αᵀGα)·1: optimal.
+        gradient = gramian @ interior
+        stationary = jnp.max(jnp.abs(gradient - jnp.dot(interior, gradient))) <= 1e-6
+        is_optimal = stationary & jnp.all(interior > 1e-6)
+        interior = numerics.normalise(jnp.maximum(interior, 0.0))
+        weights = jax.lax.cond(is_optimal, lambda: interior, iterate)
+    else:
+        weights = iterate()
     weights = jnp.where(degenerate | ~jnp.all(jnp.isfinite(weights)), uniform, weights)
     return weights
 

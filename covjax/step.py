@@ -32,6 +32,7 @@ from covjax.base import (
     Weighting,
     WeightingState,
     Weights,
+    flatten_losses,
     step_accepted,
     weighted_sum,
 )
@@ -188,15 +189,24 @@ def value_and_grad(
             )
             per_loss_z_vjp = lambda cotangent: (head_vjp(cotangent)[1],)  # noqa: E731
             if representation_copies and needs_gramian:
-                rows = gradients.jacobian_from_copies(per_loss_z_vjp, losses, z, wrt=wrt)
+                # One pull-back of Σ L_i: copy i receives ∂L_i/∂z.
+                (per_copy,) = per_loss_z_vjp(jax.tree.map(jnp.ones_like, losses))
+                rows = gradients.jacobian_from_copies(per_copy, wrt=wrt)
                 gramian = gradients.gramian_of_jacobian(rows)
                 weights, new_state = scheme.update(losses, state, gramian=gramian)
                 weights = jax.lax.stop_gradient(weights)
+                # Σ w_i ∂L_i/∂z from the rows at hand; the weighted pull-back
+                # below is then needed for the heads' parameters only.
+                vector = flatten_losses(weights)[0]
+                head_grads, _ = head_vjp(_cotangent(weights, losses))
+                z_cotangent = jax.tree.map(
+                    lambda leaf: jnp.tensordot(vector.astype(leaf.dtype), leaf, axes=1), per_copy
+                )
             else:
                 weights, new_state = _weigh(losses, state, per_loss_z_vjp, z)
-            head_grads, z_cotangent = head_vjp(_cotangent(weights, losses))
-            if representation_copies:
-                z_cotangent = jax.tree.map(lambda leaf: jnp.sum(leaf, axis=0), z_cotangent)
+                head_grads, z_cotangent = head_vjp(_cotangent(weights, losses))
+                if representation_copies:
+                    z_cotangent = jax.tree.map(lambda leaf: jnp.sum(leaf, axis=0), z_cotangent)
             (encoder_grads,) = encode_vjp(z_cotangent)
             grads = jax.tree.map(jnp.add, head_grads, encoder_grads)
         result = WeightedLosses(

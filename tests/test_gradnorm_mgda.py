@@ -155,6 +155,20 @@ def test_min_norm_solver_k32_matches_slsqp(kind: str) -> None:
     assert_near_optimal(gramian, weights, oracle.min_norm_by_slsqp(gramian))
 
 
+def test_min_norm_solver_interior_optimum_k32() -> None:
+    # g_i = c + n_i with c, n_1..n_32 orthogonal: G = ‖c‖² 11ᵀ + diag(‖n_i‖²) and
+    # α*_i ∝ 1/‖n_i‖², strictly inside the simplex (the one-KKT-solve fast path).
+    rng = np.random.default_rng(5)
+    basis, _ = np.linalg.qr(rng.normal(size=(64, 33)))
+    noise_norms = rng.uniform(0.5, 2.0, size=32)
+    jacobian = 3.0 * basis[:, 32] + basis[:, :32].T * noise_norms[:, None]
+    gramian = jacobian @ jacobian.T
+    expected = noise_norms**-2 / np.sum(noise_norms**-2)
+    weights = np.asarray(solve(jnp.asarray(gramian, jnp.float32)), np.float64)
+    np.testing.assert_allclose(weights, expected, atol=2e-5)
+    assert_near_optimal(gramian, weights, oracle.min_norm_by_slsqp(gramian))
+
+
 def test_active_set_finish_beats_plain_frank_wolfe() -> None:
     # Frank–Wolfe zig-zags towards a face; the exact finish closes the gap.
     rng = np.random.default_rng(1)

@@ -8,10 +8,14 @@ Three tables, for K = 2, 8, 32 by default:
    covjax's engine (one batched VJP) against a Python loop of K ``jax.grad``
    calls, both inside one ``jax.jit`` (XLA shares the forward pass; the K
    backward passes stay separate), and against K separately jitted calls.
-2. The full jitted train step (forward, weighting, backward, Adam) of GradNorm
-   (gradients at the last trunk layer), MGDA (all shared parameters) and
-   MGDA-UB (the trunk's output) relative to static weights, timed in
-   interleaved rounds so that machine noise hits every scheme alike.
+2. The full jitted train step (forward, weighting, backward, Adam) of every
+   gradient scheme relative to static weights, next to LibMTL's ratios for the
+   same model (SPEC §9): GradNorm at the last trunk layer, MGDA, PCGrad,
+   CAGrad, Nash-MTL, IMTL-G, Aligned-MTL and UPGrad over all shared
+   parameters (Dense Gramians factorised, and MGDA once more with the
+   per-loss gradients materialised), MGDA-UB on the trunk's output (plain, and
+   with per-task copies of it). Timed in interleaved rounds so that machine
+   noise hits every scheme alike.
 3. :func:`covjax.min_norm_solver` alone for K = 32.
 
 Run: ``python -m experiments.benchmarks.gradients`` (about 2 CPU-minutes; bigger:
@@ -205,28 +209,56 @@ def make_train_step(
     return train_step
 
 
-def step_table(ks: list[int], batch: int, rounds: int, steps: int) -> None:
+#: LibMTL's step-time ratios to equal weighting for this MLP at K = 2, 8, 32 (SPEC §9),
+#: measured on the same kind of 2-core machine with PyTorch; the target is half of them.
+LIBMTL_RATIOS: dict[str, tuple[float, float, float]] = {
+    "gradnorm": (2.8, 8.7, 26.3),
+    "mgda": (2.2, 7.7, 23.3),
+    "pcgrad": (1.9, 6.9, 33.5),
+    "cagrad": (2.6, 6.3, 27.3),
+    "nash_mtl": (6.9, 13.1, 26.5),
+    "imtl_g": (2.5, 10.0, 30.6),
+    "aligned_mtl": (2.0, 5.5, 17.8),
+}
+
+#: name → (scheme constructor, value_and_grad options, description).
+STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]] = {
+    "static": (static_weighting, {}, "static (baseline)"),
+    "gradnorm": (covjax.gradnorm, {"wrt": "trunk/layer2/w"}, "GradNorm (last trunk layer)"),
+    "mgda": (covjax.mgda, {"wrt": "trunk"}, "MGDA (all shared)"),
+    "mgda_materialised": (
+        covjax.mgda,
+        {"wrt": "trunk", "factorise": "never"},
+        "MGDA (all shared, per-loss gradients materialised)",
+    ),
+    "pcgrad": (covjax.pcgrad, {"wrt": "trunk"}, "PCGrad (all shared)"),
+    "cagrad": (covjax.cagrad, {"wrt": "trunk"}, "CAGrad (all shared)"),
+    "nash_mtl": (covjax.nash_mtl, {"wrt": "trunk"}, "Nash-MTL (all shared)"),
+    "imtl_g": (covjax.imtl_g, {"wrt": "trunk"}, "IMTL-G (all shared)"),
+    "aligned_mtl": (covjax.aligned_mtl, {"wrt": "trunk"}, "Aligned-MTL (all shared)"),
+    "upgrad": (covjax.upgrad, {"wrt": "trunk"}, "UPGrad (all shared)"),
+    "mgda_ub": (covjax.mgda, {"representation": trunk}, "MGDA-UB (representation)"),
+    "mgda_ub_copies": (
+        covjax.mgda,
+        {"representation": trunk, "representation_copies": True},
+        "MGDA-UB (per-task copies of the representation)",
+    ),
+}
+
+
+def step_table(ks: list[int], batch: int, rounds: int, steps: int, names: list[str]) -> None:
     print(
         f"\n2. Full train step (forward, weighting, backward, Adam), batch {batch}; "
-        f"ratio to static weights, median of {rounds} rounds × {steps} steps"
+        f"ratio to static weights, median of {rounds} interleaved rounds × {steps} steps; "
+        "LibMTL's ratio (SPEC §9) in brackets"
     )
-    print(
-        "| K | static ms | GradNorm (layer2) | MGDA (all shared) | MGDA (all shared, "
-        "materialised) | MGDA-UB (representation) | MGDA-UB (per-task copies) |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    configurations = {
-        "static": (static_weighting, {}),
-        "gradnorm": (covjax.gradnorm, {"wrt": "trunk/layer2/w"}),
-        "mgda": (covjax.mgda, {"wrt": "trunk"}),
-        "mgda_materialised": (covjax.mgda, {"wrt": "trunk", "factorise": "never"}),
-        "mgda_ub": (covjax.mgda, {"representation": trunk}),
-        "mgda_ub_copies": (covjax.mgda, {"representation": trunk, "representation_copies": True}),
-    }
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    base_ms = []
     for k in ks:
         x, labels = make_batch(k, batch)
         runners = {}
-        for name, (make_scheme, options) in configurations.items():
+        for name in ["static", *names]:
+            make_scheme, options, _ = STEP_CONFIGURATIONS[name]
             scheme = make_scheme()
             params = init_params(k)
             state = [params, optax.adam(1e-3).init(params), scheme.init(jnp.ones(k)), None]
@@ -240,12 +272,18 @@ def step_table(ks: list[int], batch: int, rounds: int, steps: int) -> None:
 
             runners[name] = run
         t = interleaved_times(runners, rounds, steps)
-        base = t["static"]
-        print(
-            f"| {k} | {1e3 * base:.2f} | {t['gradnorm'] / base:.2f} | {t['mgda'] / base:.2f} | "
-            f"{t['mgda_materialised'] / base:.2f} | {t['mgda_ub'] / base:.2f} | "
-            f"{t['mgda_ub_copies'] / base:.2f} |"
-        )
+        base_ms.append(1e3 * t["static"])
+        for name in names:
+            ratios[name].append(t[name] / t["static"])
+    print("| scheme | " + " | ".join(f"K = {k}" for k in ks) + " |")
+    print("|---|" + "---|" * len(ks))
+    print("| static, ms per step | " + " | ".join(f"{ms:.2f}" for ms in base_ms) + " |")
+    for name in names:
+        cells = []
+        for k, ratio in zip(ks, ratios[name], strict=True):
+            reference = dict(zip((2, 8, 32), LIBMTL_RATIOS.get(name, ()), strict=False)).get(k)
+            cells.append(f"{ratio:.2f}" + (f" ({reference})" if reference else ""))
+        print(f"| {STEP_CONFIGURATIONS[name][2]} | " + " | ".join(cells) + " |")
 
 
 def solver_table(k: int, rounds: int, steps: int) -> None:
@@ -272,11 +310,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], choices=["engine", "step", "solver"])
+    parser.add_argument(
+        "--schemes",
+        nargs="+",
+        default=[name for name in STEP_CONFIGURATIONS if name != "static"],
+        choices=[name for name in STEP_CONFIGURATIONS if name != "static"],
+        help="gradient schemes of the step table",
+    )
     args = parser.parse_args()
     if "engine" not in args.skip:
         engine_table(args.ks, args.batch, args.rounds, args.steps)
     if "step" not in args.skip:
-        step_table(args.ks, args.batch, args.rounds, args.steps)
+        step_table(args.ks, args.batch, args.rounds, args.steps, args.schemes)
     if "solver" not in args.skip:
         solver_table(max(args.ks), args.rounds, args.steps)
 
