@@ -37,4 +37,3 @@ def test_notebook_is_valid_and_stripped(path: Path) -> None:
         assert cell.execution_count is None, (
             f"{path.name}: cell {index} has an execution count; strip the notebook."
         )
-
