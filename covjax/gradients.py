@@ -62,7 +62,7 @@ from jax import Array
 from jax.extend import core as jex_core
 
 from covjax import factorised
-from covjax.base import Losses, PyTree, flatten_losses
+from covjax.base import Losses, LossStructure, PyTree, flatten_losses
 
 #: Per-loss gradients: each selected leaf's path → its (K, *leaf.shape) gradients.
 Jacobian = dict[str, Array]
@@ -294,18 +294,37 @@ def gramian_from_vjp(
     return gramian_of_jacobian(rows)
 
 
-def stack_copies(z: PyTree, num_losses: int) -> PyTree:
-    """K copies of the representation z, stacked on a new leading axis (leaf by leaf)."""
-    return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (num_losses, *leaf.shape)), z)
+def representation_copies(z: PyTree, structure: LossStructure) -> PyTree:
+    """One copy of the representation z per loss, laid out like the losses.
+
+    For a 1-D array of K losses every leaf of z is stacked K times on a new
+    leading axis (loss i reads ``z[i]``); for a pytree of losses (e.g. a dict
+    by task) the copies form that same pytree, one z per loss (the depth loss
+    reads ``copies["depth"]``).
+    """
+    if structure.is_vector:
+        k = structure.num_losses
+        return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (k, *leaf.shape)), z)
+    return jax.tree_util.tree_unflatten(structure.treedef, [z] * structure.num_losses)
+
+
+def stacked_copy_gradients(per_copy_grads: PyTree, structure: LossStructure) -> PyTree:
+    """The cotangents of :func:`representation_copies` as z's structure with (K, ...) leaves."""
+    if structure.is_vector:
+        return per_copy_grads
+    per_loss = jax.tree_util.tree_structure(
+        jax.tree_util.tree_unflatten(structure.treedef, [0] * structure.num_losses)
+    ).flatten_up_to(per_copy_grads)
+    return jax.tree.map(lambda *rows: jnp.stack(rows), *per_loss)
 
 
 def jacobian_from_copies(per_copy_grads: PyTree, *, wrt: Selector = None) -> Jacobian:
     """The per-loss gradients w.r.t. z, from ONE pull-back through per-task copies.
 
-    When loss i reads only copy i of z (:func:`stack_copies`), pulling a
-    cotangent of ones back to the stacked copies gives copy i exactly
-    ∂L_i/∂z: ``per_copy_grads`` (leaves (K, ...)) is then the Jacobian, and
-    this selects its ``wrt`` leaves by path.
+    When loss i reads only its copy of z (:func:`representation_copies`),
+    pulling a cotangent of ones back to the copies gives copy i exactly
+    ∂L_i/∂z: stacked (:func:`stacked_copy_gradients`, leaves (K, ...)) they
+    are the Jacobian, and this selects their ``wrt`` leaves by path.
     """
     mask, names = select_leaves(per_copy_grads, wrt)
     leaves = jax.tree.leaves(per_copy_grads)

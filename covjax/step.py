@@ -96,9 +96,11 @@ def value_and_grad(
         ``loss_fn``'s heads. The parameter gradient is still one weighted
         backward pass through heads and representation.
       representation_copies: with ``representation``, hand ``loss_fn`` one
-        copy of z per loss, stacked on a new leading axis of length K, and
-        promise that loss i reads only copy i (``heads[i](z[i])``, the
-        task-specific copies of LibMTL's ``rep_grad``). Then ∂L_i/∂z is the
+        copy of z per loss instead of z, and promise that each loss reads only
+        its own copy (the task-specific copies of LibMTL's ``rep_grad``). The
+        copies are laid out like the losses: stacked on a new leading axis of
+        length K for a 1-D array of losses (``heads[i](z[i])``), the same dict
+        for a dict of losses (``depth_head(z["depth"])``). Then ∂L_i/∂z is the
         i-th slice of ONE backward pass of Σ L_i instead of a batched
         backward pass of all heads per loss: MGDA-UB costs about a static
         step. A loss that reads another copy gets a wrong Gramian.
@@ -179,10 +181,9 @@ def value_and_grad(
             (grads,) = vjp_fn(_cotangent(weights, losses))
         else:
             z, encode_vjp, encoder_aux = jax.vjp(encode_fn, params, has_aux=True)
+            structure = state.structure
             head_input = (
-                gradients.stack_copies(z, state.structure.num_losses)
-                if representation_copies
-                else z
+                gradients.representation_copies(z, structure) if representation_copies else z
             )
             losses, head_vjp, aux = jax.vjp(
                 lambda p, rep: head_fn(p, rep, encoder_aux), params, head_input, has_aux=True
@@ -191,8 +192,10 @@ def value_and_grad(
             if representation_copies and needs_gramian:
                 # One pull-back of Σ L_i: copy i receives ∂L_i/∂z.
                 (per_copy,) = per_loss_z_vjp(jax.tree.map(jnp.ones_like, losses))
-                rows = gradients.jacobian_from_copies(per_copy, wrt=wrt)
-                gramian = gradients.gramian_of_jacobian(rows)
+                stacked = gradients.stacked_copy_gradients(per_copy, structure)
+                gramian = gradients.gramian_of_jacobian(
+                    gradients.jacobian_from_copies(stacked, wrt=wrt)
+                )
                 weights, new_state = scheme.update(losses, state, gramian=gramian)
                 weights = jax.lax.stop_gradient(weights)
                 # Σ w_i ∂L_i/∂z from the rows at hand; the weighted pull-back
@@ -200,13 +203,16 @@ def value_and_grad(
                 vector = flatten_losses(weights)[0]
                 head_grads, _ = head_vjp(_cotangent(weights, losses))
                 z_cotangent = jax.tree.map(
-                    lambda leaf: jnp.tensordot(vector.astype(leaf.dtype), leaf, axes=1), per_copy
+                    lambda leaf: jnp.tensordot(vector.astype(leaf.dtype), leaf, axes=1), stacked
                 )
             else:
                 weights, new_state = _weigh(losses, state, per_loss_z_vjp, z)
                 head_grads, z_cotangent = head_vjp(_cotangent(weights, losses))
                 if representation_copies:
-                    z_cotangent = jax.tree.map(lambda leaf: jnp.sum(leaf, axis=0), z_cotangent)
+                    z_cotangent = jax.tree.map(
+                        lambda leaf: jnp.sum(leaf, axis=0),
+                        gradients.stacked_copy_gradients(z_cotangent, structure),
+                    )
             (encoder_grads,) = encode_vjp(z_cotangent)
             grads = jax.tree.map(jnp.add, head_grads, encoder_grads)
         result = WeightedLosses(

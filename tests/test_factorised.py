@@ -230,3 +230,40 @@ def test_representation_copies_with_statistics_scheme() -> None:
 def test_representation_copies_need_a_representation() -> None:
     with pytest.raises(ValueError, match="representation_copies needs a representation"):
         covjax.value_and_grad(loss_fn, covjax.mgda(), representation_copies=True)
+
+
+def heads_by_name(params: dict, z: jax.Array, x: jax.Array, y: jax.Array) -> dict:
+    del x
+    w = params["heads"]["w"]
+    return {
+        "depth": jnp.mean((z @ w[0] - y) ** 2),
+        "normals": jnp.mean(jnp.abs(z @ w[1] + y)),
+        "edges": jnp.mean(jnp.cos(z @ w[2] * y)),
+    }
+
+
+def heads_by_name_on_copies(params: dict, copies: dict, x: jax.Array, y: jax.Array) -> dict:
+    """A dict of losses gets a dict of copies: each loss reads its own."""
+    del x
+    w = params["heads"]["w"]
+    return {
+        "depth": jnp.mean((copies["depth"] @ w[0] - y) ** 2),
+        "normals": jnp.mean(jnp.abs(copies["normals"] @ w[1] + y)),
+        "edges": jnp.mean(jnp.cos(copies["edges"] @ w[2] * y)),
+    }
+
+
+@pytest.mark.parametrize("scheme", [covjax.mgda(normalization="l2"), covjax.equal_weighting()])
+def test_representation_copies_for_named_losses(scheme: covjax.Weighting) -> None:
+    state = scheme.init(heads_by_name(PARAMS, encoder(PARAMS, X, Y), X, Y))
+    shared = jax.jit(covjax.value_and_grad(heads_by_name, scheme, representation=encoder))
+    copies = jax.jit(
+        covjax.value_and_grad(
+            heads_by_name_on_copies, scheme, representation=encoder, representation_copies=True
+        )
+    )
+    (out_shared, grads_shared), (out_copies, grads_copies) = [
+        step(PARAMS, state, X, Y) for step in (shared, copies)
+    ]
+    chex.assert_trees_all_close(out_copies.weights, out_shared.weights, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(grads_copies, grads_shared, rtol=1e-5, atol=1e-6)
