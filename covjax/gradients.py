@@ -364,7 +364,10 @@ def vjp_and_gramian(
     mask, _ = select_leaves(params, wrt)
     leaves, treedef = jax.tree.flatten(params)
     taps: dict[int, factorised.Tap] = {}
-    if factorise != "never":
+    # Only a matrix (or higher) can be a product's operand worth factorising.
+    if factorise != "never" and any(
+        keep and jnp.ndim(leaf) >= 2 for keep, leaf in zip(mask, leaves, strict=True)
+    ):
 
         def flat_fn(*flat_leaves: Array) -> Any:
             return fn(jax.tree.unflatten(treedef, flat_leaves))
