@@ -114,10 +114,17 @@ def test_bad_configurations_are_named() -> None:
         sharding.check_global_batch_size(7, types.SimpleNamespace(size=2))
 
 
-def test_cosine_schedule_decays_to_a_tenth() -> None:
+def test_cosine_schedule_warms_up_and_decays_to_a_tenth() -> None:
     config = toy_task.toy_config(lr_schedule="cosine", num_train_steps=10)
     schedule = train.learning_rate_schedule(config)
     np.testing.assert_allclose([schedule(0), schedule(5), schedule(10)], [1e-2, 5.5e-3, 1e-3])
+    config = toy_task.toy_config(lr_schedule="cosine", num_train_steps=12, warmup_steps=2)
+    schedule = train.learning_rate_schedule(config)
+    np.testing.assert_allclose(
+        [schedule(0), schedule(1), schedule(2), schedule(12)], [0, 5e-3, 1e-2, 1e-3], atol=1e-9
+    )
+    with pytest.raises(ValueError, match="warmup_steps must be in"):
+        train.learning_rate_schedule(toy_task.toy_config(lr_schedule="cosine", warmup_steps=6))
     assert train.learning_rate_schedule(toy_task.toy_config()) == 1e-2  # constant by default
     with pytest.raises(ValueError, match="Unknown lr_schedule 'linear'"):
         train.make_optimizer(toy_task.toy_config(lr_schedule="linear"))

@@ -18,7 +18,8 @@ def machinery_defaults() -> ml_collections.ConfigDict:
     # Optimisation.
     config.optimizer = "adam"
     config.learning_rate = 1e-4
-    config.lr_schedule = "constant"  # or "cosine" (to 10% over num_train_steps)
+    config.lr_schedule = "constant"  # or "cosine": warm-up, then decay to 10% at the end
+    config.warmup_steps = 0
     config.momentum = 0.9
     config.batch_size = 8
     config.steps_per_epoch = 64
