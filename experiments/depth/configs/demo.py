@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = cpu.get_config()
     config.batch_size = 4
     config.num_train_steps = 300
+    config.lr_schedule = "constant"  # the measured demo (README) ran without a schedule
     config.log_every_steps = 10
     config.checkpoint_every_steps = 150
     return config
