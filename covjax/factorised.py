@@ -211,12 +211,12 @@ def _evaluate(
                 outvals = eqn.primitive.bind(*invals, **bind_params)
             if not eqn.primitive.multiple_results:
                 outvals = [outvals]
-            tapped = [leaf for leaf in tracked.values() if leaf in taps]
-            if tapped and eqn.primitive is jax.lax.dot_general_p:
-                (leaf,) = tapped
-                other = invals[1 if taps[leaf].param_is_lhs else 0]
-                tapped_inputs[leaf] = other
-                outvals = [outvals[0] + perturbations[leaf]]
+            if eqn.primitive is jax.lax.dot_general_p:
+                # Both operands may be tapped parameters (W₁ · W₂): each gets
+                # its own perturbation, whose cotangent is the product's.
+                for leaf in (leaf for leaf in tracked.values() if leaf in taps):
+                    tapped_inputs[leaf] = invals[1 if taps[leaf].param_is_lhs else 0]
+                    outvals = [outvals[0] + perturbations[leaf]]
         for var, value in zip(eqn.outvars, outvals, strict=True):
             env[var] = value
     return [_read(env, var) for var in jaxpr.outvars]

@@ -267,3 +267,21 @@ def test_representation_copies_for_named_losses(scheme: covjax.Weighting) -> Non
     ]
     chex.assert_trees_all_close(out_copies.weights, out_shared.weights, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(grads_copies, grads_shared, rtol=1e-5, atol=1e-6)
+
+
+def test_product_of_two_parameters() -> None:
+    params = {
+        "a": jnp.asarray(np.random.default_rng(3).normal(size=(6, 5)), jnp.float32),
+        "b": jnp.asarray(np.random.default_rng(4).normal(size=(5, 4)), jnp.float32),
+    }
+
+    def losses(p: dict, x: jax.Array) -> jax.Array:
+        y = x @ (p["a"] @ p["b"])  # a low-rank kernel: both factors are tapped
+        return jnp.stack([jnp.mean(y**2), jnp.mean(jnp.sin(y)), jnp.mean(y[:, :2])])
+
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(7, 6)), jnp.float32)
+    tapped, plain = (
+        gradients.per_loss_gramian(losses, params, x, factorise=mode)[1]
+        for mode in ("always", "never")
+    )
+    np.testing.assert_allclose(tapped, plain, rtol=1e-5, atol=1e-6)
