@@ -3,7 +3,8 @@
 SPEC §9 gives the reference PyTorch code's ratios for the same columns.
 
     python -m experiments.benchmarks.depth_throughput                 # CPU size
-    python -m experiments.benchmarks.depth_throughput --size=paper --steps=1
+    python -m experiments.benchmarks.depth_throughput --size=ref_small --steps=1
+    python -m experiments.benchmarks.depth_throughput --size=paper --steps=1 --rounds=1
 
 Runs the full training step of the shared machinery (forward, weighting,
 backward, Adam) on random stereo batches for each scheme, in one process on
@@ -16,7 +17,10 @@ batch 8); ``paper`` is ``configs/paper.py`` (ResNet-50MD, 256×512, batch 8);
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -51,51 +55,65 @@ def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, 
     }
 
 
-def time_scheme(config: ml_collections.ConfigDict, scheme: str, steps: int) -> tuple[float, float]:
-    """``(compile seconds, seconds per step)`` of ``scheme``'s train step."""
+def prepare(config: ml_collections.ConfigDict, scheme: str) -> tuple[Callable[[], Any], float]:
+    """``(run one step, compile seconds)`` for ``scheme``'s train step on a fixed batch."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.scheme = scheme
     mesh = sharding.make_mesh()
     trainer = Trainer(DepthTask(), config, mesh)
     batch = sharding.shard_batch(random_batch(config), mesh)
-    state = trainer.init_state(batch)
+    state = [trainer.init_state(batch)]
+
+    def run() -> Any:
+        state[0], metrics = trainer.train_step(state[0], batch)
+        return metrics
+
     start = time.perf_counter()
-    state, metrics = trainer.train_step(state, batch)
-    jax.block_until_ready((state, metrics))
-    compile_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = trainer.train_step(state, batch)
-    jax.block_until_ready((state, metrics))
-    return compile_seconds, (time.perf_counter() - start) / steps
+    jax.block_until_ready(run())
+    return run, time.perf_counter() - start
 
 
-def benchmark(size: str, schemes: list[str], steps: int, verbose: bool = False) -> str:
+def benchmark(
+    size: str, schemes: list[str], steps: int, rounds: int = 3, verbose: bool = False
+) -> str:
+    """Seconds per step of each scheme: median of ``rounds`` interleaved rounds of ``steps``."""
     config = size_config(size)
+    runners, compile_seconds = {}, {}
+    for scheme in schemes:
+        runners[scheme], compile_seconds[scheme] = prepare(config, scheme)
+        if verbose:
+            print(f"{scheme}: compiled in {compile_seconds[scheme]:.1f} s", flush=True)
+    times: dict[str, list[float]] = {scheme: [] for scheme in schemes}
+    for _ in range(rounds):  # interleaved, so that machine noise hits every scheme alike
+        for scheme, run in runners.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                metrics = run()
+            jax.block_until_ready(metrics)
+            times[scheme].append((time.perf_counter() - start) / steps)
     lines = [
         f"depth train step, {size}: {config.model.encoder} width {config.model.width}, "
         f"{config.image_height}×{config.image_width}, batch {config.batch_size}, "
-        f"{jax.device_count()} × {jax.devices()[0].device_kind}, {steps} timed steps",
+        f"{jax.device_count()} × {jax.devices()[0].device_kind}, median of {rounds} "
+        f"interleaved rounds × {steps} steps",
         "| scheme | compile s | s/step | images/s | ratio to static |",
         "|---|---|---|---|---|",
     ]
-    baseline = None
+    baseline = statistics.median(times[schemes[0]])
     for scheme in schemes:
-        compile_seconds, seconds = time_scheme(config, scheme, steps)
-        baseline = baseline or seconds
+        seconds = statistics.median(times[scheme])
         lines.append(
-            f"| {scheme} | {compile_seconds:.1f} | {seconds:.4f} | "
+            f"| {scheme} | {compile_seconds[scheme]:.1f} | {seconds:.4f} | "
             f"{config.batch_size / seconds:.1f} | {seconds / baseline:.2f} |"
         )
-        if verbose:  # rows as they come: big sizes take minutes per scheme
-            print("\n".join(lines), flush=True)
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    print(benchmark(flags.FLAGS.size, flags.FLAGS.schemes, flags.FLAGS.steps, verbose=True))
+    args = flags.FLAGS
+    print(benchmark(args.size, args.schemes, args.steps, args.rounds, verbose=True))
 
 
 def define_flags() -> None:
@@ -106,7 +124,8 @@ def define_flags() -> None:
         ["hand_tuned", "cov", "uncertainty", "gradnorm", "mgda_ub"],
         "Schemes (SPEC §9's columns); the first is the baseline.",
     )
-    flags.DEFINE_integer("steps", 10, "Timed steps per scheme.")
+    flags.DEFINE_integer("steps", 5, "Timed steps per scheme and round.")
+    flags.DEFINE_integer("rounds", 3, "Interleaved rounds (the median is reported).")
 
 
 if __name__ == "__main__":
