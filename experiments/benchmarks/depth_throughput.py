@@ -4,7 +4,8 @@ SPEC §9 gives the reference PyTorch code's ratios for the same columns.
 
     python -m experiments.benchmarks.depth_throughput                 # CPU size
     python -m experiments.benchmarks.depth_throughput --size=ref_small --steps=1
-    python -m experiments.benchmarks.depth_throughput --size=paper --steps=1 --rounds=1
+    python -m experiments.benchmarks.depth_throughput --size=paper --steps=1 --rounds=1 \\
+        --schemes=hand_tuned,cov,mgda_ub --chunk_size=4
 
 Runs the full training step of the shared machinery (forward, weighting,
 backward, Adam) on random stereo batches for each scheme, in one process on
@@ -74,10 +75,17 @@ def prepare(config: ml_collections.ConfigDict, scheme: str) -> tuple[Callable[[]
 
 
 def benchmark(
-    size: str, schemes: list[str], steps: int, rounds: int = 3, verbose: bool = False
+    size: str,
+    schemes: list[str],
+    steps: int,
+    rounds: int = 3,
+    chunk_size: int | None = None,
+    verbose: bool = False,
 ) -> str:
     """Seconds per step of each scheme: median of ``rounds`` interleaved rounds of ``steps``."""
     config = size_config(size)
+    if chunk_size:
+        config.gradient_chunk_size = chunk_size
     runners, compile_seconds = {}, {}
     for scheme in schemes:
         runners[scheme], compile_seconds[scheme] = prepare(config, scheme)
@@ -113,7 +121,9 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     args = flags.FLAGS
-    print(benchmark(args.size, args.schemes, args.steps, args.rounds, verbose=True))
+    print(
+        benchmark(args.size, args.schemes, args.steps, args.rounds, args.chunk_size, verbose=True)
+    )
 
 
 def define_flags() -> None:
@@ -126,6 +136,9 @@ def define_flags() -> None:
     )
     flags.DEFINE_integer("steps", 5, "Timed steps per scheme and round.")
     flags.DEFINE_integer("rounds", 3, "Interleaved rounds (the median is reported).")
+    flags.DEFINE_integer(
+        "chunk_size", None, "Per-loss gradients per backward pass (bounds memory at paper size)."
+    )
 
 
 if __name__ == "__main__":
