@@ -145,13 +145,11 @@ def value_and_grad(
         return output, None
 
     def _weigh(
-        losses: Losses, state: WeightingState, gramian_vjp: gradients.VjpFn, primal: PyTree
+        losses: Losses, state: WeightingState, gramian: Callable[[], Array] | None
     ) -> tuple[Weights, WeightingState]:
+        """The scheme's weights (constants for the backward pass); ``gramian()`` if it needs G."""
         if needs_gramian:
-            gramian = gradients.gramian_from_vjp(
-                gramian_vjp, losses, primal, wrt=wrt, chunk_size=chunk_size
-            )
-            weights, new_state = scheme.update(losses, state, gramian=gramian)
+            weights, new_state = scheme.update(losses, state, gramian=gramian())
         else:
             weights, new_state = scheme.update(losses, state)
         return jax.lax.stop_gradient(weights), new_state
@@ -168,16 +166,15 @@ def value_and_grad(
         with one, ``encode_fn(params)`` gives ``(z, encoder_aux)`` and
         ``head_fn(params, z, encoder_aux)`` gives ``(losses, aux)``.
         """
-        if encode_fn is None and needs_gramian:
-            losses, vjp_fn, aux, gramian = gradients.vjp_and_gramian(
-                head_fn, params, wrt=wrt, chunk_size=chunk_size, factorise=factorise
-            )
-            weights, new_state = scheme.update(losses, state, gramian=gramian())
-            weights = jax.lax.stop_gradient(weights)
-            (grads,) = vjp_fn(_cotangent(weights, losses))
-        elif encode_fn is None:
-            losses, vjp_fn, aux = jax.vjp(head_fn, params, has_aux=True)
-            weights, new_state = _weigh(losses, state, vjp_fn, params)
+        if encode_fn is None:
+            if needs_gramian:
+                losses, vjp_fn, aux, gramian = gradients.vjp_and_gramian(
+                    head_fn, params, wrt=wrt, chunk_size=chunk_size, factorise=factorise
+                )
+            else:
+                losses, vjp_fn, aux = jax.vjp(head_fn, params, has_aux=True)
+                gramian = None
+            weights, new_state = _weigh(losses, state, gramian)
             (grads,) = vjp_fn(_cotangent(weights, losses))
         else:
             z, encode_vjp, encoder_aux = jax.vjp(encode_fn, params, has_aux=True)
@@ -193,11 +190,13 @@ def value_and_grad(
                 # One pull-back of Σ L_i: copy i receives ∂L_i/∂z.
                 (per_copy,) = per_loss_z_vjp(jax.tree.map(jnp.ones_like, losses))
                 stacked = gradients.stacked_copy_gradients(per_copy, structure)
-                gramian = gradients.gramian_of_jacobian(
-                    gradients.jacobian_from_copies(stacked, wrt=wrt)
+                weights, new_state = _weigh(
+                    losses,
+                    state,
+                    lambda: gradients.gramian_of_jacobian(
+                        gradients.jacobian_from_copies(stacked, wrt=wrt)
+                    ),
                 )
-                weights, new_state = scheme.update(losses, state, gramian=gramian)
-                weights = jax.lax.stop_gradient(weights)
                 # Σ w_i ∂L_i/∂z from the rows at hand; the weighted pull-back
                 # below is then needed for the heads' parameters only.
                 vector = flatten_losses(weights)[0]
@@ -206,7 +205,13 @@ def value_and_grad(
                     lambda leaf: jnp.tensordot(vector.astype(leaf.dtype), leaf, axes=1), stacked
                 )
             else:
-                weights, new_state = _weigh(losses, state, per_loss_z_vjp, z)
+                weights, new_state = _weigh(
+                    losses,
+                    state,
+                    lambda: gradients.gramian_from_vjp(
+                        per_loss_z_vjp, losses, z, wrt=wrt, chunk_size=chunk_size
+                    ),
+                )
                 head_grads, z_cotangent = head_vjp(_cotangent(weights, losses))
                 if representation_copies:
                     z_cotangent = jax.tree.map(
