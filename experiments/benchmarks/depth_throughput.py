@@ -18,7 +18,6 @@ batch 8); ``paper`` is ``configs/paper.py`` (ResNet-50MD, 256×512, batch 8);
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +27,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
+from experiments.benchmarks.timing import interleaved_times
 from experiments.common import sharding
 from experiments.common.train import Trainer
 from experiments.depth.configs import cpu, paper
@@ -91,14 +91,7 @@ def benchmark(
         runners[scheme], compile_seconds[scheme] = prepare(config, scheme)
         if verbose:
             print(f"{scheme}: compiled in {compile_seconds[scheme]:.1f} s", flush=True)
-    times: dict[str, list[float]] = {scheme: [] for scheme in schemes}
-    for _ in range(rounds):  # interleaved, so that machine noise hits every scheme alike
-        for scheme, run in runners.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                metrics = run()
-            jax.block_until_ready(metrics)
-            times[scheme].append((time.perf_counter() - start) / steps)
+    seconds_per_step = interleaved_times(runners, rounds, steps, warm_up=False)
     lines = [
         f"depth train step, {size}: {config.model.encoder} width {config.model.width}, "
         f"{config.image_height}×{config.image_width}, batch {config.batch_size}, "
@@ -107,9 +100,9 @@ def benchmark(
         "| scheme | compile s | s/step | images/s | ratio to static |",
         "|---|---|---|---|---|",
     ]
-    baseline = statistics.median(times[schemes[0]])
+    baseline = seconds_per_step[schemes[0]]
     for scheme in schemes:
-        seconds = statistics.median(times[scheme])
+        seconds = seconds_per_step[scheme]
         lines.append(
             f"| {scheme} | {compile_seconds[scheme]:.1f} | {seconds:.4f} | "
             f"{config.batch_size / seconds:.1f} | {seconds / baseline:.2f} |"

@@ -25,8 +25,6 @@ Run: ``python -m experiments.benchmarks.gradients`` (about 2 CPU-minutes; bigger
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import jax
@@ -36,6 +34,7 @@ import optax
 
 import covjax
 from covjax import gradients
+from experiments.benchmarks.timing import interleaved_times
 
 Params = dict
 
@@ -141,23 +140,6 @@ def gramian_dispatched_loop(num_losses: int) -> Callable[..., jax.Array]:
         return reduce([shared_leaves(fn(params, x, labels)) for fn in grad_fns])
 
     return run
-
-
-def interleaved_times(
-    runners: dict[str, Callable[[], jax.Array]], rounds: int, steps: int
-) -> dict[str, float]:
-    """Median seconds per call of each runner, measured in interleaved rounds."""
-    for run in runners.values():
-        jax.block_until_ready(run())  # compile and warm up
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                out = run()
-            jax.block_until_ready(out)
-            times[name].append((time.perf_counter() - start) / steps)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def engine_table(ks: list[int], batch: int, rounds: int, steps: int) -> None:
