@@ -312,9 +312,7 @@ def stacked_copy_gradients(per_copy_grads: PyTree, structure: LossStructure) -> 
     """The cotangents of :func:`representation_copies` as z's structure with (K, ...) leaves."""
     if structure.is_vector:
         return per_copy_grads
-    per_loss = jax.tree_util.tree_structure(
-        jax.tree_util.tree_unflatten(structure.treedef, [0] * structure.num_losses)
-    ).flatten_up_to(per_copy_grads)
+    per_loss = structure.treedef.flatten_up_to(per_copy_grads)
     return jax.tree.map(lambda *rows: jnp.stack(rows), *per_loss)
 
 
@@ -383,8 +381,7 @@ def vjp_and_gramian(
         losses, plain_vjp, aux = jax.vjp(fn, params, has_aux=True)
 
         def plain_gramian() -> Array:
-            rows = _per_loss_rows(plain_vjp, losses, mask, chunk_size, [True] * sum(mask))
-            return gramian_of_jacobian(rows)
+            return gramian_from_vjp(plain_vjp, losses, params, wrt=wrt, chunk_size=chunk_size)
 
         return losses, plain_vjp, aux, plain_gramian
 
@@ -427,7 +424,8 @@ def vjp_and_gramian(
     return losses, vjp_fn, aux, gramian
 
 
-def _split_output(output: Any, has_aux: bool) -> tuple[Losses, Any]:
+def split_output(output: Any, has_aux: bool) -> tuple[Losses, Any]:
+    """``(losses, aux)`` of a loss function's output (``aux`` is None without ``has_aux``)."""
     if has_aux:
         if not (isinstance(output, tuple) and len(output) == 2):
             raise ValueError("covjax: has_aux=True but loss_fn did not return (losses, aux).")
@@ -457,14 +455,14 @@ def _differentiable(
 
     if representation is None:
         losses, vjp_fn, aux = jax.vjp(
-            lambda p: _split_output(loss_fn(model(p), *args, **kwargs), has_aux),
+            lambda p: split_output(loss_fn(model(p), *args, **kwargs), has_aux),
             params,
             has_aux=True,
         )
         return losses, vjp_fn, params, aux
     z = representation(model(params), *args, **kwargs)
     losses, head_vjp, aux = jax.vjp(
-        lambda rep: _split_output(loss_fn(model(params), rep, *args, **kwargs), has_aux),
+        lambda rep: split_output(loss_fn(model(params), rep, *args, **kwargs), has_aux),
         z,
         has_aux=True,
     )
@@ -529,7 +527,7 @@ def per_loss_gramian(
         params, model = _as_pytree(params)
 
         def fn(p: PyTree) -> tuple[Losses, Any]:
-            return _split_output(loss_fn(model(p), *args, **kwargs), has_aux)
+            return split_output(loss_fn(model(p), *args, **kwargs), has_aux)
 
         losses, _, aux, gramian = vjp_and_gramian(
             fn, params, wrt=wrt, chunk_size=chunk_size, factorise=factorise

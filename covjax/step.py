@@ -136,13 +136,7 @@ def value_and_grad(
         return _pytree_step(params, state, args, kwargs)
 
     def _split_output(output: Any) -> tuple[Losses, Any]:
-        if has_aux:
-            if not (isinstance(output, tuple) and len(output) == 2):
-                raise ValueError(
-                    "covjax.value_and_grad: has_aux=True but loss_fn did not return (losses, aux)."
-                )
-            return output
-        return output, None
+        return gradients.split_output(output, has_aux)
 
     def _weigh(
         losses: Losses, state: WeightingState, gramian: Callable[[], Array] | None
