@@ -2,7 +2,7 @@
 
 The network is LibMTL's hard-parameter-sharing MLP of SPEC §9: a shared trunk
 256→512→512→512 (ReLU) and K linear heads 512→10 with cross-entropy, batch 32.
-Three tables, for K = 2, 8, 32 by default:
+Four tables, for K = 2, 8, 32 by default:
 
 1. The K×K Gramian of the per-loss gradients w.r.t. all shared parameters:
    covjax's engine (one batched VJP) against a Python loop of K ``jax.grad``
@@ -17,6 +17,9 @@ Three tables, for K = 2, 8, 32 by default:
    with per-task copies of it). Timed in interleaved rounds so that machine
    noise hits every scheme alike.
 3. :func:`covjax.min_norm_solver` alone for K = 32.
+4. MGDA-UB's floor at K = 32: a static step plus the Gramian of the K
+   representation gradients plus the solve, each timed alone — a lower bound
+   on any exact MGDA-UB step's ratio on this machine.
 
 Run: ``python -m experiments.benchmarks.gradients`` (about 2 CPU-minutes; bigger:
 ``--rounds 9 --steps 20``; fewer: ``--ks 2 8 --skip engine``).
@@ -285,13 +288,62 @@ def solver_table(k: int, rounds: int, steps: int) -> None:
         print(f"| {name} | {1e3 * t['solve']:.3f} |")
 
 
+def mgda_ub_floor_table(k: int, batch: int, rounds: int, steps: int) -> None:
+    """What any exact MGDA-UB step must cost here: a static step + the Gramian + the solve.
+
+    Whatever computes the K representation gradients, MGDA-UB still needs
+    their K×K Gramian (K × batch·512 numbers, one GEMM) and the min-norm
+    solve on top of the forward and weighted backward pass of a static step;
+    their sum over the static step is a lower bound on MGDA-UB's ratio on
+    this machine.
+    """
+    params, (x, labels) = init_params(k), make_batch(k, batch)
+    z = trunk(params, x, labels)
+    jacobian = jax.jacrev(lambda z: heads(params, z, x, labels))(z).reshape(k, -1)
+    gramian_fn = jax.jit(lambda j: j @ j.T)
+    gramian = gramian_fn(jacobian)
+    solve = jax.jit(covjax.min_norm_solver)
+    runners = {}
+    for name in ("static", "mgda_ub_copies"):
+        make_scheme, options, _ = STEP_CONFIGURATIONS[name]
+        scheme = make_scheme()
+        train_step = make_train_step(scheme, **options)
+        state = [params, optax.adam(1e-3).init(params), scheme.init(jnp.ones(k))]
+
+        def run(train_step=train_step, state=state) -> jax.Array:
+            state[0], state[1], state[2], total = train_step(*state, x, labels)
+            return total
+
+        runners[name] = run
+    runners["gramian"] = lambda: gramian_fn(jacobian)
+    runners["solve"] = lambda: solve(gramian)
+    t = interleaved_times(runners, rounds, steps)
+    floor = (t["static"] + t["gramian"] + t["solve"]) / t["static"]
+    print(
+        f"\n4. MGDA-UB's floor at K = {k}, batch {batch}: ms per call, median of {rounds} "
+        f"interleaved rounds × {steps}"
+    )
+    print(
+        "| static step | Gramian of the K representation gradients | min-norm solve "
+        "| lower bound on MGDA-UB / static | MGDA-UB (copies) / static |"
+    )
+    print("|---|---|---|---|---|")
+    print(
+        f"| {1e3 * t['static']:.2f} | {1e3 * t['gramian']:.2f} "
+        f"({jacobian.shape[0]} × {jacobian.shape[1]}) | {1e3 * t['solve']:.2f} | "
+        f"{floor:.2f} | {t['mgda_ub_copies'] / t['static']:.2f} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ks", type=int, nargs="+", default=[2, 8, 32])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["engine", "step", "solver"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["engine", "step", "solver", "floor"]
+    )
     parser.add_argument(
         "--schemes",
         nargs="+",
@@ -306,6 +358,8 @@ def main() -> None:
         step_table(args.ks, args.batch, args.rounds, args.steps, args.schemes)
     if "solver" not in args.skip:
         solver_table(max(args.ks), args.rounds, args.steps)
+    if "floor" not in args.skip:
+        mgda_ub_floor_table(max(args.ks), args.batch, args.rounds, args.steps)
 
 
 if __name__ == "__main__":
