@@ -160,6 +160,23 @@ def test_bad_constructor_arguments() -> None:
         MonoDepth("vgg", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="width"):
         MonoDepth("resnet18", width=0.0, rngs=nnx.Rngs(0))
+    for bad in (0.0, models.MAX_DISPARITY, -0.1):
+        with pytest.raises(ValueError, match="initial_disparity"):
+            MonoDepth("resnet18", initial_disparity=bad, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("initial", [None, 0.03, 0.2])
+def test_initial_disparity_sets_the_heads_starting_point(initial: float | None) -> None:
+    head = models.DisparityHead(8, glorot=False, rngs=nnx.Rngs(0), initial_disparity=initial)
+    # Featureless input: the head outputs 0.3·sigmoid(bias) exactly.
+    disparity = head(jnp.zeros((1, 4, 4, 8)))
+    if initial is None:  # the reference: PyTorch's uniform bias init, so near 0.15
+        assert float(jnp.abs(disparity - 0.15).max()) < 0.3 * 0.25
+        assert float(disparity.std()) > 0.0  # the two channels' biases differ
+    else:
+        np.testing.assert_allclose(np.asarray(disparity), initial, rtol=1e-5)
+    features = jax.random.normal(jax.random.key(1), (1, 4, 4, 8))
+    assert float(head(features).std()) > 0.0  # the kernel keeps its random init
 
 
 def test_width_keeps_at_least_four_channels() -> None:

@@ -278,10 +278,26 @@ class UpConv(nnx.Module):
 
 
 class DisparityHead(nnx.Module):
-    """3×3 conv to 2 channels (left, right disparity), then 0.3·sigmoid."""
+    """3×3 conv to 2 channels (left, right disparity), then 0.3·sigmoid.
 
-    def __init__(self, in_features: int, *, glorot: bool, rngs: nnx.Rngs):
+    ``initial_disparity`` (a fraction of the width in (0, 0.3)) sets the
+    conv's bias to the logit that yields it, so the untrained network starts
+    near that disparity instead of 0.15; ``None`` keeps the reference init.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        glorot: bool,
+        rngs: nnx.Rngs,
+        initial_disparity: float | None = None,
+    ):
         self.conv = _conv(in_features, 2, 3, glorot=glorot, rngs=rngs)
+        if initial_disparity is not None:
+            fraction = initial_disparity / MAX_DISPARITY
+            logit = math.log(fraction / (1.0 - fraction))
+            self.conv.bias.value = jnp.full_like(self.conv.bias.value, logit)
 
     def __call__(self, x: Array) -> Array:
         return MAX_DISPARITY * jax.nn.sigmoid(self.conv(x))
@@ -347,6 +363,9 @@ class MonoDepth(nnx.Module):
       batch_norm: batch norm after each activated conv and residual sum
         (``model.train()`` / ``model.eval()`` switch between batch and running
         statistics). The reference code has none; the paper's text has it.
+      initial_disparity: where the untrained disparity heads start, a
+        fraction of the width in (0, 0.3) (their bias is set to its logit);
+        ``None`` (the reference) starts them near 0.3·sigmoid(0) = 0.15.
       rngs: parameter initialisation.
 
     Call: ``model(left)`` with ``left`` (B, H, W, 3) in [0, 1], H and W
@@ -360,6 +379,7 @@ class MonoDepth(nnx.Module):
         encoder: Encoder = "resnet50",
         width: float = 1.0,
         batch_norm: bool = False,
+        initial_disparity: float | None = None,
         *,
         rngs: nnx.Rngs,
     ):
@@ -369,11 +389,17 @@ class MonoDepth(nnx.Module):
             )
         if not (isinstance(width, int | float) and math.isfinite(width) and width > 0):
             raise ValueError(f"MonoDepth: width must be a positive number, got {width!r}.")
+        if initial_disparity is not None and not 0.0 < initial_disparity < MAX_DISPARITY:
+            raise ValueError(
+                f"MonoDepth: initial_disparity must be in (0, {MAX_DISPARITY}) (a fraction of "
+                f"the image width), got {initial_disparity!r}."
+            )
         self.encoder_name = encoder
         self.width = float(width)
         block_type, blocks_per_stage, base_channels = ENCODERS[encoder]
         glorot = encoder == "resnet18"  # as the reference (xavier for ResNet18MD only)
         common = {"batch_norm": batch_norm, "glorot": glorot, "rngs": rngs}
+        head = {"glorot": glorot, "rngs": rngs, "initial_disparity": initial_disparity}
 
         def ch(channels: int) -> int:
             return scaled_channels(channels, width)
@@ -404,16 +430,16 @@ class MonoDepth(nnx.Module):
         self.iconv5 = ConvELU(up5 + stage_outputs[1], up5, 3, **common)
         self.upconv4 = UpConv(up5, up4, **common)
         self.iconv4 = ConvELU(up4 + stage_outputs[0], up4, 3, **common)
-        self.disp4 = DisparityHead(up4, glorot=glorot, rngs=rngs)
+        self.disp4 = DisparityHead(up4, **head)
         self.upconv3 = UpConv(up4, up3, **common)
         self.iconv3 = ConvELU(up3 + stem + 2, up3, 3, **common)
-        self.disp3 = DisparityHead(up3, glorot=glorot, rngs=rngs)
+        self.disp3 = DisparityHead(up3, **head)
         self.upconv2 = UpConv(up3, up2, **common)
         self.iconv2 = ConvELU(up2 + stem + 2, up2, 3, **common)
-        self.disp2 = DisparityHead(up2, glorot=glorot, rngs=rngs)
+        self.disp2 = DisparityHead(up2, **head)
         self.upconv1 = UpConv(up2, up1, **common)
         self.iconv1 = ConvELU(up1 + 2, up1, 3, **common)
-        self.disp1 = DisparityHead(up1, glorot=glorot, rngs=rngs)
+        self.disp1 = DisparityHead(up1, **head)
 
     def encode(self, left: Array) -> tuple[Array, DecoderSkips]:
         """Everything up to and including ``iconv4``: the shared representation.

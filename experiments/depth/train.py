@@ -48,6 +48,7 @@ class DepthTask:
             encoder=config.model.encoder,
             width=config.model.width,
             batch_norm=config.model.batch_norm,
+            initial_disparity=config.model.get("initial_disparity"),
             rngs=rngs,
         )
 

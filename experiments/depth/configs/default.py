@@ -20,6 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.encoder = "resnet50"
     config.model.width = 1.0
     config.model.batch_norm = False
+    # None: the reference init (disparity ≈ 0.15 at start); a float is a fraction of the width.
+    config.model.initial_disparity = ml_collections.FieldReference(None, field_type=float)
 
     # Data: a source of the shared registry (experiments.data.get_dataset).
     config.data = ml_collections.ConfigDict()
