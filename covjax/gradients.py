@@ -61,7 +61,7 @@ from flax.nnx import filterlib
 from jax import Array
 from jax.extend import core as jex_core
 
-from covjax import factorised
+from covjax import factorised, loss_groups
 from covjax.base import Losses, LossStructure, PyTree, flatten_losses
 
 #: Per-loss gradients: each selected leaf's path → its (K, *leaf.shape) gradients.
@@ -294,6 +294,93 @@ def gramian_from_vjp(
     return gramian_of_jacobian(rows)
 
 
+def _grouped_gramian(
+    fn: Callable[[PyTree], Losses],
+    primal: PyTree,
+    groups: Sequence[tuple[int, ...]],
+    mask: Sequence[bool],
+    chunk_size: int | None,
+) -> Array:
+    """The Gramian with each group of losses pulled back through its own (pruned) transpose.
+
+    ``groups`` partitions the indices of ``fn``'s loss leaves
+    (:func:`covjax.loss_groups.find_groups`); block (a, b) of the Gramian is
+    Σ_leaves J_a J_bᵀ, and the blocks are put back in the losses' order.
+    """
+    # One linearisation; each group's pull-back is the transpose of the JVP
+    # restricted to that group's outputs, which JAX prunes to the equations
+    # those outputs depend on (the other outputs' cotangents are symbolic zeros).
+    losses, jvp_fn = jax.linearize(fn, primal)
+    loss_leaves = jax.tree.leaves(losses)
+    row_blocks = []
+    for group in groups:
+
+        def group_jvp(tangent: PyTree, group: tuple[int, ...] = group) -> list[Array]:
+            leaves = jax.tree.leaves(jvp_fn(tangent))
+            return [leaves[i] for i in group]
+
+        pull_back = jax.linear_transpose(group_jvp, primal)
+        group_losses = [loss_leaves[i] for i in group]
+        # Not reorderable: every group's rows must keep the same axis order.
+        row_blocks.append(_per_loss_rows(pull_back, group_losses, mask, chunk_size))
+    dtype = jnp.promote_types(row_blocks[0][0].dtype, jnp.float32)
+    highest = jax.lax.Precision.HIGHEST
+
+    def block(rows_a: list[Array], rows_b: list[Array]) -> Array:
+        total = jnp.zeros((rows_a[0].shape[0], rows_b[0].shape[0]), dtype)
+        for leaf_a, leaf_b in zip(rows_a, rows_b, strict=True):
+            a = leaf_a.reshape(leaf_a.shape[0], -1).astype(dtype)
+            b = leaf_b.reshape(leaf_b.shape[0], -1).astype(dtype)
+            total = total + jnp.matmul(a, b.T, precision=highest)
+        return total
+
+    blocks = [[None] * len(groups) for _ in groups]
+    for a in range(len(groups)):
+        for b in range(a, len(groups)):
+            blocks[a][b] = block(row_blocks[a], row_blocks[b])
+            blocks[b][a] = blocks[a][b].T
+    permuted = jnp.block(blocks)
+    order = [i for group in groups for i in group]
+    inverse = [order.index(i) for i in range(len(order))]
+    return permuted[jnp.ix_(jnp.asarray(inverse), jnp.asarray(inverse))]
+
+
+def gramian_of_function(
+    fn: Callable[[PyTree], Losses],
+    primal: PyTree,
+    losses: Losses,
+    vjp_fn: VjpFn,
+    *,
+    wrt: Selector = None,
+    chunk_size: int | None = None,
+    group_losses: bool = True,
+) -> Array:
+    """The Gramian of ``fn``'s per-loss gradients at ``primal``.
+
+    ``losses, vjp_fn = jax.vjp(fn, primal)``. With ``group_losses`` and a
+    pytree of scalar losses, losses that reach different parts of the network
+    are pulled back in separate groups where that is cheaper
+    (:mod:`covjax.loss_groups`); otherwise all K in one batched pass.
+    """
+    mask, _ = select_leaves(primal, wrt)
+    groups = _loss_groups(fn, primal, losses, mask) if group_losses else None
+    if groups is None:
+        return gramian_from_vjp(vjp_fn, losses, primal, wrt=wrt, chunk_size=chunk_size)
+    return _grouped_gramian(fn, primal, groups, mask, chunk_size)
+
+
+def _loss_groups(
+    fn: Callable[[PyTree], Losses], primal: PyTree, losses: Losses, mask: Sequence[bool]
+) -> list[tuple[int, ...]] | None:
+    leaves = jax.tree.leaves(losses)
+    if len(leaves) < 2 or any(jnp.ndim(leaf) != 0 for leaf in leaves):
+        return None  # a 1-D array of losses is one output: nothing to split
+    closed, num_outputs = loss_groups.trace(fn, primal)
+    if closed.effects or num_outputs != len(leaves):
+        return None
+    return loss_groups.find_groups(closed, mask, len(leaves))
+
+
 def representation_copies(z: PyTree, structure: LossStructure) -> PyTree:
     """One copy of the representation z per loss, laid out like the losses.
 
@@ -344,6 +431,7 @@ def vjp_and_gramian(
     wrt: Selector = None,
     chunk_size: int | None = None,
     factorise: Factorise = "auto",
+    group_losses: bool = True,
 ) -> tuple[Losses, VjpFn, Any, Callable[[], Array]]:
     """One forward pass of ``fn(params) -> (losses, aux)``, ready for a Gramian and a VJP.
 
@@ -355,7 +443,9 @@ def vjp_and_gramian(
     the layer input and the output cotangents (:mod:`covjax.factorised`),
     never materialising its K per-loss gradients, where that is cheaper;
     ``"always"`` wherever possible; ``"never"`` materialises every gradient.
-    The result is the same up to rounding.
+    ``group_losses``: without factorised kernels, pull back groups of losses
+    that reach different layers separately where that is cheaper
+    (:mod:`covjax.loss_groups`). The result is the same up to rounding.
     """
     if factorise not in FACTORISE_MODES:
         raise ValueError(f"covjax: factorise must be one of {FACTORISE_MODES}, got {factorise!r}.")
@@ -381,7 +471,15 @@ def vjp_and_gramian(
         losses, plain_vjp, aux = jax.vjp(fn, params, has_aux=True)
 
         def plain_gramian() -> Array:
-            return gramian_from_vjp(plain_vjp, losses, params, wrt=wrt, chunk_size=chunk_size)
+            return gramian_of_function(
+                lambda p: fn(p)[0],
+                params,
+                losses,
+                plain_vjp,
+                wrt=wrt,
+                chunk_size=chunk_size,
+                group_losses=group_losses,
+            )
 
         return losses, plain_vjp, aux, plain_gramian
 
@@ -448,25 +546,27 @@ def _differentiable(
     kwargs: dict[str, Any],
     has_aux: bool,
     representation: Callable[..., Any] | None,
-) -> tuple[Losses, VjpFn, PyTree, Any]:
-    """``(losses, vjp_fn, primal, aux)``: what :func:`jacobian_from_vjp` needs."""
+) -> tuple[Losses, VjpFn, PyTree, Any, Callable[[PyTree], Losses]]:
+    """``(losses, vjp_fn, primal, aux, fn)``: the differentiated ``fn(primal) -> losses``.
 
+    ``primal`` is the parameters, or z with a ``representation``.
+    """
     params, model = _as_pytree(params)
 
     if representation is None:
-        losses, vjp_fn, aux = jax.vjp(
-            lambda p: split_output(loss_fn(model(p), *args, **kwargs), has_aux),
-            params,
-            has_aux=True,
-        )
-        return losses, vjp_fn, params, aux
-    z = representation(model(params), *args, **kwargs)
-    losses, head_vjp, aux = jax.vjp(
-        lambda rep: split_output(loss_fn(model(params), rep, *args, **kwargs), has_aux),
-        z,
-        has_aux=True,
-    )
-    return losses, head_vjp, z, aux
+
+        def fn(p: PyTree) -> tuple[Losses, Any]:
+            return split_output(loss_fn(model(p), *args, **kwargs), has_aux)
+
+        primal = params
+    else:
+        primal = representation(model(params), *args, **kwargs)
+
+        def fn(rep: PyTree) -> tuple[Losses, Any]:
+            return split_output(loss_fn(model(params), rep, *args, **kwargs), has_aux)
+
+    losses, vjp_fn, aux = jax.vjp(fn, primal, has_aux=True)
+    return losses, vjp_fn, primal, aux, lambda x: fn(x)[0]
 
 
 def per_loss_jacobian(
@@ -500,7 +600,7 @@ def per_loss_jacobian(
       ``(losses, jacobian, aux)`` with ``jacobian = {path: (K, *shape)}``; an
       array-valued z has the single key ``"representation"``.
     """
-    losses, vjp_fn, primal, aux = _differentiable(
+    losses, vjp_fn, primal, aux, _ = _differentiable(
         loss_fn, params, args, kwargs, has_aux, representation
     )
     jacobian = jacobian_from_vjp(vjp_fn, losses, primal, wrt=wrt, chunk_size=chunk_size)
@@ -516,12 +616,14 @@ def per_loss_gramian(
     has_aux: bool = False,
     representation: Callable[..., Any] | None = None,
     factorise: Factorise = "auto",
+    group_losses: bool = True,
     **kwargs: Any,
 ) -> tuple[Losses, Array, Any]:
     """``(losses, gramian, aux)``: :func:`per_loss_jacobian`'s J reduced to G = J Jᵀ (K×K).
 
     ``factorise``: see :func:`vjp_and_gramian` (Dense kernels' blocks from
     layer inputs and output cotangents; parameters only, not z).
+    ``group_losses``: see :func:`gramian_of_function`.
     """
     if representation is None:
         params, model = _as_pytree(params)
@@ -530,11 +632,24 @@ def per_loss_gramian(
             return split_output(loss_fn(model(p), *args, **kwargs), has_aux)
 
         losses, _, aux, gramian = vjp_and_gramian(
-            fn, params, wrt=wrt, chunk_size=chunk_size, factorise=factorise
+            fn,
+            params,
+            wrt=wrt,
+            chunk_size=chunk_size,
+            factorise=factorise,
+            group_losses=group_losses,
         )
         return losses, gramian(), aux
-    losses, vjp_fn, primal, aux = _differentiable(
+    losses, head_vjp, z, aux, heads = _differentiable(
         loss_fn, params, args, kwargs, has_aux, representation
     )
-    gramian = gramian_from_vjp(vjp_fn, losses, primal, wrt=wrt, chunk_size=chunk_size)
+    gramian = gramian_of_function(
+        heads,
+        z,
+        losses,
+        head_vjp,
+        wrt=wrt,
+        chunk_size=chunk_size,
+        group_losses=group_losses,
+    )
     return losses, gramian, aux

@@ -74,6 +74,7 @@ def value_and_grad(
     representation: LossFn | None = None,
     representation_copies: bool = False,
     factorise: gradients.Factorise = "auto",
+    group_losses: bool = True,
 ) -> Callable[..., tuple[WeightedLosses, PyTree]]:
     """Make ``step(params, weighting_state, *args) -> (WeightedLosses, grads)``.
 
@@ -109,6 +110,11 @@ def value_and_grad(
         output cotangents instead of its K per-loss gradients, where that is
         cheaper (:mod:`covjax.factorised`; same result); ``"always"`` wherever
         possible; ``"never"`` always materialises the per-loss gradients.
+      group_losses: gradient-based schemes only: for a pytree of scalar
+        losses, pull back separately the groups of losses that reach different
+        layers (monodepth's scales, a task's own head), each through a VJP
+        pruned to those layers, where that is cheaper
+        (:mod:`covjax.loss_groups`; same result).
 
     Returns:
       A function with the signature above; ``grads`` has the structure of
@@ -163,7 +169,12 @@ def value_and_grad(
         if encode_fn is None:
             if needs_gramian:
                 losses, vjp_fn, aux, gramian = gradients.vjp_and_gramian(
-                    head_fn, params, wrt=wrt, chunk_size=chunk_size, factorise=factorise
+                    head_fn,
+                    params,
+                    wrt=wrt,
+                    chunk_size=chunk_size,
+                    factorise=factorise,
+                    group_losses=group_losses,
                 )
             else:
                 losses, vjp_fn, aux = jax.vjp(head_fn, params, has_aux=True)
@@ -202,8 +213,14 @@ def value_and_grad(
                 weights, new_state = _weigh(
                     losses,
                     state,
-                    lambda: gradients.gramian_from_vjp(
-                        per_loss_z_vjp, losses, z, wrt=wrt, chunk_size=chunk_size
+                    lambda: gradients.gramian_of_function(
+                        lambda rep: head_fn(params, rep, encoder_aux)[0],
+                        z,
+                        losses,
+                        per_loss_z_vjp,
+                        wrt=wrt,
+                        chunk_size=chunk_size,
+                        group_losses=group_losses,
                     ),
                 )
                 head_grads, z_cotangent = head_vjp(_cotangent(weights, losses))

@@ -14,6 +14,9 @@ ratio to static weights (``hand_tuned``). Compilation is excluded (one warm-up
 step). Sizes: ``cpu`` is ``configs/cpu.py`` (tiny ResNet-50MD, 64×128,
 batch 8); ``paper`` is ``configs/paper.py`` (ResNet-50MD, 256×512, batch 8);
 ``ref_small`` is ResNet-50MD at 128×256, batch 2 (the SPEC's reference row).
+``--schemes=hand_tuned,mgda_ub,mgda_ub:ungrouped`` also times a gradient scheme
+with its 32 per-loss pull-backs in one batch instead of grouped by the layers
+each loss reaches (:mod:`covjax.loss_groups`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ from experiments.depth.configs import cpu, paper
 from experiments.depth.train import DepthTask
 
 SIZES = ("cpu", "paper", "ref_small")
+#: ``scheme:ungrouped`` times a gradient scheme with all 32 losses in one batched
+#: backward pass (``config.group_losses = False``) instead of grouped by scale.
+UNGROUPED = "ungrouped"
 
 
 def size_config(size: str) -> ml_collections.ConfigDict:
@@ -59,7 +65,10 @@ def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, 
 def prepare(config: ml_collections.ConfigDict, scheme: str) -> tuple[Callable[[], Any], float]:
     """``(run one step, compile seconds)`` for ``scheme``'s train step on a fixed batch."""
     config = ml_collections.ConfigDict(config.to_dict())
-    config.scheme = scheme
+    config.scheme, _, variant = scheme.partition(":")
+    if variant not in ("", UNGROUPED):
+        raise ValueError(f"Unknown scheme variant {variant!r} in {scheme!r}; try :{UNGROUPED}.")
+    config.group_losses = variant != UNGROUPED
     mesh = sharding.make_mesh()
     trainer = Trainer(DepthTask(), config, mesh)
     batch = sharding.shard_batch(random_batch(config), mesh)

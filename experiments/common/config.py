@@ -31,6 +31,8 @@ def machinery_defaults() -> ml_collections.ConfigDict:
     config.scheme_kwargs = ml_collections.ConfigDict()
     config.scheme_gradient_target = ml_collections.ConfigDict()
     config.gradient_chunk_size = ml_collections.config_dict.placeholder(int)
+    # Pull back groups of losses that reach different layers separately (same result).
+    config.group_losses = True
 
     # Logging and checkpoints.
     config.log_every_steps = 10

@@ -16,7 +16,7 @@ workdir resumes automatically.
 
 Config fields read here (see ``experiments/depth/configs/default.py``):
 ``seed, num_train_steps, batch_size, optimizer, learning_rate, momentum,
-scheme, scheme_kwargs, scheme_gradient_target, gradient_chunk_size,
+scheme, scheme_kwargs, scheme_gradient_target, gradient_chunk_size, group_losses,
 steps_per_epoch, log_every_steps, checkpoint_every_steps,
 max_checkpoints_to_keep, num_devices, distributed``.
 """
@@ -230,7 +230,11 @@ class Trainer:
             trainable[REPRESENTATION] = self._representation_offset(state.params, state.rest, batch)
         kwargs: dict[str, Any] = {"has_aux": True}
         if self.scheme.needs_gradients:
-            kwargs.update(wrt=self._wrt, chunk_size=self.config.get("gradient_chunk_size", None))
+            kwargs.update(
+                wrt=self._wrt,
+                chunk_size=self.config.get("gradient_chunk_size", None),
+                group_losses=self.config.get("group_losses", True),
+            )
         step = covjax.value_and_grad(self._objective, self.scheme.weighting, **kwargs)
         result, grads = step(trainable, state.weighting, state.rest, batch)
         updates, opt_state = self.optimizer.update(grads[MODEL], state.opt_state, state.params)
