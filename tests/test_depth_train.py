@@ -83,3 +83,8 @@ def test_compare_trains_evaluates_and_reports_two_schemes(tmp_path: Path) -> Non
         evaluate.eval_dir(compare.run_dir(tmp_path / "work", "cov"), "validation")
         / evaluate.SUMMARY_FILE
     ).stat().st_mtime_ns == stamp
+
+    # Changing the experiment under the same workdir is refused, not silently mixed.
+    config.model.width = config.model.width * 2
+    with pytest.raises(ValueError, match=r"different config .*model\.width"):
+        compare.compare(config, schemes, tmp_path / "work")

@@ -52,6 +52,25 @@ def test_resume_gives_the_uninterrupted_state(tmp_path: Path, scheme: str) -> No
     assert restored_trainer.graphdef == trainer.graphdef
 
 
+def test_resuming_with_another_config_is_refused(tmp_path: Path) -> None:
+    config = toy_task.toy_config(scheme="cov", num_train_steps=2, checkpoint_every_steps=2)
+    train.train(TASK, config, tmp_path / "run", show_progress=False)
+    # Training longer, logging differently, other gradient chunks: the same run.
+    longer = toy_task.toy_config(
+        scheme="cov", num_train_steps=3, checkpoint_every_steps=3, log_every_steps=1
+    )
+    assert logging_utils.config_differences(tmp_path / "run", longer) == []
+    _, state = train.train(TASK, longer, tmp_path / "run", show_progress=False)
+    assert int(state.step) == 3
+    # Another scheme or seed: a different experiment, named in the error.
+    for changed, key in (({"scheme": "equal"}, "scheme"), ({"seed": 7}, "seed")):
+        other = toy_task.toy_config(
+            **{"scheme": "cov", "num_train_steps": 3, "checkpoint_every_steps": 3, **changed}
+        )
+        with pytest.raises(ValueError, match=rf"different config .*{key}: "):
+            train.train(TASK, other, tmp_path / "run", show_progress=False)
+
+
 def test_logs_name_every_loss_and_weight(tmp_path: Path) -> None:
     config = toy_task.toy_config(num_train_steps=4, log_every_steps=2)
     train.train(TASK, config, tmp_path, show_progress=False)

@@ -22,6 +22,76 @@ from tqdm.auto import tqdm
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+CONFIG_FILE = "config.json"
+
+#: Config entries a run may be resumed (or reused) with changed: how long it
+#: trains, how it logs and checkpoints, where the data lies, how the devices
+#: and the per-loss gradients are laid out. Anything else (model, data,
+#: scheme, optimiser, seed...) makes it a different run.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "num_train_steps",
+        "log_every_steps",
+        "checkpoint_every_steps",
+        "max_checkpoints_to_keep",
+        "num_devices",
+        "distributed",
+        "data.data_dir",
+        "gradient_chunk_size",
+        "group_losses",
+    }
+)
+
+
+def _flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flat_config(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_differences(workdir: str | Path, config: ml_collections.ConfigDict) -> list[str]:
+    """``"key: old there, new now"`` for each entry in which ``workdir``'s recorded config differs.
+
+    Empty when ``workdir`` records no config, and for the entries in
+    :data:`RESUMABLE_CHANGES`.
+    """
+    path = Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        return []
+    saved = _flat_config(json.loads(path.read_text()))
+    current = _flat_config(json.loads(config.to_json_best_effort()))
+    return [
+        f"{key}: {saved.get(key)!r} there, {current.get(key)!r} now"
+        for key in sorted(saved.keys() | current.keys())
+        if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key)
+    ]
+
+
+def check_same_config(workdir: str | Path, config: ml_collections.ConfigDict) -> None:
+    """Raise if ``workdir`` already holds a run of a different config.
+
+    Resuming (or reusing the results of) a run trained with another model,
+    data, scheme or seed would silently mix two experiments.
+
+    Raises:
+      ValueError: naming the differing entries, their old and new values.
+    """
+    differing = config_differences(workdir, config)
+    if differing:
+        more = f" (and {len(differing) - 6} more)" if len(differing) > 6 else ""
+        raise ValueError(
+            f"{workdir} holds a run of a different config ({'; '.join(differing[:6])}{more}). "
+            "Resume it with the config it was started with, or give another --workdir (or "
+            "delete this one)."
+        )
+
+
+def write_config(workdir: str | Path, config: ml_collections.ConfigDict) -> None:
+    """Record ``config`` as the config of the run in ``workdir``."""
+    (Path(workdir) / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
 
 
 class MetricWriter:
@@ -63,7 +133,7 @@ class MetricWriter:
 
     def write_config(self, config: ml_collections.ConfigDict) -> None:
         if self.enabled:
-            (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+            write_config(self.workdir, config)
 
     def close(self) -> None:
         if not self.enabled:

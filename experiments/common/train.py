@@ -339,6 +339,7 @@ def train(
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    logging_utils.check_same_config(workdir, config)
     mesh = mesh or setup_runtime(config)
     trainer = Trainer(task, config, mesh)
     manager = checkpoints.Checkpointer(

@@ -30,7 +30,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.common import report
+from experiments.common import logging_utils, report
 from experiments.depth import evaluate, metrics
 from experiments.depth.train import train_and_evaluate
 
@@ -81,6 +81,7 @@ def run_scheme(
     config = scheme_config(config, scheme)
     directory = run_dir(workdir, scheme)
     summary_path = evaluate.eval_dir(directory, config.data.eval_split) / evaluate.SUMMARY_FILE
+    logging_utils.check_same_config(directory, config)
     if _finished(summary_path, config.num_train_steps):
         logging.info("%s: already trained and evaluated, skipping.", scheme)
         return json.loads(summary_path.read_text())
@@ -93,9 +94,17 @@ def run_scheme(
 def untrained_summary(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     directory = Path(workdir) / "untrained"
     summary_path = evaluate.eval_dir(directory, config.data.eval_split, untrained=True)
-    if (summary_path / evaluate.SUMMARY_FILE).exists():
+    # The untrained network is cheap to evaluate again: redo it unless its config is the same.
+    recorded = (directory / logging_utils.CONFIG_FILE).exists()
+    if (
+        recorded
+        and (summary_path / evaluate.SUMMARY_FILE).exists()
+        and not logging_utils.config_differences(directory, config)
+    ):
         return json.loads((summary_path / evaluate.SUMMARY_FILE).read_text())
-    return evaluate.evaluate_run(config, directory, untrained=True)
+    summary = evaluate.evaluate_run(config, directory, untrained=True)
+    logging_utils.write_config(directory, config)
+    return summary
 
 
 def win_rate_table(per_image: dict[str, np.ndarray]) -> str:
