@@ -27,5 +27,5 @@ def test_gradients_benchmark_prints_every_table(
     assert "| MGDA (all shared) | " in out
     assert "| MGDA-UB (per-task copies of the representation) | " in out
     floor_row = out.strip().splitlines()[-1].split("|")[1:-1]
-    assert len(floor_row) == 5
-    assert "(2 × 16384)" in floor_row[1]  # K rows of batch 32 × 512 representation entries
+    assert len(floor_row) == 6
+    assert "(2 × 16384)" in floor_row[2]  # K rows of batch 32 × 512 representation entries

@@ -5,7 +5,7 @@ schemes cost more). Batch norm, as in the paper's text: without it this
 1/8-width network sometimes collapsed to zero disparity (the smoothness and
 LR-consistency losses are then exactly satisfied and the sigmoid saturates).
 The disparity heads start at 3% of the width (``model.initial_disparity``),
-about the typical disparity of the synthetic scenes and of KITTI, instead of
+about the median disparity of the synthetic scenes (2.8%) and of KITTI, instead of
 the reference init's 15% (a 19-pixel shift at 128 pixels): from there the
 photometric losses carry no signal on textured scenes, and on some seeds
 every scheme (equal, hand-tuned, CoV) stayed at a constant disparity.
