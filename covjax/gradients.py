@@ -313,22 +313,34 @@ def _grouped_gramian(
     (:func:`covjax.loss_groups.find_groups`); block (a, b) of the Gramian is
     Σ_leaves J_a J_bᵀ, and the blocks are put back in the losses' order.
     """
-    # One linearisation; each group's pull-back is the transpose of the JVP
-    # restricted to that group's outputs, which JAX prunes to the equations
-    # those outputs depend on (the other outputs' cotangents are symbolic zeros).
-    losses, jvp_fn = jax.linearize(fn, primal)
+    # One linearisation w.r.t. the selected leaves only; each group's pull-back
+    # is the transpose of the JVP restricted to that group's outputs, which JAX
+    # prunes to the equations those outputs depend on (the other outputs'
+    # cotangents are symbolic zeros).
+    leaves, treedef = jax.tree.flatten(primal)
+    selected = [leaf for leaf, keep in zip(leaves, mask, strict=True) if keep]
+
+    def fn_of_selected(selected_leaves: list[Array]) -> Losses:
+        replacements = iter(selected_leaves)
+        full = [
+            next(replacements) if keep else leaf for leaf, keep in zip(leaves, mask, strict=True)
+        ]
+        return fn(jax.tree.unflatten(treedef, full))
+
+    losses, jvp_fn = jax.linearize(fn_of_selected, selected)
     loss_leaves = jax.tree.leaves(losses)
     row_blocks = []
     for group in groups:
 
-        def group_jvp(tangent: PyTree, group: tuple[int, ...] = group) -> list[Array]:
-            leaves = jax.tree.leaves(jvp_fn(tangent))
-            return [leaves[i] for i in group]
+        def group_jvp(tangent: list[Array], group: tuple[int, ...] = group) -> list[Array]:
+            outputs = jax.tree.leaves(jvp_fn(tangent))
+            return [outputs[i] for i in group]
 
-        pull_back = jax.linear_transpose(group_jvp, primal)
+        pull_back = jax.linear_transpose(group_jvp, selected)
         group_losses = [loss_leaves[i] for i in group]
         # Not reorderable: every group's rows must keep the same axis order.
-        row_blocks.append(_per_loss_rows(pull_back, group_losses, mask, chunk_size))
+        rows = _per_loss_rows(pull_back, group_losses, [True] * len(selected), chunk_size)
+        row_blocks.append(rows)
     dtype = jnp.promote_types(row_blocks[0][0].dtype, jnp.float32)
     highest = jax.lax.Precision.HIGHEST
 

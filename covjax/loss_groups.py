@@ -5,20 +5,19 @@ cotangent e_i through the whole differentiated part of the network: under
 ``jax.vmap`` a zero cotangent still costs a full backward pass. Often a loss
 reaches only part of the network: monodepth's coarse-scale losses never touch
 the full-resolution decoder layers, a task's loss never touches the other
-tasks' heads. Pulling each *group* of losses back through its own VJP — a
-separate ``jax.vjp`` of just those losses, whose backward pass JAX prunes to
-the layers they reach — then costs Σ_g |g| · cost(g) instead of
-K · cost(everything).
+tasks' heads. Pulling each *group* of losses back on its own — the
+transpose of one linearisation restricted to the group's outputs, which JAX
+prunes to the layers they reach — then costs Σ_g |g| · cost(g) instead of
+K · cost(everything) (:func:`covjax.gradients.gramian_of_function`).
 
 How groups are found: the loss function is traced to a jaxpr once; each
 loss's *cone* is the set of differentiated matrix products and convolutions
 (equations with sub-programs count as one unit) that it depends on, and losses
 with the same cone form a group. The cost of a cone is the multiply-adds of
 its products. Grouping is used only when there are 2 to ``max_groups`` groups
-and the estimate saves at least ``min_saving`` of the batched pass (a group
-costs one more trace of the forward pass; XLA shares the repeated forward
-computation inside one ``jit``). The result is the same Gramian, up to
-rounding.
+and the estimate saves at least ``min_saving`` of the batched pass (each
+group adds a transposed program to compile). The result is the same Gramian,
+up to rounding.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from typing import Any
 import jax
 from jax.extend import core as jex_core
 
-#: At most this many groups (each adds a trace of the loss function).
+#: At most this many groups (each adds a transposed program to compile).
 MAX_GROUPS = 16
 #: Group only when the estimated backward cost falls by at least this fraction.
 MIN_SAVING = 0.25

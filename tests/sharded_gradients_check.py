@@ -1,8 +1,9 @@
 """Run by tests/test_gradients.py in a subprocess with 8 fake CPU devices.
 
 Trains a small multi-head network for a few steps with MGDA (gradients w.r.t.
-all parameters; Gramians factorised and materialised) and with GradNorm (w.r.t.
-one shared layer), once with the
+all parameters; Gramians factorised and materialised), with GradNorm (w.r.t.
+one shared layer) and with MGDA-UB over separate two-layer heads whose losses
+are pulled back in groups (covjax.loss_groups), once with the
 batch sharded over a ``Mesh`` of all devices (parameters and weighting state
 replicated) and once on a single device, and prints the largest differences in
 weights and parameters as JSON.
@@ -30,6 +31,21 @@ def loss_fn(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean((predictions - targets) ** 2, axis=1)
 
 
+def trunk(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+    return jnp.tanh(jnp.tanh(x @ params["shared"]["w1"]) @ params["shared"]["w2"])
+
+
+def separate_heads(params: dict, z: jax.Array, x: jax.Array, y: jax.Array) -> dict:
+    """A dict of losses, each from its own two-layer head: one group per loss."""
+    targets = (y, -y, jnp.sin(3 * y), y**2)
+    losses = {}
+    for i, target in enumerate(targets):
+        head = params["separate"][f"head{i}"]
+        prediction = jnp.tanh(z @ head["w1"]) @ head["w2"]
+        losses[f"task{i}"] = jnp.mean((prediction - target) ** 2)
+    return losses
+
+
 def train(scheme_name: str, devices: list, steps: int = 4) -> tuple[list, dict]:
     mesh = Mesh(np.array(devices), ("data",))
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -41,6 +57,13 @@ def train(scheme_name: str, devices: list, steps: int = 4) -> tuple[list, dict]:
             "w2": rng.normal(size=(16, 16)).astype(np.float32) * 0.3,
         },
         "heads": rng.normal(size=(NUM_LOSSES, 16)).astype(np.float32) * 0.3,
+        "separate": {
+            f"head{i}": {
+                "w1": rng.normal(size=(16, 32)).astype(np.float32) * 0.3,
+                "w2": rng.normal(size=(32,)).astype(np.float32) * 0.3,
+            }
+            for i in range(NUM_LOSSES)
+        },
     }
     params = jax.device_put(params, replicated)
     # Factorised Gramians (layer inputs × output cotangents) and materialised ones.
@@ -50,8 +73,15 @@ def train(scheme_name: str, devices: list, steps: int = 4) -> tuple[list, dict]:
         scheme, wrt, factorise = covjax.mgda(normalization="l2"), None, "never"
     else:
         scheme, wrt, factorise = covjax.gradnorm(learning_rate=0.05), "shared/w2", "always"
-    state = jax.device_put(scheme.init(jnp.ones(NUM_LOSSES)), replicated)
-    step = covjax.value_and_grad(loss_fn, scheme, wrt=wrt, chunk_size=2, factorise=factorise)
+    if scheme_name == "mgda_ub_grouped":
+        scheme = covjax.mgda()
+        state = jax.device_put(
+            scheme.init({f"task{i}": 1.0 for i in range(NUM_LOSSES)}), replicated
+        )
+        step = covjax.value_and_grad(separate_heads, scheme, representation=trunk, chunk_size=2)
+    else:
+        state = jax.device_put(scheme.init(jnp.ones(NUM_LOSSES)), replicated)
+        step = covjax.value_and_grad(loss_fn, scheme, wrt=wrt, chunk_size=2, factorise=factorise)
 
     @jax.jit
     def train_step(params, state, x, y):
@@ -67,7 +97,7 @@ def train(scheme_name: str, devices: list, steps: int = 4) -> tuple[list, dict]:
         x = jax.device_put(x, batch_sharded)
         y = jax.device_put(y, batch_sharded)
         params, state, weights = train_step(params, state, x, y)
-        history.append(np.asarray(weights))
+        history.append(np.asarray(jax.tree.leaves(weights)))
     if scheme_name == "gradnorm":
         history.append(np.asarray(state.inner.weights))  # the learned weights moved
     return history, params
@@ -83,7 +113,7 @@ def max_diff(a, b) -> float:
 def main() -> None:
     devices = jax.devices()
     report: dict = {"devices": len(devices)}
-    for scheme_name in ("mgda", "mgda_materialised", "gradnorm"):
+    for scheme_name in ("mgda", "mgda_materialised", "gradnorm", "mgda_ub_grouped"):
         sharded_weights, sharded_params = train(scheme_name, devices)
         single_weights, single_params = train(scheme_name, devices[:1])
         report[scheme_name] = {
