@@ -372,6 +372,7 @@ def gramian_of_function(
     wrt: Selector = None,
     chunk_size: int | None = None,
     group_losses: bool = True,
+    traced: Any = None,
 ) -> Array:
     """The Gramian of ``fn``'s per-loss gradients at ``primal``.
 
@@ -379,24 +380,34 @@ def gramian_of_function(
     pytree of scalar losses, losses that reach different parts of the network
     are pulled back in separate groups where that is cheaper
     (:mod:`covjax.loss_groups`); otherwise all K in one batched pass.
+    ``traced``: a ClosedJaxpr of ``fn`` over ``primal``'s leaves whose first
+    outputs are the loss leaves (e.g. one already traced with an aux output),
+    so that ``fn`` is not traced again.
     """
     mask, _ = select_leaves(primal, wrt)
-    groups = _loss_groups(fn, primal, losses, mask) if group_losses else None
+    groups = _loss_groups(fn, primal, losses, mask, traced) if group_losses else None
     if groups is None:
         return gramian_from_vjp(vjp_fn, losses, primal, wrt=wrt, chunk_size=chunk_size)
     return _grouped_gramian(fn, primal, groups, mask, chunk_size)
 
 
 def _loss_groups(
-    fn: Callable[[PyTree], Losses], primal: PyTree, losses: Losses, mask: Sequence[bool]
+    fn: Callable[[PyTree], Losses],
+    primal: PyTree,
+    losses: Losses,
+    mask: Sequence[bool],
+    traced: Any = None,
 ) -> list[tuple[int, ...]] | None:
     leaves = jax.tree.leaves(losses)
     if len(leaves) < 2 or any(jnp.ndim(leaf) != 0 for leaf in leaves):
         return None  # a 1-D array of losses is one output: nothing to split
-    closed, num_outputs = loss_groups.trace(fn, primal)
-    if closed.effects or num_outputs != len(leaves):
+    if traced is None:
+        traced, num_outputs = loss_groups.trace(fn, primal)
+        if num_outputs != len(leaves):
+            return None
+    if traced.effects:
         return None
-    return loss_groups.find_groups(closed, mask, len(leaves))
+    return loss_groups.find_groups(traced, mask, len(leaves))
 
 
 def representation_copies(z: PyTree, structure: LossStructure) -> PyTree:
@@ -470,6 +481,7 @@ def vjp_and_gramian(
     mask, _ = select_leaves(params, wrt)
     leaves, treedef = jax.tree.flatten(params)
     taps: dict[int, factorised.Tap] = {}
+    closed = None
     # Only a matrix (or higher) can be a product's operand worth factorising.
     if factorise != "never" and any(
         keep and jnp.ndim(leaf) >= 2 for keep, leaf in zip(mask, leaves, strict=True)
@@ -497,6 +509,7 @@ def vjp_and_gramian(
                 wrt=wrt,
                 chunk_size=chunk_size,
                 group_losses=group_losses,
+                traced=closed,  # its outputs are (losses, aux): the losses come first
             )
 
         return losses, plain_vjp, aux, plain_gramian

@@ -112,8 +112,8 @@ def value_and_grad(
         possible; ``"never"`` always materialises the per-loss gradients.
       group_losses: gradient-based schemes only: for a pytree of scalar
         losses, pull back separately the groups of losses that reach different
-        layers (monodepth's scales, a task's own head), each through a VJP
-        pruned to those layers, where that is cheaper
+        layers (monodepth's scales, a task's own head), each through a
+        backward pass pruned to those layers, where that is cheaper
         (:mod:`covjax.loss_groups`; same result).
 
     Returns:
