@@ -39,7 +39,14 @@ def machinery_defaults() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 200
     config.max_checkpoints_to_keep = 2
 
-    # Devices: all by default; multi-host runs set distributed = True.
+    # Devices: all by default; multi-process runs set distributed = True. The
+    # three launch fields go to jax.distributed.initialize; left unset, JAX
+    # detects them on SLURM, Cloud TPU and MPI. On a plain machine give all
+    # three: process 0's HOST:PORT (a loopback one is also where it binds),
+    # the process count and this process's index (see the README).
     config.num_devices = ml_collections.config_dict.placeholder(int)
     config.distributed = False
+    config.coordinator_address = ml_collections.config_dict.placeholder(str)
+    config.num_processes = ml_collections.config_dict.placeholder(int)
+    config.process_id = ml_collections.config_dict.placeholder(int)
     return config

@@ -39,7 +39,9 @@ def train_batches(
     The shared input pipeline (resize, SPEC §6 augmentation, seeded shuffling)
     draws all its randomness from ``config.seed`` and the position in the
     stream, so skipping the first ``start_step`` batches gives exactly the
-    batches an uninterrupted run sees next. ``keys`` keeps only those features
+    batches an uninterrupted run sees next. With several processes each gets
+    its rows of the same global batches (``config.batch_size`` examples), so
+    the run trains on the same data whatever the process count. ``keys`` keeps only those features
     (before caching, so unused targets are neither cached nor augmented);
     ``config.data.cache``, when set, overrides ``cache``.
     """
@@ -47,7 +49,7 @@ def train_batches(
 
     batches = input_pipeline.make_train_dataset(
         dataset,
-        batch_size=config.batch_size // process_count,
+        batch_size=config.batch_size,
         height=config.image_height,
         width=config.image_width,
         seed=config.seed,

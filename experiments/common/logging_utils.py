@@ -25,9 +25,10 @@ TENSORBOARD_DIR = "tensorboard"
 CONFIG_FILE = "config.json"
 
 #: Config entries a run may be resumed (or reused) with changed: how long it
-#: trains, how it logs and checkpoints, where the data lies, how the devices
-#: and the per-loss gradients are laid out. Anything else (model, data,
-#: scheme, optimiser, seed...) makes it a different run.
+#: trains, how it logs and checkpoints, where the data lies, how the devices,
+#: the processes and the per-loss gradients are laid out (the global batches
+#: do not depend on the process count: experiments.data.input_pipeline).
+#: Anything else (model, data, scheme, optimiser, seed...) makes it a different run.
 RESUMABLE_CHANGES = frozenset(
     {
         "num_train_steps",
@@ -36,6 +37,9 @@ RESUMABLE_CHANGES = frozenset(
         "max_checkpoints_to_keep",
         "num_devices",
         "distributed",
+        "coordinator_address",
+        "num_processes",
+        "process_id",
         "data.data_dir",
         "gradient_chunk_size",
         "group_losses",

@@ -18,7 +18,8 @@ Config fields read here (see ``experiments/depth/configs/default.py``):
 ``seed, num_train_steps, batch_size, optimizer, learning_rate, momentum,
 scheme, scheme_kwargs, scheme_gradient_target, gradient_chunk_size, group_losses,
 steps_per_epoch, log_every_steps, checkpoint_every_steps,
-max_checkpoints_to_keep, num_devices, distributed``.
+max_checkpoints_to_keep, num_devices, distributed, coordinator_address,
+num_processes, process_id``.
 """
 
 from __future__ import annotations
@@ -316,12 +317,18 @@ def _host_metrics(metrics: StepMetrics) -> dict[str, float]:
     return row
 
 
+LAUNCH_FIELDS = ("coordinator_address", "num_processes", "process_id")
+
+
 def setup_runtime(config: ml_collections.ConfigDict) -> Mesh:
-    """Join a multi-host run if configured and build the data-parallel mesh."""
+    """Join a multi-process run if configured and build the data-parallel mesh."""
+    launch = {name: config.get(name, None) for name in LAUNCH_FIELDS}
     if config.get("distributed", False):
-        sharding.initialize_distributed()
+        sharding.initialize_distributed(**launch)
+    elif given := [f"{name}={value!r}" for name, value in launch.items() if value is not None]:
+        raise ValueError(f"{', '.join(given)} given without --config.distributed=True.")
     mesh = sharding.make_mesh(config.get("num_devices", None))
-    sharding.check_global_batch_size(config.batch_size, mesh)
+    sharding.local_batch_size(config.batch_size, mesh)
     return mesh
 
 

@@ -31,6 +31,13 @@ the normals. Mono examples (no ``right``) are simply mirrored with their targets
 
 All randomness is stateless and derived from ``seed`` and the example's position
 in the stream, so a pipeline is reproducible, whatever the parallelism.
+
+Several processes (``num_shards`` > 1) see one global stream: every process
+shuffles the whole dataset in the same seeded order and cuts it into global
+batches of ``batch_size``; process ``i`` keeps rows ``[i·b, (i+1)·b)`` of each
+(``b = batch_size / num_shards``) and resizes and augments only those, seeded
+by their global position. The global batches, augmentation included, are thus
+the same for any number of processes, and a run may resume with another one.
 """
 
 from __future__ import annotations
@@ -329,11 +336,12 @@ def make_train_dataset(
     shard_index: int = 0,
     num_parallel_calls: int = tf.data.AUTOTUNE,
 ) -> tf.data.Dataset:
-    """The training ``tf.data`` pipeline: shard, cache, shuffle, repeat, resize, augment, batch.
+    """The training ``tf.data`` pipeline: cache, shuffle, repeat, shard, resize, augment, batch.
 
     Args:
       dataset: unbatched contract examples (e.g. from :func:`experiments.data.get_dataset`).
-      batch_size: examples per batch (per host, with ``num_shards``).
+      batch_size: examples per global batch; each of ``num_shards`` processes
+        gets its ``batch_size / num_shards`` rows of it.
       height, width: model resolution.
       seed: shuffling and augmentation seed.
       keys: keep only these features (see :func:`select_features`); default all.
@@ -344,14 +352,26 @@ def make_train_dataset(
       drop_remainder: drop a final smaller batch (keeps jitted shapes fixed).
       cache: cache the decoded source examples in memory (small datasets only).
       depth_resize: see :func:`resize_example`.
-      num_shards, shard_index: keep every ``num_shards``-th example (multi-host).
+      num_shards, shard_index: yield slice ``shard_index`` of ``num_shards`` of
+        every global batch (multi-process; see the module docstring). The
+        stream must repeat, so that every process gets as many batches.
       num_parallel_calls: parallelism of the per-example map.
     """
     _check_sizes(batch_size, height, width)
     for name, p in (("flip_prob", flip_prob), ("color_prob", color_prob)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {p}")
-    dataset = _shard(dataset, num_shards, shard_index)
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+    if batch_size % num_shards:
+        raise ValueError(
+            f"batch_size {batch_size} does not split into {num_shards} equal per-process slices"
+        )
+    if num_shards > 1 and not repeat:
+        raise ValueError(
+            "a one-pass stream (repeat=False) cannot give every process as many batches; "
+            "shard a training stream only with repeat=True"
+        )
     if keys is not None:
         dataset = select_features(dataset, keys)
     if cache:
@@ -360,7 +380,20 @@ def make_train_dataset(
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
+    # The position of each example in the global stream, before this process
+    # takes its rows: it seeds the augmentation, so an example is augmented
+    # alike whichever process (of however many) handles it.
     dataset = tf.data.Dataset.zip((tf.data.Dataset.counter(), dataset))
+    local_batch = batch_size // num_shards
+    if num_shards > 1:
+        first, stop = shard_index * local_batch, (shard_index + 1) * local_batch
+
+        def in_this_slice(position: tf.Tensor, example: Example) -> tf.Tensor:
+            del example
+            row = position % batch_size
+            return (row >= first) & (row < stop)
+
+        dataset = dataset.filter(in_this_slice)
 
     def prepare(position: tf.Tensor, example: Example) -> Example:
         example = resize_example(example, height, width, depth_resize=depth_resize)
@@ -372,7 +405,7 @@ def make_train_dataset(
         return example
 
     dataset = dataset.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=True)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    dataset = dataset.batch(local_batch, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -73,6 +74,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core import utils as tfds_utils
 
+from experiments.data.preparation import prepare_once
 from experiments.data.tfds_compat import ensure_importlib_resources
 
 __all__ = [
@@ -626,7 +628,8 @@ def _make_config(
 class SyntheticStereo(tfds.core.GeneratorBasedBuilder):
     """Offline synthetic stereo driving scenes (see :mod:`experiments.data.synthetic`).
 
-    Nothing is downloaded: ``download_and_prepare()`` renders the examples.
+    Nothing is downloaded: ``download_and_prepare()`` renders the examples,
+    and says so (in place of TFDS's "Downloading and preparing dataset").
     """
 
     # TFDS finds a builder's metadata and code through importlib.resources on the
@@ -688,6 +691,21 @@ class SyntheticStereo(tfds.core.GeneratorBasedBuilder):
             disable_shuffling=True,
         )
 
+    # TFDS's announcements speak of downloading; these say what happens here.
+    def _log_download_bytes(self) -> None:
+        config = self.builder_config
+        count = config.num_train + config.num_validation + config.num_test
+        self._generation_start = time.perf_counter()
+        print(
+            f"Generating the synthetic dataset ({count} scenes, {config.height}×{config.width}) "
+            f"into {self.data_dir} ...",
+            flush=True,
+        )
+
+    def _log_download_done(self) -> None:
+        seconds = time.perf_counter() - getattr(self, "_generation_start", time.perf_counter())
+        print(f"Synthetic dataset ready in {seconds:.0f} s: {self.data_dir}", flush=True)
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         del dl_manager  # nothing to download
         config = self.builder_config
@@ -731,8 +749,11 @@ def load(
 
     Args:
       split: ``"train"``, ``"validation"`` (or ``"val"``) or ``"test"``.
-      data_dir: TFDS data directory; ``None`` uses TFDS's default
-        (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+      data_dir: TFDS data directory; the examples go to
+        ``<data_dir>/synthetic_stereo/<config>/1.0.0``. ``None`` uses TFDS's
+        default (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``). In a
+        multi-process JAX run, process 0 renders and the others wait for it
+        (:func:`experiments.data.preparation.prepare_once`).
       height, width: resolution (even numbers, e.g. 64×128 … 256×512).
       num_train, num_validation, num_test: split sizes. Example ``i`` of a split
         does not depend on the sizes, so a bigger dataset extends a smaller one.
@@ -764,8 +785,9 @@ def load(
         config = _make_config(height, width, num_train, num_validation, num_test, seed)
     if data_dir is None:
         data_dir = tfds.core.constants.DATA_DIR
-    builder = SyntheticStereo(config=config, data_dir=os.path.expanduser(os.fspath(data_dir)))
-    if not builder.is_prepared():
+    data_dir = os.path.expanduser(os.fspath(data_dir))
+
+    def generate(builder: SyntheticStereo) -> None:
         ensure_importlib_resources()
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(
@@ -773,6 +795,9 @@ def load(
                 compute_stats=tfds.download.ComputeStatsMode.SKIP,
             )
         )
+
+    # In a multi-process run, process 0 renders and the others wait to read.
+    builder = prepare_once(lambda: SyntheticStereo(config=config, data_dir=data_dir), generate)
     # No TFDS auto-cache: it would hold every decoded feature of both views in
     # memory (about 370 kB per 64×128 example); the input pipeline can cache just
     # the features an experiment uses (make_train_dataset(keys=..., cache=True)).
@@ -808,7 +833,6 @@ def preview(example: dict[str, np.ndarray]) -> np.ndarray:
 def main(argv: list[str] | None = None) -> None:
     """Builds a synthetic dataset into a TFDS data directory (and writes a preview)."""
     import argparse
-    import time
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--data_dir", default=None, help="TFDS data directory")
