@@ -153,8 +153,8 @@ def _check_state_keeps_its_types(old: optax.OptState, new: Any) -> None:
         old_type = jax.typeof(old_leaf)
         if (old_type.shape, old_type.dtype) != (new_leaf.shape, new_leaf.dtype):
             raise TypeError(
-                "covjax.apply_if_accepted: the inner optimiser's update changes the state leaf "
-                f"{jax.tree_util.keystr(path)} from {old_type.dtype}{list(old_type.shape)} to "
+                "covjax.apply_if_accepted: the inner optimiser's update changes "
+                f"state{jax.tree_util.keystr(path)} from {old_type.dtype}{list(old_type.shape)} to "
                 f"{new_leaf.dtype}{list(new_leaf.shape)}; initialise it with the dtypes its "
                 "update returns."
             )
