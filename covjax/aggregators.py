@@ -524,7 +524,7 @@ class NashMTLState(NamedTuple):
 
 def nash_mtl(
     max_iters: int = 50,
-    normalise_gramian: bool = True,
+    normalise_gramian: bool = False,
     ridge: float = 1e-6,
     tol: float = 1e-10,
 ) -> Weighting:
@@ -543,11 +543,20 @@ def nash_mtl(
     code uses cvxpy with a sequence of convex relaxations (≤ 20 rounds) that
     converges to the same point.
 
+    The default is the authors' method (and LibMTL's): their code divides G
+    by n = ‖G‖_F for conditioning but multiplies n back inside the
+    constraint α_i n (Ĝα)_i ≥ 1, so its α solves α_i (Gα)_i = 1 with the raw
+    Gramian. Those weights scale as 1/‖g‖ and the update's improvements
+    ⟨g_i, d⟩ = 1/α_i keep the gradients' scale: d itself does not grow or
+    shrink with the losses' scale.
+
     Args:
       max_iters: Newton iteration cap (typically 3–6 are used warm-started).
-      normalise_gramian: as the authors' code, solve with G/‖G‖_F so that the
-        weights do not depend on the gradients' scale; ``False`` solves
-        Gα = 1/α with the raw Gramian (the paper's equation).
+      normalise_gramian: ``False`` (default): the paper's and the authors'
+        equation α_i (Gα)_i = 1 with the raw Gramian. ``True``: solve it with
+        Ĝ = G/‖G‖_F instead and return those α̂ = √‖G‖_F · α, weights that do
+        not depend on the gradients' scale (a covjax variant, not the
+        authors' method; the direction is √‖G‖_F times theirs).
       ridge: fallback regularisation. Gα = 1/α has no solution when a
         non-negative combination of the gradients vanishes (e.g. two exactly
         opposing gradients: the problem above is unbounded). When the plain
@@ -591,8 +600,10 @@ def nash_mtl(
         )
         alpha = jnp.where(g.live, alpha, 0.0)
         if normalise_gramian:
+            # α̂ solves (G/s)α̂ = 1/α̂ (s the mean diagonal); the solution of
+            # (G/‖G‖_F)α = 1/α is α̂ √(‖G‖_F/s) = α̂ √‖G/s‖_F.
             frobenius = jnp.linalg.norm(jnp.where(both, g.gramian, 0.0))
-            unscale = jnp.sqrt(frobenius)  # (G/‖G‖_F)α = 1/α  ⇔  α = √(‖Ĝ‖_F) α̂
+            unscale = jnp.sqrt(frobenius)
         else:
             unscale = 1.0 / jnp.sqrt(jnp.where(g.scale > 0, g.scale, 1.0))
         weights = alpha * unscale

@@ -7,6 +7,8 @@ the float32 Gramian J Jᵀ. Directions d = Σ w_i g_i (or weights) are compared.
 from __future__ import annotations
 
 import functools
+import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -235,13 +237,13 @@ def test_nash_mtl_solves_the_bargaining_equation(case: str) -> None:
     np.testing.assert_allclose(weights, oracle.nash_mtl(J), rtol=tol)
 
 
-def test_nash_mtl_default_normalises_by_the_frobenius_norm() -> None:
+def test_nash_mtl_variant_normalises_by_the_frobenius_norm() -> None:
     J = jacobian("random", seed=12) * 37.0
-    weights, _ = run("nash_mtl", J)
+    weights, _ = run("nash_mtl", J, normalise_gramian=True)
     G = J @ J.T / np.linalg.norm(J @ J.T)
     np.testing.assert_allclose(weights * (G @ weights), 1.0, atol=1e-5)
     # Scale invariance of the reference's normalisation.
-    again, _ = run("nash_mtl", J / 37.0)
+    again, _ = run("nash_mtl", J / 37.0, normalise_gramian=True)
     np.testing.assert_allclose(weights, again, rtol=1e-5)
 
 
@@ -263,6 +265,47 @@ def test_nash_mtl_zero_gradient_gets_zero_weight_and_opposing_stay_finite() -> N
     opposing = np.array([[1.0, 2.0], [-1.0, -2.0]])
     weights, _ = run("nash_mtl", opposing)
     assert np.all(np.isfinite(weights)) and np.all(weights > 0)
+
+
+RECORDED = pathlib.Path(__file__).resolve().parent / "oracles" / "recorded"
+
+
+def recorded_nash_cases() -> list[dict]:
+    return json.loads((RECORDED / "nash_mtl_authors.json").read_text())
+
+
+@pytest.mark.parametrize("case", recorded_nash_cases(), ids=lambda case: case["name"])
+def test_nash_mtl_default_is_the_authors_method_on_recorded_cases(case: dict) -> None:
+    """The default weights equal those of the authors' procedure (recorded from its SciPy oracle).
+
+    Their code divides G by ‖G‖_F and multiplies the factor back inside the
+    constraint, so its α solves α_i (Gα)_i = 1 with the raw Gramian; a
+    weighting that kept the normalised solution would be off by √‖G‖_F (here
+    0.2 to 5e2), far outside the tolerance.
+    """
+    J = np.asarray(case["jacobian"])
+    want = np.asarray(case["alpha"])
+    # The recording still matches its oracle (both the authors' procedure and the root).
+    np.testing.assert_allclose(oracle.nash_mtl_authors(J), want, rtol=1e-9)
+    np.testing.assert_allclose(want * (J @ J.T @ want), 1.0, atol=1e-9)
+    weights, _ = run("nash_mtl", J)
+    # float32 Gramian: α is exact to about cond(G)·eps(float32) relative.
+    G = J @ J.T
+    tol = 10 * np.linalg.cond(G) * np.finfo(np.float32).eps
+    np.testing.assert_allclose(weights, want, rtol=tol)
+    # The scale-free variant differs by exactly √‖G‖_F.
+    variant, _ = run("nash_mtl", J, normalise_gramian=True)
+    np.testing.assert_allclose(variant, np.sqrt(np.linalg.norm(G)) * want, rtol=tol)
+
+
+def test_nash_mtl_default_weights_scale_as_one_over_the_gradients() -> None:
+    # Authors' convention: α(c·J) = α(J)/c, so the update's improvements ⟨g_i, d⟩ = 1/α_i
+    # scale with c² / c = c and d = Σ α_i g_i keeps its size.
+    J = jacobian("random", seed=12)
+    weights, _ = run("nash_mtl", J)
+    scaled, _ = run("nash_mtl", 37.0 * J)
+    np.testing.assert_allclose(scaled, weights / 37.0, rtol=1e-5)
+    np.testing.assert_allclose(weights @ J, scaled @ (37.0 * J), rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------
