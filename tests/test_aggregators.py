@@ -281,7 +281,7 @@ def test_nash_mtl_default_is_the_authors_method_on_recorded_cases(case: dict) ->
     Their code divides G by ‖G‖_F and multiplies the factor back inside the
     constraint, so its α solves α_i (Gα)_i = 1 with the raw Gramian; a
     weighting that kept the normalised solution would be off by √‖G‖_F (here
-    0.2 to 5e2), far outside the tolerance.
+    0.36 to 73), far outside the tolerance.
     """
     J = np.asarray(case["jacobian"])
     want = np.asarray(case["alpha"])
