@@ -350,6 +350,76 @@ def test_upgrad_warm_start_reaches_the_same_projections() -> None:
     np.testing.assert_allclose(warm, cold, rtol=1e-5, atol=1e-6)
 
 
+def degenerate_jacobian(case: str) -> np.ndarray:
+    """TorchJD-style hard matrices: rank-deficient and parallel rows with both signs."""
+    rng = np.random.default_rng(40)
+    if case == "rank1_20x100":
+        return np.outer(rng.normal(size=20), rng.normal(size=100))
+    if case == "rank1_20x10":
+        return np.outer(rng.normal(size=20), rng.normal(size=10))
+    if case == "rank5_20x10":
+        return rng.normal(size=(20, 5)) @ rng.normal(size=(5, 10))
+    if case == "parallel_opposing":
+        J = rng.normal(size=(6, 12))
+        J[1], J[2] = 2.0 * J[0], -0.5 * J[0]
+        return J
+    raise ValueError(case)
+
+
+def conflict_tolerance(J: np.ndarray, weights: np.ndarray) -> float:
+    """How far below 0 ⟨g_j, d⟩ may go for float32 weights solved on a float32 Gramian.
+
+    The solver's ridge allows ⟨g_j, d⟩ ≥ −4K·eps‖g_j‖² w_j, and rounding the
+    Gramian to float32 moves (Gw)_j by at most eps·max‖g‖²·‖w‖₁.
+    """
+    k = J.shape[0]
+    eps = np.finfo(np.float32).eps
+    return (4 * k + 1) * eps * np.max(np.sum(J**2, axis=1)) * np.abs(weights).sum()
+
+
+@pytest.mark.parametrize(
+    "case", ["rank1_20x100", "rank1_20x10", "rank5_20x10", "parallel_opposing"]
+)
+def test_upgrad_is_non_conflicting_and_order_free_on_degenerate_matrices(case: str) -> None:
+    J = degenerate_jacobian(case)
+    k = J.shape[0]
+    scale = np.linalg.norm(J, axis=1).max()
+    want = oracle.upgrad(J)
+    reference = None
+    for seed in range(3):
+        order = np.random.default_rng(seed).permutation(k) if seed else np.arange(k)
+        weights, _ = run("upgrad", J[order])
+        assert np.all(np.isfinite(weights))
+        d = weights @ J[order]
+        assert np.min(J @ d) >= -conflict_tolerance(J, weights), (case, seed, np.min(J @ d))
+        # The projection is unique: d matches the float64 NNLS oracle (to
+        # ≈ K·eps(float32) of the largest gradient) whatever the row order.
+        np.testing.assert_allclose(d / scale, want / scale, atol=1e-5, rtol=0)
+        if reference is None:
+            reference = d
+        np.testing.assert_allclose(d / scale, reference / scale, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["rank5_20x10", "parallel_opposing"])
+def test_dual_cone_fallback_and_active_set_agree(case: str) -> None:
+    """Lawson–Hanson (the fallback, forced by max_iters=0) finds the same projections."""
+    J = degenerate_jacobian(case)
+    k = J.shape[0]
+    g = aggregators._normalise(gramian_of(J))
+    eye = jnp.eye(k)
+    guess = jnp.zeros((k, k), bool)
+    fast, _ = jax.jit(aggregators.dual_cone_projections, static_argnums=3)(
+        g.gramian, eye, guess, None
+    )
+    fallback, _ = jax.jit(aggregators.dual_cone_projections, static_argnums=3)(
+        g.gramian, eye, guess, 0
+    )
+    scale = np.linalg.norm(J, axis=1).max() / np.sqrt(float(g.scale))  # normalised units
+    projections_fast = (np.eye(k) + np.asarray(fast, np.float64)) @ J / np.sqrt(float(g.scale))
+    projections_slow = (np.eye(k) + np.asarray(fallback, np.float64)) @ J / np.sqrt(float(g.scale))
+    np.testing.assert_allclose(projections_fast / scale, projections_slow / scale, atol=1e-4)
+
+
 def test_nonnegative_qp_is_exact_on_a_known_problem() -> None:
     gramian = jnp.array([[2.0, 1.0], [1.0, 2.0]])
     # Unconstrained optimum (−1, 2)·(1/3)·... has a negative entry; the constrained one is (0, 1).
