@@ -145,6 +145,36 @@ def cagrad(J: np.ndarray, c: float, rescale: bool) -> tuple[np.ndarray, float]:
     return d, cagrad_objective(w, J, c)
 
 
+def cagrad_primal_value(J: np.ndarray, c: float) -> float:
+    """CAGrad's primal problem solved directly: max_d min_i ⟨g_i, d⟩ s.t. ‖d − g0‖ ≤ c‖g0‖.
+
+    SLSQP on (d, t): max t subject to J d ≥ t and ‖d − g0‖² ≤ r² (a convex
+    problem, so one start suffices), independent of the dual used by covjax.
+    Zero rows are left out of the minimum (the shared convention).
+    """
+    live = np.linalg.norm(J, axis=1) > 0
+    rows = J[live]
+    g0 = J.mean(axis=0)
+    r = c * np.linalg.norm(g0)
+    p = J.shape[1]
+    unit = max(np.abs(rows).max(), 1e-300) ** 2
+    start = np.concatenate([g0, [np.min(rows @ g0) / unit]])
+    result = optimize.minimize(
+        lambda x: -x[-1],
+        start,
+        jac=lambda x: np.concatenate([np.zeros(p), [-1.0]]),
+        method="SLSQP",
+        constraints=[
+            {"type": "ineq", "fun": lambda x: (rows @ x[:p]) / unit - x[-1]},
+            {"type": "ineq", "fun": lambda x: (r**2 - np.sum((x[:p] - g0) ** 2)) / unit},
+        ],
+        options={"ftol": 1e-15, "maxiter": 2000},
+    )
+    d = result.x[:p]
+    assert np.sum((d - g0) ** 2) <= r**2 * (1 + 1e-8) + 1e-12 * unit, result.message
+    return float(np.min(rows @ d))
+
+
 def imtl_g(J: np.ndarray) -> np.ndarray:
     """Liu et al. ICLR 2021, IMTL-G closed form: α_{2:K} = g_1 Uᵀ (D Uᵀ)⁻¹."""
     u = J / np.linalg.norm(J, axis=1, keepdims=True)
