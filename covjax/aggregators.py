@@ -288,6 +288,7 @@ def dual_cone_projections(
         return jnp.where(mask, jnp.maximum(lam, 0.0), 0.0)
 
     refined = jax.vmap(refine)(multipliers, lower, support)
+
     # Keep a row's refinement only where it reduced that projection's worst
     # conflict min_j ⟨g_j, π⟩ (round-off along a null direction of a singular
     # face can be amplified by 1/δ instead).
@@ -532,13 +533,14 @@ def cagrad(c: float = 0.4, rescale: bool = True, max_iters: int = 30) -> Weighti
         # ‖g_w*‖² (w* = v/Σv) at the round-off of a K-term quadratic form: g_w* = 0.
         resolved = phi > 2.0 * k * eps * largest * total**2
         ok = (radius > 0) & resolved & (total > 0)
-        formula = mean_weights + jnp.where(
-            ok, radius * v / jnp.sqrt(jnp.where(ok, phi, 1.0)), 0.0
-        )
+        formula = mean_weights + jnp.where(ok, radius * v / jnp.sqrt(jnp.where(ok, phi, 1.0)), 0.0)
         # The projection of g0 onto the dual cone of the live gradients.
-        projected = mean_weights + dual_cone_projections(
-            g.gramian, mean_weights[None, :], (linear < 0)[None, :] & g.live[None, :]
-        )[0][0]
+        projected = (
+            mean_weights
+            + dual_cone_projections(
+                g.gramian, mean_weights[None, :], (linear < 0)[None, :] & g.live[None, :]
+            )[0][0]
+        )
 
         def worst(w: Array) -> Array:
             return jnp.min(jnp.where(g.live, g.gramian @ w, jnp.inf))

@@ -267,7 +267,9 @@ def db_mtl(
     return directions
 
 
-def nash_mtl_authors(J: np.ndarray, rounds: int = 20, start: np.ndarray | None = None) -> np.ndarray:
+def nash_mtl_authors(
+    J: np.ndarray, rounds: int = 20, start: np.ndarray | None = None
+) -> np.ndarray:
     """Nash-MTL as the authors' code (AvivNavon/nash-mtl, also LibMTL) runs it, in SciPy.
 
     Their procedure, re-implemented from its description: G = J Jᵀ, n = ‖G‖_F,

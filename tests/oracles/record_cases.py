@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from oracles import aggregators  # noqa: E402
+from oracles import aggregators
 
 RECORDED = pathlib.Path(__file__).resolve().parent / "recorded"
 
