@@ -7,6 +7,8 @@ the float32 Gramian J Jᵀ. Directions d = Σ w_i g_i (or weights) are compared.
 from __future__ import annotations
 
 import functools
+import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -210,6 +212,79 @@ def test_cagrad_with_zero_radius_is_the_mean() -> None:
     np.testing.assert_allclose(weights, np.full(K, 1.0 / K), rtol=EPS32)  # float32 rounding
 
 
+def cagrad_degenerate_jacobian(case: str) -> np.ndarray:
+    """Gradients whose convex hull contains 0: inside it, or on its boundary."""
+    if case == "inside_plane":  # three gradients 120° apart, different norms
+        angles = np.array([0.0, 2.1, 4.2])
+        return np.stack([np.cos(angles), np.sin(angles)], axis=1) * np.array([[1.0], [2.0], [0.5]])
+    rng = np.random.default_rng(41)
+    if case == "inside":
+        A = rng.normal(size=(3, 8))
+        return np.vstack([A, -0.7 * A.sum(axis=0) - 0.1 * A[0]])
+    if case == "boundary":  # g1 = −g2, g3 ⟂ both: 0 on an edge, g0 conflicts with nobody
+        a, b = rng.normal(size=(2, 8))
+        b -= (b @ a) / (a @ a) * a
+        return np.stack([a, -a, b])
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize("case", ["inside_plane", "inside", "boundary"])
+@pytest.mark.parametrize("c", [1.0, 1.5, 3.0])
+def test_cagrad_solves_its_problem_when_zero_is_in_the_hull(case: str, c: float) -> None:
+    J = cagrad_degenerate_jacobian(case)
+    weights, _ = run("cagrad", J, c=c, rescale=False)
+    d = weights @ J
+    g0 = J.mean(axis=0)
+    best = oracle.cagrad_primal_value(J, c)
+    scale = np.max(np.sum(J**2, axis=1))
+    # float32 Gramian and solves: values to ~1e-5 of max‖g‖² (K·eps with margin).
+    assert abs(best) <= 1e-6 * scale  # 0 in the hull: the optimum is 0
+    assert np.linalg.norm(d - g0) <= c * np.linalg.norm(g0) * (1 + 1e-3) + 1e-5 * np.sqrt(scale)
+    assert np.min(J @ d) >= best - 1e-5 * scale, np.min(J @ d)
+    if case.startswith("inside"):
+        # The dual cone is {0}: d = 0 (TorchJD's answer), not the conflicting mean.
+        np.testing.assert_allclose(d / np.sqrt(scale), 0.0, atol=1e-5)
+    else:
+        # g0 conflicts with no gradient: it is its own projection onto the cone.
+        np.testing.assert_allclose(d / np.sqrt(scale), g0 / np.sqrt(scale), atol=1e-5)
+
+
+def test_cagrad_rescale_applies_to_the_degenerate_case() -> None:
+    J = cagrad_degenerate_jacobian("boundary")
+    plain, _ = run("cagrad", J, c=2.0, rescale=False)
+    rescaled, _ = run("cagrad", J, c=2.0, rescale=True)
+    np.testing.assert_allclose(rescaled, plain / 5.0, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("case", ["random", "conflicting"])
+def test_cagrad_primal_value_matches_the_primal_oracle(case: str) -> None:
+    """The dual-based d attains the primal optimum (independent SLSQP on the primal)."""
+    J = jacobian(case, seed=42)
+    for c in (0.4, 1.5):
+        weights, _ = run("cagrad", J, c=c, rescale=False)
+        d = weights @ J
+        scale = np.max(np.sum(J**2, axis=1))
+        assert np.min(J @ d) >= oracle.cagrad_primal_value(J, c) - 1e-5 * scale
+
+
+def test_cagrad_c_can_be_traced() -> None:
+    J = jacobian("conflicting", seed=43)
+    losses = jnp.ones((K,))
+    gramian = gramian_of(J)
+
+    def weights_for(c: jax.Array) -> jax.Array:
+        scheme = covjax.cagrad(c=c)
+        return scheme.update(losses, scheme.init(losses), gramian=gramian)[0]
+
+    cs = jnp.array([0.0, 0.4, 1.5])
+    traced = np.asarray(jax.jit(jax.vmap(weights_for))(cs))
+    for c, row in zip([0.0, 0.4, 1.5], traced, strict=True):
+        want, _ = run("cagrad", J, c=c)
+        np.testing.assert_allclose(row, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="c must be"):
+        covjax.cagrad(c=-0.1)
+
+
 # ---------------------------------------------------------------------------
 # IMTL-G.
 
@@ -278,14 +353,14 @@ def nash_tol(G: np.ndarray, weights: np.ndarray) -> float:
     return K * EPS32 * float(np.linalg.cond(G + np.diag(weights**-2.0)))
 
 
-def test_nash_mtl_default_normalises_by_the_frobenius_norm() -> None:
+def test_nash_mtl_variant_normalises_by_the_frobenius_norm() -> None:
     J = jacobian("random", seed=12) * 37.0
-    weights, _ = run("nash_mtl", J)
+    weights, _ = run("nash_mtl", J, normalise_gramian=True)
     G = J @ J.T / np.linalg.norm(J @ J.T)
     # float32 solve: α to nash_tol relative, so α∘(Gα) = 1 to about twice that.
     np.testing.assert_allclose(weights * (G @ weights), 1.0, atol=2 * nash_tol(G, weights))
     # Scale invariance of the reference's normalisation (G/37² rounds differently in float32).
-    again, _ = run("nash_mtl", J / 37.0)
+    again, _ = run("nash_mtl", J / 37.0, normalise_gramian=True)
     np.testing.assert_allclose(weights, again, rtol=nash_tol(G, weights))
 
 
@@ -309,6 +384,47 @@ def test_nash_mtl_zero_gradient_gets_zero_weight_and_opposing_stay_finite() -> N
     opposing = np.array([[1.0, 2.0], [-1.0, -2.0]])
     weights, _ = run("nash_mtl", opposing)
     assert np.all(np.isfinite(weights)) and np.all(weights > 0)
+
+
+RECORDED = pathlib.Path(__file__).resolve().parent / "oracles" / "recorded"
+
+
+def recorded_nash_cases() -> list[dict]:
+    return json.loads((RECORDED / "nash_mtl_authors.json").read_text())
+
+
+@pytest.mark.parametrize("case", recorded_nash_cases(), ids=lambda case: case["name"])
+def test_nash_mtl_default_is_the_authors_method_on_recorded_cases(case: dict) -> None:
+    """The default weights equal those of the authors' procedure (recorded from its SciPy oracle).
+
+    Their code divides G by ‖G‖_F and multiplies the factor back inside the
+    constraint, so its α solves α_i (Gα)_i = 1 with the raw Gramian; a
+    weighting that kept the normalised solution would be off by √‖G‖_F (here
+    0.36 to 73), far outside the tolerance.
+    """
+    J = np.asarray(case["jacobian"])
+    want = np.asarray(case["alpha"])
+    # The recording still matches its oracle (both the authors' procedure and the root).
+    np.testing.assert_allclose(oracle.nash_mtl_authors(J), want, rtol=1e-9)
+    np.testing.assert_allclose(want * (J @ J.T @ want), 1.0, atol=1e-9)
+    weights, _ = run("nash_mtl", J)
+    # float32 Gramian: α is exact to about cond(G)·eps(float32) relative.
+    G = J @ J.T
+    tol = 10 * np.linalg.cond(G) * np.finfo(np.float32).eps
+    np.testing.assert_allclose(weights, want, rtol=tol)
+    # The scale-free variant differs by exactly √‖G‖_F.
+    variant, _ = run("nash_mtl", J, normalise_gramian=True)
+    np.testing.assert_allclose(variant, np.sqrt(np.linalg.norm(G)) * want, rtol=tol)
+
+
+def test_nash_mtl_default_weights_scale_as_one_over_the_gradients() -> None:
+    # Authors' convention: α(c·J) = α(J)/c, so the update's improvements ⟨g_i, d⟩ = 1/α_i
+    # scale with c² / c = c and d = Σ α_i g_i keeps its size.
+    J = jacobian("random", seed=12)
+    weights, _ = run("nash_mtl", J)
+    scaled, _ = run("nash_mtl", 37.0 * J)
+    np.testing.assert_allclose(scaled, weights / 37.0, rtol=1e-5)
+    np.testing.assert_allclose(weights @ J, scaled @ (37.0 * J), rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------
@@ -352,6 +468,76 @@ def test_upgrad_warm_start_reaches_the_same_projections() -> None:
     warm, _ = run("upgrad", second, state=state)
     cold, _ = run("upgrad", second)
     np.testing.assert_allclose(warm, cold, rtol=1e-5, atol=1e-6)
+
+
+def degenerate_jacobian(case: str) -> np.ndarray:
+    """TorchJD-style hard matrices: rank-deficient and parallel rows with both signs."""
+    rng = np.random.default_rng(40)
+    if case == "rank1_20x100":
+        return np.outer(rng.normal(size=20), rng.normal(size=100))
+    if case == "rank1_20x10":
+        return np.outer(rng.normal(size=20), rng.normal(size=10))
+    if case == "rank5_20x10":
+        return rng.normal(size=(20, 5)) @ rng.normal(size=(5, 10))
+    if case == "parallel_opposing":
+        J = rng.normal(size=(6, 12))
+        J[1], J[2] = 2.0 * J[0], -0.5 * J[0]
+        return J
+    raise ValueError(case)
+
+
+def conflict_tolerance(J: np.ndarray, weights: np.ndarray) -> float:
+    """How far below 0 ⟨g_j, d⟩ may go for float32 weights solved on a float32 Gramian.
+
+    The solver's ridge allows ⟨g_j, d⟩ ≥ −4K·eps‖g_j‖² w_j, and rounding the
+    Gramian to float32 moves (Gw)_j by at most eps·max‖g‖²·‖w‖₁.
+    """
+    k = J.shape[0]
+    eps = np.finfo(np.float32).eps
+    return (4 * k + 1) * eps * np.max(np.sum(J**2, axis=1)) * np.abs(weights).sum()
+
+
+@pytest.mark.parametrize(
+    "case", ["rank1_20x100", "rank1_20x10", "rank5_20x10", "parallel_opposing"]
+)
+def test_upgrad_is_non_conflicting_and_order_free_on_degenerate_matrices(case: str) -> None:
+    J = degenerate_jacobian(case)
+    k = J.shape[0]
+    scale = np.linalg.norm(J, axis=1).max()
+    want = oracle.upgrad(J)
+    reference = None
+    for seed in range(3):
+        order = np.random.default_rng(seed).permutation(k) if seed else np.arange(k)
+        weights, _ = run("upgrad", J[order])
+        assert np.all(np.isfinite(weights))
+        d = weights @ J[order]
+        assert np.min(J @ d) >= -conflict_tolerance(J, weights), (case, seed, np.min(J @ d))
+        # The projection is unique: d matches the float64 NNLS oracle (to
+        # ≈ K·eps(float32) of the largest gradient) whatever the row order.
+        np.testing.assert_allclose(d / scale, want / scale, atol=1e-5, rtol=0)
+        if reference is None:
+            reference = d
+        np.testing.assert_allclose(d / scale, reference / scale, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["rank5_20x10", "parallel_opposing"])
+def test_dual_cone_fallback_and_active_set_agree(case: str) -> None:
+    """Lawson–Hanson (the fallback, forced by max_iters=0) finds the same projections."""
+    J = degenerate_jacobian(case)
+    k = J.shape[0]
+    g = aggregators._normalise(gramian_of(J))
+    eye = jnp.eye(k)
+    guess = jnp.zeros((k, k), bool)
+    fast, _ = jax.jit(aggregators.dual_cone_projections, static_argnums=3)(
+        g.gramian, eye, guess, None
+    )
+    fallback, _ = jax.jit(aggregators.dual_cone_projections, static_argnums=3)(
+        g.gramian, eye, guess, 0
+    )
+    scale = np.linalg.norm(J, axis=1).max() / np.sqrt(float(g.scale))  # normalised units
+    projections_fast = (np.eye(k) + np.asarray(fast, np.float64)) @ J / np.sqrt(float(g.scale))
+    projections_slow = (np.eye(k) + np.asarray(fallback, np.float64)) @ J / np.sqrt(float(g.scale))
+    np.testing.assert_allclose(projections_fast / scale, projections_slow / scale, atol=1e-4)
 
 
 def test_nonnegative_qp_is_exact_on_a_known_problem() -> None:
