@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import Array
 
@@ -82,7 +83,8 @@ def famo(
     step reported as not accepted.
 
     Returns:
-      A :class:`~covjax.Weighting` with positive weights that sum to 1.
+      A :class:`~covjax.Weighting` with positive weights that sum to 1, which
+      compensate a loss's scale when ``min_losses`` is 0.
     """
     if isinstance(epsilon, int | float) and not epsilon > 0:
         raise ValueError(f"covjax.famo: epsilon must be positive, got {epsilon}")
@@ -123,5 +125,12 @@ def famo(
         positive_losses=True,
         loss_minimum=min_losses,
         weights_sum="1",
-        loss_scale="compensated",
+        # D = L − m scales with L only when m = 0 (a traced m is not known to be 0).
+        loss_scale="compensated" if _is_zero(min_losses) else "no",
     )
+
+
+def _is_zero(value: float | Array) -> bool:
+    if isinstance(value, jax.core.Tracer):
+        return False
+    return bool(np.all(np.asarray(value) == 0))
