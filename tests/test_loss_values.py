@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import re
 from collections.abc import Callable
@@ -438,3 +439,72 @@ def test_forgetting_has_aux_suggests_it() -> None:
     pair = covjax.value_and_grad(lambda p: (p[0] ** 2, p[1] ** 2), scheme)
     out, _ = pair(params, scheme.init((1.0, 1.0)))
     assert len(out.weights) == 2
+
+
+# ---------------------------------------------------------------------------
+# The README's scheme table shows exactly the declared facts.
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+# Arguments a constructor cannot do without.
+REQUIRED = {
+    "lsb": {"period": 4},
+    "multi_loss_rebalancing": {"steps_per_epoch": 8},
+    "dwa": {"period": 2},
+    "static_weighting": {"weights": jnp.ones(K)},
+}
+# The argument that a bare `"value"` in a table cell sets.
+BARE_OPTION = {"mgda": "normalization", "softadapt": "variant"}
+FACT_COLUMNS = {
+    "Σ α": lambda p: p.weights_sum,
+    "loss × c": lambda p: p.loss_scale,
+    "losses": lambda p: "> 0" if p.positive_losses else "any",
+}
+
+
+def scheme_table() -> list[dict[str, str]]:
+    text = README.read_text()
+    table = text[text.index("| constructor |", text.index("\n## Schemes")) :]
+    lines = table[: table.index("\n\n")].splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    return [
+        dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True))
+        for line in lines[2:]
+    ]
+
+
+def variants(constructor: str, cell: str) -> list[tuple[dict, str]]:
+    """``(arguments, fact)`` for each "(`option`, ...: fact)" note in a cell."""
+    found = []
+    for options, fact in re.findall(r"\(([^():]*`[^():]*): ([^()]*)\)", cell):
+        for option in re.findall(r"`([^`]*)`", options):
+            if "=" in option:
+                key, value = option.split("=", 1)
+                found.append(({key: ast.literal_eval(value)}, fact))
+            else:
+                found.append(({BARE_OPTION[constructor]: ast.literal_eval(option)}, fact))
+    return found
+
+
+def test_readme_scheme_table_matches_the_declared_facts() -> None:
+    rows = scheme_table()
+    listed = set()
+    for row in rows:
+        name = re.match(r"`(\w+)\(", row["constructor"]).group(1)
+        listed.add(name)
+        constructor = getattr(covjax, name)
+        default = constructor(**REQUIRED.get(name, {})).properties
+        for column, fact_of in FACT_COLUMNS.items():
+            cell = row[column]
+            assert cell.split(" (")[0] == fact_of(default), (name, column, cell)
+            for arguments, fact in variants(name, cell):
+                scheme = constructor(**{**REQUIRED.get(name, {}), **arguments})
+                assert fact == fact_of(scheme.properties), (name, column, arguments)
+    # Every public scheme constructor has a row.
+    constructors = {
+        name
+        for name in covjax.__all__
+        if callable(getattr(covjax, name))
+        and name[0].islower()
+        and getattr(getattr(covjax, name), "__annotations__", {}).get("return") == "Weighting"
+    }
+    assert constructors - {"make_weighting"} == listed, constructors ^ listed
