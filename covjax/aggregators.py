@@ -354,7 +354,14 @@ def pcgrad(seed: int = 0) -> Weighting:
         coefficients = jax.vmap(surgery)(eye, orders)
         return jnp.sum(coefficients, axis=0), PCGradState(next_key)
 
-    return make_weighting(init_fn, update_fn, name="pcgrad", requires=GRAMIAN)
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="pcgrad",
+        requires=GRAMIAN,
+        weights_sum="free",
+        loss_scale="no",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -437,7 +444,14 @@ def gradvac(beta: float = 0.5, seed: int = 0) -> Weighting:
         coefficients, targets = jax.vmap(vaccinate)(jnp.arange(k), orders, state.targets)
         return jnp.sum(coefficients, axis=0), GradVacState(next_key, targets)
 
-    return make_weighting(init_fn, update_fn, name="gradvac", requires=GRAMIAN)
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="gradvac",
+        requires=GRAMIAN,
+        weights_sum="free",
+        loss_scale="no",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -557,7 +571,14 @@ def cagrad(c: float = 0.4, rescale: bool = True, max_iters: int = 30) -> Weighti
         new_state = CAGradState(jnp.where(ok, dual, mean_weights), passive & ok)
         return jnp.where(ok, weights, mean_weights / (1.0 + c**2 if rescale else 1.0)), new_state
 
-    return make_weighting(init_fn, update_fn, name="cagrad", requires=GRAMIAN)
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="cagrad",
+        requires=GRAMIAN,
+        weights_sum="free",
+        loss_scale="no",
+    )
 
 
 class _Multiplier(NamedTuple):
@@ -682,7 +703,14 @@ def imtl_g() -> Weighting:
         ok = jnp.any(g.live) & jnp.all(jnp.isfinite(weights))
         return jnp.where(ok, weights, _uniform(k)), state
 
-    return make_weighting(init_fn, update_fn, name="imtl_g", requires=GRAMIAN)
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="imtl_g",
+        requires=GRAMIAN,
+        weights_sum="1",
+        loss_scale="compensated",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -783,7 +811,14 @@ def nash_mtl(
         ok = jnp.any(g.live) & jnp.all(jnp.isfinite(weights))
         return jnp.where(ok, weights, _uniform(k)), NashMTLState(jnp.where(ok, alpha, state.alpha))
 
-    return make_weighting(init_fn, update_fn, name="nash_mtl", requires=GRAMIAN)
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="nash_mtl",
+        requires=GRAMIAN,
+        weights_sum="free",
+        loss_scale="compensated",
+    )
 
 
 #: Squared Newton decrement below which Nash-MTL's solve counts as converged
@@ -904,7 +939,14 @@ def aligned_mtl(
         ok = jnp.any(kept) & jnp.all(jnp.isfinite(weights))
         return jnp.where(ok, weights, preference), state
 
-    return make_weighting(init_fn, update_fn, name="aligned_mtl", requires=GRAMIAN)
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="aligned_mtl",
+        requires=GRAMIAN,
+        weights_sum="free",
+        loss_scale="no",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -982,7 +1024,14 @@ def upgrad(task_weights: Array | None = None) -> Weighting:
         ok = jnp.all(jnp.isfinite(weights))
         return jnp.where(ok, weights, 0.0), UPGradState(passive & ok)
 
-    return make_weighting(init_fn, update_fn, name="upgrad", requires=GRAMIAN)
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="upgrad",
+        requires=GRAMIAN,
+        weights_sum="free",
+        loss_scale="no",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -1019,6 +1068,10 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, epsilon: float = 1e-8) ->
 
     A loss whose EMA norm is below 1e-5 of the largest (a dead gradient)
     keeps its log-gradient unscaled (ratio 1).
+
+    Losses must be positive (log L): a step with a loss ≤ 0 (or a non-finite
+    one) is rejected — state unchanged, previous weights returned (uniform
+    before the first accepted step), the step reported as not accepted.
     """
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"covjax.db_mtl: beta must lie in [0, 1), got {beta}")
@@ -1048,4 +1101,12 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, epsilon: float = 1e-8) ->
         ratio = jnp.where(alive, largest / jnp.where(alive, ema, 1.0), 1.0)
         return ratio / shifted, DBMTLState(ema)
 
-    return make_weighting(init_fn, update_fn, name="db_mtl", requires=GRAMIAN)
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="db_mtl",
+        requires=GRAMIAN,
+        positive_losses=True,
+        weights_sum="free",
+        loss_scale="compensated",
+    )

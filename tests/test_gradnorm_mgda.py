@@ -104,9 +104,14 @@ def test_gradnorm_first_step_and_zero_initial_loss() -> None:
     update = jax.jit(scheme.update)
     losses = jnp.array([0.0, 2.0, 3.0])
     state = scheme.init(losses)
-    weights, state = update(losses, state, gramian=jnp.eye(3))
+    # A zero loss has no training rate L/L(0): the step is rejected, w(0) = 1 kept.
+    weights, rejected = update(losses, state, gramian=jnp.eye(3))
     chex.assert_trees_all_close(weights, jnp.ones(3))  # w(0) = 1 in the paper form
+    chex.assert_trees_all_equal(rejected, state)
     weights, state = update(losses + 1.0, state, gramian=jnp.eye(3))
+    chex.assert_trees_all_close(weights, jnp.ones(3))  # the first accepted step: L(0) = L
+    chex.assert_trees_all_close(state.inner.initial_losses, losses + 1.0)
+    weights, state = update(losses + 2.0, state, gramian=jnp.eye(3))
     assert np.all(np.isfinite(weights)) and np.isclose(float(jnp.sum(weights)), 3.0)
 
 
