@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-numerics lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --nbmake notebooks
+
+# The numerically sensitive tests under two other XLA:CPU configurations (one core; AVX2).
+NUMERIC_TESTS := tests/test_aggregators.py tests/test_gradnorm_mgda.py tests/test_loss_groups.py \
+	tests/test_factorised.py tests/test_gradients.py tests/test_loss_schemes.py tests/test_cov.py \
+	tests/test_base.py tests/test_sharding.py
+test-numerics: $(STAMP)
+	taskset -c 0 $(PY) -m pytest -q -n 0 $(NUMERIC_TESTS)
+	XLA_FLAGS=--xla_cpu_max_isa=AVX2 $(PY) -m pytest -q -n 0 $(NUMERIC_TESTS)
 
 bench: $(STAMP)
 	$(PY) -m experiments.benchmarks.weighting_overhead

@@ -47,6 +47,7 @@ from covjax.rlw import RandomState, rlw
 from covjax.static import equal_weighting, static_weighting
 from covjax.step import WeightedLosses, value_and_grad
 from covjax.uncertainty import LearnedLogState, uncertainty_regulariser, uncertainty_weighting
+from covjax.wrappers import apply_if_accepted
 
 __version__ = "0.1.0"
 
@@ -73,6 +74,7 @@ __all__ = [
     "Weighting",
     "WeightingState",
     "aligned_mtl",
+    "apply_if_accepted",
     "cagrad",
     "cov_weighting",
     "db_mtl",

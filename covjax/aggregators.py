@@ -167,6 +167,140 @@ def _lawson_hanson(
     return result.x, result.passive
 
 
+#: Ridge of the dual-cone projections in units of K·eps·G_jj (see
+#: :func:`dual_cone_projections`): Cholesky is safe on a PSD matrix whose
+#: diagonally scaled form has its smallest eigenvalue above about K·eps.
+CONE_RIDGE = 4.0
+
+
+#: Iterative-refinement steps of the dual-cone projections on their final face.
+REFINEMENT_STEPS = 2
+
+
+class _PrimalDualActiveSet(NamedTuple):
+    passive: Array
+    multipliers: Array
+    iteration: Array
+    done: Array
+
+
+def dual_cone_projections(
+    gramian: Array, lower: Array, passive: Array, max_iters: int | None = None
+) -> tuple[Array, Array]:
+    """Weights of the projections onto the dual cone: ``u_r = argmin_{u ≥ l_r} uᵀ(G + δI)u``.
+
+    For the rows g_j of J (G = J Jᵀ), the projection of Jᵀl onto the dual cone
+    C = {v : J v ≥ 0} is Jᵀu with u = argmin_{u ≥ l} uᵀGu (Quinton & Rey,
+    2024, Prop. 1). Written u = l + λ, each is the non-negative QP
+    min_{λ ≥ 0} ½λᵀSλ + λᵀSl with S = G + δI.
+
+    The ridge S = G + diag(δ), δ_j = ``CONE_RIDGE``·K·eps·G_jj (eps of G's
+    dtype; floored at eps·max G_ii for zero gradients), keeps S numerically
+    positive definite, so the QP has one solution (the answer does not
+    depend on the order of the rows) and every sub-solve is a regular
+    Cholesky, also for rank-deficient or parallel gradients; it sits at the
+    Gramian's own round-off. Its effect is bounded: S u ≥ 0 at the optimum,
+    so ⟨g_j, Jᵀu⟩ = (Gu)_j ≥ −δ_j u_j.
+
+    Solver: the primal–dual active-set method (Hintermüller, Ito & Kunisch,
+    2002), one masked Cholesky solve per iteration and exact once the
+    passive set (λ_j > 0) repeats, warm-started from ``passive``. It usually
+    ends in 1–2 iterations when warm (4–6 cold at K = 32), but may cycle on
+    some problems: if any row has not converged after ``max_iters`` (default
+    K + 8), or a solve is not finite, all rows are re-solved by
+    Lawson–Hanson, which always ends. Finally ``REFINEMENT_STEPS`` steps of
+    iterative refinement on the found face remove most of the ridge's bias
+    (the result is the projection for G itself on that face, to round-off,
+    where the face is well conditioned).
+
+    Args:
+      gramian: (K, K) symmetric PSD, ideally scaled to an O(1) diagonal.
+      lower: (R, K) the lower bounds l_r (one projection per row).
+      passive: (R, K) bool guesses of the passive sets (warm start).
+      max_iters: iteration cap of the active-set method.
+
+    Returns:
+      (R, K) the multipliers λ_r = u_r − l_r ≥ 0, and (R, K) their supports.
+    """
+    k = gramian.shape[0]
+    dtype = gramian.dtype
+    eps = jnp.finfo(dtype).eps
+    max_iters = k + 8 if max_iters is None else max_iters
+    eye = jnp.eye(k, dtype=dtype)
+    diagonal = jnp.maximum(jnp.diagonal(gramian), 0.0)
+    # Relative to each gradient's own norm (floored for zero gradients), so
+    # that small gradients beside large ones are not swamped by the ridge.
+    ridge = CONE_RIDGE * k * eps * jnp.maximum(diagonal, eps * jnp.max(diagonal))
+    system = gramian + jnp.diag(ridge)
+    linear = lower @ system  # row r: S l_r (S symmetric)
+    # Round-off of (S u)_j is at most K·eps·Σ_k |S_jk| |u_k| ≤ K·eps·max S_ii·‖u‖₁:
+    # a multiplier below minus twice that is a real violation.
+    roundoff = 2.0 * k * eps * jnp.max(jnp.diagonal(system))
+
+    def solve_on(mask: Array, rhs: Array) -> Array:
+        masked = jnp.where(mask[:, None] & mask[None, :], system, eye)
+        factor = jax.scipy.linalg.cho_factor(masked, lower=True)
+        return jnp.where(mask, jax.scipy.linalg.cho_solve(factor, jnp.where(mask, rhs, 0.0)), 0.0)
+
+    def active_set(linear_r: Array, lower_r: Array, guess: Array):
+        def cond(s: _PrimalDualActiveSet) -> Array:
+            return (s.iteration < max_iters) & ~s.done
+
+        def body(s: _PrimalDualActiveSet) -> _PrimalDualActiveSet:
+            lam = solve_on(s.passive, -linear_r)
+            gradient = system @ lam + linear_r
+            tol = roundoff * jnp.sum(jnp.abs(lower_r + lam))
+            passive = jnp.where(s.passive, lam > 0, gradient < -tol)
+            done = jnp.all(passive == s.passive) & jnp.all(jnp.isfinite(lam))
+            return _PrimalDualActiveSet(passive, lam, s.iteration + 1, done)
+
+        start = _PrimalDualActiveSet(
+            guess, jnp.zeros((k,), dtype), jnp.zeros((), jnp.int32), jnp.array(False)
+        )
+        result = jax.lax.while_loop(cond, body, start)
+        return result.multipliers, result.passive, result.done
+
+    multipliers, support, done = jax.vmap(active_set)(linear, lower, passive)
+
+    def lawson_hanson() -> tuple[Array, Array]:
+        tol = roundoff * jnp.max(jnp.sum(jnp.abs(lower), axis=1))
+        return jax.vmap(lambda b, guess: _lawson_hanson(system, b, guess, None, tol))(
+            linear, passive
+        )
+
+    multipliers, support = jax.lax.cond(
+        jnp.all(done), lambda: (multipliers, support), lawson_hanson
+    )
+    multipliers = jnp.where(support, jnp.maximum(multipliers, 0.0), 0.0)
+    support = support & (multipliers > 0)
+
+    # Iterative refinement towards the unregularised projection on the same
+    # face: solve G_PP λ_P = −(G l)_P with S_PP as the preconditioner. Each
+    # step shrinks the ridge's error in an eigen-direction σ of G_PP by
+    # δ/(σ + δ); the component along a (near-)null direction, where the
+    # projection does not depend on λ, is left alone.
+    def refine(lam: Array, lower_r: Array, mask: Array) -> Array:
+        masked = jnp.where(mask[:, None] & mask[None, :], system, eye)
+        factor = jax.scipy.linalg.cho_factor(masked, lower=True)
+        for _ in range(REFINEMENT_STEPS):
+            residual = jnp.where(mask, gramian @ (lower_r + lam), 0.0)
+            lam = lam - jnp.where(mask, jax.scipy.linalg.cho_solve(factor, residual), 0.0)
+        return jnp.where(mask, jnp.maximum(lam, 0.0), 0.0)
+
+    refined = jax.vmap(refine)(multipliers, lower, support)
+
+    # Keep a row's refinement only where it reduced that projection's worst
+    # conflict min_j ⟨g_j, π⟩ (round-off along a null direction of a singular
+    # face can be amplified by 1/δ instead).
+    def worst_conflict(lam: Array) -> Array:
+        return jnp.min((lower + lam) @ gramian, axis=1)
+
+    better = jnp.all(jnp.isfinite(refined), axis=1) & (
+        worst_conflict(refined) >= worst_conflict(multipliers)
+    )
+    return jnp.where(better[:, None], refined, multipliers), support
+
+
 # ---------------------------------------------------------------------------
 # PCGrad.
 
@@ -220,7 +354,14 @@ def pcgrad(seed: int = 0) -> Weighting:
         coefficients = jax.vmap(surgery)(eye, orders)
         return jnp.sum(coefficients, axis=0), PCGradState(next_key)
 
-    return make_weighting(init_fn, update_fn, name="pcgrad", requires=GRAMIAN)
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="pcgrad",
+        requires=GRAMIAN,
+        weights_sum="free",
+        loss_scale="no",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -303,7 +444,14 @@ def gradvac(beta: float = 0.5, seed: int = 0) -> Weighting:
         coefficients, targets = jax.vmap(vaccinate)(jnp.arange(k), orders, state.targets)
         return jnp.sum(coefficients, axis=0), GradVacState(next_key, targets)
 
-    return make_weighting(init_fn, update_fn, name="gradvac", requires=GRAMIAN)
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="gradvac",
+        requires=GRAMIAN,
+        weights_sum="free",
+        loss_scale="no",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -343,17 +491,36 @@ def cagrad(c: float = 0.4, rescale: bool = True, max_iters: int = 30) -> Weighti
     exactly by Lawson–Hanson, warm-started from the previous active set.
     Then w* = v/Σv and the weights are 1/K + r v/√φ.
 
+    Degenerate dual (0 in the hull of the gradients, e.g. c ≥ 1 with
+    conflicting gradients): the dual optimum is g_w* = 0 with value 0, so
+    the formula above is undefined, and the problem's answers are the
+    points of the ball with min_i ⟨g_i, d⟩ = 0. covjax returns the one
+    closest to g0, the projection of g0 onto the dual cone
+    {d : ⟨g_i, d⟩ ≥ 0 ∀i} (it lies in the ball whenever the optimum is 0),
+    solved by :func:`dual_cone_projections`. When 0 is inside the hull that
+    is d = 0 (TorchJD's answer); when g0 itself conflicts with no gradient
+    it is g0. This projection also replaces the formula whenever it has a
+    strictly better worst improvement within the ball (float32 round-off
+    near the degenerate case).
+
     Args:
-      c: radius of the ball relative to ‖g0‖ (SPEC §5's default 0.4).
+      c: radius of the ball relative to ‖g0‖ (default 0.4, the authors'
+        value in their multi-task experiments). May be a traced value (e.g.
+        ``jax.vmap`` over c); it is checked to be ≥ 0 only when concrete.
       rescale: divide d by 1 + c² as the authors' code (``rescale=1``, their
         default) and LibMTL do; ``False`` gives the paper's d exactly.
       max_iters: cap on the Newton steps in ν (a handful are used).
 
     Degenerate cases: dead losses (zero gradient) are left out of the worst
-    case (w_i = 0: their improvement is 0 for every d); if ‖g_w*‖ = 0 (0 lies
-    in the gradients' hull) or g0 = 0, d = g0 (weights 1/K, rescaled).
+    case (w_i = 0: their improvement is 0 for every d); g0 = 0 or c = 0
+    (a zero radius) gives d = g0 (weights 1/K, rescaled).
+
+    References:
+      Liu, Liu, Jin, Stone & Liu, "Conflict-Averse Gradient Descent for
+      Multi-task Learning", NeurIPS 2021, https://arxiv.org/abs/2110.14048;
+      authors' code https://github.com/Cranial-XIX/CAGrad.
     """
-    if c < 0:
+    if not isinstance(c, jax.core.Tracer) and c < 0:
         raise ValueError(f"covjax.cagrad: c must be ≥ 0, got {c}")
     if max_iters < 1:
         raise ValueError(f"covjax.cagrad: max_iters must be ≥ 1, got {max_iters}")
@@ -375,8 +542,28 @@ def cagrad(c: float = 0.4, rescale: bool = True, max_iters: int = 30) -> Weighti
         v, passive = cagrad_dual(g.gramian, linear, radius, g.live, state.passive, max_iters)
         phi = v @ g.gramian @ v
         total = jnp.sum(v)
-        ok = (radius > 0) & (phi > 1e-12 * radius**2) & (total > 0)
-        weights = mean_weights + jnp.where(ok, radius * v / jnp.sqrt(jnp.where(ok, phi, 1.0)), 0.0)
+        eps = jnp.finfo(g.gramian.dtype).eps
+        largest = jnp.max(jnp.diagonal(g.gramian))
+        # ‖g_w*‖² (w* = v/Σv) at the round-off of a K-term quadratic form: g_w* = 0.
+        resolved = phi > 2.0 * k * eps * largest * total**2
+        ok = (radius > 0) & resolved & (total > 0)
+        formula = mean_weights + jnp.where(ok, radius * v / jnp.sqrt(jnp.where(ok, phi, 1.0)), 0.0)
+        # The projection of g0 onto the dual cone of the live gradients.
+        projected = (
+            mean_weights
+            + dual_cone_projections(
+                g.gramian, mean_weights[None, :], (linear < 0)[None, :] & g.live[None, :]
+            )[0][0]
+        )
+
+        def worst(w: Array) -> Array:
+            return jnp.min(jnp.where(g.live, g.gramian @ w, jnp.inf))
+
+        offset = projected - mean_weights
+        in_ball = offset @ g.gramian @ offset <= radius**2 * (1.0 + 1e-3) + k * eps * largest
+        strictly_better = worst(projected) > worst(formula) + 2.0 * k * eps * largest
+        use_projection = ((radius > 0) & ~ok) | (in_ball & strictly_better)
+        weights = jnp.where(use_projection, projected, formula)
         if rescale:
             weights = weights / (1.0 + c**2)
         dual = jnp.where(ok, v / jnp.where(ok, total, 1.0), mean_weights)
@@ -384,7 +571,14 @@ def cagrad(c: float = 0.4, rescale: bool = True, max_iters: int = 30) -> Weighti
         new_state = CAGradState(jnp.where(ok, dual, mean_weights), passive & ok)
         return jnp.where(ok, weights, mean_weights / (1.0 + c**2 if rescale else 1.0)), new_state
 
-    return make_weighting(init_fn, update_fn, name="cagrad", requires=GRAMIAN)
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="cagrad",
+        requires=GRAMIAN,
+        weights_sum="free",
+        loss_scale="no",
+    )
 
 
 class _Multiplier(NamedTuple):
@@ -509,7 +703,14 @@ def imtl_g() -> Weighting:
         ok = jnp.any(g.live) & jnp.all(jnp.isfinite(weights))
         return jnp.where(ok, weights, _uniform(k)), state
 
-    return make_weighting(init_fn, update_fn, name="imtl_g", requires=GRAMIAN)
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="imtl_g",
+        requires=GRAMIAN,
+        weights_sum="1",
+        loss_scale="compensated",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -524,7 +725,7 @@ class NashMTLState(NamedTuple):
 
 def nash_mtl(
     max_iters: int = 50,
-    normalise_gramian: bool = True,
+    normalise_gramian: bool = False,
     ridge: float = 1e-6,
     tol: float = 1e-10,
 ) -> Weighting:
@@ -543,11 +744,20 @@ def nash_mtl(
     code uses cvxpy with a sequence of convex relaxations (≤ 20 rounds) that
     converges to the same point.
 
+    The default is the authors' method (and LibMTL's): their code divides G
+    by n = ‖G‖_F for conditioning but multiplies n back inside the
+    constraint α_i n (Ĝα)_i ≥ 1, so its α solves α_i (Gα)_i = 1 with the raw
+    Gramian. Those weights scale as 1/‖g‖ and the update's improvements
+    ⟨g_i, d⟩ = 1/α_i keep the gradients' scale: d itself does not grow or
+    shrink with the losses' scale.
+
     Args:
       max_iters: Newton iteration cap (typically 3–6 are used warm-started).
-      normalise_gramian: as the authors' code, solve with G/‖G‖_F so that the
-        weights do not depend on the gradients' scale; ``False`` solves
-        Gα = 1/α with the raw Gramian (the paper's equation).
+      normalise_gramian: ``False`` (default): the paper's and the authors'
+        equation α_i (Gα)_i = 1 with the raw Gramian. ``True``: solve it with
+        Ĝ = G/‖G‖_F instead and return those α̂ = √‖G‖_F · α, weights that do
+        not depend on the gradients' scale (a covjax variant, not the
+        authors' method; the direction is √‖G‖_F times theirs).
       ridge: fallback regularisation. Gα = 1/α has no solution when a
         non-negative combination of the gradients vanishes (e.g. two exactly
         opposing gradients: the problem above is unbounded). When the plain
@@ -591,15 +801,24 @@ def nash_mtl(
         )
         alpha = jnp.where(g.live, alpha, 0.0)
         if normalise_gramian:
+            # α̂ solves (G/s)α̂ = 1/α̂ (s the mean diagonal); the solution of
+            # (G/‖G‖_F)α = 1/α is α̂ √(‖G‖_F/s) = α̂ √‖G/s‖_F.
             frobenius = jnp.linalg.norm(jnp.where(both, g.gramian, 0.0))
-            unscale = jnp.sqrt(frobenius)  # (G/‖G‖_F)α = 1/α  ⇔  α = √(‖Ĝ‖_F) α̂
+            unscale = jnp.sqrt(frobenius)
         else:
             unscale = 1.0 / jnp.sqrt(jnp.where(g.scale > 0, g.scale, 1.0))
         weights = alpha * unscale
         ok = jnp.any(g.live) & jnp.all(jnp.isfinite(weights))
         return jnp.where(ok, weights, _uniform(k)), NashMTLState(jnp.where(ok, alpha, state.alpha))
 
-    return make_weighting(init_fn, update_fn, name="nash_mtl", requires=GRAMIAN)
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="nash_mtl",
+        requires=GRAMIAN,
+        weights_sum="free",
+        loss_scale="compensated",
+    )
 
 
 #: Squared Newton decrement below which Nash-MTL's solve counts as converged
@@ -720,7 +939,14 @@ def aligned_mtl(
         ok = jnp.any(kept) & jnp.all(jnp.isfinite(weights))
         return jnp.where(ok, weights, preference), state
 
-    return make_weighting(init_fn, update_fn, name="aligned_mtl", requires=GRAMIAN)
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="aligned_mtl",
+        requires=GRAMIAN,
+        weights_sum="free",
+        loss_scale="no",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -741,17 +967,36 @@ def upgrad(task_weights: Array | None = None) -> Weighting:
 
         π_i = argmin_{v ∈ C} ‖v − g_i‖²,     d = Σ_i t_i π_i   (t_i = 1/K)
 
-    By duality π_i = Σ_j u_ij g_j with u_i = e_i + λ_i and
-    λ_i = argmin_{λ ≥ 0} ½ λᵀGλ + λᵀGe_i (equivalently
-    u_i = argmin_{u ≥ e_i} uᵀGu, TorchJD's form), a non-negative QP on the
-    Gramian solved exactly by Lawson–Hanson. Weights w = Σ_i t_i u_i.
-    TorchJD additionally adds 1e-4·I to the normalised Gramian by default;
-    this implementation solves the unregularised projection.
+    By duality π_i = Σ_j u_ij g_j with u_i = argmin_{u ≥ e_i} uᵀGu (the
+    paper's Prop. 1, TorchJD's form), a QP on the Gramian; the weights are
+    w = Σ_i t_i u_i. Every d is non-conflicting: J d = G w ≥ 0.
+
+    Solver: :func:`dual_cone_projections` (all K projections at once, exact
+    primal–dual active set warm-started from the previous step, Lawson–Hanson
+    as the fallback, then iterative refinement). It solves the projections
+    for G + diag(δ) with
+    δ_j = 4·K·eps(float32)·‖g_j‖², a ridge at the Gramian's own round-off
+    that keeps every float32 Cholesky regular on rank-deficient or parallel
+    gradients and makes the answer independent of the order of the losses;
+    the price is a conflict of at most δ_j w_j: ⟨g_j, d⟩ ≥ −4K·eps·‖g_j‖² w_j
+    (the refinement then brings it down to round-off on well-conditioned
+    faces).
+    TorchJD regularises too, with 1e-4·I on G/tr(G) (a ridge of 1e-4·K times
+    the mean ‖g_j‖², far above round-off), and solves in float64 (quadprog).
 
     Args:
       task_weights: optional (K,) preference t (default 1/K each, the mean).
 
-    A dead gradient is its own projection (0); with G = 0, w = t.
+    A dead gradient is its own projection (0); with G = 0, w = t. Should a
+    solve still fail (non-finite weights, never observed), the weights are 0:
+    no step, rather than a conflicting one.
+
+    References:
+      Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization",
+      2024, https://arxiv.org/abs/2406.16232; TorchJD,
+      https://github.com/TorchJD/torchjd; Hintermüller, Ito & Kunisch, "The
+      primal-dual active set strategy as a semismooth Newton method", SIAM J.
+      Optim. 13 (2002), https://doi.org/10.1137/S1052623401383558.
     """
 
     def init_fn(losses: Array) -> UPGradState:
@@ -766,21 +1011,27 @@ def upgrad(task_weights: Array | None = None) -> Weighting:
     def update_fn(
         losses: Array, state: UPGradState, count: Array, gramian: Array | None
     ) -> tuple[Array, UPGradState]:
-        del count
         k = losses.shape[0]
         preference = _uniform(k) if task_weights is None else jnp.asarray(task_weights, jnp.float32)
         g = _normalise(gramian)
         eye = jnp.eye(k, dtype=g.gramian.dtype)
         # The active constraints change little from one step to the next:
-        # warm-start every projection from its previous passive set.
-        multipliers, passive = jax.vmap(
-            lambda e, guess: _lawson_hanson(g.gramian, g.gramian @ e, guess, None, 1e-7)
-        )(eye, state.passive)
+        # warm-start every projection from its previous passive set; on the
+        # first step, guess the gradients that conflict with g_i.
+        guess = jnp.where(count == 0, (g.gramian < 0) & ~eye.astype(bool), state.passive)
+        multipliers, passive = dual_cone_projections(g.gramian, eye, guess)
         weights = preference @ (eye + multipliers)
         ok = jnp.all(jnp.isfinite(weights))
-        return jnp.where(ok, weights, preference), UPGradState(passive)
+        return jnp.where(ok, weights, 0.0), UPGradState(passive & ok)
 
-    return make_weighting(init_fn, update_fn, name="upgrad", requires=GRAMIAN)
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="upgrad",
+        requires=GRAMIAN,
+        weights_sum="free",
+        loss_scale="no",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -817,6 +1068,10 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, epsilon: float = 1e-8) ->
 
     A loss whose EMA norm is below 1e-5 of the largest (a dead gradient)
     keeps its log-gradient unscaled (ratio 1).
+
+    Losses must be positive (log L): a step with a loss ≤ 0 (or a non-finite
+    one) is rejected — state unchanged, previous weights returned (uniform
+    before the first accepted step), the step reported as not accepted.
     """
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"covjax.db_mtl: beta must lie in [0, 1), got {beta}")
@@ -846,4 +1101,12 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, epsilon: float = 1e-8) ->
         ratio = jnp.where(alive, largest / jnp.where(alive, ema, 1.0), 1.0)
         return ratio / shifted, DBMTLState(ema)
 
-    return make_weighting(init_fn, update_fn, name="db_mtl", requires=GRAMIAN)
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="db_mtl",
+        requires=GRAMIAN,
+        positive_losses=True,
+        weights_sum="free",
+        loss_scale="compensated",
+    )

@@ -15,16 +15,21 @@ owns, in one place for all schemes:
   raised at trace time;
 * dtype: bf16/f16 losses are promoted and all statistics live in float32;
 * the step counter (int32: float32 counters stop at 2²⁴ steps);
-* robustness: a step with a NaN/±Inf loss or Gramian entry, or whose update
-  would produce a non-finite weight, leaves the state exactly as it was and
-  returns the previous weights (uniform before the first finite step).
+* robustness: a step with a NaN/±Inf loss or Gramian entry, a loss ≤ 0 for a
+  scheme whose maths needs positive losses (``positive_losses=True``: ratios,
+  logarithms or divisions by a loss), or whose update would produce a
+  non-finite weight, is rejected: the state stays exactly as it was and the
+  previous weights are returned (uniform before the first accepted step);
+* the scheme's user-facing facts (:class:`WeightingProperties`: what the
+  weights sum to, how they respond to a loss's scale, whether losses must be
+  positive), which the README's scheme table lists.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -74,14 +79,26 @@ def _key_name(path: tuple[Any, ...]) -> str:
 def flatten_losses(losses: Losses) -> tuple[Array, LossStructure]:
     """Validate ``losses`` and return them as a float32 (K,) vector with their structure.
 
+    ``losses`` is either ONE 1-D array of K losses, or a pytree (dict, list,
+    tuple, ...) whose every leaf is a scalar loss.
+
     Raises:
-      ValueError: no losses, a non-scalar loss, or a loss array that is not 1-D.
+      ValueError: no losses, a loss that is None, a non-scalar loss (a 1-D
+        array is a vector of losses only when it is passed by itself, not
+        inside a container), or a loss array that is not 1-D.
       TypeError: a leaf that is not a numeric array.
     """
+    with_nones, _ = jax.tree_util.tree_flatten_with_path(losses, is_leaf=lambda x: x is None)
+    missing = [_key_name(path) for path, leaf in with_nones if leaf is None]
+    if missing:
+        raise ValueError(
+            f"covjax: loss {missing[0]!r} is None; every loss must be a number (drop the entry "
+            "if that loss is not computed in this step)."
+        )
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(losses)
     if not leaves_with_path:
         raise ValueError("covjax: got zero losses; a weighting needs at least one loss.")
-    if len(leaves_with_path) == 1 and jnp.ndim(leaves_with_path[0][1]) == 1:
+    if jax.tree_util.treedef_is_leaf(treedef) and jnp.ndim(leaves_with_path[0][1]) == 1:
         vector = jnp.asarray(leaves_with_path[0][1])
         if vector.shape[0] == 0:
             raise ValueError("covjax: got an empty loss vector; a weighting needs at least one.")
@@ -92,8 +109,9 @@ def flatten_losses(losses: Losses) -> tuple[Array, LossStructure]:
     for name, (_, leaf) in zip(names, leaves_with_path, strict=True):
         if jnp.ndim(leaf) != 0:
             raise ValueError(
-                f"covjax: loss {name!r} has shape {jnp.shape(leaf)}; every loss must be a "
-                "scalar (reduce it with a mean or sum first), or pass one 1-D array of K losses."
+                f"covjax: loss {name!r} has shape {jnp.shape(leaf)}; a loss must be a scalar "
+                "(reduce it with a mean or sum first). To pass a vector of K losses, pass the "
+                "1-D array itself, not inside a dict, list or tuple."
             )
     vector = jnp.stack([_as_float(jnp.asarray(leaf), name) for _, leaf in leaves_with_path])
     return vector, LossStructure(treedef, len(names), names, is_vector=False)
@@ -112,9 +130,27 @@ def loss_names(losses: Losses) -> tuple[str, ...]:
 
 
 def named(values: PyTree) -> dict[str, Array]:
-    """A flat ``{name: value}`` dict of losses or weights, for logging."""
-    vector, structure = flatten_losses(values)
-    return {name: vector[i] for i, name in enumerate(structure.names)}
+    """A flat ``{name: value}`` dict of losses or weights, for logging.
+
+    Leading batch axes are kept: the weights of a ``jax.vmap``-ed sweep (a
+    (B, K) array, or a dict of (B,) arrays) give one (B,) array per name.
+    """
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(values)
+    if jax.tree_util.treedef_is_leaf(treedef) and jnp.ndim(leaves_with_path[0][1]) >= 1:
+        array = _as_float(jnp.asarray(leaves_with_path[0][1]), "losses")
+        return {f"loss_{i}": array[..., i] for i in range(array.shape[-1])}
+    if not leaves_with_path:
+        raise ValueError("covjax.named: got no values.")
+    shapes = {jnp.shape(leaf) for _, leaf in leaves_with_path}
+    if len(shapes) != 1:
+        raise ValueError(
+            f"covjax.named: the values have different shapes {sorted(shapes)}; each must be a "
+            "scalar, or share the same leading batch axes."
+        )
+    return {
+        _key_name(path): _as_float(jnp.asarray(leaf), _key_name(path))
+        for path, leaf in leaves_with_path
+    }
 
 
 @struct.dataclass
@@ -122,17 +158,19 @@ class WeightingState:
     """State of any covjax weighting: only arrays, plus static structure metadata.
 
     Attributes:
-      count: int32, number of steps accepted so far (steps with non-finite
-        inputs are not counted).
+      count: int32, number of steps accepted so far (rejected steps are not
+        counted).
       weights: (K,) float32, the weights returned by the last accepted step.
       inner: the scheme's own state (a NamedTuple of arrays).
       structure: the loss structure seen at ``init`` (static, not a leaf).
+      scheme: the name of the scheme whose ``init`` made it (static).
     """
 
     count: Array
     weights: Array
     inner: Any
     structure: LossStructure = struct.field(pytree_node=False)
+    scheme: str = struct.field(pytree_node=False, default="")
 
 
 class InitFn(Protocol):
@@ -145,17 +183,47 @@ class UpdateFn(Protocol):
     ) -> tuple[Weights, WeightingState]: ...
 
 
+WeightsSum = Literal["1", "K", "free"]
+LossScale = Literal["compensated", "unchanged", "learned", "no"]
+
+
+class WeightingProperties(NamedTuple):
+    """What a user needs to know to switch to a scheme in one line.
+
+    Attributes:
+      weights_sum: what the weights sum to at every step: ``"1"``, ``"K"``
+        (the number of losses) or ``"free"`` (not normalised: their scale acts
+        as a learning-rate factor).
+      loss_scale: what happens to the weights when one loss L_i (and, for the
+        gradient-based schemes, its gradient) is multiplied by c > 0 at every
+        step: ``"compensated"`` (α_i is divided by c, up to a factor common to
+        all weights, so the weighted gradient keeps its direction: the scheme
+        balances loss scales), ``"unchanged"`` (the weights do not move, so
+        that loss's gradient counts c times more), ``"learned"`` (compensated
+        once the learned weights reach their equilibrium), ``"no"`` (neither).
+      positive_losses: whether every loss must be > 0 (above its minimum for
+        FAMO): a step with a loss ≤ 0 is then rejected like a non-finite one.
+        Otherwise any finite loss is accepted.
+    """
+
+    weights_sum: WeightsSum | None = None
+    loss_scale: LossScale | None = None
+    positive_losses: bool = False
+
+
 class Weighting(NamedTuple):
     """A loss weighting scheme, optax-style.
 
     ``state = init(losses)``; ``weights, state = update(losses, state)``.
     ``requires`` names what the scheme needs besides the losses: ``"gramian"``
     (the K×K Gramian of the per-loss gradients, passed as ``gramian=``).
+    ``properties`` are its user-facing facts (:class:`WeightingProperties`).
     """
 
     init: InitFn
     update: UpdateFn
     requires: frozenset[str] = frozenset()
+    properties: WeightingProperties = WeightingProperties()
 
 
 FlatInit = Callable[[Array], Any]
@@ -168,6 +236,10 @@ def make_weighting(
     *,
     name: str,
     requires: frozenset[str] = frozenset(),
+    positive_losses: bool = False,
+    loss_minimum: float | Array = 0.0,
+    weights_sum: WeightsSum | None = None,
+    loss_scale: LossScale | None = None,
 ) -> Weighting:
     """Build a public :class:`Weighting` from flat-vector ``init_fn``/``update_fn``.
 
@@ -175,30 +247,56 @@ def make_weighting(
       init_fn: ``(losses (K,) float32) -> inner_state``; the values are those
         given to ``init`` and only their shape should usually matter.
       update_fn: ``(losses (K,), inner_state, count int32, gramian (K,K) | None)
-        -> (weights (K,), inner_state)``. It sees only finite inputs.
+        -> (weights (K,), inner_state)``. Its results are used only for
+        accepted steps (finite inputs, positive losses where required).
       name: the scheme's name, used in error messages.
       requires: ``{"gramian"}`` for schemes that need per-loss gradients.
+      positive_losses: the scheme's maths needs L_i > ``loss_minimum``
+        (ratios, logarithms or divisions by a loss): a step with any loss at
+        or below it is rejected exactly like a non-finite one.
+      loss_minimum: the bound of ``positive_losses`` (0; FAMO's known
+        minima), a scalar or (K,), possibly traced.
+      weights_sum, loss_scale: facts for :class:`WeightingProperties`.
     """
     needs_gramian = "gramian" in requires
+    properties = WeightingProperties(weights_sum, loss_scale, positive_losses)
+
+    def check_state(state: Any, vector: Array) -> None:
+        if not isinstance(state, WeightingState):
+            raise TypeError(
+                f"covjax.{name}: update expects the state returned by init, got {type(state)}."
+            )
+        if state.scheme and state.scheme != name:
+            raise TypeError(
+                f"covjax.{name}: the state was made by covjax.{state.scheme}'s init, not by "
+                f"covjax.{name}'s; initialise the state with the scheme that updates it."
+            )
+        expected = jax.tree.structure(jax.eval_shape(init_fn, vector))
+        if jax.tree.structure(state.inner) != expected:
+            raise TypeError(
+                f"covjax.{name}: the state holds a {type(state.inner).__name__} whose structure "
+                f"differs from the one this covjax.{name} makes at init (a state from a "
+                "differently configured scheme, e.g. another optimizer?)."
+            )
 
     def init(losses: Losses) -> WeightingState:
         vector, structure = flatten_losses(losses)
         k = structure.num_losses
+        # Uniform weights until the first accepted step, on the scheme's scale.
+        uniform = 1.0 if weights_sum == "K" else 1.0 / k
         return WeightingState(
             count=jnp.zeros((), jnp.int32),
-            weights=jnp.full((k,), 1.0 / k, jnp.float32),
+            weights=jnp.full((k,), uniform, jnp.float32),
             inner=init_fn(vector),
             structure=structure,
+            scheme=name,
         )
 
     def update(
         losses: Losses, state: WeightingState, gramian: Array | None = None
     ) -> tuple[Weights, WeightingState]:
-        if not isinstance(state, WeightingState):
-            raise TypeError(
-                f"covjax.{name}: update expects the state returned by init, got {type(state)}."
-            )
         vector, structure = flatten_losses(losses)
+        check_state(state, vector)
         if structure != state.structure:
             raise ValueError(
                 f"covjax.{name}: update got {structure.describe()}, but the state was "
@@ -206,9 +304,13 @@ def make_weighting(
             )
         k = structure.num_losses
         finite = jnp.all(jnp.isfinite(vector))
-        # Non-finite steps are discarded below; feed the scheme harmless values
+        if positive_losses:
+            # A loss at or below its minimum has no ratio or logarithm: the
+            # step is rejected like a non-finite one (never a huge weight).
+            finite = finite & jnp.all(vector > jnp.asarray(loss_minimum, vector.dtype))
+        # Rejected steps are discarded below; feed the scheme harmless values
         # so that iterative solvers do not spin on NaNs meanwhile.
-        safe_vector = jnp.where(finite, vector, jnp.ones_like(vector))
+        safe_vector = jnp.where(finite, vector, jnp.ones_like(vector) + loss_minimum)
         if needs_gramian:
             if gramian is None:
                 raise ValueError(
@@ -233,14 +335,19 @@ def make_weighting(
             weights=keep(new_weights, state.weights),
             inner=jax.tree.map(keep, new_inner, state.inner),
             structure=state.structure,
+            scheme=state.scheme,
         )
         return structure.unflatten(new_state.weights), new_state
 
-    return Weighting(init=init, update=update, requires=frozenset(requires))
+    return Weighting(init=init, update=update, requires=frozenset(requires), properties=properties)
 
 
 def step_accepted(old: WeightingState, new: WeightingState) -> Array:
-    """Whether the update from ``old`` to ``new`` accepted its losses (all finite)."""
+    """Whether the update from ``old`` to ``new`` accepted its losses.
+
+    False for a step with a non-finite loss or Gramian entry, or a loss ≤ 0
+    for a scheme with ``properties.positive_losses``.
+    """
     return new.count > old.count
 
 

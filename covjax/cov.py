@@ -14,12 +14,15 @@ with the mean and standard deviation of ℓ from steps 0..t-1 (Welford, Eq. 5–
 The ratio puts every loss on a common scale, so multiplying a loss by c > 0
 leaves all weights unchanged.
 
-Defaults follow the released code exactly (SPEC §1.1): uniform weights for the
-first two steps, ℓ = 1 at step 0, population variance over the t observed
-ratios, σ = sqrt(S/t + 1e-8). Fixes of the reference's hazards: σ/μ and L/μ_L
-are guarded (a loss that reaches exactly 0 gives finite weights), counters are
-integers, statistics are Kahan-compensated float32 (10⁷ steps stay accurate),
-and nothing leaves the device.
+Defaults follow the released code exactly: uniform weights for the first two
+steps, ℓ = 1 at step 0, population variance over the t observed ratios,
+σ = sqrt(S/t + 1e-8). Fixes of the reference's hazards: σ/μ and L/μ_L are
+guarded (where μ_L ≤ 0, e.g. a loss that has been exactly 0 so far, ℓ is taken
+as 1; where μ_ℓ is 0 the coefficient is 0), counters are integers, statistics
+are Kahan-compensated float32 (10⁷ steps stay accurate), and nothing leaves the
+device. So CoV-Weighting needs no positive losses: for any finite losses its
+weights lie in [0, 1] and sum to 1 (the ratio is meant for positive losses;
+zero and negative ones are accepted, not rejected).
 """
 
 from __future__ import annotations
@@ -76,6 +79,10 @@ def cov_weighting(
 
     Returns:
       A :class:`~covjax.Weighting` whose weights are non-negative and sum to 1.
+
+    Losses may be any finite value (the guards above keep every weight in
+    [0, 1]); a step with a non-finite loss is rejected — state unchanged,
+    previous weights returned, the step reported as not accepted.
     """
     if statistic not in ("ratio", "loss"):
         raise ValueError(
@@ -135,4 +142,11 @@ def cov_weighting(
         loss_mean_new = numerics.compensated_add(state.loss_mean, rate * (losses - loss_mean))
         return weights, CovState(loss_mean_new, stat_mean, stat_spread)
 
-    return make_weighting(init_fn, update_fn, name="cov_weighting")
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="cov_weighting",
+        weights_sum="1",
+        # ℓ = L/μ_L is scale free; the raw loss's σ/μ is not, through σ's floor.
+        loss_scale="unchanged" if statistic == "ratio" else "no",
+    )

@@ -26,8 +26,9 @@ So the update at step t first updates ξ from (L(t−1), L(t)) — nothing at
 t = 0 — and then returns the weights for L(t) from the new ξ. The state keeps
 the previous losses.
 
-Requires L_i > m_i (positive losses for the default m = 0); D is clamped to
-≥ ε, so a loss at its minimum gives finite weights.
+Requires L_i > m_i (positive losses for the default m = 0): a step with a
+loss at or below its minimum is rejected like a non-finite one (a loss at its
+minimum would take all of the weight).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import Array
 
@@ -74,6 +76,15 @@ def famo(
       optimizer: replaces ``add_decayed_weights(weight_decay) → adam(learning_rate)``.
 
     All numeric arguments may be traced arrays (one ``jax.vmap`` per sweep).
+
+    Losses must exceed their minima m (be positive by default): a step with a
+    loss L_i ≤ m_i (or a non-finite one) is rejected — state unchanged,
+    previous weights returned (uniform before the first accepted step), the
+    step reported as not accepted.
+
+    Returns:
+      A :class:`~covjax.Weighting` with positive weights that sum to 1, which
+      compensate a loss's scale when ``min_losses`` is 0.
     """
     if isinstance(epsilon, int | float) and not epsilon > 0:
         raise ValueError(f"covjax.famo: epsilon must be positive, got {epsilon}")
@@ -107,4 +118,19 @@ def famo(
         weights = jax.nn.softmax(logits - log_d)
         return weights, FamoState(logits, optimizer_state, losses.astype(jnp.float32))
 
-    return make_weighting(init_fn, update_fn, name="famo")
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="famo",
+        positive_losses=True,
+        loss_minimum=min_losses,
+        weights_sum="1",
+        # D = L − m scales with L only when m = 0 (a traced m is not known to be 0).
+        loss_scale="compensated" if _is_zero(min_losses) else "no",
+    )
+
+
+def _is_zero(value: float | Array) -> bool:
+    if isinstance(value, jax.core.Tracer):
+        return False
+    return bool(np.all(np.asarray(value) == 0))

@@ -14,9 +14,9 @@ give exactly ∇(Π L_i)^{1/K} in one ordinary weighted backward pass
 (``Σ α_i L_i`` has the value of GLS as well: Σ_i GLS/K = GLS). Everything is
 computed in log space, so no product of 32 losses under- or overflows.
 
-Requires positive losses. A loss ≤ ``epsilon`` is clamped to ``epsilon`` (a
-loss of exactly 0 gives large but finite weights: the geometric mean is
-infinitely sensitive to a loss at 0). Weights are positive and stateless.
+Requires positive losses: a step with a loss ≤ 0 is rejected like a
+non-finite one (the geometric mean is infinitely sensitive to a loss at 0, and
+has no logarithm below). Weights are positive and stateless.
 """
 
 from __future__ import annotations
@@ -31,7 +31,15 @@ def gls(epsilon: float = 1e-12) -> Weighting:
     """Geometric loss strategy: α_i = GLS/(K L_i), i.e. the gradient of (Π L_i)^{1/K}.
 
     Args:
-      epsilon: losses are clamped to at least this before the logarithm.
+      epsilon: positive losses are clamped to at least this before the
+        logarithm (bounds the weights of tiny losses).
+
+    Losses must be positive: a step with a loss ≤ 0 (or a non-finite one) is
+    rejected — state unchanged, previous weights returned (uniform before the
+    first accepted step), the step reported as not accepted.
+
+    Returns:
+      A :class:`~covjax.Weighting` with positive, unnormalised weights.
     """
     if not epsilon > 0:
         raise ValueError(f"covjax.gls: epsilon must be positive, got {epsilon}")
@@ -49,4 +57,11 @@ def gls(epsilon: float = 1e-12) -> Weighting:
         weights = jnp.exp(jnp.mean(log_losses) - log_losses) / k
         return weights, state
 
-    return make_weighting(init_fn, update_fn, name="gls")
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="gls",
+        positive_losses=True,
+        weights_sum="free",
+        loss_scale="compensated",
+    )

@@ -554,12 +554,40 @@ def vjp_and_gramian(
 
 
 def split_output(output: Any, has_aux: bool) -> tuple[Losses, Any]:
-    """``(losses, aux)`` of a loss function's output (``aux`` is None without ``has_aux``)."""
+    """``(losses, aux)`` of a loss function's output (``aux`` is None without ``has_aux``).
+
+    Raises (at trace time):
+      ValueError: ``has_aux=True`` but the output is not a pair, or
+        ``has_aux=False`` and the output looks like ``(losses, aux)``: a pair
+        whose first element is itself a dict, sequence or array of losses.
+      TypeError: a loss that is not floating point (it cannot be differentiated).
+    """
     if has_aux:
         if not (isinstance(output, tuple) and len(output) == 2):
             raise ValueError("covjax: has_aux=True but loss_fn did not return (losses, aux).")
-        return output
-    return output, None
+        losses, aux = output
+    else:
+        if isinstance(output, tuple) and len(output) == 2 and not _is_scalar(output[0]):
+            raise ValueError(
+                "covjax: loss_fn returned a pair whose first element holds several losses; if "
+                "it returns (losses, aux), pass has_aux=True. To return losses only, return one "
+                "dict, one flat tuple of scalars or one 1-D array."
+            )
+        losses, aux = output, None
+    for path, leaf in jax.tree_util.tree_flatten_with_path(losses)[0]:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            name = _path_string(_key_parts(path)) or "losses"
+            raise TypeError(
+                f"covjax: loss {name!r} has dtype {dtype}; a loss must be floating point to be "
+                "differentiated (an integer loss has no gradient: compute it in float, or cast "
+                "with .astype(jnp.float32) if its gradient is meant to be 0)."
+            )
+    return losses, aux
+
+
+def _is_scalar(value: Any) -> bool:
+    return not isinstance(value, dict | list | tuple) and jnp.ndim(value) == 0
 
 
 def _as_pytree(params: Any) -> tuple[PyTree, Callable[[PyTree], Any]]:

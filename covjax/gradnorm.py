@@ -22,8 +22,9 @@ only the diagonal of the Gramian is used.
 
 Defaults follow the CoV-Weighting authors' released code ("reference"):
 w(0) = 1/K, mean over losses, Σw = 1. ``form="paper"`` gives Chen et al.'s
-w(0) = 1, sum, Σw = K. Guards: L_i(0) = 0 gives r̃_i = 1; if the clamp zeroes
-every weight they restart uniform (the reference would divide by zero).
+w(0) = 1, sum, Σw = K. Losses must be positive (a step with a loss ≤ 0 is
+rejected), so L(0) > 0; if the clamp zeroes every weight they restart uniform
+(the reference would divide by zero).
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ def gradnorm(
     Returns:
       A :class:`~covjax.Weighting` with ``requires={"gramian"}``: its update
       needs the Gramian of the per-loss gradients at the shared layer.
+
+    Losses must be positive: a step with a loss ≤ 0 (or a non-finite one) is
+    rejected — state unchanged, previous weights returned (uniform before the
+    first accepted step), the step reported as not accepted. (The training
+    rates L_i/L_i(0) are ratios of losses.)
     """
     if form not in ("reference", "paper"):
         raise ValueError(f"covjax.gradnorm: form must be 'reference' or 'paper', got {form!r}.")
@@ -122,4 +128,12 @@ def gradnorm(
         # This step's loss uses the current weights; the stepped ones are next.
         return state.weights, GradNormState(new_weights, initial_losses, optimizer_state)
 
-    return make_weighting(init_fn, update_fn, name="gradnorm", requires=frozenset({"gramian"}))
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="gradnorm",
+        requires=frozenset({"gramian"}),
+        positive_losses=True,
+        weights_sum="K" if form == "paper" else "1",
+        loss_scale="learned",
+    )

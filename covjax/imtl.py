@@ -41,6 +41,12 @@ def imtl_l(
 
     Returns:
       A :class:`~covjax.Weighting` with positive, unnormalised weights e^{s}.
+
+    Losses must be positive: a step with a loss ≤ 0 (or a non-finite one) is
+    rejected — state unchanged, previous weights returned (uniform before the
+    first accepted step), the step reported as not accepted. (For L ≤ 0 the
+    objective e^s L − s has no minimum in s: the weight e^s would grow
+    without bound.)
     """
     optimizer = optax.adam(1e-4) if optimizer is None else optimizer
 
@@ -60,7 +66,14 @@ def imtl_l(
         new_s = optax.apply_updates(s, updates)
         return weights, LearnedLogState(new_s.astype(s.dtype), optimizer_state)
 
-    return make_weighting(init_fn, update_fn, name="imtl_l")
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="imtl_l",
+        positive_losses=True,
+        weights_sum="free",
+        loss_scale="learned",
+    )
 
 
 def imtl_l_regulariser(state: WeightingState) -> Array:

@@ -1,10 +1,11 @@
 """Weights from the recent trend of each loss: DWA, SoftAdapt, ReLoBRaLo.
 
 All three look only at loss values (one backward pass per step) and turn the
-relative change of each loss into softmax weights (SPEC §4). Ratios and
-logarithms of losses need positive losses: every denominator is clamped to
-≥ ``numerics.TINY`` and every softmax is max-shifted, so a loss of exactly 0
-still gives finite weights.
+relative change of each loss into softmax weights. Ratios and logarithms of
+losses need positive losses: DWA, ReLoBRaLo and SoftAdapt's
+``"loss_weighted"`` variant reject a step with a loss ≤ 0 like a non-finite
+one (state unchanged, previous weights returned); SoftAdapt's slopes accept
+any finite losses. Every softmax is max-shifted.
 
 **DWA** — Dynamic Weight Average (Liu, Johns, Davison, "End-to-End Multi-Task
 Learning with Attention", CVPR 2019). On the means L̄_i(p) of each loss over
@@ -88,6 +89,10 @@ def dwa(period: int, temperature: float | Array = 2.0) -> Weighting:
       period: record period in steps (steps per epoch to follow Liu et al.;
         1 for the per-step variant).
       temperature: T (2 in the paper); may be a traced array.
+
+    Losses must be positive: a step with a loss ≤ 0 (or a non-finite one) is
+    rejected — state unchanged, previous weights returned (uniform before the
+    first accepted step), the step reported as not accepted.
     """
     _check_positive_int(period, "period", "dwa")
     if isinstance(temperature, int | float) and not temperature > 0:
@@ -119,7 +124,14 @@ def dwa(period: int, temperature: float | Array = 2.0) -> Weighting:
         )
         return weights, new_state
 
-    return make_weighting(init_fn, update_fn, name="dwa")
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="dwa",
+        positive_losses=True,
+        weights_sum="K",
+        loss_scale="unchanged",
+    )
 
 
 class SoftAdaptState(NamedTuple):
@@ -142,6 +154,13 @@ def softadapt(
         (n = 2 is the paper's first difference L(t) − L(t−1)).
       variant: ``"plain"``, ``"normalised"`` (slopes divided by Σ|s|) or
         ``"loss_weighted"`` (softmax numerators scaled by the window's mean loss).
+
+    ``"plain"`` and ``"normalised"`` accept any finite losses (slopes are
+    differences). ``"loss_weighted"`` takes the logarithm of the mean loss, so
+    its losses must be positive: a step with a loss ≤ 0 is rejected. A step
+    with a non-finite loss is always rejected — state unchanged, previous
+    weights returned (uniform before the first accepted step), the step
+    reported as not accepted.
     """
     if not isinstance(window, int) or isinstance(window, bool) or window < 2:
         raise ValueError(f"covjax.softadapt: window must be an integer ≥ 2, got {window!r}")
@@ -171,7 +190,14 @@ def softadapt(
         weights = jnp.where(full, _softmax(logits), 1.0 / k)
         return weights, SoftAdaptState(history)
 
-    return make_weighting(init_fn, update_fn, name="softadapt")
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="softadapt",
+        positive_losses=variant == "loss_weighted",
+        weights_sum="1",
+        loss_scale="no",
+    )
 
 
 class RelobraloState(NamedTuple):
@@ -203,6 +229,10 @@ def relobralo(
       temperature: T of the softmax of loss ratios (may be traced).
       expected_rho: E[ρ], the probability of *not* looking back to L(0).
       seed: seed of the PRNG key in the state.
+
+    Losses must be positive: a step with a loss ≤ 0 (or a non-finite one) is
+    rejected — state unchanged, previous weights returned (uniform before the
+    first accepted step), the step reported as not accepted.
     """
     for value, what in ((alpha, "alpha"), (expected_rho, "expected_rho")):
         if isinstance(value, int | float) and not 0.0 <= value <= 1.0:
@@ -238,4 +268,11 @@ def relobralo(
         weights = jnp.where(count == 0, state.weights, weights)  # no L(−1) to compare with
         return weights, RelobraloState(initial, losses, weights, key)
 
-    return make_weighting(init_fn, update_fn, name="relobralo")
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="relobralo",
+        positive_losses=True,
+        weights_sum="K",
+        loss_scale="unchanged",
+    )

@@ -38,9 +38,10 @@ since the previous event (the record also resets at every epoch start):
 Event j (1..N) of an epoch follows its step j·⌊steps_per_epoch / N⌋; steps
 after the last event of an epoch are not recorded.
 
-Both need positive losses (ratios of loss means); every denominator is
-clamped to ≥ ``numerics.TINY`` so a loss of exactly 0 gives finite weights.
-The new weights apply from the step after an event.
+Both need positive losses (ratios of loss means): a step with a loss ≤ 0 is
+rejected like a non-finite one (state unchanged, previous weights returned),
+so the record only ever holds positive losses. The new weights apply from the
+step after an event.
 """
 
 from __future__ import annotations
@@ -104,6 +105,14 @@ def lsb(
       beta_schedule: ``None`` (constant β), ``"linear"`` (β·min(q/ramp_periods, 1)
         at the q-th difficulty update, q = 1, 2, ...), or a callable q ↦ β_q.
       ramp_periods: length of the linear ramp, in difficulty updates.
+
+    Losses must be positive: a step with a loss ≤ 0 (or a non-finite one) is
+    rejected — state unchanged, previous weights returned (uniform before the
+    first accepted step), the step reported as not accepted.
+
+    Returns:
+      A :class:`~covjax.Weighting` with positive, unnormalised weights that
+      compensate a loss's scale from the end of the first period on.
     """
     _check_positive_int(period, "period", "lsb")
     _check_positive_int(ramp_periods, "ramp_periods", "lsb")
@@ -165,7 +174,14 @@ def lsb(
         )
         return weights, new_state
 
-    return make_weighting(init_fn, update_fn, name="lsb")
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="lsb",
+        positive_losses=True,
+        weights_sum="free",
+        loss_scale="compensated",
+    )
 
 
 class RebalancingState(NamedTuple):
@@ -196,6 +212,14 @@ def multi_loss_rebalancing(steps_per_epoch: int, rebalances_per_epoch: int = 4) 
         the epoch-start record reset).
       rebalances_per_epoch: N, events per epoch (4 in the paper); at most
         ``steps_per_epoch``.
+
+    Losses must be positive: a step with a loss ≤ 0 (or a non-finite one) is
+    rejected — state unchanged, previous weights returned (uniform before the
+    first accepted step), the step reported as not accepted.
+
+    Returns:
+      A :class:`~covjax.Weighting` with positive, unnormalised weights that
+      compensate a loss's scale from the first event on.
     """
     _check_positive_int(steps_per_epoch, "steps_per_epoch", "multi_loss_rebalancing")
     _check_positive_int(rebalances_per_epoch, "rebalances_per_epoch", "multi_loss_rebalancing")
@@ -251,4 +275,11 @@ def multi_loss_rebalancing(steps_per_epoch: int, rebalances_per_epoch: int = 4) 
         )
         return state.weights, new_state
 
-    return make_weighting(init_fn, update_fn, name="multi_loss_rebalancing")
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="multi_loss_rebalancing",
+        positive_losses=True,
+        weights_sum="free",
+        loss_scale="compensated",
+    )

@@ -308,4 +308,12 @@ def mgda(
         normalized = normalize_gramian(gramian, losses, normalization)
         return min_norm_solver(normalized, max_iters=max_iters, tol=tol, refine=refine), state
 
-    return make_weighting(init_fn, update_fn, name="mgda", requires=frozenset({"gramian"}))
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="mgda",
+        requires=frozenset({"gramian"}),
+        weights_sum="1",
+        # g_i/‖g_i‖ and g_i/L_i are free of a loss's scale; g_i and g_i/(L_i‖g_i‖) are not.
+        loss_scale="unchanged" if normalization in ("l2", "loss") else "no",
+    )

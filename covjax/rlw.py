@@ -44,6 +44,9 @@ def rlw(seed: int | Array = 0, distribution: RlwDistribution = "normal") -> Weig
       seed: integer seed of the state's PRNG key.
       distribution: ``"normal"`` (softmax of N(0, I), LibMTL's default),
         ``"uniform"`` (softmax of U(0, 1)) or ``"dirichlet"`` (Dir(1)).
+
+    Losses may be any finite value; a step with a non-finite loss is rejected —
+    state unchanged, previous weights returned, the step reported as not accepted.
     """
     if distribution not in ("normal", "uniform", "dirichlet"):
         raise ValueError(
@@ -69,4 +72,4 @@ def rlw(seed: int | Array = 0, distribution: RlwDistribution = "normal") -> Weig
             weights = jax.random.dirichlet(draw_key, jnp.ones(shape, jnp.float32))
         return weights.astype(losses.dtype), RandomState(key)
 
-    return make_weighting(init_fn, update_fn, name="rlw")
+    return make_weighting(init_fn, update_fn, name="rlw", weights_sum="1", loss_scale="unchanged")

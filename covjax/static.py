@@ -35,6 +35,9 @@ def static_weighting(weights: PyTree, normalise: bool = False) -> Weighting:
         the weights are used exactly as given (their scale then acts like a
         learning-rate factor, as in any hand-tuned objective).
 
+    Losses may be any finite value; a step with a non-finite loss is rejected —
+    state unchanged, previous weights returned, the step reported as not accepted.
+
     Raises:
       ValueError: (at construction) weights that are non-finite or negative;
         (at ``init``) weights whose number or structure differs from the losses'.
@@ -66,7 +69,13 @@ def static_weighting(weights: PyTree, normalise: bool = False) -> Weighting:
             vector = vector / jnp.sum(vector)
         return vector, state
 
-    scheme = make_weighting(init_fn, update_fn, name="static_weighting")
+    scheme = make_weighting(
+        init_fn,
+        update_fn,
+        name="static_weighting",
+        weights_sum="1" if normalise else "free",
+        loss_scale="unchanged",
+    )
 
     def init(losses: Losses) -> WeightingState:
         _, loss_structure = flatten_losses(losses)
@@ -79,11 +88,15 @@ def static_weighting(weights: PyTree, normalise: bool = False) -> Weighting:
             )
         return scheme.init(losses)
 
-    return Weighting(init=init, update=scheme.update, requires=scheme.requires)
+    return scheme._replace(init=init)
 
 
 def equal_weighting() -> Weighting:
-    """Equal weights α_i = 1/K (the paper's "equal" baseline; Σ α = 1)."""
+    """Equal weights α_i = 1/K (the paper's "equal" baseline; Σ α = 1).
+
+    Losses may be any finite value; a step with a non-finite loss is rejected —
+    state unchanged, previous weights returned, the step reported as not accepted.
+    """
 
     def init_fn(losses: Array) -> tuple[()]:
         del losses
@@ -95,4 +108,6 @@ def equal_weighting() -> Weighting:
         del count, gramian
         return jnp.full_like(losses, 1.0 / losses.shape[0]), state
 
-    return make_weighting(init_fn, update_fn, name="equal_weighting")
+    return make_weighting(
+        init_fn, update_fn, name="equal_weighting", weights_sum="1", loss_scale="unchanged"
+    )

@@ -47,9 +47,15 @@ class WeightedLosses(NamedTuple):
       weights: the K weights, same structure (log them by name with
         :func:`covjax.named`).
       state: the new weighting state.
-      finite: whether every loss was finite; when False the weighting state
-        was left unchanged, the previous weights were used, and the caller
-        should usually skip the parameter update.
+      accepted: boolean scalar, whether the scheme accepted this step's
+        losses (and Gramian). False when a loss or a Gramian entry was NaN or
+        ±Inf, a loss was a value the scheme cannot use, or the scheme's
+        update would have given a non-finite weight; then the weighting
+        state is returned unchanged, ``weights`` are those of the last
+        accepted step (uniform before any), and the caller must not
+        apply the update: the gradients are those of a rejected objective,
+        usually non-finite. :func:`covjax.apply_if_accepted` wraps an optax
+        optimiser so that ``update(..., accepted=out.accepted)`` does that.
       aux: auxiliary output of ``loss_fn`` when ``has_aux=True``, else None.
     """
 
@@ -57,7 +63,7 @@ class WeightedLosses(NamedTuple):
     losses: Losses
     weights: Weights
     state: WeightingState
-    finite: Array
+    accepted: Array
     aux: Any = None
 
 
@@ -236,7 +242,7 @@ def value_and_grad(
             losses=losses,
             weights=weights,
             state=new_state,
-            finite=step_accepted(state, new_state),
+            accepted=step_accepted(state, new_state),
             aux=aux,
         )
         return result, grads

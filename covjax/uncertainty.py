@@ -71,8 +71,13 @@ def uncertainty_weighting(
       init_log_variance: initial s, a scalar or (K,) array.
 
     Returns:
-      A :class:`~covjax.Weighting` with positive, unnormalised weights. Losses
-      may be any finite value (the objective is linear in L).
+      A :class:`~covjax.Weighting` with positive, unnormalised weights.
+
+    Losses must be positive: a step with a loss ≤ 0 (or a non-finite one) is
+    rejected — state unchanged, previous weights returned (uniform before the
+    first accepted step), the step reported as not accepted. (For L ≤ 0 the
+    objective exp(−s) L + s has no minimum in s: the weight exp(−s) would
+    grow without bound.)
     """
     _check_form(form, "uncertainty_weighting")
     optimizer = optax.adam(1e-4) if optimizer is None else optimizer
@@ -96,7 +101,14 @@ def uncertainty_weighting(
         new_s = optax.apply_updates(s, updates)
         return weights, LearnedLogState(new_s.astype(s.dtype), optimizer_state)
 
-    return make_weighting(init_fn, update_fn, name="uncertainty_weighting")
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name="uncertainty_weighting",
+        positive_losses=True,
+        weights_sum="free",
+        loss_scale="learned",
+    )
 
 
 def uncertainty_regulariser(state: WeightingState, form: UncertaintyForm = "reference") -> Array:

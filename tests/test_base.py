@@ -41,7 +41,7 @@ def test_structure_errors_at_trace_time() -> None:
         scheme.init(jnp.ones(0))
     with pytest.raises(TypeError, match="state returned by init"):
         scheme.update(jnp.ones(2), None)
-    with pytest.raises(ValueError, match="every loss must be a scalar"):
+    with pytest.raises(ValueError, match="a loss must be a scalar"):
         scheme.init(jnp.ones((2, 2)))
 
 

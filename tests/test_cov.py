@@ -137,9 +137,9 @@ def test_value_and_grad_reports_non_finite_step() -> None:
     state = scheme.init(loss_fn(params, 0.0))
     step = jax.jit(covjax.value_and_grad(loss_fn, scheme))
     out, _ = step(params, state, 0.0)
-    assert bool(out.finite)
+    assert bool(out.accepted)
     out_bad, _ = step(params, out.state, jnp.nan)
-    assert not bool(out_bad.finite)
+    assert not bool(out_bad.accepted)
     chex.assert_trees_all_equal(out_bad.state, out.state)
 
 

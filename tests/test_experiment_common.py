@@ -80,13 +80,92 @@ def test_logs_name_every_loss_and_weight(tmp_path: Path) -> None:
         for name in TASK.names:
             assert np.isfinite(row[f"loss/{name}"])
             assert np.isfinite(row[f"weight/{name}"])
-        assert row["finite"] is True
+        assert row["accepted"] is True and row["skipped_steps"] == 0
         assert row["images_per_second"] > 0
         # CoV weights sum to one.
         assert sum(row[f"weight/{name}"] for name in TASK.names) == pytest.approx(1.0, abs=1e-5)
     events = list((tmp_path / logging_utils.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert json.loads((tmp_path / "config.json").read_text())["scheme"] == "cov"
+
+
+def _same_bits(a: object, b: object) -> bool:
+    """Equal bit for bit (NaN payloads and the sign of zero included)."""
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+class _OneNanBatch(toy_task.ToyTask):
+    """The toy task whose batch at ``NAN_STEP`` holds a NaN input (NaN losses and statistics)."""
+
+    NAN_STEP = 2
+
+    def batch(self, seed: int, step: int, batch_size: int) -> dict[str, np.ndarray]:
+        batch = super().batch(seed, step, batch_size)
+        if step == self.NAN_STEP:
+            batch["x"][0, 0] = np.nan
+        return batch
+
+
+class _RecordingBar:
+    """A progress bar that remembers its postfixes."""
+
+    def __init__(self) -> None:
+        self.postfixes: list[dict[str, object]] = []
+
+    def update(self, _: int) -> None:
+        pass
+
+    def set_postfix(self, **postfix: object) -> None:
+        self.postfixes.append(postfix)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_rejected_step_changes_nothing_and_is_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = _OneNanBatch(num_losses=4, hidden=8)
+    nan_step = task.NAN_STEP
+    config = toy_task.toy_config(scheme="cov", num_train_steps=5, log_every_steps=1)
+    mesh = sharding.make_mesh(1)
+    trainer = train.Trainer(task, config, mesh)
+    batches = task.train_batches(config, start_step=0, process_index=0, process_count=1)
+    state = trainer.init_state(sharding.shard_batch(next(batches), mesh))
+    batches = task.train_batches(config, start_step=0, process_index=0, process_count=1)
+    kept = lambda s: (s.params, s.rest, s.opt_state, s.weighting)  # noqa: E731
+    for step in range(nan_step + 2):
+        before = jax.device_get(kept(state))  # the step donates the state's buffers
+        state, metrics = trainer.train_step(state, sharding.shard_batch(next(batches), mesh))
+        after = jax.device_get(kept(state))
+        unchanged = all(
+            _same_bits(a, b)
+            for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True)
+        )
+        assert bool(metrics.accepted) == (step != nan_step)
+        # Only the NaN step leaves parameters, batch statistics, Adam and CoV as they were.
+        assert unchanged == (step == nan_step), step
+        assert int(state.skipped_steps) == int(step >= nan_step)
+        assert int(state.step) == step + 1
+
+    bar = _RecordingBar()
+    monkeypatch.setattr(logging_utils, "progress_bar", lambda *args, **kwargs: bar)
+    train.train(task, config, tmp_path, show_progress=True)
+    rows = logging_utils.read_metrics(tmp_path)
+    assert [row["accepted"] for row in rows] == [step != nan_step for step in range(5)]
+    assert [row["skipped_steps"] for row in rows] == [int(step >= nan_step) for step in range(5)]
+    assert [postfix.get("skipped") for postfix in bar.postfixes] == [None, None, 1, 1, 1]
+    import tensorflow as tf
+
+    (events,) = (tmp_path / logging_utils.TENSORBOARD_DIR).glob("events.out.tfevents.*")
+    logged = [
+        (event.step, tf.make_ndarray(value.tensor))
+        for event in tf.compat.v1.train.summary_iterator(str(events))
+        for value in event.summary.value
+        if value.tag == "skipped_steps"
+    ]
+    assert logged == [(step + 1, int(step >= nan_step)) for step in range(5)]
 
 
 @pytest.mark.parametrize("name", sorted(schemes.SCHEMES))
@@ -104,7 +183,7 @@ def test_registry_builds_and_steps_every_scheme(name: str) -> None:
     for _ in range(5):
         state, metrics = trainer.train_step(state, sharding.shard_batch(next(batches), mesh))
     weights = np.asarray([metrics.weights[n] for n in TASK.names])
-    assert np.all(np.isfinite(weights)) and bool(metrics.finite)
+    assert np.all(np.isfinite(weights)) and bool(metrics.accepted)
     if name == "hand_tuned":
         hand = TASK.hand_tuned_weights()
         want = np.asarray([hand[n] for n in TASK.names])

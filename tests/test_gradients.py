@@ -173,7 +173,7 @@ def test_value_and_grad_with_mgda(wrt) -> None:
     np.testing.assert_allclose(weights, expected_weights, atol=1e-5)
     assert np.ptp(weights) > 1e-2  # not uniform: the check means something
     chex.assert_trees_all_close(flat(grads), expected_step(weights), rtol=1e-5, atol=1e-6)
-    assert bool(out.finite) and int(out.state.count) == 1
+    assert bool(out.accepted) and int(out.state.count) == 1
 
 
 def test_value_and_grad_with_representation() -> None:

@@ -15,7 +15,9 @@ HERE = pathlib.Path(__file__).parent
 
 def run_with_devices(script: str, devices: int = 8) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # Keep the caller's XLA flags (e.g. --xla_cpu_max_isa of `make test-numerics`).
+    flags = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = flags.strip()
     env["JAX_PLATFORMS"] = "cpu"
     result = subprocess.run(
         [sys.executable, str(HERE / script)], env=env, capture_output=True, text=True, timeout=300

@@ -2,7 +2,9 @@
 
 Every logged row holds the step, the weighted total, each loss as
 ``loss/<name>`` and each weight as ``weight/<name>`` (so all K weights are
-named), plus throughput. ``metrics.jsonl`` is what the report helpers read;
+named), whether covjax accepted that step (``accepted``), how many steps it
+has rejected so far (``skipped_steps``, each a step that changed nothing), plus
+throughput. ``metrics.jsonl`` is what the report helpers read;
 the TensorBoard event files (``tensorboard/``) are for looking at runs live.
 TensorBoard scalars are written with ``tf.summary.write`` and the scalars
 plugin's metadata, which works with TensorFlow alone (the ``tensorboard``
@@ -149,7 +151,7 @@ class MetricWriter:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, bool):
+    if isinstance(value, bool | int):  # flags and counts stay as they are
         return value
     value = float(value)
     return value if math.isfinite(value) else str(value)

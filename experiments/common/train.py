@@ -4,8 +4,11 @@ A step is ``covjax.value_and_grad`` over the task's named losses: the scheme
 turns the K losses (and, for gradient-based schemes, the K×K Gramian of the
 per-loss gradients at the scheme's gradient target) into weights, and one
 weighted backward pass gives ∇ Σ α_i L_i, which the optimiser (Adam by
-default, SGD configurable) applies. A step whose losses are not all finite
-leaves the parameters, the optimiser and the weighting untouched.
+default, SGD configurable) applies. A step that covjax did not accept
+(``accepted`` False: a non-finite loss or Gramian, a loss the scheme cannot
+use) leaves the parameters, the batch statistics, the optimiser and the
+weighting untouched, and is counted: ``skipped_steps`` in the logs and the
+progress bar.
 
 The loop adds: data parallelism over all devices (:mod:`.sharding`), a tqdm
 progress bar with the loss and throughput, the losses and every weight by
@@ -56,6 +59,8 @@ class TrainState:
 
     Attributes:
       step: int32, optimiser steps taken.
+      skipped_steps: int32, how many of them covjax rejected (and so changed
+        nothing but the step counter).
       params: the model's ``nnx.Param`` variables.
       rest: the model's other variables (e.g. batch statistics).
       opt_state: the optimiser state over ``params``.
@@ -63,6 +68,7 @@ class TrainState:
     """
 
     step: Array
+    skipped_steps: Array
     params: nnx.State
     rest: nnx.State
     opt_state: optax.OptState
@@ -75,7 +81,8 @@ class StepMetrics(struct.PyTreeNode):
     total: Array
     losses: dict[str, Array]
     weights: dict[str, Array]
-    finite: Array
+    accepted: Array
+    skipped_steps: Array
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -240,13 +247,15 @@ class Trainer:
         result, grads = step(trainable, state.weighting, state.rest, batch)
         updates, opt_state = self.optimizer.update(grads[MODEL], state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        # A step with a non-finite loss changes nothing (covjax already kept
-        # the weighting state); the step counter still advances so the data
-        # stream and the logs stay aligned with it.
+        # A step covjax rejected changes nothing (covjax already kept the
+        # weighting state); the step counter still advances so the data
+        # stream and the logs stay aligned with it, and the skip is counted.
         # (lax.cond rather than jnp.where: it also selects PRNG-key leaves.)
-        keep = lambda new, old: jax.lax.cond(result.finite, lambda: new, lambda: old)  # noqa: E731
+        keep = lambda new, old: jax.lax.cond(result.accepted, lambda: new, lambda: old)  # noqa: E731
+        skipped_steps = state.skipped_steps + (~result.accepted).astype(jnp.int32)
         new_state = TrainState(
             step=state.step + 1,
+            skipped_steps=skipped_steps,
             params=keep(params, state.params),
             rest=keep(result.aux, state.rest),
             opt_state=keep(opt_state, state.opt_state),
@@ -256,7 +265,8 @@ class Trainer:
             total=result.total,
             losses=covjax.named(result.losses),
             weights=covjax.named(result.weights),
-            finite=result.finite,
+            accepted=result.accepted,
+            skipped_steps=skipped_steps,
         )
         return new_state, metrics
 
@@ -274,6 +284,7 @@ class Trainer:
         losses = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), shapes)
         state = TrainState(
             step=jnp.zeros((), jnp.int32),
+            skipped_steps=jnp.zeros((), jnp.int32),
             params=params,
             rest=rest,
             opt_state=self.optimizer.init(params),
@@ -311,7 +322,11 @@ class Trainer:
 
 def _host_metrics(metrics: StepMetrics) -> dict[str, float]:
     host = jax.device_get(metrics)
-    row = {"total": float(host.total), "finite": bool(host.finite)}
+    row = {
+        "total": float(host.total),
+        "accepted": bool(host.accepted),
+        "skipped_steps": int(host.skipped_steps),
+    }
     row.update({f"loss/{name}": float(value) for name, value in host.losses.items()})
     row.update({f"weight/{name}": float(value) for name, value in host.weights.items()})
     return row
@@ -396,9 +411,10 @@ def train(
             row["images_per_second"] = (done - tick_step) * config.batch_size / (now - tick)
             tick, tick_step = now, done
             writer.write(done, row)
-            progress.set_postfix(
-                loss=f"{row['total']:.4g}", img_s=f"{row['images_per_second']:.1f}"
-            )
+            postfix = {"loss": f"{row['total']:.4g}", "img_s": f"{row['images_per_second']:.1f}"}
+            if row["skipped_steps"]:
+                postfix["skipped"] = row["skipped_steps"]
+            progress.set_postfix(**postfix)
         progress.update(1)
         manager.maybe_save(done, state, force=done == num_steps)
     progress.close()

@@ -145,6 +145,36 @@ def cagrad(J: np.ndarray, c: float, rescale: bool) -> tuple[np.ndarray, float]:
     return d, cagrad_objective(w, J, c)
 
 
+def cagrad_primal_value(J: np.ndarray, c: float) -> float:
+    """CAGrad's primal problem solved directly: max_d min_i ⟨g_i, d⟩ s.t. ‖d − g0‖ ≤ c‖g0‖.
+
+    SLSQP on (d, t): max t subject to J d ≥ t and ‖d − g0‖² ≤ r² (a convex
+    problem, so one start suffices), independent of the dual used by covjax.
+    Zero rows are left out of the minimum (the shared convention).
+    """
+    live = np.linalg.norm(J, axis=1) > 0
+    rows = J[live]
+    g0 = J.mean(axis=0)
+    r = c * np.linalg.norm(g0)
+    p = J.shape[1]
+    unit = max(np.abs(rows).max(), 1e-300) ** 2
+    start = np.concatenate([g0, [np.min(rows @ g0) / unit]])
+    result = optimize.minimize(
+        lambda x: -x[-1],
+        start,
+        jac=lambda x: np.concatenate([np.zeros(p), [-1.0]]),
+        method="SLSQP",
+        constraints=[
+            {"type": "ineq", "fun": lambda x: (rows @ x[:p]) / unit - x[-1]},
+            {"type": "ineq", "fun": lambda x: (r**2 - np.sum((x[:p] - g0) ** 2)) / unit},
+        ],
+        options={"ftol": 1e-15, "maxiter": 2000},
+    )
+    d = result.x[:p]
+    assert np.sum((d - g0) ** 2) <= r**2 * (1 + 1e-8) + 1e-12 * unit, result.message
+    return float(np.min(rows @ d))
+
+
 def imtl_g(J: np.ndarray) -> np.ndarray:
     """Liu et al. ICLR 2021, IMTL-G closed form: α_{2:K} = g_1 Uᵀ (D Uᵀ)⁻¹."""
     u = J / np.linalg.norm(J, axis=1, keepdims=True)
@@ -235,3 +265,66 @@ def db_mtl(
         )
         directions.append(np.sum((ema.max() / ema)[:, None] * log_grads, axis=0))
     return directions
+
+
+def nash_mtl_authors(
+    J: np.ndarray, rounds: int = 20, start: np.ndarray | None = None
+) -> np.ndarray:
+    """Nash-MTL as the authors' code (AvivNavon/nash-mtl, also LibMTL) runs it, in SciPy.
+
+    Their procedure, re-implemented from its description: G = J Jᵀ, n = ‖G‖_F,
+    Ĝ = G/n; from α_t (all ones on the first step) solve at most ``rounds``
+    convex sub-problems, each linearising the concave part φ(α) = Σ log α_i +
+    log (Ĝα)_i at α_t::
+
+        min_α  1ᵀĜα + ∇φ(α_t)ᵀ(α − α_t) / n
+        s.t.   −log(α_i n) − log (Ĝα)_i ≤ 0,  α ≥ 0
+
+    and stop when ‖Ĝα_t − 1/α_t‖ < 1e-3 or the sub-problem's solution moves
+    less than 1e-6 from α_t (their stopping rule, returning α_t). They solve
+    the sub-problems with ECOS through cvxpy; here SLSQP solves them, started
+    from a strictly feasible point (a multiple of the root of α_i (Gα)_i = 1;
+    the start does not change a convex problem's solution), and each
+    solution is checked against the sub-problem's constraints.
+    """
+    G = J @ J.T
+    n = np.linalg.norm(G)
+    Gn = G / n
+    k = G.shape[0]
+    feasible = 2.0 * nash_mtl(J)  # α_i (Gα)_i = 4 > 1: strictly inside
+    alpha_t = np.ones(k) if start is None else np.asarray(start, np.float64)
+
+    def constraint(a: np.ndarray) -> np.ndarray:
+        return np.log(n * a) + np.log(np.maximum(Gn @ a, 1e-300))
+
+    for _ in range(rounds):
+        phi_gradient = 1.0 / alpha_t + Gn @ (1.0 / (Gn @ alpha_t))
+        cost = Gn.sum(axis=0) + phi_gradient / n
+        # SLSQP works on x = α/σ with an O(1) objective (α spans decades across cases).
+        sigma = feasible.max()
+        unit = abs(cost @ feasible)
+        result = optimize.minimize(
+            lambda x: cost @ (sigma * x) / unit,
+            feasible / sigma,
+            jac=lambda x: cost * sigma / unit,
+            method="SLSQP",
+            bounds=[(1e-15, None)] * k,
+            constraints=[
+                {
+                    "type": "ineq",
+                    "fun": lambda x: constraint(sigma * x),
+                    "jac": lambda x: np.diag(1.0 / x) + Gn / np.maximum(Gn @ x, 1e-300)[:, None],
+                }
+            ],
+            options={"ftol": 1e-14, "maxiter": 1000},
+        )
+        new = sigma * result.x
+        # Status 8 ("positive directional derivative") is SLSQP stopping at
+        # round-off; feasibility is what must hold.
+        assert result.status in (0, 8) and constraint(new).min() > -1e-9, result.message
+        if np.linalg.norm(Gn @ alpha_t - 1.0 / (alpha_t + 1e-10)) < 1e-3:
+            break
+        if np.linalg.norm(new - alpha_t) < 1e-6:
+            break
+        alpha_t = new
+    return alpha_t

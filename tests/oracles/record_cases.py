@@ -1,0 +1,47 @@
+"""Writes the recorded reference cases in ``tests/oracles/recorded/`` from the float64 oracles.
+
+Run from the repository root: ``python tests/oracles/record_cases.py``. The
+tests read the files (inputs and expected outputs) and also re-run the oracle
+on the recorded inputs, so a recording that no longer matches its oracle fails.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from oracles import aggregators
+
+RECORDED = pathlib.Path(__file__).resolve().parent / "recorded"
+
+
+def nash_mtl_jacobians() -> dict[str, np.ndarray]:
+    """Gradients on very different scales (‖G‖_F from ~1e-2 to ~1e4), one case with conflicts."""
+    rng = np.random.default_rng(2024)
+    cases = {}
+    for name, k, p, scale in (("k3_small", 3, 7, 0.05), ("k5_large", 5, 9, 20.0)):
+        cases[name] = rng.normal(size=(k, p)) * rng.uniform(0.3, 3.0, size=(k, 1)) * scale
+    conflicting = rng.normal(size=(6, 10)) * rng.uniform(0.5, 2.0, size=(6, 1))
+    conflicting[1] = -0.5 * conflicting[0] + 0.8 * rng.normal(size=10)
+    cases["k6_conflicting"] = 3.0 * conflicting
+    return cases
+
+
+def main() -> None:
+    RECORDED.mkdir(exist_ok=True)
+    records = []
+    for name, J in nash_mtl_jacobians().items():
+        alpha = aggregators.nash_mtl_authors(J)
+        records.append({"name": name, "jacobian": J.tolist(), "alpha": alpha.tolist()})
+    path = RECORDED / "nash_mtl_authors.json"
+    path.write_text(json.dumps(records, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
