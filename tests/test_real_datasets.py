@@ -60,7 +60,9 @@ def test_kitti_calibration_gives_focal_and_baseline(kitti_inline: fake.FakeKitti
     assert 0.53 < baseline < 0.54
     assert doffs == 0.0  # KITTI rectifies both cameras to one principal point
     # The fake's second date: the right camera's principal point is 5.5 px further right.
-    offset = kitti.camera_from_calibration(kitti_inline.root / "2011_10_03" / "calib_cam_to_cam.txt")
+    offset = kitti.camera_from_calibration(
+        kitti_inline.root / "2011_10_03" / "calib_cam_to_cam.txt"
+    )
     assert offset.doffs == pytest.approx(5.5)
 
 

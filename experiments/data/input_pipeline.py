@@ -424,7 +424,7 @@ def _native_size(example: Mapping[str, tf.Tensor]) -> tf.Tensor:
         tf.debugging.assert_equal(
             tf.shape(example[key])[:2],
             size,
-            message=f"{key!r} and 'left' differ in size: targets must be the image's size",
+            message=f"target {key} differs in size from the left image it belongs to",
         )
         for key in _target_keys(example)
     ]

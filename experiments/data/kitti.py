@@ -431,7 +431,9 @@ def load(
             )
         cameras[date] = camera_from_calibration(calibration)
 
-    records: dict[str, list] = {key: [] for key in ("left", "right", "depth", *StereoCamera._fields)}
+    records: dict[str, list] = {
+        key: [] for key in ("left", "right", "depth", *StereoCamera._fields)
+    }
     missing_images: list[Path] = []
     missing_depths: list[Path] = []
     for frame in frames:
