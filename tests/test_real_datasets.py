@@ -347,6 +347,18 @@ def test_nyuv2_maps_to_contract(tmp_path: Path) -> None:
     assert len(as_list(nyuv2.load("val", tmp_path))) == 2
 
 
+def test_nyuv2_files_are_read_in_numeric_order(tmp_path: Path) -> None:
+    # The release names files 0.npy ... 794.npy, not zero-padded: as text, 10.npy
+    # would come before 2.npy and pair examples with the wrong index.
+    examples = fake.make_fake_nyuv2(tmp_path, counts={"val": 12}, height=2, width=3)
+    loaded = as_list(nyuv2.load("val", tmp_path))
+    for example, source in zip(loaded, examples["val"], strict=True):
+        np.testing.assert_array_equal(example["depth"], source.depth[..., 0])
+    # Depth holes and void labels reach the contract as its "unknown" values.
+    assert np.all(loaded[0]["depth"][1:, -2:] == 0) and np.all(loaded[0]["normals"][1:, -2:] == 0)
+    assert np.all(loaded[0]["semantic"][-2:, :2] == 255)
+
+
 def test_nyuv2_normals_are_renormalised() -> None:
     normal = np.zeros((1, 2, 3), np.float32)
     normal[0, 0] = (0.0, 0.0, 0.9)  # shortened by 8-bit quantisation
