@@ -9,10 +9,10 @@ disparity of the image and of its mirror, blended with Godard's ramp masks
 truth's native size (test sets may mix image sizes, as KITTI's Eigen split
 does) and turned into depth with that image's focal length, baseline and
 principal-point offset (``doffs``); ABS_REL, SQ_REL, RMSE, RMSE log and
-δ < 1.25^k are computed on the valid ground truth, per image, and averaged. On the synthetic data the
-ground truth is the rendered depth. With ``--untrained`` the same is done
-for the network at initialisation (the reference point of the issue's "at
-most half the untrained ARD" criterion).
+δ < 1.25^k are computed on the valid ground truth, per image, and averaged.
+On the synthetic data the ground truth is the rendered depth. With
+``--untrained`` the same is done for the network at initialisation (the
+reference point of the issue's "at most half the untrained ARD" criterion).
 
 Writes ``<workdir>/eval/<split>[_untrained]/metrics.json`` (means, number of
 images, which checkpoint) and ``per_image.csv`` (one row per image, for win
