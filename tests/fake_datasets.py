@@ -87,6 +87,7 @@ class FakeKittiFrame:
     depth_png: np.ndarray | None  # uint16, None when the frame has no ground truth
     focal: float
     baseline: float
+    doffs: float  # c_x(image_03) − c_x(image_02), pixels
 
     @property
     def depth(self) -> np.ndarray | None:
@@ -109,9 +110,12 @@ def make_fake_kitti(
 ) -> FakeKitti:
     """KITTI raw drives with calibration and improved (annotated) depth maps.
 
-    Two dates with different cameras and image sizes, two drives on the first
-    date, three frames per drive; frame 0 of each drive has no ground truth
-    (like the first and last 5 frames of real drives).
+    As irregular as the real set: two dates with different cameras and image
+    sizes (the Eigen test set mixes four sizes), two drives on the first date,
+    three frames per drive; frame 0 of each drive has no ground truth (like the
+    first and last 5 frames of real drives). The second date's calibration
+    has a principal-point offset between its two cameras (``doffs`` = 5.5 px,
+    Middlebury-style; KITTI's own calibrations have none).
 
     Args:
       gt_layout: ``"inline"``: ground truth inside each raw drive folder;
@@ -125,6 +129,7 @@ def make_fake_kitti(
     p03_b = list(KITTI_P_RECT_03)
     p02_b[0] = p03_b[0] = 7.070912e02
     p02_b[3], p03_b[3] = 4.575831e01, -3.334597e02
+    p02_b[2], p03_b[2] = 6.018873e02, 6.018873e02 + 5.5  # c_x(right) − c_x(left) = 5.5 px
     dates = {
         "2011_09_26": (KITTI_P_RECT_02, KITTI_P_RECT_03, (6, 20), ["0001", "0002"]),
         "2011_10_03": (p02_b, p03_b, (7, 22), ["0027"]),
@@ -136,6 +141,7 @@ def make_fake_kitti(
         (root / date / "calib_cam_to_cam.txt").write_text(kitti_calibration_text(p02, p03))
         focal = p02[0]
         baseline = abs(p02[3] / p02[0] - p03[3] / p03[0])
+        doffs = p03[2] - p02[2]
         for drive_number in drives:
             drive = f"{date}_drive_{drive_number}_sync"
             for index in range(3):
@@ -159,7 +165,9 @@ def make_fake_kitti(
                         depth_png,
                     )
                 frames.append(
-                    FakeKittiFrame(date, drive, frame, left, right, depth_png, focal, baseline)
+                    FakeKittiFrame(
+                        date, drive, frame, left, right, depth_png, focal, baseline, doffs
+                    )
                 )
     return FakeKitti(root=root, depth_root=depth_root, frames=frames)
 
@@ -220,6 +228,9 @@ def make_fake_cityscapes_archives(
             for frame in (19, 20 + city_index):
                 image_id = f"{city}_{city_index:06d}_{frame:06d}"
                 disparity = rng.integers(0, 60000, size=(height, width)).astype(np.uint16)
+                # As in the real maps: invalid (0) regions, e.g. where the
+                # stereo matcher failed along the left border, and zero disparity (1).
+                disparity[:, : width // 8] = 0
                 disparity[0, 0], disparity[0, 1] = 0, 1  # invalid, zero disparity
                 pair = FakeCityscapesPair(
                     image_id, random_rgb(rng, height, width), random_rgb(rng, height, width),
@@ -254,8 +265,13 @@ def make_fake_pascal_context(root: Path, *, seed: int = 0) -> dict[str, list[Fak
     """VOCdevkit/VOC2010/{JPEGImages,SegmentationClassContext,ImageSets/SegmentationContext}."""
     rng = np.random.default_rng(seed)
     voc = root / "VOCdevkit" / "VOC2010"
-    ids = {"train": ["2008_000002", "2008_000003", "2009_000011"], "val": ["2008_000008"]}
-    sizes = [(9, 12), (8, 10), (11, 7), (6, 6)]
+    ids = {
+        "train": ["2008_000002", "2008_000003", "2009_000011"],
+        "val": ["2008_000008", "2010_000010"],
+    }
+    # Every image has its own size, landscape and portrait, as in PASCAL VOC
+    # (500×375, 375×500, 500×333, ...).
+    sizes = [(9, 12), (8, 10), (11, 7), (6, 6), (12, 9)]
     images: dict[str, list[FakePascalImage]] = {}
     position = 0
     for split, split_ids in ids.items():
@@ -295,7 +311,12 @@ def make_fake_nyuv2(
     root: Path, *, counts: dict[str, int] | None = None, height: int = 6, width: int = 8,
     seed: int = 0,
 ) -> dict[str, list[FakeNyuExample]]:  # fmt: skip
-    """<root>/{train,val}/{image,label,depth,normal}/<i>.npy (real: 288×384, 795/654)."""
+    """<root>/{train,val}/{image,label,depth,normal}/<i>.npy (real: 288×384, 795/654).
+
+    With the real set's irregularities: file names are not zero-padded (``10.npy``
+    sorts before ``2.npy`` as text), labels are floats with −1 for unlabelled
+    pixels, and depth holes (0) have zero normals.
+    """
     rng = np.random.default_rng(seed)
     counts = counts or {"train": 3, "val": 2}
     examples: dict[str, list[FakeNyuExample]] = {}
@@ -304,11 +325,15 @@ def make_fake_nyuv2(
         for index in range(count):
             image = rng.random((height, width, 3)).astype(np.float32)
             label = rng.integers(-1, 13, size=(height, width)).astype(np.float32)
+            label[-2:, :2] = -1  # unlabelled regions
             depth = (rng.random((height, width, 1)) * 10).astype(np.float32)
+            # Kinect holes: no depth, hence no normal either (both stored as 0).
             depth[0, 0, 0] = 0.0
+            depth[1:3, -2:, 0] = 0.0
             normal = rng.normal(size=(height, width, 3)).astype(np.float32)
             normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
             normal[0, 0] = 0.0  # invalid
+            normal[1:3, -2:] = 0.0
             example = FakeNyuExample(image, label, depth, normal)
             for folder, array in (
                 ("image", image), ("label", label), ("depth", depth), ("normal", normal)

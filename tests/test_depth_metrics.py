@@ -134,3 +134,64 @@ def test_win_rate_on_hand_made_example() -> None:
         win_rate(a, b[:2])
     with pytest.raises(ValueError, match=r"\(N ≥ 1, 7\)"):
         win_rate(a[:, :6], b[:, :6])
+
+
+def perfect_disparity_fractions(
+    depth: np.ndarray, focal: float, baseline: float, doffs: float
+) -> np.ndarray:
+    """What a perfect stereo matcher sees: x_left − x_right = f·B/Z − doffs, / width."""
+    return (focal * baseline / depth - doffs) / depth.shape[-1]
+
+
+def test_principal_point_offset_is_corrected() -> None:
+    # Middlebury-style rig: the principal points of the rectified cameras differ.
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(2.0, 70.0, (12, 40))
+    focal, baseline, doffs = 700.0, 0.3, 37.0
+    disparities = [perfect_disparity_fractions(gt, focal, baseline, doffs)]
+    per_image = evaluate_disparities([gt], disparities, focal, baseline, doffs=doffs)
+    # The disparity goes through float32 resizing: relative errors of a few eps32.
+    np.testing.assert_allclose(per_image[0, :4], 0.0, atol=1e-5)
+    np.testing.assert_allclose(per_image[0, 4:], 1.0)
+    # Ignoring the offset is what the issue measured: far from 0.
+    ignored = evaluate_disparities([gt], disparities, focal, baseline)
+    assert ignored[0, 0] > 0.3
+    # Zero offset: the same numbers as without the argument (KITTI, Cityscapes).
+    zero = [perfect_disparity_fractions(gt, focal, baseline, 0.0)]
+    np.testing.assert_array_equal(
+        evaluate_disparities([gt], zero, focal, baseline, doffs=0.0),
+        evaluate_disparities([gt], zero, focal, baseline),
+    )
+    np.testing.assert_allclose(
+        evaluate_disparities([gt], zero, focal, baseline)[0, 0], 0, atol=1e-5
+    )
+
+
+def test_principal_point_offset_with_predictions_resized_to_each_ground_truth() -> None:
+    # Constant depth per image, so a disparity predicted at the network's 4×8
+    # is exact after resizing; the offset is given at each ground truth's width
+    # (where the focal is), and a disparity fraction needs no rescaling.
+    focal_at_width, baseline, doffs_at_width = 60.0, 0.5, 0.4  # per pixel of width
+    sizes, depths = [(6, 12), (8, 16), (5, 20)], [4.0, 9.0, 2.5]
+    gts, predictions, focals, offsets = [], [], [], []
+    for (height, width), depth in zip(sizes, depths, strict=True):
+        focal, doffs = focal_at_width * width, doffs_at_width * width
+        gt = np.full((height, width), depth)
+        fraction = perfect_disparity_fractions(gt, focal, baseline, doffs)[0, 0]
+        gts.append(gt)
+        predictions.append(np.full((4, 8), fraction))
+        focals.append(focal)
+        offsets.append(doffs)
+    per_image = evaluate_disparities(gts, predictions, focals, baseline, doffs=offsets)
+    np.testing.assert_allclose(per_image[:, :4], 0.0, atol=1e-5)
+    # An offset left at another width's value is wrong: the last image uses the first's.
+    wrong = evaluate_disparities(gts, predictions, focals, baseline, doffs=[*offsets[:2], 4.8])
+    assert wrong[2, 0] > 0.01 and np.all(wrong[:2, 0] < 1e-5)
+
+
+def test_image_without_valid_ground_truth_is_named() -> None:
+    gts = [np.full((4, 8), 10.0), np.zeros((4, 8))]
+    with pytest.raises(ValueError, match=r"image 1 of 2: .*no pixel has valid ground truth"):
+        evaluate_disparities(gts, np.full((2, 4, 8), 0.05), 700.0, 0.54)
+    with pytest.raises(ValueError, match="doffs must be finite"):
+        disparity_to_depth(np.ones(2), 700.0, 0.54, 100, doffs=np.nan)

@@ -326,3 +326,82 @@ def test_select_features_keeps_right_view_twins():
         )
     )
     assert set(batch) == {"left", "right"} and batch["left"].shape == (2, 8, 16, 3)
+
+
+def mixed_size_dataset(sizes: list[tuple[int, int]]) -> tf.data.Dataset:
+    """Stereo examples of different native sizes (as KITTI's Eigen test set: four sizes)."""
+    rng = np.random.default_rng(0)
+    examples = []
+    for index, (height, width) in enumerate(sizes):
+        examples.append(
+            {
+                "left": rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+                "right": rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+                "depth": rng.uniform(1.0, 80.0, (height, width)).astype(np.float32),
+                "semantic": rng.integers(0, 5, (height, width)).astype(np.int32),
+                "focal": np.float32(700.0 + index),
+                "baseline": np.float32(0.54),
+                "doffs": np.float32(index * 1.5),
+            }
+        )
+    spec = {
+        key: tf.TensorSpec((None,) * value.ndim if value.ndim < 3 else (None, None, 3), value.dtype)
+        for key, value in examples[0].items()
+    }
+    return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=spec), examples
+
+
+def test_native_size_evaluation_batches_mixed_sizes():
+    sizes = [(5, 16), (4, 15), (5, 15), (6, 16), (5, 14)]
+    dataset, examples = mixed_size_dataset(sizes)
+    # Resizing the targets too: plain batches at the network's size.
+    resized = next(ip.eval_iterator(dataset, batch_size=5, height=4, width=8))
+    assert resized["depth"].shape == (5, 4, 8)
+    native = list(ip.eval_iterator(dataset, batch_size=2, height=4, width=8, resize_targets=False))
+    assert [b["left"].shape for b in native] == [(2, 4, 8, 3), (2, 4, 8, 3), (1, 4, 8, 3)]
+    np.testing.assert_array_equal(np.concatenate([b["native_size"] for b in native]), sizes)
+    depths = [d for b in native for d in ip.native_targets(b, "depth")]
+    labels = [s for b in native for s in ip.native_targets(b, "semantic")]
+    for depth, label, example in zip(depths, labels, examples, strict=True):
+        np.testing.assert_array_equal(depth, example["depth"])
+        np.testing.assert_array_equal(label, example["semantic"])
+    # The padding is "unknown": depth 0, label 255 (the first batch pads (4, 15) to (5, 16)).
+    assert native[0]["depth"].shape == (2, 5, 16)
+    np.testing.assert_array_equal(native[0]["depth"][1, 4:], 0.0)
+    np.testing.assert_array_equal(native[0]["semantic"][1, :, 15:], ip.IGNORE_LABEL)
+    # Camera values stay at the native size, with the targets.
+    np.testing.assert_array_equal(
+        np.concatenate([b["focal"] for b in native]), [e["focal"] for e in examples]
+    )
+    np.testing.assert_array_equal(
+        np.concatenate([b["doffs"] for b in native]), [e["doffs"] for e in examples]
+    )
+    with pytest.raises(ValueError, match="resize_targets=False"):
+        ip.native_targets(resized, "depth")
+
+
+def test_target_of_another_size_than_its_image_is_named():
+    example = {"left": tf.zeros((4, 6, 3), tf.uint8), "depth": tf.zeros((4, 5))}
+    dataset = tf.data.Dataset.from_tensors(example)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="target depth differs in size from the left image"
+    ):
+        next(ip.eval_iterator(dataset, batch_size=1, height=2, width=2, resize_targets=False))
+
+
+def test_resize_scales_focal_and_principal_point_offset_with_the_width():
+    # doffs is a horizontal pixel quantity like the focal: f·B/(d + doffs) must
+    # give the same depth at any width, so both scale by new_width / old_width.
+    example = {
+        "left": tf.zeros((6, 20, 3), tf.uint8),
+        "depth": tf.fill((6, 20), 10.0),
+        "focal": tf.constant(700.0),
+        "doffs": tf.constant(5.5),
+    }
+    out = ip.resize_example(example, 3, 8)
+    np.testing.assert_allclose(out["focal"], 700.0 * 8 / 20, rtol=1e-6)
+    np.testing.assert_allclose(out["doffs"], 5.5 * 8 / 20, rtol=1e-6)
+    native = ip.resize_example(example, 3, 8, resize_targets=False)
+    assert float(native["doffs"]) == 5.5 and float(native["focal"]) == 700.0
+    selected = ip.select_features(tf.data.Dataset.from_tensors(example), ["left", "depth"])
+    assert set(selected.element_spec) == {"left", "depth", "focal", "doffs"}

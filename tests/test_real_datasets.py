@@ -41,6 +41,8 @@ def check_kitti_examples(examples: list[dict], frames: list[fake.FakeKittiFrame]
         assert example["left"].dtype == np.uint8
         np.testing.assert_allclose(example["focal"], frame.focal, rtol=1e-6)
         np.testing.assert_allclose(example["baseline"], frame.baseline, rtol=1e-6)
+        # float32 of a few pixels: exact to ~1e-6 px.
+        np.testing.assert_allclose(example["doffs"], frame.doffs, atol=1e-5)
         if frame.depth is None:
             np.testing.assert_array_equal(example["depth"], 0.0)
         else:
@@ -49,13 +51,28 @@ def check_kitti_examples(examples: list[dict], frames: list[fake.FakeKittiFrame]
 
 
 def test_kitti_calibration_gives_focal_and_baseline(kitti_inline: fake.FakeKitti) -> None:
-    focal, baseline = kitti.camera_from_calibration(
+    focal, baseline, doffs = kitti.camera_from_calibration(
         kitti_inline.root / "2011_09_26" / "calib_cam_to_cam.txt"
     )
     assert focal == pytest.approx(721.5377)
     # 44.85728/721.5377 + 339.5242/721.5377: the well-known ~0.54 m KITTI baseline.
     assert baseline == pytest.approx((44.85728 + 339.5242) / 721.5377)
     assert 0.53 < baseline < 0.54
+    assert doffs == 0.0  # KITTI rectifies both cameras to one principal point
+    # The fake's second date: the right camera's principal point is 5.5 px further right.
+    offset = kitti.camera_from_calibration(
+        kitti_inline.root / "2011_10_03" / "calib_cam_to_cam.txt"
+    )
+    assert offset.doffs == pytest.approx(5.5)
+
+
+def test_kitti_calibration_rejects_unequal_focal_lengths(tmp_path: Path) -> None:
+    p03 = list(fake.KITTI_P_RECT_03)
+    p03[0] *= 1.01
+    path = tmp_path / "calib_cam_to_cam.txt"
+    path.write_text(fake.kitti_calibration_text(fake.KITTI_P_RECT_02, p03))
+    with pytest.raises(DatasetFormatError, match="different focal lengths"):
+        kitti.camera_from_calibration(path)
 
 
 def test_kitti_split_lines_of_both_formats() -> None:
@@ -330,6 +347,18 @@ def test_nyuv2_maps_to_contract(tmp_path: Path) -> None:
     assert len(as_list(nyuv2.load("val", tmp_path))) == 2
 
 
+def test_nyuv2_files_are_read_in_numeric_order(tmp_path: Path) -> None:
+    # The release names files 0.npy ... 794.npy, not zero-padded: as text, 10.npy
+    # would come before 2.npy and pair examples with the wrong index.
+    examples = fake.make_fake_nyuv2(tmp_path, counts={"val": 12}, height=2, width=3)
+    loaded = as_list(nyuv2.load("val", tmp_path))
+    for example, source in zip(loaded, examples["val"], strict=True):
+        np.testing.assert_array_equal(example["depth"], source.depth[..., 0])
+    # Depth holes and void labels reach the contract as its "unknown" values.
+    assert np.all(loaded[0]["depth"][1:, -2:] == 0) and np.all(loaded[0]["normals"][1:, -2:] == 0)
+    assert np.all(loaded[0]["semantic"][-2:, :2] == 255)
+
+
 def test_nyuv2_normals_are_renormalised() -> None:
     normal = np.zeros((1, 2, 3), np.float32)
     normal[0, 0] = (0.0, 0.0, 0.9)  # shortened by 8-bit quantisation
@@ -370,6 +399,6 @@ def test_registry_reaches_the_real_readers(tmp_path: Path, pascal) -> None:
     assert len(nyu) == 2 and set(nyu[0]) == {"left", "semantic", "depth", "normals"}
     pascal_root, _ = pascal
     voc = as_list(get_dataset("pascal_context", "validation", pascal_root, background="class"))
-    assert len(voc) == 1 and set(voc[0]) == {"left", "semantic"}
+    assert len(voc) == 2 and set(voc[0]) == {"left", "semantic"}
     with pytest.raises(ValueError, match="data_dir is required"):
         get_dataset("kitti", "test", None)

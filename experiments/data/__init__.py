@@ -7,7 +7,9 @@ source has):
 * ``"right"``: uint8 [H, W, 3], the right view of stereo sources;
 * ``"depth"``: float32 [H, W], metres, 0 where unknown;
 * ``"focal"``: float32, pixels at the example's resolution; ``"baseline"``: float32,
-  metres; ``disparity_px = focal · baseline / depth``;
+  metres; ``"doffs"`` (optional, 0 when absent): float32, the principal-point
+  offset c_x(right) − c_x(left) of a rectified pair, pixels at the example's
+  resolution; ``disparity_px = focal · baseline / depth − doffs``;
 * ``"semantic"``: int32 [H, W], class ids, 255 = ignore;
 * ``"normals"``: float32 [H, W, 3], unit normals in camera coordinates, 0 where invalid.
 

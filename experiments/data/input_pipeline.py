@@ -9,8 +9,9 @@ Every source of :mod:`experiments.data` yields unbatched dict examples (``left``
   ``depth`` by nearest neighbour (never mixes depths across an edge or with the
   "unknown" zeros) or, with ``depth_resize="valid_mean"``, by the mean of the
   valid depths under each output pixel (for sparse LiDAR ground truth); the
-  focal length is scaled by ``new_width / old_width`` (it is the horizontal focal,
-  which is what converts disparities);
+  focal length and the principal-point offset ``doffs`` are scaled by
+  ``new_width / old_width`` (horizontal pixel quantities, which is what converts
+  disparities);
 * for training, augments as monodepth does (Godard et al., CVPR 2017; SPEC §6):
   a horizontal flip with probability 0.5 that also swaps the left and right views
   (so the left view stays the left view of a stereo pair), and a colour change
@@ -51,6 +52,7 @@ import tensorflow as tf
 __all__ = [
     "COLOR_RANGE",
     "IGNORE_LABEL",
+    "NATIVE_SIZE_KEY",
     "TARGET_KEYS",
     "as_numpy_iterator",
     "augment_example",
@@ -59,6 +61,7 @@ __all__ = [
     "flip_example",
     "make_eval_dataset",
     "make_train_dataset",
+    "native_targets",
     "resize_example",
     "select_features",
     "shard_batch",
@@ -70,6 +73,10 @@ IGNORE_LABEL = 255
 TARGET_KEYS: tuple[str, ...] = ("depth", "semantic", "normals")
 COLOR_RANGE: tuple[float, float] = (0.8, 1.2)
 _DEPTH_RESIZE_METHODS = ("nearest", "valid_mean")
+#: Camera quantities in horizontal pixels: rescaled with the width, kept with the targets.
+_PIXEL_SCALARS: tuple[str, ...] = ("focal", "doffs")
+#: [height, width] of an example's targets in a native-size evaluation batch.
+NATIVE_SIZE_KEY = "native_size"
 
 Example = dict[str, tf.Tensor]
 
@@ -129,14 +136,14 @@ def resize_example(
     depth_resize: str = "nearest",
     resize_targets: bool = True,
 ) -> Example:
-    """Resizes images (to float32 in [0, 1]) and targets; scales the focal length.
+    """Resizes images (to float32 in [0, 1]) and targets; scales ``focal`` and ``doffs``.
 
     Args:
       example: an unbatched contract dict.
       height, width: output size.
       depth_resize: ``"nearest"`` or ``"valid_mean"`` (see the module docstring).
-      resize_targets: if False, the targets (and the focal, which goes with the
-        depth map) keep their native size, for evaluation at full resolution.
+      resize_targets: if False, the targets (and ``focal`` and ``doffs``, which go
+        with the depth map) keep their native size, for evaluation at full resolution.
 
     Returns:
       a new dict; keys this function does not know pass through unchanged.
@@ -157,8 +164,9 @@ def resize_example(
     if not resize_targets:
         return out
     old_width = tf.shape(example["left"])[1]
-    if "focal" in example:
-        out["focal"] = example["focal"] * (width / tf.cast(old_width, tf.float32))
+    for key in _PIXEL_SCALARS:
+        if key in example:
+            out[key] = example[key] * (width / tf.cast(old_width, tf.float32))
     for key in _target_keys(example):
         value = example[key]
         if tuple(value.shape[:2]) == (height, width):
@@ -287,8 +295,8 @@ def select_features(dataset: tf.data.Dataset, keys: Sequence[str]) -> tf.data.Da
     """Keeps the features ``keys`` (and the right-view twins of target keys).
 
     Dropping what an experiment does not use before caching and augmenting
-    saves memory and time. ``focal`` is kept whenever a target is, since
-    resizing rescales it.
+    saves memory and time. ``focal`` and ``doffs`` are kept whenever a target
+    is, since resizing rescales them.
     """
     available = dataset.element_spec
     if not isinstance(available, Mapping):
@@ -299,7 +307,7 @@ def select_features(dataset: tf.data.Dataset, keys: Sequence[str]) -> tf.data.Da
     wanted = set(keys)
     for key in keys:
         if _base_key(key) in TARGET_KEYS:
-            wanted |= {_base_key(key), _base_key(key) + "_right", "focal"}
+            wanted |= {_base_key(key), _base_key(key) + "_right", *_PIXEL_SCALARS}
     kept = sorted(wanted & set(available))
     return dataset.map(lambda example: {key: example[key] for key in kept})
 
@@ -409,6 +417,32 @@ def make_train_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def _native_size(example: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    """[height, width] of the example's targets, which must all match its image."""
+    size = tf.shape(example["left"])[:2]
+    checks = [
+        tf.debugging.assert_equal(
+            tf.shape(example[key])[:2],
+            size,
+            message=f"target {key} differs in size from the left image it belongs to",
+        )
+        for key in _target_keys(example)
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(size)
+
+
+def _padding_values(spec: Mapping[str, tf.TensorSpec]) -> dict[str, tf.Tensor]:
+    """What pads a batch of native-size targets: the "unknown" value of each."""
+    values = {}
+    for key, value_spec in spec.items():
+        if _base_key(key) == "semantic":
+            values[key] = tf.constant(IGNORE_LABEL, value_spec.dtype)
+        else:
+            values[key] = tf.zeros([], value_spec.dtype)
+    return values
+
+
 def make_eval_dataset(
     dataset: tf.data.Dataset,
     *,
@@ -426,9 +460,14 @@ def make_eval_dataset(
 ) -> tf.data.Dataset:
     """The evaluation pipeline: source order, no augmentation, resized images, batched.
 
-    With ``resize_targets=False`` the targets keep their native size (compare at
-    ground-truth resolution, as KITTI evaluation does); examples of different
-    sizes then need ``batch_size=1``. ``keys`` keeps only those features (see
+    The images are always resized to the network's ``height`` × ``width``. With
+    ``resize_targets=False`` the targets (and ``focal``, ``doffs``) keep their
+    native size (compare at ground-truth resolution, as KITTI evaluation does),
+    so a dataset of mixed image sizes (KITTI's Eigen test set has four) still
+    batches: each batch's targets are padded to the largest in the batch with
+    their "unknown" value (depth and normals 0, semantic 255) and every example
+    carries its ``native_size`` ([height, width] int32); :func:`native_targets`
+    cuts the padding off again. ``keys`` keeps only those features (see
     :func:`select_features`).
     """
     _check_sizes(batch_size, height, width)
@@ -437,17 +476,48 @@ def make_eval_dataset(
         dataset = select_features(dataset, keys)
     if cache:
         dataset = dataset.cache()
-    dataset = dataset.map(
-        lambda example: resize_example(
+
+    def prepare(example: Example) -> Example:
+        out = resize_example(
             example, height, width, depth_resize=depth_resize, resize_targets=resize_targets
-        ),
-        num_parallel_calls=num_parallel_calls,
-        deterministic=True,
-    )
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        )
+        if not resize_targets:
+            out[NATIVE_SIZE_KEY] = _native_size(example)
+        return out
+
+    dataset = dataset.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=True)
+    if resize_targets:
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    else:
+        dataset = dataset.padded_batch(
+            batch_size,
+            padding_values=_padding_values(dataset.element_spec),
+            drop_remainder=drop_remainder,
+        )
     options = tf.data.Options()
     options.deterministic = True
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def native_targets(batch: Mapping[str, np.ndarray], key: str) -> list[np.ndarray]:
+    """The examples' ``key`` targets of a native-size evaluation batch, padding removed.
+
+    Args:
+      batch: a batch of :func:`make_eval_dataset` with ``resize_targets=False``.
+      key: a target, e.g. ``"depth"``.
+
+    Returns:
+      one array per example, of that example's native [H, W, ...] size.
+    """
+    if NATIVE_SIZE_KEY not in batch:
+        raise ValueError(
+            f"batch has no {NATIVE_SIZE_KEY!r}: make it with make_eval_dataset(..., "
+            "resize_targets=False)"
+        )
+    return [
+        value[:height, :width]
+        for value, (height, width) in zip(batch[key], batch[NATIVE_SIZE_KEY], strict=True)
+    ]
 
 
 def as_numpy_iterator(dataset: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:

@@ -42,10 +42,23 @@ the two public formats:
 Each example is the stereo pair (image_02 as ``left``, image_03 as ``right``),
 whatever the listed side (a monodepth2 ``r`` line gives the same pair); the
 ground truth is image_02's. Camera from the date's calibration:
-``focal = P_rect_02[0, 0]`` pixels at the native resolution and
+``focal = P_rect_02[0, 0]`` pixels at the native resolution,
 ``baseline = |P_rect_02[0, 3]/P_rect_02[0, 0] − P_rect_03[0, 3]/P_rect_03[0, 0]|``
-metres. Images keep their native size (375×1242, 370×1226, ...): training
-resizes them later in the input pipeline, evaluation compares at the GT's size.
+metres, and ``doffs = P_rect_03[0, 2] − P_rect_02[0, 2]`` pixels, the offset
+between the two principal points (0 for KITTI's own calibrations; other rigs
+stored in this layout, e.g. Middlebury-style ones, have doffs ≠ 0, and then
+depth = focal · baseline / (disparity + doffs); see :func:`camera_from_calibration`).
+Images keep their native size (375×1242, 370×1224, 374×1238, 376×1241 in the
+Eigen test set): training resizes them to the network's size in the input
+pipeline; evaluation predicts at the network's size and compares each
+prediction with its own ground truth at that ground truth's size.
+
+Frames without ground truth: training (``with_depth=False``, the default for
+``"train"``) uses every listed frame; evaluation skips them by default and logs
+how many (``missing_depth="skip"``), or rejects the split naming them
+(``"error"``); with ``"zeros"`` they stay, all pixels unknown, for tools that
+need every listed frame (the depth evaluation then stops at the first of them,
+naming it).
 """
 
 from __future__ import annotations
@@ -56,6 +69,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -64,6 +78,7 @@ from experiments.data.errors import DatasetFormatError, DatasetNotFoundError
 
 __all__ = [
     "KittiFrame",
+    "StereoCamera",
     "camera_from_calibration",
     "find_ground_truth",
     "list_all_frames",
@@ -204,12 +219,29 @@ def read_calibration(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     return calibration
 
 
-def camera_from_calibration(path: str | os.PathLike[str]) -> tuple[float, float]:
-    """``(focal_px, baseline_m)`` of the rectified colour pair (cameras 02 and 03).
+class StereoCamera(NamedTuple):
+    """The rectified colour pair (cameras 02 and 03) at the native resolution."""
+
+    focal: float  # pixels
+    baseline: float  # metres
+    doffs: float  # c_x(image_03) − c_x(image_02), pixels (0 in KITTI's own calibrations)
+
+
+def camera_from_calibration(path: str | os.PathLike[str]) -> StereoCamera:
+    """Focal length, baseline and principal-point offset of the rectified colour pair.
 
     focal = P_rect_02[0,0];
     baseline = |P_rect_02[0,3]/P_rect_02[0,0] − P_rect_03[0,3]/P_rect_03[0,0]|
-    (each P_rect_0i[0,3] is −f·t_x of that camera relative to the reference camera).
+    (each P_rect_0i[0,3] is −f·t_x of that camera relative to the reference camera);
+    doffs = P_rect_03[0,2] − P_rect_02[0,2], the right camera's principal point
+    minus the left one's. A point at depth Z projects to x_i = f·X/Z + c_x(i) +
+    P_rect_0i[0,3]/Z, so its disparity x_left − x_right is f·B/Z − doffs and
+    Z = f·B/(d + doffs) (Middlebury's convention). KITTI rectifies both cameras
+    to one principal point (doffs = 0); other rigs laid out as KITTI may not.
+
+    Raises:
+      DatasetFormatError: a projection is missing, or the two focal lengths differ
+        (not a rectified pair).
     """
     calibration = read_calibration(path)
     projections = []
@@ -221,8 +253,14 @@ def camera_from_calibration(path: str | os.PathLike[str]) -> tuple[float, float]
     p02, p03 = projections
     if p02[0, 0] <= 0 or p03[0, 0] <= 0:
         raise DatasetFormatError(f"{path}: non-positive focal length in P_rect_02/P_rect_03")
+    # Calibration files print 7 significant digits: equal focals agree to ~1e-6.
+    if abs(p02[0, 0] - p03[0, 0]) > 1e-5 * p02[0, 0]:
+        raise DatasetFormatError(
+            f"{path}: P_rect_02 and P_rect_03 have different focal lengths ({p02[0, 0]} and "
+            f"{p03[0, 0]}): not a rectified stereo pair"
+        )
     baseline = abs(p02[0, 3] / p02[0, 0] - p03[0, 3] / p03[0, 0])
-    return float(p02[0, 0]), float(baseline)
+    return StereoCamera(float(p02[0, 0]), float(baseline), float(p03[0, 2] - p02[0, 2]))
 
 
 def _ground_truth_candidates(depth_dir: Path, frame: KittiFrame) -> list[Path]:
@@ -287,6 +325,7 @@ def _decode_example(
         "right": right,
         "focal": record["focal"],
         "baseline": record["baseline"],
+        "doffs": record["doffs"],
     }
     if with_depth:
 
@@ -345,7 +384,8 @@ def load(
 
     Returns:
       a ``tf.data.Dataset`` of dicts: ``left``, ``right`` uint8 [H, W, 3] at native
-      size, ``focal`` float32 (pixels), ``baseline`` float32 (metres) and, with
+      size, ``focal`` float32 (pixels), ``baseline`` float32 (metres), ``doffs``
+      float32 (pixels, the principal-point offset of the pair) and, with
       ``with_depth``, ``depth`` float32 [H, W] in metres (0 = unknown).
 
     Raises:
@@ -382,7 +422,7 @@ def load(
         split_root = Path(split_dir).expanduser() if split_dir is not None else root / "splits"
         frames = parse_split_file(_default_split_file(split_root, split))
 
-    cameras: dict[str, tuple[float, float]] = {}
+    cameras: dict[str, StereoCamera] = {}
     for date in sorted({frame.date for frame in frames}):
         calibration = root / date / "calib_cam_to_cam.txt"
         if not calibration.is_file():
@@ -391,7 +431,9 @@ def load(
             )
         cameras[date] = camera_from_calibration(calibration)
 
-    records: dict[str, list] = {"left": [], "right": [], "depth": [], "focal": [], "baseline": []}
+    records: dict[str, list] = {
+        key: [] for key in ("left", "right", "depth", *StereoCamera._fields)
+    }
     missing_images: list[Path] = []
     missing_depths: list[Path] = []
     for frame in frames:
@@ -409,9 +451,8 @@ def load(
         records["left"].append(os.fspath(left))
         records["right"].append(os.fspath(right))
         records["depth"].append(os.fspath(depth_path) if depth_path is not None else "")
-        focal, baseline = cameras[frame.date]
-        records["focal"].append(focal)
-        records["baseline"].append(baseline)
+        for key, value in cameras[frame.date]._asdict().items():
+            records[key].append(value)
 
     if missing_images:
         _raise_missing("images", missing_images, len(frames), _HOW_TO_GET_RAW)
@@ -435,6 +476,7 @@ def load(
         "depth": tf.constant(records["depth"], tf.string),
         "focal": tf.constant(records["focal"], tf.float32),
         "baseline": tf.constant(records["baseline"], tf.float32),
+        "doffs": tf.constant(records["doffs"], tf.float32),
     }
     zero_depth_when_absent = missing_depth == "zeros"
     return tf.data.Dataset.from_tensor_slices(tensors).map(

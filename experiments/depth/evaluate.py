@@ -5,13 +5,14 @@
 
 For each image of ``config.data.eval_split`` the network predicts the left
 disparity of the image and of its mirror, blended with Godard's ramp masks
-(``config.eval.post_process``); the disparity is resized to the ground
-truth's size and turned into depth with that image's focal length and
-baseline; ABS_REL, SQ_REL, RMSE, RMSE log and δ < 1.25^k are computed on the
-valid ground truth, per image, and averaged. On the synthetic data the
-ground truth is the rendered depth. With ``--untrained`` the same is done
-for the network at initialisation (the reference point of the issue's "at
-most half the untrained ARD" criterion).
+(``config.eval.post_process``); the disparity is resized to its own ground
+truth's native size (test sets may mix image sizes, as KITTI's Eigen split
+does) and turned into depth with that image's focal length, baseline and
+principal-point offset (``doffs``); ABS_REL, SQ_REL, RMSE, RMSE log and
+δ < 1.25^k are computed on the valid ground truth, per image, and averaged.
+On the synthetic data the ground truth is the rendered depth. With
+``--untrained`` the same is done for the network at initialisation (the
+reference point of the issue's "at most half the untrained ARD" criterion).
 
 Writes ``<workdir>/eval/<split>[_untrained]/metrics.json`` (means, number of
 images, which checkpoint) and ``per_image.csv`` (one row per image, for win
@@ -71,18 +72,27 @@ def evaluate_state(
     rest: nnx.State,
     split: str,
 ) -> np.ndarray:
-    """Per-image metrics (N, 7), columns :data:`metrics.METRIC_NAMES`."""
+    """Per-image metrics (N, 7), columns :data:`metrics.METRIC_NAMES`.
+
+    Images are resized to the network's size and predicted in batches; each
+    prediction is scored against its own ground truth at that ground truth's
+    native size, with its own focal length, baseline and principal-point
+    offset (``doffs``, 0 where the source has none), so a split of mixed image
+    sizes (KITTI's Eigen test set) is evaluated like monodepth's
+    ``evaluate_kitti.py`` does.
+    """
     from experiments.data import input_pipeline  # local: imports TensorFlow
 
+    source = load_split(config, split)
+    if config.eval.max_examples:
+        source = source.take(config.eval.max_examples)
     dataset = input_pipeline.make_eval_dataset(
-        load_split(config, split),
+        source,
         batch_size=config.eval.batch_size,
         height=config.image_height,
         width=config.image_width,
         resize_targets=False,  # score at the ground truth's resolution
     )
-    if config.eval.max_examples:
-        dataset = dataset.unbatch().take(config.eval.max_examples).batch(config.eval.batch_size)
     predict = make_predictor(graphdef, config.eval.post_process)
     rows = []
     for batch in input_pipeline.as_numpy_iterator(dataset):
@@ -91,17 +101,25 @@ def evaluate_state(
                 f"Split {split!r} of {config.data.name!r} has no depth ground truth to score."
             )
         disparities = np.asarray(predict(params, rest, jnp.asarray(batch["left"])))
-        rows.append(
-            metrics.evaluate_disparities(
-                list(batch["depth"]),
-                disparities,
-                batch["focal"],
-                batch["baseline"],
-                min_depth=config.eval.min_depth,
-                max_depth=config.eval.max_depth,
-                crop=config.eval.crop,
+        try:
+            rows.append(
+                metrics.evaluate_disparities(
+                    input_pipeline.native_targets(batch, "depth"),
+                    disparities,
+                    batch["focal"],
+                    batch["baseline"],
+                    doffs=batch.get("doffs", 0.0),
+                    min_depth=config.eval.min_depth,
+                    max_depth=config.eval.max_depth,
+                    crop=config.eval.crop,
+                )
             )
-        )
+        except ValueError as error:
+            first = sum(len(block) for block in rows)
+            raise ValueError(
+                f"Split {split!r} of {config.data.name!r}, batch from example {first}: {error} "
+                "(a frame without ground truth? KITTI skips them with missing_depth='skip')"
+            ) from None
     if not rows:
         raise ValueError(f"Split {split!r} of {config.data.name!r} is empty.")
     return np.concatenate(rows, axis=0)

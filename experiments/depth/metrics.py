@@ -6,8 +6,10 @@ As in Godard et al. (CVPR 2017, ``evaluate_kitti.py``) and Groenendijk et al.
 1. post-process: predict on the image and on its mirror, blend the two with
    Godard's ramp masks (:func:`post_process_disparity`);
 2. resize the disparity (a fraction of the width) bilinearly to the ground
-   truth's size and convert it: depth = baseline · focal / (disparity · W_gt)
-   (:func:`disparity_to_depth`), clamped to [min_depth, max_depth];
+   truth's size and convert it: depth = baseline · focal / (disparity · W_gt + doffs)
+   (:func:`disparity_to_depth`), clamped to [min_depth, max_depth]; ``focal`` and
+   ``doffs`` (the principal-point offset c_x(right) − c_x(left) of the rectified
+   pair, 0 for KITTI and Cityscapes) are in pixels at the ground truth's width;
 3. per image, on the pixels with valid ground truth (min_depth < d < max_depth,
    optionally inside the Garg or Eigen crop), compute::
 
@@ -105,24 +107,34 @@ def resize_disparity(disp: np.ndarray | Array, height: int, width: int) -> np.nd
 
 
 def disparity_to_depth(
-    disp_fraction: np.ndarray, focal: float, baseline: float, width: int
+    disp_fraction: np.ndarray, focal: float, baseline: float, width: int, doffs: float = 0.0
 ) -> np.ndarray:
-    """depth = baseline · focal / (disparity · width), disparity a fraction of the width.
+    """depth = baseline · focal / (disparity · width + doffs), disparity a fraction of the width.
 
-    A zero (or negative) disparity gives an infinite depth, which the metrics clamp.
+    ``doffs`` is the horizontal offset between the principal points of the
+    rectified right and left cameras, c_x(right) − c_x(left), in pixels at
+    ``width`` (Middlebury's ``doffs``). A point at depth Z is seen at
+    x_left − x_right = focal · baseline / Z − doffs, which is what a network
+    trained by matching the two views predicts; hence Z = f·B / (d + doffs).
+    A zero (or negative) ``d + doffs`` gives an infinite depth, which the
+    metrics clamp.
 
     Args:
       disp_fraction: disparity as a fraction of the image width.
       focal: focal length in pixels at ``width``.
       baseline: stereo baseline in metres.
-      width: the width (pixels) at which ``focal`` is given.
+      width: the width (pixels) at which ``focal`` and ``doffs`` are given.
+      doffs: principal-point offset in pixels at ``width`` (0 for a pair
+        rectified to a common principal point, as KITTI's and Cityscapes').
     """
     if not (focal > 0 and baseline > 0 and width > 0):
         raise ValueError(
             "disparity_to_depth: focal, baseline and width must be positive, got "
             f"focal={focal}, baseline={baseline}, width={width}."
         )
-    pixels = np.asarray(disp_fraction, np.float64) * width
+    if not np.isfinite(doffs):
+        raise ValueError(f"disparity_to_depth: doffs must be finite, got {doffs}.")
+    pixels = np.asarray(disp_fraction, np.float64) * width + doffs
     with np.errstate(divide="ignore"):
         return np.where(pixels > 0, baseline * focal / np.where(pixels > 0, pixels, 1.0), np.inf)
 
@@ -191,6 +203,7 @@ def evaluate_disparities(
     focal: float | Sequence[float],
     baseline: float | Sequence[float],
     *,
+    doffs: float | Sequence[float] = 0.0,
     min_depth: float = MIN_DEPTH,
     max_depth: float = MAX_DEPTH,
     crop: Crop = None,
@@ -198,16 +211,25 @@ def evaluate_disparities(
     """Per-image metrics of predicted disparities against ground-truth depths.
 
     Each disparity (a fraction of the width, at the network's resolution) is
-    resized bilinearly to its ground truth's size, converted with that image's
-    focal length (in pixels at the ground truth's width) and baseline, and scored.
+    resized bilinearly to its own ground truth's size (so images of different
+    sizes are each scored at their native resolution, as monodepth's KITTI
+    evaluation does), converted with that image's focal length and
+    principal-point offset (both in pixels at the ground truth's width) and
+    baseline, and scored. Since the disparity is a fraction of the width,
+    resizing needs no rescaling of its values.
 
     Args:
       gt_depths: N ground-truth depth maps (H_i, W_i) in metres.
       disparities: N (h, w) predicted (post-processed) left disparities.
-      focal, baseline: one value for all images or one per image.
+      focal, baseline, doffs: one value for all images or one per image
+        (``doffs``: see :func:`disparity_to_depth`).
 
     Returns:
       (N, 7) float64 array, columns :data:`METRIC_NAMES` (save it for win rates).
+
+    Raises:
+      ValueError: counts differ, or an image has no valid ground-truth pixel
+        (its index is named).
     """
     count = len(gt_depths)
     if len(disparities) != count:
@@ -216,12 +238,18 @@ def evaluate_disparities(
         )
     focals = np.broadcast_to(np.asarray(focal, np.float64), (count,))
     baselines = np.broadcast_to(np.asarray(baseline, np.float64), (count,))
+    offsets = np.broadcast_to(np.asarray(doffs, np.float64), (count,))
     rows = []
-    for gt, disp, f, b in zip(gt_depths, disparities, focals, baselines, strict=True):
+    for index, (gt, disp, f, b, o) in enumerate(
+        zip(gt_depths, disparities, focals, baselines, offsets, strict=True)
+    ):
         height, width = np.shape(gt)
         resized = resize_disparity(disp, height, width)
-        depth = disparity_to_depth(resized, float(f), float(b), width)
-        rows.append(compute_depth_errors(gt, depth, min_depth, max_depth, crop))
+        depth = disparity_to_depth(resized, float(f), float(b), width, float(o))
+        try:
+            rows.append(compute_depth_errors(gt, depth, min_depth, max_depth, crop))
+        except ValueError as error:
+            raise ValueError(f"evaluate_disparities: image {index} of {count}: {error}") from None
     return np.asarray(rows, np.float64).reshape(count, len(METRIC_NAMES))
 
 
