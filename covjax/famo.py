@@ -1,7 +1,8 @@
 """FAMO: Fast Adaptive Multitask Optimization (Liu, Liang, Sun, Wu, Liu; NeurIPS 2023).
 
 FAMO balances the *rate* at which the losses decrease, at O(K) cost per step
-and with one backward pass (SPEC §4). It keeps logits ξ ∈ R^K, z = softmax(ξ),
+and with one backward pass (https://arxiv.org/abs/2306.03792). It keeps logits
+ξ ∈ R^K, z = softmax(ξ),
 and descends the z-weighted log losses, normalised::
 
     D_i = max(L_i − m_i, 0) + ε                  (m: known loss minima, default 0)

@@ -1,7 +1,7 @@
 """Geometric Loss Strategy, GLS (Chennupati, Sistu, Yogamani, Rawashdeh, CVPRW 2019).
 
 "MultiNet++: Multi-Stream Feature Aggregation and Geometric Loss Strategy for
-Multi-Task Learning" (SPEC §4). The objective is the geometric mean of the
+Multi-Task Learning" (https://arxiv.org/abs/1904.08492). The objective is the geometric mean of the
 losses::
 
     GLS = (Π_i L_i)^{1/K}

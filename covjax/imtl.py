@@ -1,7 +1,7 @@
 """IMTL: Impartial Multi-Task Learning (Liu et al., ICLR 2021) — the loss part.
 
 Liu, Li, Kuang, Xue, Chen, Yang, Liao, Zhang. "Towards Impartial Multi-task
-Learning", ICLR 2021 (SPEC §4).
+Learning", ICLR 2021 (https://openreview.net/forum?id=IMPnRXEWpvr).
 
 IMTL-L learns a log-scale s_i per loss so that every *scaled* loss stays near
 a constant; the objective is::

@@ -1,7 +1,7 @@
 """Loss-scale balancing: LSB (Lee, Lee, Kim, ICCV 2021) and multi-loss rebalancing (ECCV 2020).
 
 **LSB** — "Dynamic Multi-Task Learning via Loss Scale Balancing" (the second
-seed of Groenendijk et al.'s line of work; SPEC §3). No official code exists;
+seed of Groenendijk et al.'s line of work). No official code exists;
 this follows the consensus of independent re-implementations. Instead of
 steering each loss's trend, LSB periodically equalises the *loss scales*
 w_k L̄_k and focuses on the tasks whose loss falls slowest. With L̄_k(p) the
@@ -24,7 +24,7 @@ the prior-weighted mean of the per-task ratios L̄_k(p)/L̄_k(p−1) and d
 measures each task's ratio against that mean.
 
 **Multi-loss rebalancing** — Lee & Kim, "Multi-Loss Rebalancing Algorithm for
-Monocular Depth Estimation", ECCV 2020 (ref. [14] of the CoV paper; SPEC §3.1;
+Monocular Depth Estimation", ECCV 2020 (ref. [14] of the CoV paper;
 its released code is followed exactly). Weights w_i = 1/K, target shares
 s_i = 1/K; N rebalancing events per epoch, each on the per-loss means m_i
 since the previous event (the record also resets at every epoch start):

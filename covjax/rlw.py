@@ -1,7 +1,7 @@
 """Random Loss Weighting, RLW (Lin, Ye, Xu, Shi, Zhang, Kwok, TMLR 2022).
 
 "Reasonable Effectiveness of Random Weighting: A Litmus Test for Multi-Task
-Learning" (SPEC §4). Fresh random weights on the simplex every step::
+Learning" (https://arxiv.org/abs/2111.10603). Fresh random weights on the simplex every step::
 
     normal (default):  α = softmax(z),  z ~ N(0, I_K)
     uniform:           α = softmax(z),  z ~ U(0, 1)^K

@@ -1,7 +1,7 @@
 """Static loss weights: fixed (hand-tuned) weights and equal weighting.
 
 The baselines of Groenendijk et al., "Multi-Loss Weighting with Coefficient of
-Variations", WACV 2021 (SPEC §2.1)::
+Variations", WACV 2021 (https://arxiv.org/abs/2009.01717)::
 
     equal:       α_i = 1/K
     static:      α_i = w_i                 (or w_i / Σ_j w_j with ``normalise=True``)

@@ -2,7 +2,7 @@
 
 Kendall, Gal, Cipolla. "Multi-Task Learning Using Uncertainty to Weigh Losses
 for Scene Geometry and Semantics", CVPR 2018 (a baseline of Groenendijk et al.,
-WACV 2021; SPEC §2.2).
+WACV 2021, https://arxiv.org/abs/2009.01717).
 
 Each loss gets a learned log-variance s_i = log σ_i² (initialised 0). The joint
 objective of the paper's Eq. 1 is, in the two forms offered::

@@ -1,6 +1,7 @@
 """Throughput of the jitted depth train step: static vs CoV, uncertainty, GradNorm, MGDA-UB.
 
-SPEC §9 gives the reference PyTorch code's ratios for the same columns.
+The reference PyTorch code's ratios for the same columns, measured on the same kind of
+machine, are in the README's Performance section.
 
     python -m experiments.benchmarks.depth_throughput                 # CPU size
     python -m experiments.benchmarks.depth_throughput --size=ref_small --steps=1
@@ -13,7 +14,7 @@ the same inputs, and prints seconds per step, images per second and the
 ratio to static weights (``hand_tuned``). Compilation is excluded (one warm-up
 step). Sizes: ``cpu`` is ``configs/cpu.py`` (tiny ResNet-50MD, 64×128,
 batch 8); ``paper`` is ``configs/paper.py`` (ResNet-50MD, 256×512, batch 8);
-``ref_small`` is ResNet-50MD at 128×256, batch 2 (the SPEC's reference row).
+``ref_small`` is ResNet-50MD at 128×256, batch 2 (the reference code's measured row).
 ``--schemes=hand_tuned,mgda_ub,mgda_ub:ungrouped`` also times a gradient scheme
 with its 32 per-loss pull-backs in one batch instead of grouped by the layers
 each loss reaches (:mod:`covjax.loss_groups`).
@@ -134,7 +135,7 @@ def define_flags() -> None:
     flags.DEFINE_list(
         "schemes",
         ["hand_tuned", "cov", "uncertainty", "gradnorm", "mgda_ub"],
-        "Schemes (SPEC §9's columns); the first is the baseline.",
+        "Schemes (the reference code's measured columns); the first is the baseline.",
     )
     flags.DEFINE_integer("steps", 5, "Timed steps per scheme and round.")
     flags.DEFINE_integer("rounds", 3, "Interleaved rounds (the median is reported).")

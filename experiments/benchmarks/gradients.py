@@ -1,6 +1,7 @@
 """Cost of the per-loss gradient engine and of the gradient-based schemes.
 
-The network is LibMTL's hard-parameter-sharing MLP of SPEC §9: a shared trunk
+The network is LibMTL's hard-parameter-sharing MLP
+(https://github.com/median-research-group/LibMTL): a shared trunk
 256→512→512→512 (ReLU) and K linear heads 512→10 with cross-entropy, batch 32.
 Four tables, for K = 2, 8, 32 by default:
 
@@ -10,7 +11,8 @@ Four tables, for K = 2, 8, 32 by default:
    backward passes stay separate), and against K separately jitted calls.
 2. The full jitted train step (forward, weighting, backward, Adam) of every
    gradient scheme relative to static weights, next to LibMTL's ratios for the
-   same model (SPEC §9): GradNorm at the last trunk layer, MGDA, PCGrad,
+   same model (measured on the same kind of machine): GradNorm at the last
+   trunk layer, MGDA, PCGrad,
    CAGrad, Nash-MTL, IMTL-G, Aligned-MTL and UPGrad over all shared
    parameters (Dense Gramians factorised, and MGDA once more with the
    per-loss gradients materialised), MGDA-UB on the trunk's output (plain, and
@@ -194,7 +196,7 @@ def make_train_step(
     return train_step
 
 
-#: LibMTL's step-time ratios to equal weighting for this MLP at K = 2, 8, 32 (SPEC §9),
+#: LibMTL's step-time ratios to equal weighting for this MLP at K = 2, 8, 32,
 #: measured on the same kind of 2-core machine with PyTorch; the target is half of them.
 LIBMTL_RATIOS: dict[str, tuple[float, float, float]] = {
     "gradnorm": (2.8, 8.7, 26.3),
@@ -235,7 +237,7 @@ def step_table(ks: list[int], batch: int, rounds: int, steps: int, names: list[s
     print(
         f"\n2. Full train step (forward, weighting, backward, Adam), batch {batch}; "
         f"ratio to static weights, median of {rounds} interleaved rounds × {steps} steps; "
-        "LibMTL's ratio (SPEC §9) in brackets"
+        "LibMTL's ratio (measured) in brackets"
     )
     ratios: dict[str, list[float]] = {name: [] for name in names}
     base_ms = []

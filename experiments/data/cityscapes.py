@@ -66,7 +66,7 @@ __all__ = [
 
 TFDS_NAME = "cityscapes/stereo_disparity"
 
-# Camera of the paper's depth experiment (SPEC §6): focal length in pixels at the
+# Camera of the paper's depth experiment (the CoV paper's evaluation): focal length in pixels at the
 # native 2048-pixel width, stereo baseline in metres.
 FOCAL_PX = 2262.52
 FOCAL_REFERENCE_WIDTH = 2048

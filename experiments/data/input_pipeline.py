@@ -12,7 +12,7 @@ Every source of :mod:`experiments.data` yields unbatched dict examples (``left``
   focal length and the principal-point offset ``doffs`` are scaled by
   ``new_width / old_width`` (horizontal pixel quantities, which is what converts
   disparities);
-* for training, augments as monodepth does (Godard et al., CVPR 2017; SPEC §6):
+* for training, augments as monodepth does (Godard et al., CVPR 2017, https://arxiv.org/abs/1609.03677):
   a horizontal flip with probability 0.5 that also swaps the left and right views
   (so the left view stays the left view of a stereo pair), and a colour change
   with probability 0.5: ``clip(((image ** gamma) · brightness) · colour, 0, 1)``
@@ -264,7 +264,7 @@ def augment_example(
     flip_prob: float = 0.5,
     color_prob: float = 0.5,
 ) -> Example:
-    """The training augmentations of SPEC §6, driven by a stateless ``seed`` [2] int.
+    """monodepth's training augmentations (flip-and-swap, colour), from a stateless [2] ``seed``.
 
     Images must already be float32 in [0, 1] (see :func:`resize_example`).
     """
@@ -354,7 +354,7 @@ def make_train_dataset(
       seed: shuffling and augmentation seed.
       keys: keep only these features (see :func:`select_features`); default all.
       augment: apply :func:`augment_example` (else only resize).
-      flip_prob, color_prob: augmentation probabilities (SPEC: 0.5 and 0.5).
+      flip_prob, color_prob: augmentation probabilities (monodepth: 0.5 and 0.5).
       shuffle_buffer: shuffle buffer size; 0 or 1 keeps the order.
       repeat: repeat forever (epochs reshuffled); else one pass.
       drop_remainder: drop a final smaller batch (keeps jitted shapes fixed).

@@ -14,7 +14,7 @@ mmsegmentation's ``tools/dataset_converters/pascal_context.py`` (which uses the
 ``train.txt``/``val.txt`` lists come from the same converter (about 5000 images
 each; the paper quotes 4998 train / 5105 val).
 
-Labels: the paper's metrics ignore the background (SPEC §7: "pixel accuracy and
+Labels: the paper's metrics ignore the background (the CoV paper: "pixel accuracy and
 mean IoU, background ignored"), so by default (``background="ignore"``, like
 mmsegmentation's ``reduce_zero_label=True``) the 59 classes become ids 0..58 in
 :data:`CLASS_NAMES` order and the background becomes 255, the contract's

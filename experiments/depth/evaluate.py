@@ -1,4 +1,4 @@
-"""Evaluate a depth run: Eigen metrics of post-processed disparities (SPEC §6).
+"""Evaluate a depth run: Eigen metrics of post-processed disparities (Godard et al. 2017).
 
     python -m experiments.depth.evaluate \\
         --config=experiments/depth/configs/cpu.py --workdir=/tmp/depth_cov [--untrained]

@@ -2,7 +2,7 @@
 
 Godard, Mac Aodha and Brostow, "Unsupervised Monocular Depth Estimation with
 Left-Right Consistency", CVPR 2017, as used (unsummed) by Groenendijk et al.,
-"Multi-Loss Weighting with Coefficient of Variations", WACV 2021 (SPEC §6).
+"Multi-Loss Weighting with Coefficient of Variations", WACV 2021 (https://arxiv.org/abs/2009.01717).
 
 At each scale s = 0..3 (an image pyramid by bilinear downsampling) and for
 each view, with d_l, d_r the predicted disparities (fractions of the width)::
@@ -15,7 +15,7 @@ each view, with d_l, d_r the predicted disparities (fractions of the width)::
 
 monodepth sums them as α·SSIM + (1 − α)·L1 (α = 0.85) + LR + 0.1·smoothness;
 here every one is its own loss and a weighting scheme weighs them. The 32
-names, in the SPEC's order (:data:`LOSS_NAMES`): ``l1/left/s0`` … ``l1/left/s3``,
+names, in the reference code's order (:data:`LOSS_NAMES`): ``l1/left/s0`` … ``l1/left/s3``,
 ``l1/right/s0`` … ``l1/right/s3``, then the same for ``ssim``, ``lr`` and
 ``smooth``.
 
@@ -42,7 +42,7 @@ from jax import Array
 NUM_SCALES = 4
 VIEWS = ("left", "right")
 GROUPS = ("l1", "ssim", "lr", "smooth")
-#: The 32 loss names in the SPEC's order (group, view, scale).
+#: The 32 loss names in the reference code's order (group, view, scale).
 LOSS_NAMES: tuple[str, ...] = tuple(
     f"{group}/{view}/s{scale}" for group in GROUPS for view in VIEWS for scale in range(NUM_SCALES)
 )
@@ -289,7 +289,7 @@ def _group_weights(group_weights: dict[str, float], names: Iterable[str]) -> dic
 
 
 def hand_tuned_weights(names: Iterable[str] = LOSS_NAMES) -> dict[str, float]:
-    """monodepth's weights (SSIM 0.85, L1 0.15, LR 1, smoothness 0.1), SPEC §2.1.
+    """monodepth's weights (SSIM 0.85, L1 0.15, LR 1, smoothness 0.1; Godard et al. 2017).
 
     The four group weights are normalised to sum 1 (≈ 0.405, 0.071, 0.476,
     0.048 for SSIM, L1, LR, smoothness) and each is split evenly over the

@@ -1,7 +1,7 @@
 """Depth evaluation: post-processing, disparity → depth, the 7 error metrics, win rate.
 
 As in Godard et al. (CVPR 2017, ``evaluate_kitti.py``) and Groenendijk et al.
-(WACV 2021, Tables 3-5; SPEC §6):
+(WACV 2021, Tables 3-5, https://arxiv.org/abs/2009.01717):
 
 1. post-process: predict on the image and on its mirror, blend the two with
    Godard's ramp masks (:func:`post_process_disparity`);
@@ -37,7 +37,8 @@ from jax import Array
 
 MIN_DEPTH = 1e-3
 MAX_DEPTH = 80.0
-#: Cityscapes stereo rig (SPEC §6): focal length in pixels at 2048 px width, baseline in m.
+#: Cityscapes stereo rig (as in the CoV paper's evaluation): focal length in pixels at
+#: 2048 px width, baseline in m.
 CITYSCAPES_FOCAL = 2262.52
 CITYSCAPES_BASELINE = 0.209313
 #: The 7 metrics, in the paper's column order.

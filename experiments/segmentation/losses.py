@@ -1,4 +1,4 @@
-"""The three losses of EncNet and their static weightings (SPEC §7).
+"""The three losses of EncNet and their static weightings (Zhang et al., CVPR 2018, https://arxiv.org/abs/1803.08904).
 
 * CE: pixel-wise softmax cross-entropy of the main (EncHead) logits, averaged
   over the labelled pixels (``ignore_label`` pixels excluded);
