@@ -66,8 +66,8 @@ __all__ = [
 
 TFDS_NAME = "cityscapes/stereo_disparity"
 
-# Camera of the paper's depth experiment (SPEC §6): focal length in pixels at the
-# native 2048-pixel width, stereo baseline in metres.
+# Camera of the paper's depth experiment (Groenendijk et al. 2021, Sec. 4.1): focal
+# length in pixels at the native 2048-pixel width, stereo baseline in metres.
 FOCAL_PX = 2262.52
 FOCAL_REFERENCE_WIDTH = 2048
 BASELINE_M = 0.209313

@@ -11,7 +11,7 @@ Every source of :mod:`experiments.data` yields unbatched dict examples (``left``
   valid depths under each output pixel (for sparse LiDAR ground truth); the
   focal length is scaled by ``new_width / old_width`` (it is the horizontal focal,
   which is what converts disparities);
-* for training, augments as monodepth does (Godard et al., CVPR 2017; SPEC §6):
+* for training, augments as monodepth does (Godard et al., CVPR 2017):
   a horizontal flip with probability 0.5 that also swaps the left and right views
   (so the left view stays the left view of a stereo pair), and a colour change
   with probability 0.5: ``clip(((image ** gamma) · brightness) · colour, 0, 1)``
@@ -256,7 +256,7 @@ def augment_example(
     flip_prob: float = 0.5,
     color_prob: float = 0.5,
 ) -> Example:
-    """The training augmentations of SPEC §6, driven by a stateless ``seed`` [2] int.
+    """Monodepth's training augmentations, driven by a stateless ``seed`` [2] int.
 
     Images must already be float32 in [0, 1] (see :func:`resize_example`).
     """
@@ -346,7 +346,7 @@ def make_train_dataset(
       seed: shuffling and augmentation seed.
       keys: keep only these features (see :func:`select_features`); default all.
       augment: apply :func:`augment_example` (else only resize).
-      flip_prob, color_prob: augmentation probabilities (SPEC: 0.5 and 0.5).
+      flip_prob, color_prob: augmentation probabilities (monodepth's: 0.5 and 0.5).
       shuffle_buffer: shuffle buffer size; 0 or 1 keeps the order.
       repeat: repeat forever (epochs reshuffled); else one pass.
       drop_remainder: drop a final smaller batch (keeps jitted shapes fixed).
