@@ -1,12 +1,18 @@
-"""Multi-process training launched as the README says equals one process.
+"""Multi-process runs: launched as the README says, they equal one process.
 
 The README's two launch blocks ("GPUs, TPUs and several hosts") are run as
 written, with the tiny test config, a fresh data directory, a free port and a
 temporary workdir substituted: two processes on 127.0.0.1 with explicit flags
 train 2 steps (and checkpoint), then the SLURM block, through a stand-in
 ``srun`` (tests/fake_srun.py) that gives two local processes the SLURM
-variables JAX's auto-detection reads, resumes them to step 4. One plain
-process trains the same 4 steps; every leaf of the final states must agree.
+variables JAX's auto-detection reads, resumes them to step 4, while one plain
+process resumes a copy of their checkpoint. One process trains the same 4
+steps uninterrupted; every leaf of the final states must agree. A second test
+runs ``prepare_once`` (process 0 prepares a dataset, the others wait) on pairs
+of processes whose process 0 succeeds, raises, dies or is too slow.
+
+Every process runs in a session of its own under a timeout; the tests stop
+only those sessions, and a failure shows the tail of every process's log.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ MARKER = "<!-- covered by tests/test_multihost.py -->"
 TEST_CONFIG = "experiments/depth/configs/test.py"
 # Per launch; a run takes well under a minute on 2 idle cores, the margin is for load.
 LAUNCH_TIMEOUT_S = 420
+# Once a process of a run fails, how long the others get to stop by themselves.
+FAILURE_GRACE_S = 30
 # JAX's SLURM detection puts the coordinator on port SLURM_JOB_ID % 4096 + 61440.
 SLURM_PORTS = range(65536 - 4096, 65536)
 
@@ -123,23 +131,33 @@ def launched(
                 launch.process.wait()
 
 
-def wait_all(started: list[Launched], timeout_s: float) -> list[int]:
-    """The exit codes of ``started``; fails the test (with every log's tail) past ``timeout_s``."""
+def wait_all(
+    started: list[Launched], timeout_s: float, *, failure_grace_s: float | None = None
+) -> list[int | None]:
+    """The exit codes of ``started`` (None for any still running when it stops waiting).
+
+    Fails the test, with every log's tail, when they still run after
+    ``timeout_s``. With ``failure_grace_s``, stops waiting that long after one
+    fails (in one run, the others would wait for it).
+    """
     deadline = time.monotonic() + timeout_s
-    codes = []
-    for launch in started:
-        try:
-            codes.append(launch.process.wait(timeout=max(deadline - time.monotonic(), 0.1)))
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{launch.process.args} ran past {timeout_s} s.\n{tails(started)}")
+    while None in (codes := [launch.process.poll() for launch in started]):
+        if failure_grace_s is not None and any(codes):
+            deadline = min(deadline, time.monotonic() + failure_grace_s)
+            failure_grace_s = None
+        if time.monotonic() > deadline:
+            if any(codes):
+                break
+            pytest.fail(f"Still running after {timeout_s} s.\n{tails(started)}")
+        time.sleep(0.2)
     return codes
 
 
 def run_together(commands: list[list[str]], env: dict[str, str], logs: Path) -> None:
     """Run ``commands`` at once; every one must succeed within LAUNCH_TIMEOUT_S."""
     with launched(commands, env, logs) as started:
-        codes = wait_all(started, LAUNCH_TIMEOUT_S)
-        if any(codes):
+        codes = wait_all(started, LAUNCH_TIMEOUT_S, failure_grace_s=FAILURE_GRACE_S)
+        if codes != [0] * len(codes):
             pytest.fail(f"Exit codes {codes}.\n{tails(started)}")
 
 
@@ -268,10 +286,14 @@ def test_readme_launches_on_two_processes_resume_and_equal_one_process(tmp_path:
     # Two processes, explicit flags, a fresh data_dir (process 0 generates the
     # data, process 1 waits): 2 of the 4 steps. One process trains all 4 at
     # the same time.
-    explicit_paths = {**common, "/tmp/depth_2proc": str(two), "12355": str(free_port())}
+    port = free_port()
+    explicit_paths = {**common, "/tmp/depth_2proc": str(two), "12355": str(port)}
     first = [[*substitute(argv, explicit_paths), "--config.num_train_steps=2"] for argv in explicit]
     run_together([*first, one_process(one, one / "data")], env, tmp_path / "first")
     assert sorted(path.name for path in (two / "checkpoints").iterdir()) == ["2"]
+    # Process 0's coordinator listened on the loopback address alone.
+    started_on = f"Starting JAX distributed service on 127.0.0.1:{port}"
+    assert started_on in (tmp_path / "first.0.log").read_text()
     assert logged_losses(two)[2] == pytest.approx(logged_losses(one)[2], rel=RELATIVE_TOLERANCE)
     shutil.copytree(two, two_then_one, ignore=shutil.ignore_patterns("data"))
 
@@ -308,3 +330,59 @@ def test_readme_launches_on_two_processes_resume_and_equal_one_process(tmp_path:
         if key.startswith("['params']"):
             moved = np.max(np.abs(reference[key] - before[key])) / np.max(np.abs(reference[key]))
             assert moved > 10 * RELATIVE_TOLERANCE, (key, moved)
+
+
+def test_process_0_prepares_the_data_while_the_other_waits_or_fails(tmp_path: Path) -> None:
+    """``prepare_once`` on two processes: process 1 waits, or fails soon if process 0 does.
+
+    Four pairs of tests/prepare_worker.py run at once, in which process 0's
+    3 s preparation succeeds, raises, dies, or outlasts process 1's wait.
+    """
+    modes = ("ok", "raise", "die", "slow")
+    ports = {mode: str(free_port()) for mode in modes}
+    runs = [(mode, rank) for mode in modes for rank in (0, 1)]
+    for mode in modes:
+        (tmp_path / mode).mkdir()
+    commands = [
+        [sys.executable, str(HERE / "prepare_worker.py"), ports[mode], str(rank), mode,
+         str(tmp_path / mode)]
+        for mode, rank in runs
+    ]  # fmt: skip
+    with launched(commands, process_env(tmp_path), tmp_path / "prepare") as started:
+        codes = dict(zip(runs, wait_all(started, LAUNCH_TIMEOUT_S), strict=True))
+        logs = {
+            run: launch.log.read_text(errors="replace")
+            for run, launch in zip(runs, started, strict=True)
+        }
+        report = tails(started)
+    # Only process 0 ever prepares.
+    for mode in modes:
+        assert not (tmp_path / mode / "prepared_by_1").exists(), report
+        assert (tmp_path / mode / "prepared_by_0").exists(), report
+
+    # ok: process 1 returns once the data is there, and finds it.
+    assert codes["ok", 0] == codes["ok", 1] == 0, report
+    returned = json.loads(logs["ok", 1].splitlines()[-1])
+    assert returned["prepared"], report
+    assert returned["returned_at"] >= float((tmp_path / "ok" / "done").read_text()), report
+
+    # raise: process 1 fails with process 0's error.
+    assert codes["raise", 0] != 0 and codes["raise", 1] != 0, report
+    assert "Process 0 could not prepare" in logs["raise", 1], report
+    assert "OSError: disk full" in logs["raise", 1], report
+
+    # die: process 1 fails at once (the coordinator went with process 0), not
+    # at the end of its 60 s wait.
+    assert codes["die", 0] == 3 and codes["die", 1] != 0, report
+    # (This says so, unless JAX's own message, which ends the process from
+    # another thread, comes first.)
+    assert any(
+        message in logs["die", 1]
+        for message in ("process 0 stopped or could not be reached", "another task died")
+    ), report
+    assert "DEADLINE_EXCEEDED" not in logs["die", 1], report
+
+    # slow: process 1 gives up after its timeout, with a message saying so.
+    assert codes["slow", 1] != 0, report
+    assert "took longer than 0.75 s" in logs["slow", 1], report
+    assert "DEADLINE_EXCEEDED" in logs["slow", 1], report

@@ -96,7 +96,7 @@ def prepare_once(
         raise RuntimeError(
             f"Process {jax.process_index()} waited for process 0 to prepare "
             f"{builder.data_dir}, but process 0 stopped or could not be reached, or took "
-            f"longer than {timeout_s:.0f} s (see its log): {error}"
+            f"longer than {timeout_s:g} s (see its log): {error}"
         ) from error
     if status != _OK:
         raise RuntimeError(f"Process 0 could not prepare {builder.data_dir}: {status}")
