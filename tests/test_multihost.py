@@ -204,7 +204,9 @@ def process_env(tmp_path: Path) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("SLURM_", "JAX_COORDINATOR", "TFDS_DATA_DIR", "OMPI_"))
+        if not key.startswith(
+            ("SLURM_", "OMPI_", "KUBERNETES_", "JAX_COORDINATOR", "TFDS_DATA_DIR")
+        )
     }
     env.update(
         JAX_PLATFORMS="cpu",
@@ -214,7 +216,8 @@ def process_env(tmp_path: Path) -> dict[str, str]:
         " --xla_llvm_disable_expensive_passes=true",
         TF_CPP_MIN_LOG_LEVEL="3",
         PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])]),
-        # Resumed processes run the programs the first ones compiled.
+        # The one-process resume runs the programs the reference compiled (a
+        # multi-process program's cache key changes from run to run).
         JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     )
