@@ -35,3 +35,53 @@ def test_sharded_step_matches_single_device() -> None:
     assert report["params"] < 1e-5
     # The weights moved away from uniform, so the comparison is not vacuous.
     assert max(report["last_weights"]) - min(report["last_weights"]) > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("address", "bind"),
+    [
+        ("127.0.0.1:12355", "127.0.0.1:12355"),
+        ("127.0.0.2:80", "127.0.0.2:80"),
+        ("localhost:12355", "localhost:12355"),
+        ("[::1]:12355", "[::1]:12355"),
+        ("10.1.2.3:12355", None),  # reached from other machines: JAX's default ([::]:port)
+        ("node001:12355", None),
+    ],
+)
+def test_coordinator_binds_to_a_loopback_address_as_given(address: str, bind: str | None) -> None:
+    from experiments.common.sharding import coordinator_bind_address
+
+    assert coordinator_bind_address(address) == bind
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.1:port", ":"])
+def test_coordinator_address_needs_a_port(address: str) -> None:
+    from experiments.common.sharding import coordinator_bind_address
+
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        coordinator_bind_address(address)
+
+
+def test_distributed_outside_a_cluster_names_the_launch_flags(monkeypatch) -> None:
+    import jax
+
+    from experiments.common.sharding import initialize_distributed
+
+    # A plain machine: none of the variables of the clusters JAX detects.
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "KUBERNETES_")):
+            monkeypatch.delenv(name)
+    with pytest.raises(ValueError, match=r"--config\.coordinator_address=HOST:PORT"):
+        initialize_distributed()
+    assert not jax.distributed.is_initialized()
+
+
+def test_launch_fields_without_distributed_are_refused() -> None:
+    from experiments.common.train import setup_runtime
+    from experiments.depth.configs import test as test_config
+
+    config = test_config.get_config()
+    config.num_processes = 2
+    config.process_id = 1
+    with pytest.raises(ValueError, match=r"without --config\.distributed=True"):
+        setup_runtime(config)

@@ -36,7 +36,7 @@ def train_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's training batches of ``dataset`` from ``start_step`` on.
 
-    The shared input pipeline (resize, SPEC §6 augmentation, seeded shuffling)
+    The shared input pipeline (resize, monodepth's augmentation, seeded shuffling)
     draws all its randomness from ``config.seed`` and the position in the
     stream, so skipping the first ``start_step`` batches gives exactly the
     batches an uninterrupted run sees next. With several processes each gets

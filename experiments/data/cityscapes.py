@@ -49,6 +49,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from experiments.data.errors import DatasetFormatError, DatasetNotFoundError
+from experiments.data.preparation import prepare_once
 from experiments.data.tfds_compat import ensure_importlib_resources
 
 __all__ = [
@@ -66,8 +67,8 @@ __all__ = [
 
 TFDS_NAME = "cityscapes/stereo_disparity"
 
-# Camera of the paper's depth experiment (the CoV paper's evaluation): focal length in pixels at the
-# native 2048-pixel width, stereo baseline in metres.
+# Camera of the paper's depth experiment (Groenendijk et al. 2021, Sec. 4.1): focal
+# length in pixels at the native 2048-pixel width, stereo baseline in metres.
 FOCAL_PX = 2262.52
 FOCAL_REFERENCE_WIDTH = 2048
 BASELINE_M = 0.209313
@@ -235,7 +236,9 @@ def load(
         stored; ``None`` uses TFDS's default (``$TFDS_DATA_DIR`` or
         ``~/tensorflow_datasets``).
       manual_dir: folder holding the three archives (only needed the first time);
-        default ``<data_dir>/downloads/manual``, then ``data_dir`` itself.
+        default ``<data_dir>/downloads/manual``, then ``data_dir`` itself. In a
+        multi-process JAX run, process 0 prepares and the others wait for it
+        (:func:`experiments.data.preparation.prepare_once`).
       crop_bonnet: drop the bottom fifth of each frame, as monodepth does.
 
     Returns:
@@ -252,8 +255,8 @@ def load(
     if data_dir is None:
         data_dir = tfds.core.constants.DATA_DIR
     data_dir = os.path.expanduser(os.fspath(data_dir))
-    builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
-    if not builder.is_prepared():
+
+    def prepare(builder: tfds.core.DatasetBuilder) -> None:
         archives_dir = find_manual_dir(data_dir, manual_dir)
         validate_archives(archives_dir)
         ensure_importlib_resources()  # TFDS 4.9 needs it to prepare on Python 3.11
@@ -262,6 +265,9 @@ def load(
                 manual_dir=os.fspath(archives_dir), try_download_gcs=False
             )
         )
+
+    # In a multi-process run, process 0 prepares and the others wait to read.
+    builder = prepare_once(lambda: tfds.builder(TFDS_NAME, data_dir=data_dir), prepare)
     skip = tfds.decode.SkipDecoding()
     dataset = builder.as_dataset(
         split=_SPLITS[split],

@@ -20,9 +20,10 @@ __all__ = ["PREPARE_TIMEOUT_S", "prepare_once"]
 Builder = TypeVar("Builder")
 
 #: How long the other processes wait for process 0 to prepare a dataset
-#: (rendering a large synthetic dataset takes long). If process 0 dies
-#: instead, JAX's coordination service stops the others sooner (its
-#: heartbeat times out).
+#: (rendering a large synthetic dataset takes long). Process 0 failing ends
+#: the wait at once: an exception is passed on to the others, and if process
+#: 0 dies, the coordination service, which runs in it, goes with it (or, if it
+#: only becomes unreachable, JAX's heartbeat times out after 100 s).
 PREPARE_TIMEOUT_S = 6 * 3600
 
 _OK = "ok"
@@ -61,7 +62,9 @@ def prepare_once(
       a builder ready for ``as_dataset``.
 
     Raises:
-      RuntimeError: in the other processes, when process 0 failed to prepare.
+      RuntimeError: in the other processes, when process 0 failed to prepare,
+        stopped (or became unreachable) before it was done, or took longer
+        than ``timeout_s``.
       FileNotFoundError: when process 0 prepared a ``data_dir`` this process
         does not see (it is not on a file system all processes share).
     """
@@ -87,7 +90,14 @@ def prepare_once(
         finally:
             client.key_value_set(key, status, allow_overwrite=True)
         return builder
-    status = client.blocking_key_value_get(key, int(timeout_s * 1000))
+    try:
+        status = client.blocking_key_value_get(key, int(timeout_s * 1000))
+    except jax.errors.JaxRuntimeError as error:
+        raise RuntimeError(
+            f"Process {jax.process_index()} waited for process 0 to prepare "
+            f"{builder.data_dir}, but process 0 stopped or could not be reached, or took "
+            f"longer than {timeout_s:g} s (see its log): {error}"
+        ) from error
     if status != _OK:
         raise RuntimeError(f"Process 0 could not prepare {builder.data_dir}: {status}")
     builder = make_builder()
