@@ -322,10 +322,12 @@ def mgda(
 
         Z = {j : ‖g_j‖ ≤ δ·max_i ‖g_i‖},   α* = argmin_{α ∈ Δ_K, α_Z = 0} ‖Σ_i α_i g_i‖²,
 
-    the min-norm point of the hull of the other gradients, with δ = 1e-5 ≈
-    84·eps32 (``covjax.aggregators.DEAD_GRADIENT``, measured on the Gramian
-    before ``normalization``: the level float32 leaves of a gradient that is
-    zero in exact arithmetic, the one the other Gramian schemes use). The
+    the min-norm point of the hull of the other gradients. δ = 1e-5 ≈ 84·eps32
+    (``covjax.aggregators.DEAD_GRADIENT``, the level the other Gramian schemes
+    use) lies above what float32 leaves of a gradient that is zero in exact
+    arithmetic and far below any gradient that carries signal next to the
+    largest; Z is taken on the Gramian before ``normalization``, which would
+    scale such a residue up to the others' size. The
     excluded losses get weight 0: their gradient adds nothing to the step
     on the selected parameters, whatever its weight, and 0 keeps Σα = 1 with
     the kept weights exactly the min-norm solution over the kept losses. So
