@@ -86,3 +86,20 @@ def assert_states_close(got, want, rtol: float) -> None:
         np.testing.assert_allclose(
             np.asarray(got_leaf, np.float64), want_leaf, rtol=0, atol=rtol * scale
         )
+
+
+def network_rtol(params) -> float:
+    """Two float32 evaluations of one network whose ops XLA fuses or orders differently
+    (the whole forward vs the same forward split at a layer), relative to the output's scale.
+
+    Each of the L kernels re-rounds reductions of at most n terms (its largest fan-in), which
+    reordered differ by ≲ √n·eps32 relative (the random-walk bound of a reordered sum); with
+    normalised, ELU/ReLU/sigmoid layers (Lipschitz ≈ 1) these add up over the layers:
+    L·√n·eps32. For the tests' tiny networks this is 1e-5 to 1e-4, while a wrong split
+    changes outputs by O(1).
+    """
+    kernels = [
+        np.shape(leaf) for leaf in jax.tree.leaves(params) if np.ndim(leaf) >= 2
+    ]  # Dense (in, out) and conv (..., in, out) kernels
+    fan_in = max(int(np.prod(shape[:-1])) for shape in kernels)
+    return len(kernels) * float(np.sqrt(fan_in)) * EPS32

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from precision import network_rtol
 
 import covjax
 from covjax import gradients
@@ -47,7 +48,10 @@ def test_losses_factor_through_the_representation() -> None:
     expected, got = both(model, data)
     assert set(expected) == set(losses.LOSS_NAMES)
     for name in losses.LOSS_NAMES:
-        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5)
+        # Another fusion of the same float32 network: reordering, derived from the net.
+        np.testing.assert_allclose(
+            got[name], expected[name], rtol=network_rtol(nnx.state(model, nnx.Param))
+        )
 
 
 def test_shared_layer_is_a_stage3_kernel_all_losses_depend_on() -> None:
