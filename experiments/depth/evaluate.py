@@ -33,12 +33,11 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
-from experiments.common import sharding
+from experiments.common import cli, sharding
 from experiments.common import train as common_train
 from experiments.depth import metrics
-from experiments.depth.train import DepthTask, load_split
+from experiments.depth.train import DepthTask, eval_crop, load_split
 
 PER_IMAGE_FILE = "per_image.csv"
 SUMMARY_FILE = "metrics.json"
@@ -99,12 +98,18 @@ def evaluate_state(
                 batch["baseline"],
                 min_depth=config.eval.min_depth,
                 max_depth=config.eval.max_depth,
-                crop=config.eval.crop,
+                crop=eval_crop(config),
             )
         )
     if not rows:
         raise ValueError(f"Split {split!r} of {config.data.name!r} is empty.")
     return np.concatenate(rows, axis=0)
+
+
+def eval_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The settings an evaluation depends on besides the network, recorded with its results
+    (``compare`` evaluates a run again when they change)."""
+    return {"split": config.data.eval_split, **config.eval.to_dict()}
 
 
 def save_results(out_dir: Path, per_image: np.ndarray, extra: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +154,13 @@ def evaluate_run(
         trainer, state = common_train.restore_trainer(DepthTask(), config, workdir, mesh)
         return evaluate_trained(config, workdir, trainer, state, split=split)
     per_image = evaluate_state(config, trainer.graphdef, params, rest, split)
-    extra = {"split": split, "step": step, "scheme": config.scheme, "untrained": untrained}
+    extra = {
+        "split": split,
+        "step": step,
+        "scheme": config.scheme,
+        "untrained": untrained,
+        "eval": eval_settings(config),
+    }
     return save_results(eval_dir(workdir, split, untrained), per_image, extra)
 
 
@@ -164,17 +175,21 @@ def evaluate_trained(
     """Evaluate a trained state already in memory (no checkpoint restore)."""
     split = split or config.data.eval_split
     per_image = evaluate_state(config, trainer.graphdef, state.params, state.rest, split)
-    extra = {"split": split, "step": int(state.step), "scheme": config.scheme, "untrained": False}
+    extra = {
+        "split": split,
+        "step": int(state.step),
+        "scheme": config.scheme,
+        "untrained": False,
+        "eval": eval_settings(config),
+    }
     return save_results(eval_dir(workdir, split, False), per_image, extra)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
-        raise app.UsageError("--config and --workdir are required.")
+def main(config: ml_collections.ConfigDict) -> None:
+    if flags.FLAGS.workdir is None:
+        raise app.UsageError("--workdir is required.")
     summary = evaluate_run(
-        flags.FLAGS.config,
+        config,
         flags.FLAGS.workdir,
         split=flags.FLAGS.split,
         untrained=flags.FLAGS.untrained,
@@ -184,12 +199,12 @@ def main(argv: list[str]) -> None:
 
 def define_flags() -> None:
     """The command-line flags (defined only when run as a program, so modules import freely)."""
-    config_flags.DEFINE_config_file("config", None, "Training config file.")
-    flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints).")
+    cli.define_flags(config_help="The run's config, with any eval.* fields changed. ")
+    flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints; required).")
     flags.DEFINE_string("split", None, "Split to evaluate (default: config.data.eval_split).")
     flags.DEFINE_bool("untrained", False, "Evaluate the network at initialisation.")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -34,9 +34,12 @@ from typing import Any
 
 import ml_collections
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from experiments.common import logging_utils, report
+from experiments.common import (
+    cli,
+    logging_utils,
+    report,
+)
 from experiments.common.schemes import SCHEMES
 from experiments.multitask import evaluate, metrics, models, train
 
@@ -224,24 +227,17 @@ def _write_report(
     return path
 
 
-def main(
-    argv: list[str],
-    config: ml_collections.ConfigDict | None,
-    workdir: str | None,
-    schemes: list[str],
-    single_task: bool,
-) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if config is None or workdir is None:
-        raise app.UsageError("--config and --workdir are required.")
-    result = compare(config, schemes, workdir, single_task=single_task)
+def main(config: ml_collections.ConfigDict) -> None:
+    workdir = flags.FLAGS.workdir
+    if workdir is None:
+        raise app.UsageError("--workdir is required.")
+    result = compare(config, flags.FLAGS.schemes, workdir, single_task=flags.FLAGS.single_task)
     print(Path(result["report"]).read_text())
 
 
 if __name__ == "__main__":
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (e.g. configs/cpu.py).")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the runs and the report.")
-    _SCHEMES = flags.DEFINE_list("schemes", [EQUAL], "Weighting schemes to compare.")
-    _SINGLE = flags.DEFINE_bool("single_task", False, "Also train the three single-task runs.")
-    app.run(lambda argv: main(argv, _CONFIG.value, _WORKDIR.value, _SCHEMES.value, _SINGLE.value))
+    cli.define_flags()
+    flags.DEFINE_string("workdir", None, "Directory for the runs and the report (required).")
+    flags.DEFINE_list("schemes", [EQUAL], "Weighting schemes to compare.")
+    flags.DEFINE_bool("single_task", False, "Also train the three single-task runs.")
+    cli.run(main)

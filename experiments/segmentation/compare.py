@@ -5,8 +5,9 @@
         --runs=ce_only,hand_tuned,cov
 
 trains each run into ``<workdir>/<run>/`` (a run that already has its
-evaluation summary is not retrained, and an interrupted one resumes from its
-checkpoints), then writes ``<workdir>/table6.md``: one row per run in the
+evaluation summary under the same ``eval`` settings is not redone, one
+evaluated under other settings is evaluated again, and an interrupted one
+resumes from its checkpoints), then writes ``<workdir>/table6.md``: one row per run in the
 paper's order (single-loss CE / AUX / SE, equal, hand-tuned, uncertainty,
 GradNorm, multi-objective, CoV) with our pACC and mIoU and, in separate
 labelled columns, the paper's PASCAL Context numbers (Groenendijk et al. 2021,
@@ -29,9 +30,12 @@ from typing import Any
 
 import ml_collections
 from absl import app, flags
-from ml_collections import config_flags
 
-from experiments.common import logging_utils, report
+from experiments.common import (
+    cli,
+    logging_utils,
+    report,
+)
 from experiments.segmentation import evaluate, train
 
 
@@ -183,7 +187,7 @@ def compare(
     summaries: dict[str, Mapping[str, float] | None] = {}
     for name in runs:
         run_dir = os.path.join(workdir, name)
-        summary = evaluate.read_summary(run_dir, config.data.eval_split)
+        summary = evaluate.read_summary(run_dir, config.data.eval_split, config)
         if summary is None and not evaluate_only:
             summary = train.train_and_evaluate(
                 run_config(config, RUNS[name]), run_dir, show_progress=show_progress
@@ -197,12 +201,10 @@ def compare(
     return text
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-    if config is None or workdir is None:
-        raise app.UsageError("--config and --workdir are required.")
+def main(config: ml_collections.ConfigDict) -> None:
+    workdir = flags.FLAGS.workdir
+    if workdir is None:
+        raise app.UsageError("--workdir is required.")
     print(
         compare(
             config,
@@ -214,8 +216,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    config_flags.DEFINE_config_file("config", None, "Base config of every run.")
-    flags.DEFINE_string("workdir", None, "Directory with one sub-directory per run.")
+    cli.define_flags()
+    flags.DEFINE_string("workdir", None, "Directory with one sub-directory per run (required).")
     flags.DEFINE_string("runs", ",".join(DEFAULT_RUNS), f"Comma-separated runs of {list(RUNS)}.")
     flags.DEFINE_bool("evaluate_only", False, "Only rebuild the table from existing runs.")
-    app.run(main)
+    cli.run(main)
