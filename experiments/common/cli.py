@@ -30,7 +30,10 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from experiments.common.config import ConfigError
+
 LOG_FILE = "log.txt"
+CONFIG_ERROR_EXIT_STATUS = 2
 INTERRUPTED_EXIT_STATUS = 130  # the shell's status for a command ended by SIGINT
 
 
@@ -80,6 +83,9 @@ def run(main: Callable[[ml_collections.ConfigDict], None]) -> None:
         quiet_logging(workdir)
         try:
             main(config)
+        except ConfigError as error:
+            print(f"FATAL config error: {error}", file=sys.stderr)
+            sys.exit(CONFIG_ERROR_EXIT_STATUS)
         except KeyboardInterrupt as interrupt:
             print(f"\n{interrupt}" if str(interrupt) else "\nInterrupted.", flush=True)
             sys.exit(INTERRUPTED_EXIT_STATUS)

@@ -43,6 +43,11 @@ DATA_SOURCE_OPTIONS: dict[str, dict[str, tuple[type, Any]]] = {
 }
 
 
+class ConfigError(ValueError):
+    """A config that cannot run (unknown data source, option, scheme or value), found
+    before anything is built; the command-line tools print it as one line."""
+
+
 def _field(field_type: type, default: Any) -> Any:
     """A config value that may be None and still has a type the flags can parse."""
     if default is None:

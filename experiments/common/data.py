@@ -17,6 +17,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from experiments.common.config import ConfigError
+
 
 def loader_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The keyword options of ``config.data.name``'s loader: its section ``config.data.<name>``.
@@ -27,7 +29,7 @@ def loader_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if section is None:
         return {}
     if not isinstance(section, ml_collections.ConfigDict):
-        raise ValueError(
+        raise ConfigError(
             f"config.data.{config.data.name} must be a section of loader options, got {section!r}."
         )
     return section.to_dict()
@@ -40,13 +42,13 @@ def check_data_config(config: ml_collections.ConfigDict) -> None:
     options are keyword arguments of that source's loader.
 
     Raises:
-      ValueError: naming the unknown source or option and the valid ones.
+      ConfigError: naming the unknown source or option and the valid ones.
     """
     from experiments.data import registry  # imports the chosen loader's module only
 
     name = config.data.name
     if name not in registry.available_datasets():
-        raise ValueError(
+        raise ConfigError(
             f"Unknown config.data.name {name!r}; available: {registry.available_datasets()}."
         )
     signature = inspect.signature(registry.dataset_loader(name))
@@ -59,7 +61,7 @@ def check_data_config(config: ml_collections.ConfigDict) -> None:
             for parameter in signature.parameters.values()
             if parameter.kind is inspect.Parameter.KEYWORD_ONLY
         ]
-        raise ValueError(
+        raise ConfigError(
             f"config.data.{name} does not fit the {name!r} loader ({error}); its options are "
             f"{valid}."
         ) from None

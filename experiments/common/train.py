@@ -50,6 +50,7 @@ from jax.sharding import Mesh
 
 import covjax
 from experiments.common import checkpoints, logging_utils, sharding
+from experiments.common.config import ConfigError
 from experiments.common.data import check_data_config
 from experiments.common.schemes import Scheme, SchemeContext, available_schemes, build_scheme
 from experiments.common.task import Batch, Task
@@ -396,9 +397,9 @@ def check_config(task: Task, config: ml_collections.ConfigDict) -> None:
     name = config.scheme
     declared = (config.get("scheme_kwargs", None) or {}).get(name, None)
     if name not in available_schemes():
-        raise ValueError(f"Unknown config.scheme {name!r}; known: {list(available_schemes())}.")
+        raise ConfigError(f"Unknown config.scheme {name!r}; known: {list(available_schemes())}.")
     if declared is not None and not isinstance(declared, Mapping | ml_collections.ConfigDict):
-        raise ValueError(f"config.scheme_kwargs.{name} must be a section, got {declared!r}.")
+        raise ConfigError(f"config.scheme_kwargs.{name} must be a section, got {declared!r}.")
     task_check = getattr(task, "check_config", None)
     if task_check is not None:
         task_check(config)

@@ -27,6 +27,7 @@ from jax import Array
 from experiments.common import cli
 from experiments.common import data as common_data
 from experiments.common import train as common_train
+from experiments.common.config import ConfigError
 from experiments.common.data import load_split
 from experiments.common.task import Batch, Losses, ParamPath
 from experiments.depth import losses as depth_losses
@@ -98,9 +99,11 @@ EVAL_CROPS = ("garg", "eigen", "none")
 def eval_crop(config: ml_collections.ConfigDict) -> str | None:
     """``config.eval.crop`` for the metrics (``None`` for ``"none"``), validated."""
     crop = config.eval.crop
+    if crop is None or (isinstance(crop, str) and crop.lower() == "none"):
+        return None  # also the "None" that --config.eval.crop=None gives
     if crop not in EVAL_CROPS:
-        raise ValueError(f"config.eval.crop must be one of {EVAL_CROPS}, got {crop!r}.")
-    return None if crop == "none" else crop
+        raise ConfigError(f"config.eval.crop must be one of {EVAL_CROPS}, got {crop!r}.")
+    return crop
 
 
 def train_batches(
