@@ -19,7 +19,6 @@ def nyuv2_config(data_dir: Path):
     config.model.num_classes = 13
     config.data.name = "nyuv2"
     config.data.data_dir = str(data_dir)
-    config.data.kwargs = {}
     config.data.eval_split = "val"
     config.data.cache = False
     config.model.depth_scale = 1.0
@@ -66,7 +65,6 @@ def test_missing_targets_and_unknown_focal_are_named() -> None:
         overwrite=True,
     )
     config = test_config.get_config()
-    config.data.kwargs = {}
     config.data.name = "multitask_test_no_normals"
     with pytest.raises(ValueError, match=r"lacks \['normals'\]"):
         train.load_split(config, "train")

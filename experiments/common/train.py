@@ -392,8 +392,10 @@ def _stop_requests() -> Iterator[threading.Event]:
 
 def check_config(task: Task, config: ml_collections.ConfigDict) -> None:
     """The checks that need no model or data: the data source and its options, the
-    scheme and its hyper-parameters' names, and the task's own (``task.check_config``)."""
-    check_data_config(config)
+    scheme and its hyper-parameters' names, and the task's own (``task.check_config``).
+    A config without ``data`` (a task that makes its own batches) skips the data check."""
+    if "data" in config:
+        check_data_config(config)
     name = config.scheme
     declared = (config.get("scheme_kwargs", None) or {}).get(name, None)
     if name not in available_schemes():
