@@ -222,11 +222,11 @@ def build_scheme(
             f"Scheme {name!r} needs covjax.{entry.constructor}, which this covjax lacks."
         )
     given = {key: value for key, value in dict(kwargs or {}).items() if value is not None}
-    arguments = {**entry.defaults(context), **entry.fixed, **given}
-    for key, value in arguments.items():
-        if isinstance(value, list | tuple):
+    for key, value in given.items():
+        if type(value) in (list, tuple):
             # A config tuple of K values (weights, priors), in the order of the task's losses.
-            arguments[key] = np.asarray(value, np.float32)
+            given[key] = np.asarray(value, np.float32)
+    arguments = {**entry.defaults(context), **entry.fixed, **given}
     try:
         weighting = constructor(**arguments)
     except TypeError as error:
