@@ -10,7 +10,9 @@ wrote). Each command is the documented one with these changes only:
 * ``/tmp/...`` and ``/data/...`` paths live under pytest's temporary
   directory, where ``/data/kitti_raw`` and ``/data/splits`` are a fake KITTI
   layout (tests/fake_datasets.py) in the documented format;
-* synthetic data is generated once per session into one shared directory;
+* synthetic data is generated once per session into one shared directory,
+  and the commands share one persistent JAX compilation cache (most of them
+  compile the same tiny networks);
 * ``--schemes`` lists are cut to their first two names (every name is
   checked against the registry) and segmentation's ``compare`` trains one run.
 
@@ -95,6 +97,7 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for split in ("val", "validation", "test"):
         write_kitti_split_eigen(splits / f"eigen_{split}_files.txt", with_depth)
     (root / "synthetic").mkdir()
+    (root / "jax_cache").mkdir()
     return root
 
 
@@ -149,7 +152,13 @@ def rewrite(command: str, root: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name,commands", BLOCKS, ids=[name for name, _ in BLOCKS])
 def test_documented_commands_run(name: str, commands: list[str], layout: Path) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "JAX_COMPILATION_CACHE_DIR": str(layout / "jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
     for command in commands:
         argv = rewrite(command, layout)
         start = time.perf_counter()
