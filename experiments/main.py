@@ -32,7 +32,7 @@ PAPER_SCHEMES = ("equal", "hand_tuned", "uncertainty", "gradnorm", "mgda_ub", "c
 
 cli.define_flags("experiments/depth/configs/demo.py", config_help="Default: the demo's. ")
 flags.DEFINE_list("schemes", list(PAPER_SCHEMES), "Weighting schemes to compare, in order.")
-flags.DEFINE_list("seeds", None, "Seeds to train every scheme with (default: config.seed).")
+cli.define_seeds_flag()
 flags.DEFINE_string("workdir", "results/demo", "Where runs, data, checkpoints and log.txt go.")
 flags.DEFINE_string("results", "results", "Where the tables and plots are copied.")
 
@@ -49,8 +49,7 @@ def main(config: ml_collections.ConfigDict) -> None:
         flush=True,
     )
     start = time.perf_counter()
-    seeds = compare.parse_seeds(flags.FLAGS.seeds or [config.seed])
-    markdown = compare.compare(config, schemes, workdir, seeds)
+    markdown = compare.compare(config, schemes, workdir, cli.seeds_from_flags(config))
     results = Path(flags.FLAGS.results)
     shutil.copytree(markdown.parent, results, dirs_exist_ok=True)
     print(markdown.read_text())

@@ -101,7 +101,7 @@ def test_compare_trains_and_reports_two_schemes(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "compare" / "results.json").read_text())
     assert saved["untrained"] == pytest.approx(result["untrained"])
     # MGDA-UB's weights lie on the simplex at every logged step.
-    log = logging_utils.read_metrics(tmp_path / "compare" / "runs" / "mgda_ub")
+    log = logging_utils.read_metrics(tmp_path / "compare" / "runs" / "mgda_ub" / "seed0")
     for row in log:
         weights = [row[f"weight/{name}"] for name in ("segmentation", "depth", "normals")]
         assert min(weights) >= -1e-6 and sum(weights) == pytest.approx(1.0, abs=1e-5)

@@ -59,6 +59,34 @@ def define_flags(default_config: str | None = None, *, config_help: str = "") ->
     )
 
 
+def define_seeds_flag() -> None:
+    """``--seeds=0,1,2`` of the ``compare`` commands (default: ``config.seed``)."""
+    flags.DEFINE_list(
+        "seeds",
+        None,
+        "Seeds to train every run with; tables then give mean ± std over them "
+        "(default: config.seed).",
+    )
+
+
+def parse_seeds(seeds: str | Sequence[str | int]) -> list[int]:
+    """``"0,1,2"`` (or a sequence) as distinct integers, in order."""
+    if isinstance(seeds, str):
+        seeds = [part for part in seeds.split(",") if part.strip()]
+    try:
+        parsed = [int(seed) for seed in seeds]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {list(seeds)}.") from None
+    if not parsed or len(set(parsed)) != len(parsed):
+        raise ConfigError(f"--seeds must be distinct integers, at least one; got {parsed}.")
+    return parsed
+
+
+def seeds_from_flags(config: ml_collections.ConfigDict) -> list[int]:
+    """``--seeds``, or ``[config.seed]`` when it is not given."""
+    return parse_seeds(flags.FLAGS.seeds or [config.seed])
+
+
 def run(main: Callable[[ml_collections.ConfigDict], None]) -> None:
     """``app.run`` with the shared flags' behaviour; ``main`` gets the config.
 

@@ -67,19 +67,6 @@ def run_dir(workdir: str | Path, scheme: str, seed: int) -> Path:
     return Path(workdir) / "runs" / scheme / f"seed{seed}"
 
 
-def parse_seeds(seeds: str | Sequence[str | int]) -> list[int]:
-    """``"0,1,2"`` (or a sequence) as distinct integers, in order."""
-    if isinstance(seeds, str):
-        seeds = [part for part in seeds.split(",") if part.strip()]
-    try:
-        parsed = [int(seed) for seed in seeds]
-    except ValueError:
-        raise ValueError(f"--seeds must be comma-separated integers, got {list(seeds)}.") from None
-    if not parsed or len(set(parsed)) != len(parsed):
-        raise ValueError(f"--seeds must be distinct integers, at least one; got {parsed}.")
-    return parsed
-
-
 def scheme_config(
     config: ml_collections.ConfigDict, scheme: str, seed: int
 ) -> ml_collections.ConfigDict:
@@ -238,7 +225,7 @@ def compare(
     unknown = [scheme for scheme in schemes if scheme not in available_schemes()]
     if unknown:  # before any training, not after the first scheme's
         raise ValueError(f"unknown schemes {unknown}; known: {list(available_schemes())}.")
-    seeds = parse_seeds(seeds if seeds is not None else [config.seed])
+    seeds = cli.parse_seeds(seeds if seeds is not None else [config.seed])
     workdir = Path(workdir)
     summaries = {
         scheme: [run_scheme(config, workdir, scheme, seed) for seed in seeds] for scheme in schemes
@@ -269,8 +256,7 @@ def compare(
 def main(config: ml_collections.ConfigDict) -> None:
     if flags.FLAGS.workdir is None:
         raise app.UsageError("--workdir is required.")
-    seeds = parse_seeds(flags.FLAGS.seeds or [config.seed])
-    path = compare(config, flags.FLAGS.schemes, flags.FLAGS.workdir, seeds)
+    path = compare(config, flags.FLAGS.schemes, flags.FLAGS.workdir, cli.seeds_from_flags(config))
     print(path.read_text())
 
 
@@ -280,7 +266,7 @@ def define_flags() -> None:
     flags.DEFINE_list(
         "schemes", ["equal", "hand_tuned", "cov"], "Comma-separated scheme names to compare."
     )
-    flags.DEFINE_list("seeds", None, "Seeds to train every scheme with (default: config.seed).")
+    cli.define_seeds_flag()
     flags.DEFINE_string("workdir", None, "Directory for every run and the results (required).")
 
 
