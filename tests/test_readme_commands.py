@@ -14,7 +14,8 @@ wrote). Each command is the documented one with these changes only:
   and the commands share one persistent JAX compilation cache (most of them
   compile the same tiny networks);
 * ``--schemes`` lists are cut to their first two names (every name is
-  checked against the registry) and segmentation's ``compare`` trains one run.
+  checked against the registry), a command relying on the default list
+  gets ``--schemes=equal,cov``, and segmentation's ``compare`` trains one run.
 
 Skipped: ``make demo`` / ``make test`` themselves and the multi-host blocks
 marked ``<!-- covered by tests/test_multihost.py -->``, which that file runs.
@@ -142,9 +143,10 @@ def rewrite(command: str, root: Path) -> list[str]:
         for flag, default in (("--workdir", "results/demo"), ("--results", "results")):
             if not any(word.startswith(f"{flag}=") for word in own):
                 extra.append(f"{flag}={root / default}")
-    if module == "experiments.segmentation.compare" and not any(
-        word.startswith("--runs=") for word in own
-    ):
+    given = {word.split("=", 1)[0] for word in own}
+    if module in ("experiments.main", "experiments.depth.compare") and "--schemes" not in given:
+        extra.append("--schemes=equal,cov")
+    if module == "experiments.segmentation.compare" and "--runs" not in given:
         extra.append("--runs=cov")
     return [sys.executable, "-m", module, f"--config={test_config}", *kept, *own, *extra]
 
