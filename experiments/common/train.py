@@ -392,16 +392,14 @@ def _stop_requests() -> Iterator[threading.Event]:
 
 def check_config(task: Task, config: ml_collections.ConfigDict) -> None:
     """The checks that need no model or data: the data source and its options, the
-    scheme and its hyper-parameters' names, and the task's own (``task.check_config``).
+    scheme's name, and the task's own (``task.check_config``).
     A config without ``data`` (a task that makes its own batches) skips the data check."""
     if "data" in config:
         check_data_config(config)
-    name = config.scheme
-    declared = (config.get("scheme_kwargs", None) or {}).get(name, None)
-    if name not in available_schemes():
-        raise ConfigError(f"Unknown config.scheme {name!r}; known: {list(available_schemes())}.")
-    if declared is not None and not isinstance(declared, Mapping | ml_collections.ConfigDict):
-        raise ConfigError(f"config.scheme_kwargs.{name} must be a section, got {declared!r}.")
+    if config.scheme not in available_schemes():
+        raise ConfigError(
+            f"Unknown config.scheme {config.scheme!r}; known: {list(available_schemes())}."
+        )
     task_check = getattr(task, "check_config", None)
     if task_check is not None:
         task_check(config)

@@ -10,8 +10,7 @@ truth's size and turned into depth with that image's focal length and
 baseline; ABS_REL, SQ_REL, RMSE, RMSE log and δ < 1.25^k are computed on the
 valid ground truth, per image, and averaged. On the synthetic data the
 ground truth is the rendered depth. With ``--untrained`` the same is done
-for the network at initialisation (the reference point of the issue's "at
-most half the untrained ARD" criterion).
+for the network at initialisation (a reference point for the trained runs).
 
 Writes ``<workdir>/eval/<split>[_untrained]/metrics.json`` (means, number of
 images, which checkpoint) and ``per_image.csv`` (one row per image, for win
