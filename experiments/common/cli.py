@@ -57,6 +57,14 @@ def define_flags(default_config: str | None = None, *, config_help: str = "") ->
         False,
         "List the weighting schemes (--config.scheme) with their hyper-parameters and exit.",
     )
+    _show_in_help("config", "show_config", "list_schemes")
+
+
+def _show_in_help(*names: str) -> None:
+    """List flags defined here under the program's own in ``--help`` (absl shows the key
+    flags of the main module, which it names by ``sys.argv[0]``)."""
+    for name in names:
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
 
 def define_seeds_flag() -> None:
@@ -67,6 +75,7 @@ def define_seeds_flag() -> None:
         "Seeds to train every run with; tables then give mean ± std over them "
         "(default: config.seed).",
     )
+    _show_in_help("seeds")
 
 
 def parse_seeds(seeds: str | Sequence[str | int]) -> list[int]:
