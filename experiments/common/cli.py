@@ -189,7 +189,7 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 def quiet_logging(workdir: str | os.PathLike[str] | None) -> None:
     """Warnings and errors on the terminal; the libraries' INFO logs in ``<workdir>/log.txt``."""
     absl_logging.set_verbosity(absl_logging.INFO)
-    absl_logging.get_absl_handler().setLevel(absl_logging.WARNING)
+    absl_logging.get_absl_handler().setLevel(python_logging.WARNING)  # a Python level, not absl's
     if workdir is None:
         return
     Path(workdir).mkdir(parents=True, exist_ok=True)
