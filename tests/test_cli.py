@@ -21,9 +21,14 @@ from experiments.common import cli, data, logging_utils, report, schemes, toy_ta
 from experiments.common import train as common_train
 from experiments.common.config import DATA_SOURCE_OPTIONS, ConfigError
 from experiments.data import registry
+from experiments.depth import compare as depth_compare
+from experiments.depth import metrics as depth_metrics
 from experiments.depth import train as depth_train
 from experiments.depth.configs import cpu as depth_cpu
 from experiments.depth.configs import test as depth_test
+from experiments.multitask import compare as multitask_compare
+from experiments.multitask import metrics as multitask_metrics
+from experiments.segmentation import compare as segmentation_compare
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(
@@ -163,6 +168,41 @@ def test_values_over_seeds_and_win_rates_within_the_spread() -> None:
     table = report.markdown_table(rows, ["name", "m"], digits=1, bold_best={"m": "min"})
     assert "| a | 2.0 ± 1.4 |" in table and "| b | **0.6 ± 0.1** |" in table
     np.testing.assert_allclose(rows[0]["m"].std, np.std([1.0, 3.0], ddof=1))
+
+
+def test_compare_tables_over_seeds() -> None:
+    """The three compare reports with two seeds: mean ± std, Δm% per seed, win-rate spread."""
+    config = depth_test.get_config()
+    errors = np.tile([0.2, 1.0, 4.0, 0.3, 0.7, 0.9, 0.95], (4, 1))
+    better = errors * [0.9, 0.9, 0.9, 0.9, 1.1, 1.05, 1.01]
+    summaries = {
+        "equal": [dict(zip(depth_metrics.METRIC_NAMES, errors[0], strict=True))] * 2,
+        "cov": [dict(zip(depth_metrics.METRIC_NAMES, row, strict=True)) for row in better[:2]],
+    }
+    untrained = [{**summaries["equal"][0], "num_images": 4}] * 2
+    per_image = {"equal": [errors, errors], "cov": [better, errors]}
+    text = depth_compare.results_markdown(config, summaries, untrained, per_image, seeds=(0, 1))
+    assert "seeds 0, 1 (mean ± standard deviation over the seeds)" in text
+    assert "| equal | 0.2000 ± 0.0000 |" in text
+    # cov wins every image at seed 0 and ties at seed 1: 0.5 ± 0.71 straddles a tie.
+    assert "| cov | 0.5000 ± 0.7071 (within spread) | – |" in text
+
+    per_seed = [
+        {"pixel_accuracy": 0.8, "mean_iou": 0.5},
+        {"pixel_accuracy": 0.9, "mean_iou": 0.7},
+    ]
+    (row,) = segmentation_compare.table_rows({"cov": per_seed}, 1e-3)
+    assert row["miou"] == report.over_seeds([0.5, 0.7])
+    assert segmentation_compare.table_rows({"cov": []}, 1e-3)[0]["miou"] is None
+
+    names = list(multitask_metrics.HIGHER_IS_BETTER)
+    seed_rows = [
+        [{"run": "equal", **dict.fromkeys(names, 1.0), "delta_m_equal": 0.0, "learned": "3/3"}],
+        [{"run": "equal", **dict.fromkeys(names, 3.0), "delta_m_equal": 0.0, "learned": "2/3"}],
+    ]
+    (combined,) = multitask_compare._rows_over_seeds(seed_rows)
+    assert combined["mean_iou"] == report.over_seeds([1.0, 3.0])
+    assert combined["learned"] == "3/3, 2/3"
 
 
 @pytest.mark.slow

@@ -84,6 +84,16 @@ def test_compare_trains_evaluates_and_reports_two_schemes(tmp_path: Path) -> Non
         / evaluate.SUMMARY_FILE
     ).stat().st_mtime_ns == stamp
 
+    # Other evaluation settings: the trained runs are evaluated again, not retrained.
+    config.eval.post_process = False
+    compare.compare(config, schemes, tmp_path / "work")
+    summary_path = (
+        evaluate.eval_dir(compare.run_dir(tmp_path / "work", "cov", config.seed), "validation")
+        / evaluate.SUMMARY_FILE
+    )
+    assert summary_path.stat().st_mtime_ns != stamp
+    assert json.loads(summary_path.read_text())["eval"]["post_process"] is False
+
     # Changing the experiment under the same workdir is refused, not silently mixed.
     config.model.width = config.model.width * 2
     with pytest.raises(ValueError, match=r"different config .*model\.width"):
