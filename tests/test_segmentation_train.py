@@ -96,7 +96,7 @@ def test_train_evaluate_compare_end_to_end(tmp_path: Path) -> None:
     config = test_config.get_config()
     config.data.data_dir = str(tmp_path / "tfds")
     text = compare.compare(config, str(tmp_path / "runs"), ["cov"], show_progress=False)
-    run_dir = tmp_path / "runs" / "cov"
+    run_dir = tmp_path / "runs" / "cov" / f"seed{config.seed}"
     summary = evaluate.read_summary(str(run_dir), "validation")
     assert summary is not None and 0.0 <= summary["mean_iou"] <= 1.0
     matrix = np.load(run_dir / "eval_validation" / "confusion_matrix.npy")

@@ -24,7 +24,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.name = "kitti"
     config.data.train_split = "train"
     config.data.eval_split = "test"
-    config.data.kwargs = ml_collections.ConfigDict()
     config.data.shuffle_buffer = 2048
     config.image_height = 256
     config.image_width = 512

@@ -28,7 +28,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.name = "pascal_context"
     config.data.train_split = "train"
     config.data.eval_split = "val"
-    config.data.kwargs = ml_collections.ConfigDict()
     config.data.shuffle_buffer = 2048
     config.data.cache = False
     config.data.background_class = None  # the reader maps background to 255
