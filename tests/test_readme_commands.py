@@ -17,6 +17,12 @@ wrote). Each command is the documented one with these changes only:
   checked against the registry), a command relying on the default list
   gets ``--schemes=equal,cov``, and segmentation's ``compare`` trains one run.
 
+The tools without a config run as documented on the same fake root:
+``experiments.data.synthetic`` with tiny split sizes, and
+``experiments.segmentation.pretrained`` on a fake torchvision ResNet-50
+checkpoint (tests/fake_torchvision.py), its ``convert`` reading the ``.pth``
+through a stand-in for ``torch`` (tests/fake_torch: PyTorch is no dependency).
+
 Skipped: ``make demo`` / ``make test`` themselves and the multi-host blocks
 marked ``<!-- covered by tests/test_multihost.py -->``, which that file runs.
 """
@@ -31,8 +37,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fake_datasets import make_fake_kitti, write_kitti_split_eigen, write_kitti_split_monodepth
+from fake_torchvision import fake_checkpoint
 
 from experiments.common import cli
 from experiments.common.schemes import available_schemes
@@ -53,6 +61,12 @@ TINY = (
     "--config.eval.max_examples=4",
 )
 TIMEOUT_S = 900
+#: Commands without a config file: their own tiny sizes.
+TOOLS = {
+    "experiments.data.synthetic": ("--num_train=8", "--num_validation=4", "--num_test=4"),
+    "experiments.segmentation.pretrained": (),
+}
+FAKE_TORCH = Path(__file__).resolve().parent / "fake_torch"
 
 
 def bash_blocks(readme: str) -> list[tuple[str, list[str]]]:
@@ -80,7 +94,13 @@ BLOCKS = [block for readme in READMES for block in bash_blocks(readme)]
 
 def test_the_readmes_have_commands() -> None:
     names = {command.split()[2] for _, commands in BLOCKS for command in commands}
-    for module in ("experiments.main", "experiments.depth.train", "experiments.depth.evaluate"):
+    for module in (
+        "experiments.main",
+        "experiments.depth.train",
+        "experiments.depth.evaluate",
+        "experiments.data.synthetic",
+        "experiments.segmentation.pretrained",
+    ):
         assert module in names
     for experiment in ("segmentation", "multitask"):
         assert f"experiments.{experiment}.compare" in names
@@ -97,6 +117,8 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_kitti_split_monodepth(splits / "eigen_train_files.txt", kitti.frames, "png")
     for split in ("val", "validation", "test"):
         write_kitti_split_eigen(splits / f"eigen_{split}_files.txt", with_depth)
+    with (root / "data" / "resnet50.pth").open("wb") as handle:  # read by the fake torch.load
+        np.savez(handle, **fake_checkpoint(50))
     (root / "synthetic").mkdir()
     (root / "jax_cache").mkdir()
     return root
@@ -116,6 +138,8 @@ def rewrite(command: str, root: Path) -> list[str]:
     experiment = "depth" if module == "experiments.main" else module.split(".")[1]
     # Absolute /tmp and /data paths, and the main job's relative results/ folders.
     arguments = [re.sub(r"(?<==)/?(tmp|data|results)/", f"{root}/\\1/", word) for word in words[3:]]
+    if module in TOOLS:
+        return [sys.executable, "-m", module, *arguments, *TOOLS[module]]
     config_path = next(
         (word.split("=", 1)[1] for word in arguments if word.startswith("--config=")),
         "experiments/depth/configs/demo.py",  # experiments.main's default
@@ -163,9 +187,13 @@ def test_documented_commands_run(name: str, commands: list[str], layout: Path) -
     }
     for command in commands:
         argv = rewrite(command, layout)
+        command_env = env
+        if argv[2] == "experiments.segmentation.pretrained":
+            path = os.pathsep.join(filter(None, [str(FAKE_TORCH), env.get("PYTHONPATH")]))
+            command_env = {**env, "PYTHONPATH": path}
         start = time.perf_counter()
         result = subprocess.run(
-            argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+            argv, cwd=REPO, env=command_env, capture_output=True, text=True, timeout=TIMEOUT_S
         )
         seconds = time.perf_counter() - start
         assert result.returncode == 0, (
