@@ -9,7 +9,7 @@ experiments use by default, and what the gradient-based schemes differentiate:
 * ``"representation"``: per-loss gradients w.r.t. the shared representation
   z (MGDA-UB, Sener & Koltun 2018; the reference uses ``iconv4``'s output);
 * ``"parameters"``: per-loss gradients w.r.t. all parameters (plain MGDA and
-  the aggregators of SPEC §5, as LibMTL does).
+  the gradient aggregators, as LibMTL does).
 
 Hyper-parameters come from ``config.scheme_kwargs.<name>``: every registered
 scheme has a section there with the constructor's settable hyper-parameters
@@ -47,7 +47,7 @@ class SchemeContext:
     Attributes:
       task: the task (for its hand-tuned weights).
       optimizer: the network's optimiser; uncertainty weighting trains its
-        log-variances with the same optimiser and learning rate (SPEC §2.2).
+        log-variances with the same optimiser and learning rate (as the CoV paper's reference code).
       steps_per_epoch: the period of LSB, DWA and multi-loss rebalancing.
     """
 
@@ -94,7 +94,7 @@ def _hand_tuned(context: SchemeContext) -> dict[str, Any]:
 
 
 SCHEMES: dict[str, SchemeEntry] = {
-    # Static baselines (SPEC §2.1).
+    # Static baselines.
     "equal": SchemeEntry("equal_weighting", "none", _none, "α_i = 1/K"),
     "hand_tuned": SchemeEntry(
         "static_weighting", "none", _hand_tuned, "the task's hand-tuned static weights"
@@ -102,7 +102,7 @@ SCHEMES: dict[str, SchemeEntry] = {
     "static": SchemeEntry(
         "static_weighting", "none", _none, "static weights given as scheme_kwargs.static.weights"
     ),
-    # CoV-Weighting and its variants (SPEC §1, paper Tables 2 and 7).
+    # CoV-Weighting and its variants (paper Tables 2 and 7).
     "cov": SchemeEntry("cov_weighting", "none", _none, "CoV-Weighting, full history"),
     "cov_decay": SchemeEntry(
         "cov_weighting",
@@ -124,7 +124,7 @@ SCHEMES: dict[str, SchemeEntry] = {
     "cov_inverse": SchemeEntry(
         "cov_weighting", "none", _none, "α ∝ μ/σ (paper Table 7)", fixed={"inverse": True}
     ),
-    # Learned and loss-statistics baselines (SPEC §§2.2, 3, 4).
+    # Learned and loss-statistics baselines.
     "uncertainty": SchemeEntry(
         "uncertainty_weighting", "none", _same_optimizer, "Kendall et al. 2018, learned log σ²"
     ),
@@ -149,7 +149,7 @@ SCHEMES: dict[str, SchemeEntry] = {
     "famo": SchemeEntry("famo", "none", _none, "fast adaptive multitask optimisation"),
     "softadapt": SchemeEntry("softadapt", "none", _none, "SoftAdapt"),
     "relobralo": SchemeEntry("relobralo", "none", _none, "ReLoBRaLo"),
-    # Gradient-based schemes (SPEC §§2.3, 2.4, 5).
+    # Gradient-based schemes.
     "gradnorm": SchemeEntry("gradnorm", "layer", _none, "GradNorm at the shared layer"),
     "mgda_ub": SchemeEntry("mgda", "representation", _none, "MGDA-UB on the representation"),
     "mgda": SchemeEntry("mgda", "parameters", _none, "MGDA on all parameters"),

@@ -46,7 +46,7 @@ BEST = {
     for name, direction in zip(metrics.METRIC_NAMES, metrics.METRIC_DIRECTION, strict=True)
 }
 
-#: The paper's numbers (Groenendijk et al. 2021), tested on KITTI Eigen (SPEC §6).
+#: The paper's numbers (Groenendijk et al. 2021), tested on KITTI Eigen (Tables 3 and 4).
 PAPER_TABLE_4_KITTI = {
     "equal": (0.0923, 0.5477, 3.9856, 0.1464, 0.8971, 0.9763, 0.9936),
     "hand_tuned": (0.0944, 0.5609, 3.8678, 0.1469, 0.8950, 0.9731, 0.9926),

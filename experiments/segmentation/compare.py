@@ -60,7 +60,7 @@ class Run:
     paper: tuple[float, float] | None = None
 
 
-#: The rows of the paper's Table 6, in its order (SPEC §7).
+#: The rows of the paper's Table 6, in its order.
 RUNS: dict[str, Run] = {
     "ce_only": Run("CE only", single_loss="ce", paper=(0.769, 0.440)),
     "aux_only": Run("AUX only", single_loss="aux", paper=(0.012, 0.004)),

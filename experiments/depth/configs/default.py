@@ -15,7 +15,7 @@ from experiments.common.config import data_defaults, machinery_defaults
 def get_config() -> ml_collections.ConfigDict:
     config = machinery_defaults()
 
-    # MonoDepth (SPEC §6): experiments.depth.models.MonoDepth arguments.
+    # MonoDepth (Godard et al., CVPR 2017): experiments.depth.models.MonoDepth arguments.
     config.model = ml_collections.ConfigDict()
     config.model.encoder = "resnet50"
     config.model.width = 1.0
@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.data.train_split = "train"
     config.data.eval_split = "validation"
-    config.data.augment = True  # SPEC §6 flip + colour augmentation (training only)
+    config.data.augment = True  # monodepth's flip + colour augmentation (training only)
     config.data.shuffle_buffer = 512
     config.image_height = 64  # the network's input resolution
     config.image_width = 128
@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Optimisation (paper: Adam 1e-4, batch 8, no learning-rate decay) and the
     # weighting, logging, checkpoint and device fields: experiments.common.config.
 
-    # Evaluation (SPEC §6): post-processed, depth clamped to [1e-3, 80] m.
+    # Evaluation (monodepth's Eigen protocol): post-processed, depth clamped to [1e-3, 80] m.
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 8
     config.eval.max_examples = ml_collections.config_dict.placeholder(int)

@@ -15,7 +15,7 @@ from experiments.common.config import data_defaults, machinery_defaults
 def get_config() -> ml_collections.ConfigDict:
     config = machinery_defaults()
 
-    # EncNet (SPEC §7): experiments.segmentation.models.EncNet arguments.
+    # EncNet (Zhang et al., CVPR 2018): experiments.segmentation.models.EncNet arguments.
     config.model = ml_collections.ConfigDict()
     config.model.num_classes = 7  # the synthetic scenes' classes
     config.model.backbone = "resnet50"
