@@ -62,6 +62,8 @@ import numpy as np
 from flax import nnx
 from jax import Array
 
+from experiments.common.conv import conv_general_dilated
+
 Encoder = Literal["resnet18", "resnet50"]
 
 #: Block type, blocks per stage and base channels per stage of each encoder.
@@ -144,6 +146,7 @@ def _conv(
         (kernel, kernel),
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
+        conv_general_dilated=conv_general_dilated,
         kernel_init=_fast_init(kernel_init),
         bias_init=_fast_init(_uniform(1.0 / math.sqrt(fan_in))),
         rngs=rngs,

@@ -37,6 +37,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import Array
 
+from experiments.common.conv import conv_general_dilated
+
 Backbone = Literal["resnet18", "resnet50"]
 
 #: Blocks per stage and block type of each backbone (He et al., CVPR 2016).
@@ -92,6 +94,7 @@ def _conv(
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
         kernel_dilation=(dilation, dilation),
+        conv_general_dilated=conv_general_dilated,
         use_bias=use_bias,
         kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
         rngs=rngs,
