@@ -1,7 +1,7 @@
 """monodepth's ResNet encoder/decoder ("ResNet50MD", "ResNet18MD") in Flax NNX.
 
-The network of the depth experiment of Groenendijk et al. (WACV 2021, Sec. 4.1;
-SPEC §6), itself the ResNet-50 variant of Godard, Mac Aodha and Brostow,
+The network of the depth experiment of Groenendijk et al. (WACV 2021, Sec. 4.1,
+https://arxiv.org/abs/2009.01717), itself the ResNet-50 variant of Godard, Mac Aodha and Brostow,
 "Unsupervised Monocular Depth Estimation with Left-Right Consistency",
 CVPR 2017. From the left image it predicts left and right disparities, as a
 fraction of the image width, at four scales.

@@ -1,7 +1,7 @@
 """EncNet (Zhang et al., "Context Encoding for Semantic Segmentation", CVPR 2018) in Flax NNX.
 
 The network of the segmentation experiment of Groenendijk et al. (WACV 2021,
-Sec. 4.2; SPEC §7):
+Sec. 4.2, https://arxiv.org/abs/2009.01717):
 
 * a dilated ResNet backbone with output stride 8: stages 3 and 4 keep the
   resolution of stage 2 and use dilation 2 and 4 instead of stride 2 (the
