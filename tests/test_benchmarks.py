@@ -1,12 +1,67 @@
-"""Smoke tests: the benchmark scripts run end to end and print their tables (no timings)."""
+"""Smoke tests: the benchmark scripts run end to end and print their tables (no timings).
+
+Every benchmark the README documents runs here with tiny sizes, through its own
+command-line parsing; ``test_every_documented_benchmark_has_a_smoke_test`` keeps the
+list complete.
+"""
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from experiments.benchmarks import gradients
+
+REPO = Path(__file__).resolve().parents[1]
+#: The benchmarks run by a subprocess below, with tiny sizes.
+TINY_RUNS = {
+    "weighting_overhead": [
+        "--rounds=1",
+        "--steps=1",
+        "--batch=2",
+        "--size=16",
+        "--width=4",
+        "--update-iters=2",
+        "--sizes",
+        "4",
+        "8",
+        "--schemes",
+        "cov",
+        "famo",
+    ],
+    "aggregators": ["--losses=4", "--steps=2", "--repeats=1", "--dim=16"],
+    "depth_throughput": [
+        "--size=test",
+        "--schemes=hand_tuned,cov",
+        "--steps=1",
+        "--rounds=1",
+    ],
+}
+
+
+def test_every_documented_benchmark_has_a_smoke_test() -> None:
+    readme = (REPO / "README.md").read_text()
+    documented = set(re.findall(r"python -m experiments\.benchmarks\.(\w+)", readme))
+    assert documented <= {"gradients", *TINY_RUNS}, documented
+
+
+@pytest.mark.parametrize("name", sorted(TINY_RUNS))
+def test_benchmark_runs_and_prints_its_table(name: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", f"experiments.benchmarks.{name}", *TINY_RUNS[name]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table_rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert len(table_rows) >= 3, result.stdout  # a header, its rule and at least one row
 
 
 def test_gradients_benchmark_prints_every_table(

@@ -14,7 +14,8 @@ the same inputs, and prints seconds per step, images per second and the
 ratio to static weights (``hand_tuned``). Compilation is excluded (one warm-up
 step). Sizes: ``cpu`` is ``configs/cpu.py`` (tiny ResNet-50MD, 64×128,
 batch 8); ``paper`` is ``configs/paper.py`` (ResNet-50MD, 256×512, batch 8);
-``ref_small`` is ResNet-50MD at 128×256, batch 2 (the reference code's measured row).
+``ref_small`` is ResNet-50MD at 128×256, batch 2 (the reference code's measured row);
+``test`` is ``configs/test.py`` (a smoke run, no meaningful timing).
 ``--schemes=hand_tuned,mgda_ub,mgda_ub:ungrouped`` also times a gradient scheme
 with its 32 per-loss pull-backs in one batch instead of grouped by the layers
 each loss reaches (:mod:`covjax.loss_groups`).
@@ -35,9 +36,10 @@ from experiments.benchmarks.timing import interleaved_times
 from experiments.common import sharding
 from experiments.common.train import Trainer
 from experiments.depth.configs import cpu, paper
+from experiments.depth.configs import test as test_config
 from experiments.depth.train import DepthTask
 
-SIZES = ("cpu", "paper", "ref_small")
+SIZES = ("cpu", "paper", "ref_small", "test")
 #: ``scheme:ungrouped`` times a gradient scheme with all 32 losses in one batched
 #: backward pass (``config.group_losses = False``) instead of grouped by scale.
 UNGROUPED = "ungrouped"
@@ -46,6 +48,8 @@ UNGROUPED = "ungrouped"
 def size_config(size: str) -> ml_collections.ConfigDict:
     if size == "cpu":
         return cpu.get_config()
+    if size == "test":
+        return test_config.get_config()
     config = paper.get_config()
     if size == "ref_small":
         config.image_height, config.image_width, config.batch_size = 128, 256, 2

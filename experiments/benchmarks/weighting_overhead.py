@@ -109,6 +109,11 @@ def time_train_steps(args: argparse.Namespace) -> None:
         rng.normal(size=(args.batch, args.size // 4, args.size // 4, NUM_LOSSES)), jnp.float32
     )
     schemes = loss_statistics_schemes(NUM_LOSSES)
+    if args.schemes:
+        unknown = sorted(set(args.schemes) - set(schemes))
+        if unknown:
+            raise SystemExit(f"unknown schemes {unknown}; choose from {sorted(schemes)}")
+        schemes = {name: schemes[name] for name in ("static", *args.schemes)}
     runners = {}
     for name, make in schemes.items():
         scheme = make()
@@ -192,6 +197,9 @@ def main() -> None:
     parser.add_argument("--update-iters", type=int, default=200)
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 1_000, 100_000])
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument(
+        "--schemes", nargs="+", default=None, help="time only these next to static (default: all)"
+    )
     args = parser.parse_args()
     print(f"devices: {jax.devices()}")
     if not args.skip_train:
