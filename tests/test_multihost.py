@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments.common import cli
+
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 MARKER = "<!-- covered by tests/test_multihost.py -->"
@@ -294,9 +296,11 @@ def test_readme_launches_on_two_processes_resume_and_equal_one_process(tmp_path:
     first = [[*substitute(argv, explicit_paths), "--config.num_train_steps=2"] for argv in explicit]
     run_together([*first, one_process(one, one / "data")], env, tmp_path / "first")
     assert sorted(path.name for path in (two / "checkpoints").iterdir()) == ["2"]
-    # Process 0's coordinator listened on the loopback address alone.
+    # Process 0's coordinator listened on the loopback address alone (JAX logs it at INFO,
+    # which the quiet command line sends to the workdir's log file).
     started_on = f"Starting JAX distributed service on 127.0.0.1:{port}"
-    assert started_on in (tmp_path / "first.0.log").read_text()
+    logs = (tmp_path / "first.0.log").read_text() + (two / cli.LOG_FILE).read_text()
+    assert started_on in logs
     assert logged_losses(two)[2] == pytest.approx(logged_losses(one)[2], rel=RELATIVE_TOLERANCE)
     shutil.copytree(two, two_then_one, ignore=shutil.ignore_patterns("data"))
 

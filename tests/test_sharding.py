@@ -70,18 +70,30 @@ def test_coordinator_address_needs_a_port(address: str) -> None:
         coordinator_bind_address(address)
 
 
-def test_distributed_outside_a_cluster_names_the_launch_flags(monkeypatch) -> None:
-    import jax
-
-    from experiments.common.sharding import initialize_distributed
-
-    # A plain machine: none of the variables of the clusters JAX detects.
-    for name in list(os.environ):
-        if name.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "KUBERNETES_")):
-            monkeypatch.delenv(name)
-    with pytest.raises(ValueError, match=r"--config\.coordinator_address=HOST:PORT"):
-        initialize_distributed()
-    assert not jax.distributed.is_initialized()
+def test_distributed_outside_a_cluster_names_the_launch_flags() -> None:
+    # A fresh interpreter: jax.distributed.initialize must run before JAX's backend starts,
+    # which other tests in this process have already done.
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "KUBERNETES_"))
+    }  # a plain machine: none of the variables of the clusters JAX detects
+    script = (
+        "import jax\n"
+        "from experiments.common.sharding import initialize_distributed\n"
+        "try:\n"
+        "    initialize_distributed()\n"
+        "except ValueError as error:\n"
+        "    print('ValueError:', error)\n"
+        "print('initialized:', jax.distributed.is_initialized())\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=HERE.parent, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "--config.coordinator_address=HOST:PORT" in completed.stdout, completed.stdout
+    assert "initialized: False" in completed.stdout
 
 
 def test_launch_fields_without_distributed_are_refused() -> None:
