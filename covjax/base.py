@@ -28,12 +28,12 @@ owns, in one place for all schemes:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 from jax import Array
 
 PyTree = Any
@@ -153,7 +153,12 @@ def named(values: PyTree) -> dict[str, Array]:
     }
 
 
-@struct.dataclass
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["count", "weights", "inner"],
+    meta_fields=["structure", "scheme"],
+)
+@dataclasses.dataclass(frozen=True)
 class WeightingState:
     """State of any covjax weighting: only arrays, plus static structure metadata.
 
@@ -169,8 +174,12 @@ class WeightingState:
     count: Array
     weights: Array
     inner: Any
-    structure: LossStructure = struct.field(pytree_node=False)
-    scheme: str = struct.field(pytree_node=False, default="")
+    structure: LossStructure
+    scheme: str = ""
+
+    def replace(self, **changes: Any) -> WeightingState:
+        """A copy with ``changes`` applied (:func:`dataclasses.replace`)."""
+        return dataclasses.replace(self, **changes)
 
 
 class InitFn(Protocol):

@@ -62,12 +62,10 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
-from flax.nnx import filterlib
 from jax import Array
 from jax.extend import core as jex_core
 
-from covjax import factorised, loss_groups
+from covjax import _nnx, factorised, loss_groups
 from covjax.base import Losses, LossStructure, PyTree, flatten_losses
 
 #: Per-loss gradients: each selected leaf's path → its (K, *leaf.shape) gradients.
@@ -104,10 +102,6 @@ def _path_string(parts: tuple[Any, ...]) -> str:
     return "/".join(str(part) for part in parts)
 
 
-def _is_nnx_filter(selector: Any) -> bool:
-    return isinstance(selector, type) or type(selector).__module__ == filterlib.__name__
-
-
 def _to_predicate(selector: Selector) -> Callable[[tuple[Any, ...], Any], bool]:
     """A predicate ``(path_parts, node) -> bool`` for one ``wrt`` selector."""
     if isinstance(selector, str):
@@ -116,8 +110,8 @@ def _to_predicate(selector: Selector) -> Callable[[tuple[Any, ...], Any], bool]:
     if isinstance(selector, list | tuple):
         predicates = [_to_predicate(item) for item in selector]
         return lambda parts, node: any(predicate(parts, node) for predicate in predicates)
-    if _is_nnx_filter(selector):
-        nnx_predicate = filterlib.to_predicate(selector)
+    if _nnx.is_filter(selector):
+        nnx_predicate = _nnx.filter_predicate(selector)
         return lambda parts, node: bool(nnx_predicate(parts, node))
     if callable(selector):
         return lambda parts, node: bool(selector(_path_string(parts), node))
@@ -136,9 +130,7 @@ def select_leaves(params: PyTree, wrt: Selector = None) -> tuple[list[bool], lis
       ValueError: ``params`` has no array leaves or ``wrt`` selects none of them
         (the message lists the available paths).
     """
-    nodes = jax.tree_util.tree_flatten_with_path(
-        params, is_leaf=lambda x: isinstance(x, nnx.Variable)
-    )[0]
+    nodes = jax.tree_util.tree_flatten_with_path(params, is_leaf=_nnx.is_variable)[0]
     predicate = None if wrt is None else _to_predicate(wrt)
     mask: list[bool] = []
     names: list[str] = []
@@ -592,7 +584,8 @@ def _is_scalar(value: Any) -> bool:
 
 def _as_pytree(params: Any) -> tuple[PyTree, Callable[[PyTree], Any]]:
     """``(primal, model)``: an NNX module's ``nnx.Param`` state and how to rebuild it."""
-    if isinstance(params, nnx.Module):
+    if _nnx.is_module(params):
+        nnx = _nnx.nnx()
         graphdef, param_state, rest = nnx.split(params, nnx.Param, ...)
         return param_state, lambda p: nnx.merge(graphdef, p, rest, copy=True)
     return params, lambda p: p

@@ -22,10 +22,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 from jax import Array
 
-from covjax import gradients
+from covjax import _nnx, gradients
 from covjax.base import (
     Losses,
     PyTree,
@@ -143,7 +142,7 @@ def value_and_grad(
     needs_gramian = "gramian" in scheme.requires
 
     def step(params: Any, state: WeightingState, *args: Any, **kwargs: Any):
-        if isinstance(params, nnx.Module):
+        if _nnx.is_module(params):
             return _module_step(params, state, args, kwargs)
         return _pytree_step(params, state, args, kwargs)
 
@@ -257,7 +256,9 @@ def value_and_grad(
         result, grads = _weigh_and_pull_back(head_fn, encode_fn, params, state)
         return result, grads
 
-    def _module_step(module: nnx.Module, state, args, kwargs):
+    def _module_step(module: Any, state, args, kwargs):
+        """The step for an ``nnx.Module`` (Flax is imported only on this path)."""
+        nnx = _nnx.nnx()
         graphdef, param_state, rest_state = nnx.split(module, nnx.Param, ...)
 
         def run(p, rest, fn, *fn_args):
