@@ -17,6 +17,7 @@ from covjax.aggregators import (
     upgrad,
 )
 from covjax.base import (
+    GRAMIAN,
     LossStructure,
     Weighting,
     WeightingState,
@@ -42,7 +43,7 @@ from covjax.loss_trends import (
     softadapt,
 )
 from covjax.lsb import LsbState, RebalancingState, lsb, multi_loss_rebalancing
-from covjax.mgda import MgdaState, mgda, min_norm_solver
+from covjax.mgda import mgda, min_norm_solver
 from covjax.rlw import RandomState, rlw
 from covjax.static import equal_weighting, static_weighting
 from covjax.step import WeightedLosses, value_and_grad
@@ -52,6 +53,7 @@ from covjax.wrappers import apply_if_accepted
 __version__ = "0.1.0"
 
 __all__ = [
+    "GRAMIAN",
     "CAGradState",
     "CovState",
     "DBMTLState",
@@ -62,7 +64,6 @@ __all__ = [
     "LearnedLogState",
     "LossStructure",
     "LsbState",
-    "MgdaState",
     "NashMTLState",
     "PCGradState",
     "RandomState",

@@ -9,7 +9,7 @@ gradient is tracked as its coefficient vector c over the original gradients
 (⟨Σ c_i g_i, g_j⟩ = (cᵀG)_j, ‖Σ c_i g_i‖² = cᵀGc). The returned weights are w,
 and :func:`covjax.value_and_grad` then forms d with ONE weighted backward pass.
 
-All schemes are built with ``requires={"gramian"}``. Conventions shared by all:
+All schemes are built with ``requires={covjax.GRAMIAN}``. Conventions shared by all:
 
 * The Gramian is symmetrised and divided by its mean diagonal before solving.
   Every aggregator here is invariant to that scale (or, for Nash-MTL, scales
@@ -32,9 +32,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from covjax import numerics
-from covjax.base import Weighting, make_weighting
-
-GRAMIAN = frozenset({"gramian"})
+from covjax.base import GRAMIAN, Weighting, make_weighting, stateless
 
 #: A gradient whose norm is below this fraction of the largest one is treated as zero.
 DEAD_GRADIENT = 1e-5
@@ -358,7 +356,7 @@ def pcgrad(seed: int = 0) -> Weighting:
         init_fn,
         update_fn,
         name="pcgrad",
-        requires=GRAMIAN,
+        requires={GRAMIAN},
         weights_sum="free",
         loss_scale="no",
     )
@@ -448,7 +446,7 @@ def gradvac(beta: float = 0.5, seed: int = 0) -> Weighting:
         init_fn,
         update_fn,
         name="gradvac",
-        requires=GRAMIAN,
+        requires={GRAMIAN},
         weights_sum="free",
         loss_scale="no",
     )
@@ -575,7 +573,7 @@ def cagrad(c: float = 0.4, rescale: bool = True, max_iters: int = 30) -> Weighti
         init_fn,
         update_fn,
         name="cagrad",
-        requires=GRAMIAN,
+        requires={GRAMIAN},
         weights_sum="free",
         loss_scale="no",
     )
@@ -675,14 +673,7 @@ def imtl_g() -> Weighting:
     with every gradient zero the weights are uniform.
     """
 
-    def init_fn(losses: Array) -> tuple[()]:
-        del losses
-        return ()
-
-    def update_fn(
-        losses: Array, state: tuple[()], count: Array, gramian: Array | None
-    ) -> tuple[Array, tuple[()]]:
-        del count
+    def weights_fn(losses: Array, gramian: Array | None) -> Array:
         k = losses.shape[0]
         g = _normalise(gramian)
         norms = jnp.sqrt(jnp.maximum(jnp.diagonal(g.gramian), 0.0))
@@ -701,13 +692,12 @@ def imtl_g() -> Weighting:
         solution = jnp.linalg.lstsq(system, rhs, rcond=1e-6)[0]
         weights = jnp.where(g.live, solution[:k], 0.0)
         ok = jnp.any(g.live) & jnp.all(jnp.isfinite(weights))
-        return jnp.where(ok, weights, _uniform(k)), state
+        return jnp.where(ok, weights, _uniform(k))
 
-    return make_weighting(
-        init_fn,
-        update_fn,
+    return stateless(
+        weights_fn,
         name="imtl_g",
-        requires=GRAMIAN,
+        requires={GRAMIAN},
         weights_sum="1",
         loss_scale="compensated",
     )
@@ -815,7 +805,7 @@ def nash_mtl(
         init_fn,
         update_fn,
         name="nash_mtl",
-        requires=GRAMIAN,
+        requires={GRAMIAN},
         weights_sum="free",
         loss_scale="compensated",
     )
@@ -902,18 +892,12 @@ def aligned_mtl(
             f"covjax.aligned_mtl: scale must be 'min', 'median' or 'rmse', got {scale!r}"
         )
 
-    def init_fn(losses: Array) -> tuple[()]:
+    def weights_fn(losses: Array, gramian: Array | None) -> Array:
         if task_weights is not None and jnp.shape(task_weights) != losses.shape:
             raise ValueError(
                 f"covjax.aligned_mtl: task_weights has shape {jnp.shape(task_weights)}, "
                 f"expected {losses.shape}."
             )
-        return ()
-
-    def update_fn(
-        losses: Array, state: tuple[()], count: Array, gramian: Array | None
-    ) -> tuple[Array, tuple[()]]:
-        del count
         k = losses.shape[0]
         preference = (
             jnp.ones((k,), jnp.float32)
@@ -937,13 +921,12 @@ def aligned_mtl(
         balance = jnp.sqrt(sigma_sq) * (vectors * inverse_root) @ vectors.T
         weights = balance @ preference
         ok = jnp.any(kept) & jnp.all(jnp.isfinite(weights))
-        return jnp.where(ok, weights, preference), state
+        return jnp.where(ok, weights, preference)
 
-    return make_weighting(
-        init_fn,
-        update_fn,
+    return stateless(
+        weights_fn,
         name="aligned_mtl",
-        requires=GRAMIAN,
+        requires={GRAMIAN},
         weights_sum="free",
         loss_scale="no",
     )
@@ -1028,7 +1011,7 @@ def upgrad(task_weights: Array | None = None) -> Weighting:
         init_fn,
         update_fn,
         name="upgrad",
-        requires=GRAMIAN,
+        requires={GRAMIAN},
         weights_sum="free",
         loss_scale="no",
     )
@@ -1105,7 +1088,7 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, epsilon: float = 1e-8) ->
         init_fn,
         update_fn,
         name="db_mtl",
-        requires=GRAMIAN,
+        requires={GRAMIAN},
         positive_losses=True,
         weights_sum="free",
         loss_scale="compensated",

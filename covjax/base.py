@@ -29,12 +29,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
-from typing import Any, Literal, NamedTuple, Protocol
+from collections.abc import Callable, Collection
+from typing import Any, Final, Literal, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import Array
+
+#: The requirement of the gradient-based schemes: ``GRAMIAN in scheme.requires``
+#: means ``update`` needs ``gramian=``, the K×K Gramian of the per-loss gradients.
+GRAMIAN: Final = "gramian"
 
 PyTree = Any
 Losses = PyTree  # a 1-D array of K losses, or a pytree whose leaves are scalar losses
@@ -166,7 +171,8 @@ class WeightingState:
       count: int32, number of steps accepted so far (rejected steps are not
         counted).
       weights: (K,) float32, the weights returned by the last accepted step.
-      inner: the scheme's own state (a NamedTuple of arrays).
+      inner: the scheme's own state (a NamedTuple of arrays; ``optax.EmptyState()``
+        for a scheme that keeps none).
       structure: the loss structure seen at ``init`` (static, not a leaf).
       scheme: the name of the scheme whose ``init`` made it (static).
     """
@@ -224,8 +230,9 @@ class Weighting(NamedTuple):
     """A loss weighting scheme, optax-style.
 
     ``state = init(losses)``; ``weights, state = update(losses, state)``.
-    ``requires`` names what the scheme needs besides the losses: ``"gramian"``
-    (the K×K Gramian of the per-loss gradients, passed as ``gramian=``).
+    ``requires`` names what the scheme needs besides the losses:
+    :data:`covjax.GRAMIAN` (the K×K Gramian of the per-loss gradients, passed
+    as ``gramian=``).
     ``properties`` are its user-facing facts (:class:`WeightingProperties`).
     """
 
@@ -237,6 +244,7 @@ class Weighting(NamedTuple):
 
 FlatInit = Callable[[Array], Any]
 FlatUpdate = Callable[[Array, Any, Array, Array | None], tuple[Array, Any]]
+FlatWeights = Callable[[Array, Array | None], Array]
 
 
 def make_weighting(
@@ -244,7 +252,7 @@ def make_weighting(
     update_fn: FlatUpdate,
     *,
     name: str,
-    requires: frozenset[str] = frozenset(),
+    requires: Collection[str] = frozenset(),
     positive_losses: bool = False,
     loss_minimum: float | Array = 0.0,
     weights_sum: WeightsSum | None = None,
@@ -259,7 +267,7 @@ def make_weighting(
         -> (weights (K,), inner_state)``. Its results are used only for
         accepted steps (finite inputs, positive losses where required).
       name: the scheme's name, used in error messages.
-      requires: ``{"gramian"}`` for schemes that need per-loss gradients.
+      requires: ``{GRAMIAN}`` for schemes that need per-loss gradients.
       positive_losses: the scheme's maths needs L_i > ``loss_minimum``
         (ratios, logarithms or divisions by a loss): a step with any loss at
         or below it is rejected exactly like a non-finite one.
@@ -267,7 +275,7 @@ def make_weighting(
         minima), a scalar or (K,), possibly traced.
       weights_sum, loss_scale: facts for :class:`WeightingProperties`.
     """
-    needs_gramian = "gramian" in requires
+    needs_gramian = GRAMIAN in requires
     properties = WeightingProperties(weights_sum, loss_scale, positive_losses)
 
     def check_state(state: Any, vector: Array) -> None:
@@ -349,6 +357,43 @@ def make_weighting(
         return structure.unflatten(new_state.weights), new_state
 
     return Weighting(init=init, update=update, requires=frozenset(requires), properties=properties)
+
+
+def stateless(
+    weights_fn: FlatWeights,
+    *,
+    name: str,
+    requires: Collection[str] = frozenset(),
+    positive_losses: bool = False,
+    weights_sum: WeightsSum | None = None,
+    loss_scale: LossScale | None = None,
+) -> Weighting:
+    """A scheme that keeps no state of its own, as ``optax.stateless`` builds a transformation.
+
+    ``weights_fn(losses (K,), gramian (K,K) | None) -> weights (K,)``; the
+    scheme's inner state is ``optax.EmptyState()``. The other arguments are
+    those of :func:`make_weighting`.
+    """
+
+    def init_fn(losses: Array) -> optax.EmptyState:
+        del losses
+        return optax.EmptyState()
+
+    def update_fn(
+        losses: Array, inner: optax.EmptyState, count: Array, gramian: Array | None
+    ) -> tuple[Array, optax.EmptyState]:
+        del count
+        return weights_fn(losses, gramian), inner
+
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name=name,
+        requires=requires,
+        positive_losses=positive_losses,
+        weights_sum=weights_sum,
+        loss_scale=loss_scale,
+    )
 
 
 def step_accepted(old: WeightingState, new: WeightingState) -> Array:

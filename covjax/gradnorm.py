@@ -36,7 +36,7 @@ import optax
 from jax import Array
 
 from covjax import numerics
-from covjax.base import Weighting, make_weighting
+from covjax.base import GRAMIAN, Weighting, make_weighting
 
 Form = Literal["reference", "paper"]
 
@@ -88,7 +88,7 @@ def gradnorm(
       optimizer: any optax optimiser for w instead of ``adam(learning_rate)``.
 
     Returns:
-      A :class:`~covjax.Weighting` with ``requires={"gramian"}``: its update
+      A :class:`~covjax.Weighting` with ``requires={covjax.GRAMIAN}``: its update
       needs the Gramian of the per-loss gradients at the shared layer.
 
     Losses must be positive: a step with a loss ≤ 0 (or a non-finite one) is
@@ -132,7 +132,7 @@ def gradnorm(
         init_fn,
         update_fn,
         name="gradnorm",
-        requires=frozenset({"gramian"}),
+        requires={GRAMIAN},
         positive_losses=True,
         weights_sum="K" if form == "paper" else "1",
         loss_scale="learned",

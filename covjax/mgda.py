@@ -53,7 +53,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from covjax import numerics
-from covjax.base import Weighting, make_weighting
+from covjax.base import GRAMIAN, Weighting, stateless
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
 NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "loss", "loss+")
@@ -240,10 +240,6 @@ def min_norm_solver(
     return weights
 
 
-class MgdaState(NamedTuple):
-    """MGDA keeps no statistics; the weights live in ``WeightingState.weights``."""
-
-
 def normalize_gramian(gramian: Array, losses: Array, normalization: Normalization) -> Array:
     """The Gramian of the normalised gradients g_i / n_i (Sener & Koltun's normalisers).
 
@@ -288,7 +284,7 @@ def mgda(
       max_iters, tol, refine: see :func:`min_norm_solver`.
 
     Returns:
-      A :class:`~covjax.Weighting` (``requires={"gramian"}``) whose weights
+      A :class:`~covjax.Weighting` (``requires={covjax.GRAMIAN}``) whose weights
       are ≥ 0 and sum to 1.
     """
     if normalization not in NORMALIZATIONS:
@@ -296,23 +292,15 @@ def mgda(
             f"covjax.mgda: normalization must be one of {NORMALIZATIONS}, got {normalization!r}."
         )
 
-    def init_fn(losses: Array) -> MgdaState:
-        del losses
-        return MgdaState()
-
-    def update_fn(
-        losses: Array, state: MgdaState, count: Array, gramian: Array | None
-    ) -> tuple[Array, MgdaState]:
-        del count
+    def weights_fn(losses: Array, gramian: Array | None) -> Array:
         assert gramian is not None  # make_weighting checks it
         normalized = normalize_gramian(gramian, losses, normalization)
-        return min_norm_solver(normalized, max_iters=max_iters, tol=tol, refine=refine), state
+        return min_norm_solver(normalized, max_iters=max_iters, tol=tol, refine=refine)
 
-    return make_weighting(
-        init_fn,
-        update_fn,
+    return stateless(
+        weights_fn,
         name="mgda",
-        requires=frozenset({"gramian"}),
+        requires={GRAMIAN},
         weights_sum="1",
         # g_i/‖g_i‖ and g_i/L_i are free of a loss's scale; g_i and g_i/(L_i‖g_i‖) are not.
         loss_scale="unchanged" if normalization in ("l2", "loss") else "no",

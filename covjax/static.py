@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from covjax.base import Losses, PyTree, Weighting, WeightingState, flatten_losses, make_weighting
+from covjax.base import Losses, PyTree, Weighting, WeightingState, flatten_losses, stateless
 
 
 def _is_concrete(x: Array) -> bool:
@@ -56,22 +56,15 @@ def static_weighting(weights: PyTree, normalise: bool = False) -> Weighting:
                 "covjax.static_weighting: normalise=True needs weights with a positive sum."
             )
 
-    def init_fn(losses: Array) -> tuple[()]:
-        del losses
-        return ()
-
-    def update_fn(
-        losses: Array, state: tuple[()], count: Array, gramian: Array | None
-    ) -> tuple[Array, tuple[()]]:
-        del count, gramian
+    def weights_fn(losses: Array, gramian: Array | None) -> Array:
+        del gramian
         vector = jnp.broadcast_to(weight_vector.astype(losses.dtype), losses.shape)
         if normalise:
             vector = vector / jnp.sum(vector)
-        return vector, state
+        return vector
 
-    scheme = make_weighting(
-        init_fn,
-        update_fn,
+    scheme = stateless(
+        weights_fn,
         name="static_weighting",
         weights_sum="1" if normalise else "free",
         loss_scale="unchanged",
@@ -98,16 +91,8 @@ def equal_weighting() -> Weighting:
     state unchanged, previous weights returned, the step reported as not accepted.
     """
 
-    def init_fn(losses: Array) -> tuple[()]:
-        del losses
-        return ()
+    def weights_fn(losses: Array, gramian: Array | None) -> Array:
+        del gramian
+        return jnp.full_like(losses, 1.0 / losses.shape[0])
 
-    def update_fn(
-        losses: Array, state: tuple[()], count: Array, gramian: Array | None
-    ) -> tuple[Array, tuple[()]]:
-        del count, gramian
-        return jnp.full_like(losses, 1.0 / losses.shape[0]), state
-
-    return make_weighting(
-        init_fn, update_fn, name="equal_weighting", weights_sum="1", loss_scale="unchanged"
-    )
+    return stateless(weights_fn, name="equal_weighting", weights_sum="1", loss_scale="unchanged")

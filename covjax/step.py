@@ -5,7 +5,7 @@ pass: the forward pass gives the K losses, the scheme turns them into weights,
 and the backward pass is a single vector–Jacobian product with the weights as
 cotangent, which is exactly ∇ Σ stop_gradient(α_i) L_i.
 
-Gradient-based schemes (``"gramian" in scheme.requires``) additionally need the
+Gradient-based schemes (``covjax.GRAMIAN in scheme.requires``) additionally need the
 per-loss gradients; :mod:`covjax.gradients` computes them in one batched
 backward pass and hands the scheme their Gramian. The call looks the same, so
 switching scheme is a one-line change.
@@ -26,6 +26,7 @@ from jax import Array
 
 from covjax import _nnx, gradients
 from covjax.base import (
+    GRAMIAN,
     Losses,
     PyTree,
     Weighting,
@@ -139,7 +140,7 @@ def value_and_grad(
         )
     if representation_copies and representation is None:
         raise ValueError("covjax.value_and_grad: representation_copies needs a representation.")
-    needs_gramian = "gramian" in scheme.requires
+    needs_gramian = GRAMIAN in scheme.requires
 
     def step(params: Any, state: WeightingState, *args: Any, **kwargs: Any):
         if _nnx.is_module(params):

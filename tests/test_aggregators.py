@@ -598,7 +598,7 @@ def test_all_zero_gradients_give_finite_weights_and_advance(name: str) -> None:
 @pytest.mark.parametrize("name", ALL)
 def test_requires_the_gramian(name: str) -> None:
     scheme = getattr(covjax, name)()
-    assert scheme.requires == frozenset({"gramian"})
+    assert scheme.requires == frozenset({covjax.GRAMIAN})
     losses = jnp.ones((3,))
     with pytest.raises(ValueError, match="Gramian"):
         scheme.update(losses, scheme.init(losses))

@@ -100,7 +100,8 @@ CONFIGS: dict[str, tuple[Callable[..., covjax.Weighting], dict]] = {
 SOLVERS = {
     name
     for name, (constructor, _) in CONFIGS.items()
-    if "gramian" in constructor(**CONFIGS[name][1]).requires and constructor is not covjax.gradnorm
+    if covjax.GRAMIAN in constructor(**CONFIGS[name][1]).requires
+    and constructor is not covjax.gradnorm
 }
 # Steps before a "compensated" scheme first rebalances (equal weights until then).
 FIRST_REBALANCING = {"lsb": 3, "lsb_scale_only": 3, "multi_loss_rebalancing": 1}
@@ -123,7 +124,7 @@ def positive(name: str) -> bool:
 
 def stepper(scheme: covjax.Weighting) -> Callable:
     """A jitted ``(losses, state, gramian) -> (weights, state)``; the Gramian only if required."""
-    if "gramian" in scheme.requires:
+    if covjax.GRAMIAN in scheme.requires:
         return jax.jit(lambda losses, state, gramian: scheme.update(losses, state, gramian=gramian))
     return jax.jit(lambda losses, state, gramian: scheme.update(losses, state))
 
@@ -160,7 +161,7 @@ def test_the_rule_is_in_help() -> None:
             assert re.search(r"must be positive|must exceed their minima", doc), constructor
             assert "is rejected" in doc, constructor
         # The aggregators other than DB-MTL never look at the loss values.
-        loss_statistics = "gramian" not in constructor(**arguments_of(constructor)).requires
+        loss_statistics = covjax.GRAMIAN not in constructor(**arguments_of(constructor)).requires
         if loss_statistics and not all(needs_positive):
             assert re.search(r"any finite (value|losses)", doc), constructor
 
@@ -213,7 +214,7 @@ def test_schemes_without_positivity_use_zero_and_negative_losses(name: str, valu
     weights, state = run(scheme, trace)
     assert int(state.count) == len(trace)  # every step accepted
     assert np.all(np.isfinite(weights))
-    if "gramian" in scheme.requires:
+    if covjax.GRAMIAN in scheme.requires:
         return  # the aggregators' weights come from the gradients, not the loss values
     assert np.all(weights >= 0)
     if scheme.properties.weights_sum == "1":
