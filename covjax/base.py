@@ -207,7 +207,7 @@ class WeightingProperties(NamedTuple):
 
     Attributes:
       weights_sum: what the weights sum to at every step: ``"1"``, ``"K"``
-        (the number of losses) or ``"free"`` (not normalised: their scale acts
+        (the number of losses) or ``"free"`` (not normalized: their scale acts
         as a learning-rate factor).
       loss_scale: what happens to the weights when one loss L_i (and, for the
         gradient-based schemes, its gradient) is multiplied by c > 0 at every

@@ -39,7 +39,7 @@ def gls(epsilon: float = 1e-12) -> Weighting:
     first accepted step), the step reported as not accepted.
 
     Returns:
-      A :class:`~covjax.Weighting` with positive, unnormalised weights.
+      A :class:`~covjax.Weighting` with positive, unnormalized weights.
     """
     if not epsilon > 0:
         raise ValueError(f"covjax.gls: epsilon must be positive, got {epsilon}")

@@ -32,13 +32,13 @@ What the gradients are taken with respect to:
 
 Three ways to cut the cost further, all exact:
 
-* Dense kernels are factorised (``factorise="auto"``, the default of
+* Dense kernels are factorized (``factorize="auto"``, the default of
   :func:`per_loss_gramian`, :func:`vjp_and_gramian` and
   :func:`covjax.value_and_grad`): a kernel used once in a matrix product gets
   its Gramian block from the layer input X and the per-loss output cotangents
   Δ_i as Σ (X Xᵀ) ⊙ (Δ_i Δ_jᵀ), so the batched backward stops at the layer
   outputs and the K per-loss weight gradients are never formed
-  (:mod:`covjax.factorised`; at K = 32 on LibMTL's MLP, 4–5× faster).
+  (:mod:`covjax.factorized`; at K = 32 on LibMTL's MLP, 4–5× faster).
 * Per-task copies of the representation (``representation_copies=True`` in
   :func:`covjax.value_and_grad`): when head i reads only copy i of z, ONE
   backward pass of Σ L_i gives every ∂L_i/∂z (:func:`jacobian_from_copies`),
@@ -65,7 +65,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.extend import core as jex_core
 
-from covjax import _nnx, factorised, loss_groups
+from covjax import _nnx, factorized, loss_groups
 from covjax.base import Losses, LossStructure, PyTree, flatten_losses
 
 #: Per-loss gradients: each selected leaf's path → its (K, *leaf.shape) gradients.
@@ -75,8 +75,8 @@ Selector = Any
 VjpFn = Callable[[Losses], tuple[PyTree, ...]]
 
 #: How Gramian blocks of Dense-style kernels are computed: see :func:`vjp_and_gramian`.
-Factorise = Literal["auto", "always", "never"]
-FACTORISE_MODES: tuple[str, ...] = ("auto", "always", "never")
+Factorize = Literal["auto", "always", "never"]
+FACTORIZE_MODES: tuple[str, ...] = ("auto", "always", "never")
 
 #: Name of the Jacobian entry of an array-valued representation z.
 REPRESENTATION_KEY = "representation"
@@ -451,7 +451,7 @@ def vjp_and_gramian(
     *,
     wrt: Selector = None,
     chunk_size: int | None = None,
-    factorise: Factorise = "auto",
+    factorize: Factorize = "auto",
     group_losses: bool = True,
 ) -> tuple[Losses, VjpFn, Any, Callable[[], Array]]:
     """One forward pass of ``fn(params) -> (losses, aux)``, ready for a Gramian and a VJP.
@@ -459,23 +459,23 @@ def vjp_and_gramian(
     Returns ``(losses, vjp_fn, aux, gramian)``: ``vjp_fn(cotangent) ->
     (grads,)`` as from ``jax.vjp``, and ``gramian()`` the K×K Gramian of the
     per-loss gradients w.r.t. the ``wrt`` leaves, from one batched backward
-    pass. ``factorise``: ``"auto"`` gives each selected Dense-style kernel (a
+    pass. ``factorize``: ``"auto"`` gives each selected Dense-style kernel (a
     leaf used once, as an operand of a matrix product) its Gramian block from
-    the layer input and the output cotangents (:mod:`covjax.factorised`),
+    the layer input and the output cotangents (:mod:`covjax.factorized`),
     never materialising its K per-loss gradients, where that is cheaper;
     ``"always"`` wherever possible; ``"never"`` materialises every gradient.
-    ``group_losses``: without factorised kernels, pull back groups of losses
+    ``group_losses``: without factorized kernels, pull back groups of losses
     that reach different layers separately where that is cheaper
     (:mod:`covjax.loss_groups`). The result is the same up to rounding.
     """
-    if factorise not in FACTORISE_MODES:
-        raise ValueError(f"covjax: factorise must be one of {FACTORISE_MODES}, got {factorise!r}.")
+    if factorize not in FACTORIZE_MODES:
+        raise ValueError(f"covjax: factorize must be one of {FACTORIZE_MODES}, got {factorize!r}.")
     mask, _ = select_leaves(params, wrt)
     leaves, treedef = jax.tree.flatten(params)
-    taps: dict[int, factorised.Tap] = {}
+    taps: dict[int, factorized.Tap] = {}
     closed = None
-    # Only a matrix (or higher) can be a product's operand worth factorising.
-    if factorise != "never" and any(
+    # Only a matrix (or higher) can be a product's operand worth factorizing.
+    if factorize != "never" and any(
         keep and jnp.ndim(leaf) >= 2 for keep, leaf in zip(mask, leaves, strict=True)
     ):
 
@@ -485,8 +485,8 @@ def vjp_and_gramian(
         closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*leaves)
         if not closed.effects:
             losses_shape = out_shape[0] if isinstance(out_shape, tuple) else out_shape
-            taps = factorised.find_taps(
-                closed, mask, _num_losses(losses_shape), always=factorise == "always"
+            taps = factorized.find_taps(
+                closed, mask, _num_losses(losses_shape), always=factorize == "always"
             )
 
     if not taps:
@@ -506,7 +506,7 @@ def vjp_and_gramian(
 
         return losses, plain_vjp, aux, plain_gramian
 
-    run = factorised.tapped_function(closed, taps)
+    run = factorized.tapped_function(closed, taps)
     out_tree = jax.tree.structure(out_shape)
 
     def tapped(p: PyTree, perturbations: dict[int, Array]) -> tuple[Losses, Any]:
@@ -514,7 +514,7 @@ def vjp_and_gramian(
         losses, aux = jax.tree.unflatten(out_tree, outputs)
         return losses, (aux, layer_inputs)
 
-    perturbations = factorised.zero_perturbations(taps)
+    perturbations = factorized.zero_perturbations(taps)
     losses, tapped_vjp, (aux, layer_inputs) = jax.vjp(tapped, params, perturbations, has_aux=True)
 
     def vjp_fn(cotangent: Losses) -> tuple[PyTree]:
@@ -539,7 +539,7 @@ def vjp_and_gramian(
             else jnp.zeros((k, k), jnp.float32)
         )
         for leaf, deltas in zip(tapped_leaves, rows[num_materialised:], strict=True):
-            total = total + factorised.tap_gramian(taps[leaf], layer_inputs[leaf], deltas)
+            total = total + factorized.tap_gramian(taps[leaf], layer_inputs[leaf], deltas)
         return total
 
     return losses, vjp_fn, aux, gramian
@@ -667,13 +667,13 @@ def per_loss_gramian(
     chunk_size: int | None = None,
     has_aux: bool = False,
     representation: Callable[..., Any] | None = None,
-    factorise: Factorise = "auto",
+    factorize: Factorize = "auto",
     group_losses: bool = True,
     **kwargs: Any,
 ) -> tuple[Losses, Array, Any]:
     """``(losses, gramian, aux)``: :func:`per_loss_jacobian`'s J reduced to G = J Jᵀ (K×K).
 
-    ``factorise``: see :func:`vjp_and_gramian` (Dense kernels' blocks from
+    ``factorize``: see :func:`vjp_and_gramian` (Dense kernels' blocks from
     layer inputs and output cotangents; parameters only, not z).
     ``group_losses``: see :func:`gramian_of_function`.
     """
@@ -688,7 +688,7 @@ def per_loss_gramian(
             params,
             wrt=wrt,
             chunk_size=chunk_size,
-            factorise=factorise,
+            factorize=factorize,
             group_losses=group_losses,
         )
         return losses, gramian(), aux

@@ -13,7 +13,7 @@ the relative inverse training rates::
 
 The network is trained on Σ w_i L_i with the current w; then w takes one step
 of its own optimiser (Adam, lr 0.025) on ∂L_grad/∂w_i = sign(G_i − C_i)‖∇_W L_i‖
-(closed form: ‖∇_W L_i‖ and C are constants), is clamped at 0 and renormalised
+(closed form: ‖∇_W L_i‖ and C are constants), is clamped at 0 and renormalized
 to Σw = K (paper) or Σw = 1 (reference). L(0) are the first step's losses.
 
 The "shared layer" W is chosen with ``wrt`` in :func:`covjax.value_and_grad`
@@ -124,7 +124,7 @@ def gradnorm(
             gradient, state.optimizer_state, state.weights
         )
         stepped = jnp.maximum(optax.apply_updates(state.weights, updates), 0.0)
-        new_weights = total_weight(k) * numerics.normalise(stepped)
+        new_weights = total_weight(k) * numerics.normalize(stepped)
         # This step's loss uses the current weights; the stepped ones are next.
         return state.weights, GradNormState(new_weights, initial_losses, optimizer_state)
 

@@ -164,7 +164,7 @@ def _active_set(gramian: Array, start: Array, max_iters: int) -> Array:
         weights = jnp.where(feasible, jnp.maximum(target, 0.0), cut)
         free = jnp.where(feasible, jnp.where(optimal, state.free, grown_free), cut_free)
         return _ActiveSet(
-            numerics.normalise(weights), free, state.iteration + 1, feasible & optimal
+            numerics.normalize(weights), free, state.iteration + 1, feasible & optimal
         )
 
     start_state = _ActiveSet(start, start > 0.0, jnp.zeros((), jnp.int32), jnp.array(False))
@@ -232,7 +232,7 @@ def min_norm_solver(
         gradient = gramian @ interior
         stationary = jnp.max(jnp.abs(gradient - jnp.dot(interior, gradient))) <= 1e-6
         is_optimal = stationary & jnp.all(interior > 1e-6)
-        interior = numerics.normalise(jnp.maximum(interior, 0.0))
+        interior = numerics.normalize(jnp.maximum(interior, 0.0))
         weights = jax.lax.cond(is_optimal, lambda: interior, iterate)
     else:
         weights = iterate()
@@ -241,10 +241,10 @@ def min_norm_solver(
 
 
 def normalize_gramian(gramian: Array, losses: Array, normalization: Normalization) -> Array:
-    """The Gramian of the normalised gradients g_i / n_i (Sener & Koltun's normalisers).
+    """The Gramian of the normalized gradients g_i / n_i (Sener & Koltun's normalizers).
 
     n_i = 1 (``"none"``), ‖g_i‖ (``"l2"``), L_i (``"loss"``) or L_i‖g_i‖
-    (``"loss+"``); G_ij ↦ G_ij / (n_i n_j). A zero normaliser (zero gradient
+    (``"loss+"``); G_ij ↦ G_ij / (n_i n_j). A zero normalizer (zero gradient
     or loss) leaves that gradient unscaled.
     """
     if normalization not in NORMALIZATIONS:
@@ -277,7 +277,7 @@ def mgda(
     representation for MGDA-UB); :func:`covjax.value_and_grad` computes it.
 
     Args:
-      normalization: gradient normalisation before solving: ``"none"``
+      normalization: gradient normalization before solving: ``"none"``
         (reference), ``"l2"`` g_i/‖g_i‖, ``"loss"`` g_i/L_i, ``"loss+"``
         g_i/(L_i‖g_i‖). The returned α multiply the raw losses, as in the
         reference implementation.

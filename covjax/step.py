@@ -79,7 +79,7 @@ def value_and_grad(
     chunk_size: int | None = None,
     representation: LossFn | None = None,
     representation_copies: bool = False,
-    factorise: gradients.Factorise = "auto",
+    factorize: gradients.Factorize = "auto",
     group_losses: bool = True,
 ) -> Callable[..., tuple[WeightedLosses, PyTree]]:
     """Make ``step(params, weighting_state, *args) -> (WeightedLosses, grads)``.
@@ -111,10 +111,10 @@ def value_and_grad(
         i-th slice of ONE backward pass of Σ L_i instead of a batched
         backward pass of all heads per loss: MGDA-UB costs about a static
         step. A loss that reads another copy gets a wrong Gramian.
-      factorise: gradient-based schemes only: ``"auto"`` takes the Gramian
+      factorize: gradient-based schemes only: ``"auto"`` takes the Gramian
         block of each selected Dense-style kernel from its layer's input and
         output cotangents instead of its K per-loss gradients, where that is
-        cheaper (:mod:`covjax.factorised`; same result); ``"always"`` wherever
+        cheaper (:mod:`covjax.factorized`; same result); ``"always"`` wherever
         possible; ``"never"`` always materialises the per-loss gradients.
       group_losses: gradient-based schemes only: for a pytree of scalar
         losses, pull back separately the groups of losses that reach different
@@ -133,10 +133,10 @@ def value_and_grad(
             "covjax.value_and_grad: representation must be a function "
             f"representation(params, *args) -> z, got {representation!r}."
         )
-    if factorise not in gradients.FACTORISE_MODES:
+    if factorize not in gradients.FACTORIZE_MODES:
         raise ValueError(
-            f"covjax.value_and_grad: factorise must be one of {gradients.FACTORISE_MODES}, "
-            f"got {factorise!r}."
+            f"covjax.value_and_grad: factorize must be one of {gradients.FACTORIZE_MODES}, "
+            f"got {factorize!r}."
         )
     if representation_copies and representation is None:
         raise ValueError("covjax.value_and_grad: representation_copies needs a representation.")
@@ -179,7 +179,7 @@ def value_and_grad(
                     params,
                     wrt=wrt,
                     chunk_size=chunk_size,
-                    factorise=factorise,
+                    factorize=factorize,
                     group_losses=group_losses,
                 )
             else:

@@ -125,7 +125,7 @@ ORACLE_CASES: dict[
             functools.partial(covjax.softadapt, beta=0.3, window=4, variant=variant),
             functools.partial(oracle.softadapt, beta=0.3, window=4, variant=variant),
         )
-        for variant in ("plain", "normalised", "loss_weighted")
+        for variant in ("plain", "normalized", "loss_weighted")
     },
     "relobralo": (
         lambda: covjax.relobralo(alpha=0.95, temperature=1.0, expected_rho=0.9, seed=5),
@@ -136,19 +136,19 @@ ORACLE_CASES: dict[
         lambda: covjax.lsb(period=25, difficulty=False),
         lambda tr: oracle.lsb(tr, period=25, use_difficulty=False),
     ),
-    "lsb_linear_unnormalised_priors": (
+    "lsb_linear_unnormalized_priors": (
         lambda: covjax.lsb(
             period=15,
             beta=0.7,
             beta_schedule="linear",
             ramp_periods=3,
-            normalise_difficulty=False,
+            normalize_difficulty=False,
             priors=jnp.linspace(0.5, 1.5, K) / K,
         ),
         lambda tr: oracle.lsb(
             tr,
             period=15,
-            normalise=False,
+            normalize=False,
             priors=np.linspace(0.5, 1.5, K) / K,
             beta_of_update=linear_ramp,
         ),
@@ -177,8 +177,8 @@ def test_static_and_equal_weights() -> None:
     np.testing.assert_allclose(run_trace(covjax.equal_weighting(), trace), 0.25)
     fixed = jnp.array([1.0, 2.0, 3.0, 4.0])
     np.testing.assert_allclose(run_trace(covjax.static_weighting(fixed), trace), 5 * [fixed])
-    normalised = run_trace(covjax.static_weighting(fixed, normalise=True), trace)
-    np.testing.assert_allclose(normalised, 5 * [fixed / 10], rtol=1e-6)
+    normalized = run_trace(covjax.static_weighting(fixed, normalize=True), trace)
+    np.testing.assert_allclose(normalized, 5 * [fixed / 10], rtol=1e-6)
 
 
 def test_static_weights_as_a_pytree() -> None:
@@ -249,12 +249,12 @@ def test_uncertainty_reproduces_joint_training_with_adam() -> None:
         theta = optax.apply_updates(theta, updates)
     np.testing.assert_allclose(theta, params[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(scheme_state.inner.log_weights, params[1], rtol=1e-5, atol=1e-6)
-    regulariser = covjax.uncertainty_regulariser(scheme_state)
-    np.testing.assert_allclose(regulariser, jnp.sum(params[1]), rtol=1e-5)
-    half = covjax.uncertainty_regulariser(scheme_state, form="kendall")
-    np.testing.assert_allclose(half, 0.5 * regulariser, rtol=1e-6)
+    regularizer = covjax.uncertainty_regularizer(scheme_state)
+    np.testing.assert_allclose(regularizer, jnp.sum(params[1]), rtol=1e-5)
+    half = covjax.uncertainty_regularizer(scheme_state, form="kendall")
+    np.testing.assert_allclose(half, 0.5 * regularizer, rtol=1e-6)
     with pytest.raises(TypeError, match="uncertainty_weighting"):
-        covjax.uncertainty_regulariser(covjax.gls().init(jnp.ones(3)))
+        covjax.uncertainty_regularizer(covjax.gls().init(jnp.ones(3)))
 
 
 def test_lsb_equalises_loss_scales_after_the_first_period() -> None:
@@ -273,7 +273,7 @@ def test_lsb_equalises_loss_scales_after_the_first_period() -> None:
 # name -> (factory, promised sum of the weights or None, permutation equivariant)
 PROPERTY_CASES: dict[str, tuple[Callable[[], covjax.Weighting], float | None, bool]] = {
     "equal": (covjax.equal_weighting, 1.0, True),
-    "static": (lambda: covjax.static_weighting(jnp.arange(1.0, 7.0), normalise=True), 1.0, False),
+    "static": (lambda: covjax.static_weighting(jnp.arange(1.0, 7.0), normalize=True), 1.0, False),
     "uncertainty": (lambda: covjax.uncertainty_weighting(optax.adam(0.1)), None, True),
     "imtl_l": (lambda: covjax.imtl_l(optax.adam(0.1)), None, True),
     "gls": (covjax.gls, None, True),
@@ -299,7 +299,7 @@ small_traces = st.integers(0, 2**31 - 1).map(lambda seed: random_trace(seed, 12,
 
 @pytest.mark.parametrize("case", sorted(PROPERTY_CASES))
 @given(trace=small_traces, seed=st.integers(0, 1000))
-def test_weights_finite_non_negative_normalised_equivariant(
+def test_weights_finite_non_negative_normalized_equivariant(
     case: str, trace: np.ndarray, seed: int
 ) -> None:
     _, promised_sum, equivariant = PROPERTY_CASES[case]

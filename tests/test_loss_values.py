@@ -54,9 +54,9 @@ CONFIGS: dict[str, tuple[Callable[..., covjax.Weighting], dict]] = {
     "cov_weighting_decay": (covjax.cov_weighting, {"decay": 0.9}),
     "cov_weighting_inverse": (covjax.cov_weighting, {"inverse": True}),
     "static_weighting": (covjax.static_weighting, {"weights": jnp.arange(1.0, K + 1.0)}),
-    "static_weighting_normalised": (
+    "static_weighting_normalized": (
         covjax.static_weighting,
-        {"weights": jnp.arange(1.0, K + 1.0), "normalise": True},
+        {"weights": jnp.arange(1.0, K + 1.0), "normalize": True},
     ),
     "equal_weighting": (covjax.equal_weighting, {}),
     "rlw": (covjax.rlw, {}),
@@ -75,7 +75,7 @@ CONFIGS: dict[str, tuple[Callable[..., covjax.Weighting], dict]] = {
     "famo_zero_minimum": (covjax.famo, {"min_losses": jnp.zeros(K)}),
     "dwa": (covjax.dwa, {"period": 2}),
     "softadapt": (covjax.softadapt, {}),
-    "softadapt_normalised": (covjax.softadapt, {"variant": "normalised"}),
+    "softadapt_normalized": (covjax.softadapt, {"variant": "normalized"}),
     "softadapt_loss_weighted": (covjax.softadapt, {"variant": "loss_weighted"}),
     "relobralo": (covjax.relobralo, {"expected_rho": 0.5}),
     "gradnorm": (covjax.gradnorm, {"learning_rate": 0.1}),
@@ -285,7 +285,7 @@ def test_declared_weights_sum(name: str) -> None:
     sums = weights.sum(axis=1)
     declared = scheme.properties.weights_sum
     if declared == "free":
-        # Not normalised: at some step the sum is neither 1 nor K.
+        # Not normalized: at some step the sum is neither 1 nor K.
         distance = np.minimum(np.abs(sums - 1.0), np.abs(sums - K) / K)
         assert distance.max() > 1e-3, sums
     else:

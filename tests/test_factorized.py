@@ -1,4 +1,4 @@
-"""Factorised Dense Gramians and per-task representation copies against the plain engine.
+"""Factorized Dense Gramians and per-task representation copies against the plain engine.
 
 The oracle for both is a float64 NumPy Gramian of per-loss gradients from a
 Python loop of ``jax.grad`` calls, independent of the batched engine.
@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 import covjax
-from covjax import factorised, gradients
+from covjax import factorized, gradients
 
 K = 3
 
@@ -29,8 +29,8 @@ def make_params(seed: int = 0) -> dict:
         "dense": {"w": normal(5, 12), "b": normal(12, scale=0.1)},  # x @ W
         "left": {"w": normal(12, 12)},  # W @ hᵀ: the parameter is the left operand
         "attention": {"w": normal(12, 2, 6)},  # contracts one axis, two free axes
-        "tied": {"w": normal(12, 12)},  # used twice: never factorised
-        "conv": {"w": normal(3, 1, 2)},  # a convolution kernel: never factorised
+        "tied": {"w": normal(12, 12)},  # used twice: never factorized
+        "conv": {"w": normal(3, 1, 2)},  # a convolution kernel: never factorized
         "heads": {"w": normal(K, 12)},
     }
 
@@ -88,7 +88,7 @@ def traced_taps(wrt: str | None = None, always: bool = True) -> set[str]:
     leaves, treedef = jax.tree.flatten(PARAMS)
     mask, names = gradients.select_leaves(PARAMS, wrt)
     closed = jax.make_jaxpr(lambda *ls: loss_fn(jax.tree.unflatten(treedef, ls), X, Y))(*leaves)
-    return {names[leaf] for leaf in factorised.find_taps(closed, mask, K, always=always)}
+    return {names[leaf] for leaf in factorized.find_taps(closed, mask, K, always=always)}
 
 
 def test_taps_are_the_single_use_products() -> None:
@@ -97,17 +97,17 @@ def test_taps_are_the_single_use_products() -> None:
 
 
 def test_cost_model_picks_big_kernels_only() -> None:
-    tap = factorised.Tap(0, False, (0,), (1,), (32, 512), jnp.float32)
-    assert factorised._worth_it(tap, (32, 512), num_losses=32)  # LibMTL's MLP layer
-    tall = factorised.Tap(0, False, (0,), (1,), (4096, 8), jnp.float32)
-    assert not factorised._worth_it(tall, (4096, 8), num_losses=32)  # N² dominates
+    tap = factorized.Tap(0, False, (0,), (1,), (32, 512), jnp.float32)
+    assert factorized._worth_it(tap, (32, 512), num_losses=32)  # LibMTL's MLP layer
+    tall = factorized.Tap(0, False, (0,), (1,), (4096, 8), jnp.float32)
+    assert not factorized._worth_it(tall, (4096, 8), num_losses=32)  # N² dominates
 
 
 @pytest.mark.parametrize("mode", ["always", "auto", "never"])
 @pytest.mark.parametrize("wrt", [None, "dense", "attention"])
 def test_gramian_matches_loop(mode: str, wrt: str | None) -> None:
     expected = loop_gramian(PARAMS, prefix=wrt or "")
-    fn = jax.jit(lambda p: gradients.per_loss_gramian(loss_fn, p, X, Y, wrt=wrt, factorise=mode)[1])
+    fn = jax.jit(lambda p: gradients.per_loss_gramian(loss_fn, p, X, Y, wrt=wrt, factorize=mode)[1])
     np.testing.assert_allclose(fn(PARAMS), expected, rtol=2e-5, atol=1e-6 * np.abs(expected).max())
 
 
@@ -115,11 +115,11 @@ def test_gramian_matches_loop(mode: str, wrt: str | None) -> None:
 def test_chunked_and_vmapped(chunk_size: int) -> None:
     def gramian(p: dict, x: jax.Array) -> jax.Array:
         return gradients.per_loss_gramian(
-            loss_fn, p, x, Y, factorise="always", chunk_size=chunk_size
+            loss_fn, p, x, Y, factorize="always", chunk_size=chunk_size
         )[1]
 
     reference = jax.jit(
-        lambda p, x: gradients.per_loss_gramian(loss_fn, p, x, Y, factorise="never")[1]
+        lambda p, x: gradients.per_loss_gramian(loss_fn, p, x, Y, factorize="never")[1]
     )
     xs = jnp.stack([X, 2.0 * X])
     batched = jax.jit(jax.vmap(gramian, in_axes=(None, 0)))(PARAMS, xs)
@@ -132,7 +132,7 @@ def test_low_precision_parameters() -> None:
 
     def gramian(mode: str) -> jax.Array:
         return gradients.per_loss_gramian(
-            loss_fn, params, X.astype(jnp.bfloat16), Y, factorise=mode
+            loss_fn, params, X.astype(jnp.bfloat16), Y, factorize=mode
         )[1]
 
     tapped, plain = gramian("always"), gramian("never")
@@ -161,7 +161,7 @@ def test_value_and_grad_on_nnx_module_same_either_way(scheme: covjax.Weighting) 
     results = {}
     for mode in ("always", "never"):
         model = Net(nnx.Rngs(0))
-        step = nnx.jit(covjax.value_and_grad(nnx_loss, scheme, wrt="trunk", factorise=mode))
+        step = nnx.jit(covjax.value_and_grad(nnx_loss, scheme, wrt="trunk", factorize=mode))
         state = scheme.init(jnp.ones(K))
         for _ in range(3):
             out, grads = step(model, state, X, Y)
@@ -172,10 +172,10 @@ def test_value_and_grad_on_nnx_module_same_either_way(scheme: covjax.Weighting) 
 
 
 def test_bad_mode_is_named() -> None:
-    with pytest.raises(ValueError, match="factorise must be one of"):
-        covjax.value_and_grad(loss_fn, covjax.mgda(), factorise="yes")
-    with pytest.raises(ValueError, match="factorise must be one of"):
-        gradients.per_loss_gramian(loss_fn, PARAMS, X, Y, factorise=True)
+    with pytest.raises(ValueError, match="factorize must be one of"):
+        covjax.value_and_grad(loss_fn, covjax.mgda(), factorize="yes")
+    with pytest.raises(ValueError, match="factorize must be one of"):
+        gradients.per_loss_gramian(loss_fn, PARAMS, X, Y, factorize=True)
 
 
 # --- per-task copies of the representation (MGDA-UB in one head backward pass) ---
@@ -281,7 +281,7 @@ def test_product_of_two_parameters() -> None:
 
     x = jnp.asarray(np.random.default_rng(5).normal(size=(7, 6)), jnp.float32)
     tapped, plain = (
-        gradients.per_loss_gramian(losses, params, x, factorise=mode)[1]
+        gradients.per_loss_gramian(losses, params, x, factorize=mode)[1]
         for mode in ("always", "never")
     )
     np.testing.assert_allclose(tapped, plain, rtol=1e-5, atol=1e-6)
