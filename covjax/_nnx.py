@@ -10,8 +10,11 @@ objects.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
+
+import jax
 
 _NNX_MODULE = "flax.nnx"
 _FILTERLIB_MODULE = "flax.nnx.filterlib"
@@ -47,8 +50,21 @@ def is_filter(selector: Any) -> bool:
     return isinstance(selector, type) or type(selector).__module__ == _FILTERLIB_MODULE
 
 
-def filter_predicate(selector: Any) -> Any:
-    """NNX's own ``(path, node) -> bool`` predicate for a filter."""
+def filter_predicate(selector: Any) -> Callable[[jax.tree_util.KeyPath, Any], bool]:
+    """A ``(key_path, node) -> bool`` predicate applying an NNX filter as NNX does."""
     from flax.nnx import filterlib
 
-    return filterlib.to_predicate(selector)
+    nnx_predicate = filterlib.to_predicate(selector)
+
+    def predicate(path: jax.tree_util.KeyPath, node: Any) -> bool:
+        # NNX filters see the raw keys ("layers", 0, "kernel"), not names.
+        return bool(nnx_predicate(tuple(_raw_key(key) for key in path), node))
+
+    return predicate
+
+
+def _raw_key(key: Any) -> Any:
+    for attribute in ("key", "name", "idx"):  # DictKey/FlattenedIndexKey, GetAttrKey, SequenceKey
+        if hasattr(key, attribute):
+            return getattr(key, attribute)
+    return key

@@ -67,18 +67,13 @@ class LossStructure:
         return f"{self.num_losses} losses named {list(self.names)}"
 
 
-def _key_name(path: tuple[Any, ...]) -> str:
-    parts = []
-    for key in path:
-        if isinstance(key, jax.tree_util.DictKey):
-            parts.append(str(key.key))
-        elif isinstance(key, jax.tree_util.GetAttrKey):
-            parts.append(key.name)
-        elif isinstance(key, jax.tree_util.SequenceKey):
-            parts.append(str(key.idx))
-        else:
-            parts.append(str(key))
-    return "/".join(parts) if parts else "loss"
+def path_name(path: jax.tree_util.KeyPath, root: str = "") -> str:
+    """The ``"/"``-joined name of a pytree key path (``"l1/left"``, ``"layers/0/kernel"``).
+
+    The one namer of losses and parameters; ``root`` names the empty path (a
+    pytree that is a single leaf).
+    """
+    return jax.tree_util.keystr(path, simple=True, separator="/") or root
 
 
 def flatten_losses(losses: Losses) -> tuple[Array, LossStructure]:
@@ -94,7 +89,7 @@ def flatten_losses(losses: Losses) -> tuple[Array, LossStructure]:
       TypeError: a leaf that is not a numeric array.
     """
     with_nones, _ = jax.tree_util.tree_flatten_with_path(losses, is_leaf=lambda x: x is None)
-    missing = [_key_name(path) for path, leaf in with_nones if leaf is None]
+    missing = [path_name(path, "loss") for path, leaf in with_nones if leaf is None]
     if missing:
         raise ValueError(
             f"covjax: loss {missing[0]!r} is None; every loss must be a number (drop the entry "
@@ -110,7 +105,7 @@ def flatten_losses(losses: Losses) -> tuple[Array, LossStructure]:
         names = tuple(f"loss_{i}" for i in range(vector.shape[0]))
         structure = LossStructure(treedef, int(vector.shape[0]), names, is_vector=True)
         return _as_float(vector, "losses"), structure
-    names = tuple(_key_name(path) for path, _ in leaves_with_path)
+    names = tuple(path_name(path, "loss") for path, _ in leaves_with_path)
     for name, (_, leaf) in zip(names, leaves_with_path, strict=True):
         if jnp.ndim(leaf) != 0:
             raise ValueError(
@@ -153,7 +148,7 @@ def named(values: PyTree) -> dict[str, Array]:
             "scalar, or share the same leading batch axes."
         )
     return {
-        _key_name(path): _as_float(jnp.asarray(leaf), _key_name(path))
+        path_name(path, "loss"): _as_float(jnp.asarray(leaf), path_name(path, "loss"))
         for path, leaf in leaves_with_path
     }
 

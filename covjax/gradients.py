@@ -66,7 +66,7 @@ from jax import Array
 from jax.extend import core as jex_core
 
 from covjax import _nnx, factorized, loss_groups
-from covjax.base import Losses, LossStructure, PyTree, flatten_losses
+from covjax.base import Losses, LossStructure, PyTree, flatten_losses, path_name
 
 #: Per-loss gradients: each selected leaf's path → its (K, *leaf.shape) gradients.
 Jacobian = dict[str, Array]
@@ -81,40 +81,21 @@ FACTORIZE_MODES: tuple[str, ...] = ("auto", "always", "never")
 #: Name of the Jacobian entry of an array-valued representation z.
 REPRESENTATION_KEY = "representation"
 
-
-def _key_parts(path: tuple[Any, ...]) -> tuple[Any, ...]:
-    parts: list[Any] = []
-    for key in path:
-        if isinstance(key, jax.tree_util.DictKey):
-            parts.append(key.key)
-        elif isinstance(key, jax.tree_util.GetAttrKey):
-            parts.append(key.name)
-        elif isinstance(key, jax.tree_util.SequenceKey):
-            parts.append(key.idx)
-        elif isinstance(key, jax.tree_util.FlattenedIndexKey):
-            parts.append(key.key)
-        else:
-            parts.append(str(key))
-    return tuple(parts)
+_VARIABLE_VALUE_KEY = jax.tree_util.GetAttrKey("value")
 
 
-def _path_string(parts: tuple[Any, ...]) -> str:
-    return "/".join(str(part) for part in parts)
-
-
-def _to_predicate(selector: Selector) -> Callable[[tuple[Any, ...], Any], bool]:
-    """A predicate ``(path_parts, node) -> bool`` for one ``wrt`` selector."""
+def _to_predicate(selector: Selector) -> Callable[[jax.tree_util.KeyPath, Any], bool]:
+    """A predicate ``(key_path, node) -> bool`` for one ``wrt`` selector."""
     if isinstance(selector, str):
         pattern = re.compile(selector)
-        return lambda parts, node: pattern.match(_path_string(parts)) is not None
+        return lambda path, node: pattern.match(path_name(path)) is not None
     if isinstance(selector, list | tuple):
         predicates = [_to_predicate(item) for item in selector]
-        return lambda parts, node: any(predicate(parts, node) for predicate in predicates)
+        return lambda path, node: any(predicate(path, node) for predicate in predicates)
     if _nnx.is_filter(selector):
-        nnx_predicate = _nnx.filter_predicate(selector)
-        return lambda parts, node: bool(nnx_predicate(parts, node))
+        return _nnx.filter_predicate(selector)
     if callable(selector):
-        return lambda parts, node: bool(selector(_path_string(parts), node))
+        return lambda path, node: bool(selector(path_name(path), node))
     raise TypeError(
         "covjax: wrt must be None, a path regex (str), a predicate (path, leaf) -> bool, an "
         f"NNX filter, or a list of these; got {selector!r}."
@@ -135,14 +116,13 @@ def select_leaves(params: PyTree, wrt: Selector = None) -> tuple[list[bool], lis
     mask: list[bool] = []
     names: list[str] = []
     for path, node in nodes:
-        parts = _key_parts(path)
-        chosen = predicate is None or predicate(parts, node)
+        chosen = predicate is None or predicate(path, node)
         for sub_path, _ in jax.tree_util.tree_flatten_with_path(node)[0]:
-            # An nnx.Variable flattens into its value (path suffix "value"); name
+            # An nnx.Variable flattens into its value (path suffix ".value"); name
             # the leaf after the variable, as NNX does.
-            sub_parts = tuple(p for p in _key_parts(sub_path) if p != "value")
+            sub_path = tuple(key for key in sub_path if key != _VARIABLE_VALUE_KEY)
             mask.append(chosen)
-            names.append(_path_string(parts + sub_parts) or REPRESENTATION_KEY)
+            names.append(path_name(path + sub_path, REPRESENTATION_KEY))
     if not mask:
         raise ValueError("covjax: the parameters have no array leaves to differentiate.")
     if not any(mask):
@@ -569,7 +549,7 @@ def split_output(output: Any, has_aux: bool) -> tuple[Losses, Any]:
     for path, leaf in jax.tree_util.tree_flatten_with_path(losses)[0]:
         dtype = jnp.result_type(leaf)
         if not jnp.issubdtype(dtype, jnp.floating):
-            name = _path_string(_key_parts(path)) or "losses"
+            name = path_name(path, "losses")
             raise TypeError(
                 f"covjax: loss {name!r} has dtype {dtype}; a loss must be floating point to be "
                 "differentiated (an integer loss has no gradient: compute it in float, or cast "
