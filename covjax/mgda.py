@@ -36,7 +36,9 @@ a NaN/Inf entry gives uniform weights (inside :func:`mgda`, such a step is
 rejected by the weighting wrapper and the previous weights are kept); all
 gradients zero (max G_ii below the smallest normal float) gives uniform
 weights; if some gradient is zero, α* puts all its weight on it (the true
-optimum: 0 is in the hull, a Pareto stationary point).
+optimum: 0 is in the hull, a Pareto stationary point), so the step
+Σ α*_i g_i is 0 and training stalls: see ``zero_gradients`` in :func:`mgda`
+and ``excluded`` in :func:`min_norm_solver` for leaving such losses out.
 
 Differences from the reference: the reference computes the gradients on the
 first image of the batch only; covjax uses the whole batch. The reference's
@@ -53,10 +55,13 @@ import jax.numpy as jnp
 from jax import Array
 
 from covjax import numerics
+from covjax.aggregators import live_gradients
 from covjax.base import GRAMIAN, Weighting, stateless
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
 NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "loss", "loss+")
+ZeroGradients = Literal["include", "exclude"]
+ZERO_GRADIENTS: tuple[str, ...] = ("include", "exclude")
 
 
 def two_vector_min_norm(g11: Array, g12: Array, g22: Array) -> tuple[Array, Array]:
@@ -180,6 +185,7 @@ def min_norm_solver(
     max_iters: int = 250,
     tol: float = 1e-5,
     refine: bool = True,
+    excluded: Array | None = None,
 ) -> Array:
     """The simplex weights α* minimising ‖Σ α_i g_i‖² = αᵀGα (Sener & Koltun 2018).
 
@@ -189,6 +195,13 @@ def min_norm_solver(
       tol: Frank–Wolfe stops when a step moves α by less than this (ℓ1).
       refine: finish with the exact active-set method (module docstring);
         ``False`` reproduces the reference's plain Frank–Wolfe.
+      excluded: optional (K,) bool (may be traced): gradients left out of the
+        problem. α* is then the min-norm point of the hull of the others only,
+        with α_i = 0 on the excluded ones; if every gradient is excluded the
+        weights are uniform, as for an all-zero Gramian. (Solved as the full
+        problem with each excluded gradient replaced by a copy of a kept one,
+        whose weight is then given back to it: the hull, hence the min-norm
+        point, is that of the kept gradients.)
 
     Returns:
       (K,) float32 weights, ≥ 0 and summing to 1; uniform for a non-finite or
@@ -204,6 +217,21 @@ def min_norm_solver(
     k = gramian.shape[0]
     gramian = gramian.astype(jnp.promote_types(gramian.dtype, jnp.float32))
     uniform = jnp.full((k,), 1.0 / k, gramian.dtype)
+    if excluded is not None:
+        excluded = jnp.asarray(excluded)
+        if excluded.shape != (k,) or excluded.dtype != jnp.bool_:
+            raise ValueError(
+                f"covjax.min_norm_solver: excluded must be a ({k},) bool array, got "
+                f"shape {excluded.shape} and dtype {excluded.dtype}."
+            )
+        first_kept = jnp.argmax(~excluded)
+        source = jnp.where(excluded, first_kept, jnp.arange(k))
+        on_copies = min_norm_solver(
+            gramian[source][:, source], max_iters=max_iters, tol=tol, refine=refine
+        )
+        weights = jnp.zeros_like(on_copies).at[source].add(on_copies)
+        fallback = jnp.all(excluded) | ~jnp.all(jnp.isfinite(gramian))
+        return jnp.where(fallback, uniform, weights)
     if k == 1:
         return jnp.ones((1,), gramian.dtype)
     finite = jnp.all(jnp.isfinite(gramian))
@@ -269,6 +297,7 @@ def mgda(
     max_iters: int = 250,
     tol: float = 1e-5,
     refine: bool = True,
+    zero_gradients: ZeroGradients = "include",
 ) -> Weighting:
     """MGDA / MGDA-UB (Sener & Koltun, NeurIPS 2018): min-norm simplex weights.
 
@@ -276,12 +305,42 @@ def mgda(
     Gramian of the per-loss gradients (w.r.t. shared parameters, or a shared
     representation for MGDA-UB); :func:`covjax.value_and_grad` computes it.
 
+    A loss whose gradient w.r.t. the selected parameters is zero (an inactive
+    penalty, a loss of one head only under ``wrt="trunk"``) puts 0 in the
+    convex hull, so the min-norm point is 0::
+
+        g_j = 0  ⇒  α* = e_j,   Σ_i α*_i g_i = 0,
+
+    and with the default ``zero_gradients="include"`` the selected parameters
+    get a zero step, silently, for as long as that gradient stays zero (the
+    exact MGDA answer: the point is Pareto stationary). ``"exclude"`` leaves
+    such losses out of the min-norm problem::
+
+        Z = {j : ‖g_j‖ ≤ δ·max_i ‖g_i‖},   α* = argmin_{α ∈ Δ_K, α_Z = 0} ‖Σ_i α_i g_i‖²,
+
+    the min-norm point of the hull of the other gradients. δ = 1e-5 ≈ 84·eps32
+    (``covjax.aggregators.DEAD_GRADIENT``, the level the other Gramian schemes
+    use) lies above what float32 leaves of a gradient that is zero in exact
+    arithmetic and far below any gradient that carries signal next to the
+    largest; Z is taken on the Gramian before ``normalization``, which would
+    scale such a residue up to the others' size. The
+    excluded losses get weight 0: their gradient adds nothing to the step
+    on the selected parameters, whatever its weight, and 0 keeps Σα = 1 with
+    the kept weights exactly the min-norm solution over the kept losses. So
+    the parameters only an excluded loss reaches (its head under
+    ``wrt="trunk"``) get no gradient from it at that step; include them in
+    ``wrt`` to have it weighted like the others. If every gradient is zero the
+    weights are uniform, as with ``"include"``.
+
     Args:
       normalization: gradient normalization before solving: ``"none"``
         (reference), ``"l2"`` g_i/‖g_i‖, ``"loss"`` g_i/L_i, ``"loss+"``
         g_i/(L_i‖g_i‖). The returned α multiply the raw losses, as in the
         reference implementation.
       max_iters, tol, refine: see :func:`min_norm_solver`.
+      zero_gradients: ``"include"`` (default, the reference) or ``"exclude"``
+        (losses with a zero gradient are left out of the min-norm problem and
+        get weight 0), see above.
 
     Returns:
       A :class:`~covjax.Weighting` (``requires={covjax.GRAMIAN}``) whose weights
@@ -291,11 +350,19 @@ def mgda(
         raise ValueError(
             f"covjax.mgda: normalization must be one of {NORMALIZATIONS}, got {normalization!r}."
         )
+    if zero_gradients not in ZERO_GRADIENTS:
+        raise ValueError(
+            f"covjax.mgda: zero_gradients must be one of {ZERO_GRADIENTS}, got {zero_gradients!r}."
+        )
 
     def weights_fn(losses: Array, gramian: Array | None) -> Array:
         assert gramian is not None  # make_weighting checks it
         normalized = normalize_gramian(gramian, losses, normalization)
-        return min_norm_solver(normalized, max_iters=max_iters, tol=tol, refine=refine)
+        # Measured before normalization, which would scale a round-off-sized gradient up.
+        excluded = ~live_gradients(gramian) if zero_gradients == "exclude" else None
+        return min_norm_solver(
+            normalized, max_iters=max_iters, tol=tol, refine=refine, excluded=excluded
+        )
 
     return stateless(
         weights_fn,

@@ -1,8 +1,9 @@
 """The main job (``make demo``): the paper's depth comparison, offline, on a CPU.
 
-    python -m experiments.main [--schemes=equal,cov] [--config.num_train_steps=2000]
-        [--config.model.width=0.5] [--config.data.name=kitti --config.data.data_dir=...]
-        [--workdir=results/demo] [--results=results]
+    python -m experiments.main [--schemes=equal,cov] [--seeds=0,1,2]
+        [--config.num_train_steps=2000] [--config.model.width=0.5]
+        [--config.data.name=kitti --config.data.data_dir=... --config.data.kitti.split_file=...]
+        [--workdir=results/demo] [--results=results] [--show_config] [--list_schemes]
 
 Generates the synthetic stereo scenes (once; cached under the workdir),
 trains the CPU-sized monodepth network with the paper's schemes (equal,
@@ -21,27 +22,22 @@ import shutil
 import time
 from pathlib import Path
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+import ml_collections
+from absl import flags
 
+from experiments.common import cli
 from experiments.depth import compare
 
 PAPER_SCHEMES = ("equal", "hand_tuned", "uncertainty", "gradnorm", "mgda_ub", "cov", "lsb")
 
-config_flags.DEFINE_config_file(
-    "config", "experiments/depth/configs/demo.py", "Depth experiment config (overridable)."
-)
+cli.define_flags("experiments/depth/configs/demo.py", config_help="Default: the demo's. ")
 flags.DEFINE_list("schemes", list(PAPER_SCHEMES), "Weighting schemes to compare, in order.")
-flags.DEFINE_string("workdir", "results/demo", "Where runs, data and checkpoints go.")
+cli.define_seeds_flag()
+flags.DEFINE_string("workdir", "results/demo", "Where runs, data, checkpoints and log.txt go.")
 flags.DEFINE_string("results", "results", "Where the tables and plots are copied.")
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    # Orbax and TFDS log every checkpoint and file at INFO; progress comes from our bars.
-    logging.set_verbosity(logging.WARNING)
-    config = flags.FLAGS.config
+def main(config: ml_collections.ConfigDict) -> None:
     workdir = Path(flags.FLAGS.workdir)
     if config.data.name == "synthetic" and config.data.data_dir is None:
         config.data.data_dir = str(workdir / "data")
@@ -53,7 +49,7 @@ def main(argv: list[str]) -> None:
         flush=True,
     )
     start = time.perf_counter()
-    markdown = compare.compare(config, schemes, workdir)
+    markdown = compare.compare(config, schemes, workdir, cli.seeds_from_flags(config))
     results = Path(flags.FLAGS.results)
     shutil.copytree(markdown.parent, results, dirs_exist_ok=True)
     print(markdown.read_text())
@@ -62,4 +58,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

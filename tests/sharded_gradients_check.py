@@ -1,4 +1,4 @@
-"""Run by tests/test_gradients.py in a subprocess with 8 fake CPU devices.
+"""Run by tests/test_sharding.py in a subprocess with 8 fake CPU devices.
 
 Trains a small multi-head network for a few steps with MGDA (gradients w.r.t.
 all parameters; Gramians factorized and materialised), with GradNorm (w.r.t.
@@ -7,6 +7,10 @@ are pulled back in groups (covjax.loss_groups), once with the
 batch sharded over a ``Mesh`` of all devices (parameters and weighting state
 replicated) and once on a single device, and prints the largest differences in
 weights and parameters as JSON.
+
+Runs in float64: sharding is an identity, and in float32 the comparison would
+measure the CPU's summation orders, amplified by the min-norm solve (the weights
+are still stored in float32).
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from sharded_weighting_check import max_diff, relative_diff
 
 import covjax
+
+jax.config.update("jax_enable_x64", True)
 
 NUM_LOSSES = 4
 
@@ -53,14 +60,14 @@ def train(scheme_name: str, devices: list, steps: int = 4) -> tuple[list, dict]:
     rng = np.random.default_rng(0)
     params = {
         "shared": {
-            "w1": rng.normal(size=(5, 16)).astype(np.float32) * 0.5,
-            "w2": rng.normal(size=(16, 16)).astype(np.float32) * 0.3,
+            "w1": rng.normal(size=(5, 16)) * 0.5,
+            "w2": rng.normal(size=(16, 16)) * 0.3,
         },
-        "heads": rng.normal(size=(NUM_LOSSES, 16)).astype(np.float32) * 0.3,
+        "heads": rng.normal(size=(NUM_LOSSES, 16)) * 0.3,
         "separate": {
             f"head{i}": {
-                "w1": rng.normal(size=(16, 32)).astype(np.float32) * 0.3,
-                "w2": rng.normal(size=(32,)).astype(np.float32) * 0.3,
+                "w1": rng.normal(size=(16, 32)) * 0.3,
+                "w2": rng.normal(size=(32,)) * 0.3,
             }
             for i in range(NUM_LOSSES)
         },
@@ -92,8 +99,8 @@ def train(scheme_name: str, devices: list, steps: int = 4) -> tuple[list, dict]:
     history = []
     for t in range(steps):
         batch_rng = np.random.default_rng(100 + t)
-        x = batch_rng.normal(size=(64, 5)).astype(np.float32)
-        y = np.tanh(x[:, 0] - x[:, 1]).astype(np.float32)
+        x = batch_rng.normal(size=(64, 5))
+        y = np.tanh(x[:, 0] - x[:, 1])
         x = jax.device_put(x, batch_sharded)
         y = jax.device_put(y, batch_sharded)
         params, state, weights = train_step(params, state, x, y)
@@ -101,13 +108,6 @@ def train(scheme_name: str, devices: list, steps: int = 4) -> tuple[list, dict]:
     if scheme_name == "gradnorm":
         history.append(np.asarray(state.inner.weights))  # the learned weights moved
     return history, params
-
-
-def max_diff(a, b) -> float:
-    return max(
-        float(np.max(np.abs(np.asarray(u) - np.asarray(v))))
-        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    )
 
 
 def main() -> None:
@@ -118,7 +118,8 @@ def main() -> None:
         single_weights, single_params = train(scheme_name, devices[:1])
         report[scheme_name] = {
             "weights": max_diff(sharded_weights, single_weights),
-            "params": max_diff(sharded_params, single_params),
+            "params": relative_diff(sharded_params, single_params),
+            "dtype": str(jax.tree.leaves(sharded_params)[0].dtype),
             "weight_spread": float(np.ptp(sharded_weights[-1])),
         }
     print(json.dumps(report))

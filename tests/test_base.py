@@ -9,6 +9,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
+from precision import assert_trees_close64
 
 import covjax
 
@@ -95,20 +96,20 @@ def _pytree_loss_fn(params: dict, x: jax.Array) -> dict:
 
 def test_value_and_grad_equals_grad_of_weighted_sum() -> None:
     scheme = covjax.cov_weighting()
-    key = jax.random.PRNGKey(0)
-    params = {"w": jax.random.normal(key, (3, 2))}
-    x = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
-    state = scheme.init(_pytree_loss_fn(params, x))
-    step = jax.jit(covjax.value_and_grad(_pytree_loss_fn, scheme))
-    for _ in range(4):
-        out, grads = step(params, state, x)
-        state = out.state
-        want_total, want_grads = jax.value_and_grad(
-            lambda p, w=out.weights: covjax.weighted_sum(_pytree_loss_fn(p, x), w)
-        )(params)
-        np.testing.assert_allclose(out.total, want_total, rtol=1e-6)
-        np.testing.assert_allclose(grads["w"], want_grads["w"], rtol=1e-5, atol=1e-7)
-        params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+    # An identity, so in float64 (tests/precision.py): float32 would compare summation orders.
+    with jax.enable_x64(True):
+        params = {"w": jax.random.normal(jax.random.PRNGKey(0), (3, 2), jnp.float64)}
+        x = jax.random.normal(jax.random.PRNGKey(1), (5, 3), jnp.float64)
+        state = scheme.init(_pytree_loss_fn(params, x))
+        step = jax.jit(covjax.value_and_grad(_pytree_loss_fn, scheme))
+        for _ in range(4):
+            out, grads = step(params, state, x)
+            state = out.state
+            want_total, want_grads = jax.value_and_grad(
+                lambda p, w=out.weights: covjax.weighted_sum(_pytree_loss_fn(p, x), w)
+            )(params)
+            assert_trees_close64((out.total, grads), (want_total, want_grads))
+            params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
     assert int(state.count) == 4
 
 
@@ -131,11 +132,15 @@ def test_value_and_grad_has_aux() -> None:
 
 
 class TwoHeads(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs) -> None:
-        self.trunk = nnx.Linear(4, 8, rngs=rngs)
-        self.norm = nnx.BatchNorm(8, rngs=rngs)
-        self.head_a = nnx.Linear(8, 1, rngs=rngs)
-        self.head_b = nnx.Linear(8, 1, rngs=rngs)
+    def __init__(self, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32) -> None:
+        kinds = {"dtype": dtype, "param_dtype": dtype}
+        self.trunk = nnx.Linear(4, 8, rngs=rngs, **kinds)
+        self.norm = nnx.BatchNorm(8, rngs=rngs, **kinds)
+        self.head_a = nnx.Linear(8, 1, rngs=rngs, **kinds)
+        self.head_b = nnx.Linear(8, 1, rngs=rngs, **kinds)
+        # flax keeps BatchNorm's running statistics in float32 whatever param_dtype is.
+        for statistic in (self.norm.mean, self.norm.var):
+            statistic.value = statistic.value.astype(dtype)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = nnx.relu(self.norm(self.trunk(x)))
@@ -148,40 +153,43 @@ def _module_losses(model: TwoHeads, x: jax.Array, y: jax.Array) -> dict:
 
 
 def test_nnx_module_step_matches_nnx_grad_and_updates_batch_stats() -> None:
-    model = TwoHeads(nnx.Rngs(0))
-    x = jax.random.normal(jax.random.PRNGKey(2), (16, 4))
-    y = jnp.sin(x[:, 0])
-    scheme = covjax.cov_weighting()
-    state = scheme.init(_module_losses(model, x, y))
-    reference_model = nnx.clone(model)
-    batch_mean_before = np.asarray(model.norm.mean[...]).copy()
+    # An identity, so in float64 (tests/precision.py): float32 would compare summation orders.
+    with jax.enable_x64(True):
+        model = TwoHeads(nnx.Rngs(0), dtype=jnp.float64)
+        x = jax.random.normal(jax.random.PRNGKey(2), (16, 4), jnp.float64)
+        y = jnp.sin(x[:, 0])
+        scheme = covjax.cov_weighting()
+        state = scheme.init(_module_losses(model, x, y))
+        reference_model = nnx.clone(model)
+        batch_mean_before = np.asarray(model.norm.mean[...]).copy()
 
-    @nnx.jit
-    def grad_step(model, state, x, y):
-        return covjax.value_and_grad(_module_losses, scheme)(model, state, x, y)
+        @nnx.jit
+        def grad_step(model, state, x, y):
+            return covjax.value_and_grad(_module_losses, scheme)(model, state, x, y)
 
-    out, grads = grad_step(model, state, x, y)
-    want = nnx.grad(lambda m: covjax.weighted_sum(_module_losses(m, x, y), out.weights))(
-        reference_model
-    )
-    assert jax.tree.structure(grads) == jax.tree.structure(want)
-    for got_leaf, want_leaf in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
-        # atol: the bias before BatchNorm has a true gradient of 0 (rounding noise only).
-        np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-5, atol=1e-5)
-    # Batch statistics were updated in place, as nnx.grad does.
-    assert not np.allclose(np.asarray(model.norm.mean[...]), batch_mean_before)
-    np.testing.assert_allclose(model.norm.mean[...], reference_model.norm.mean[...], rtol=1e-6)
+        out, grads = grad_step(model, state, x, y)
+        want = nnx.grad(lambda m: covjax.weighted_sum(_module_losses(m, x, y), out.weights))(
+            reference_model
+        )
+        assert jax.tree.structure(grads) == jax.tree.structure(want)
+        # Relative to the largest gradient entry: the bias before BatchNorm has a true
+        # gradient of 0, so its two values are rounding noise of the terms that cancelled.
+        largest = max(float(np.max(np.abs(leaf))) for leaf in jax.tree.leaves(want))
+        assert_trees_close64(grads, want, scale=largest)
+        # Batch statistics were updated in place, as nnx.grad does.
+        assert not np.allclose(np.asarray(model.norm.mean[...]), batch_mean_before)
+        assert_trees_close64(model.norm.mean[...], reference_model.norm.mean[...])
 
-    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+        optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
 
-    @nnx.jit
-    def train_step(model, optimizer, state, x, y):
-        out, grads = covjax.value_and_grad(_module_losses, scheme)(model, state, x, y)
-        optimizer.update(model, grads)
-        return out
+        @nnx.jit
+        def train_step(model, optimizer, state, x, y):
+            out, grads = covjax.value_and_grad(_module_losses, scheme)(model, state, x, y)
+            optimizer.update(model, grads)
+            return out
 
-    for _ in range(3):
-        out = train_step(model, optimizer, out.state, x, y)
+        for _ in range(3):
+            out = train_step(model, optimizer, out.state, x, y)
     assert int(out.state.count) == 4
 
 

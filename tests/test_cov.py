@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from oracles import cov as cov_oracle
+from precision import EPS32, assert_states_close, normalization_rtol, trace_rtol
 
 import covjax
 
@@ -55,12 +56,13 @@ def test_matches_numpy_oracle(variant: str) -> None:
         trace = trace / trace.max(axis=0)  # the raw-loss statistic is scale dependent
     got = np.asarray(run_trace(covjax.cov_weighting(**kwargs), jnp.asarray(trace)))
     want = cov_oracle.cov_weights(trace, **kwargs)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # float32 over 300 steps vs the float64 oracle (measured ≤ 30 eps32 relative).
+    np.testing.assert_allclose(got, want, rtol=trace_rtol(300), atol=0)
 
 
 def test_first_two_steps_are_uniform_then_not() -> None:
     weights = np.asarray(run_trace(covjax.cov_weighting(), jnp.asarray(random_trace(0, 4, 5))))
-    np.testing.assert_allclose(weights[:2], 0.2)
+    np.testing.assert_allclose(weights[:2], 0.2, rtol=EPS32)  # 1/K rounded to float32
     assert np.ptp(weights[2]) > 1e-3
 
 
@@ -86,9 +88,13 @@ def test_permutation_equivariance_and_simplex(trace: np.ndarray, seed: int) -> N
     run = _jitted_trace_fn()
     weights = np.asarray(run(trace))
     assert np.all(np.isfinite(weights)) and np.all(weights >= 0)
-    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=normalization_rtol(6))
+    # Permuting the losses reorders each step's K-term sums: ≤ normalization_rtol per step.
     np.testing.assert_allclose(
-        run(trace[:, permutation]), weights[:, permutation], rtol=1e-5, atol=1e-7
+        run(trace[:, permutation]),
+        weights[:, permutation],
+        rtol=trace_rtol(len(trace), normalization_rtol(6)),
+        atol=0,
     )
 
 
@@ -97,12 +103,13 @@ def test_jit_equals_no_jit() -> None:
     scheme = covjax.cov_weighting(decay=0.8)
     state_eager = state_jit = scheme.init(trace[0])
     update_jit = jax.jit(scheme.update)
+    # Compiled as a whole, XLA may fuse multiply-adds and reorder the K-term sums.
+    rtol = trace_rtol(len(trace), normalization_rtol(4))
     for losses in trace:
         w_eager, state_eager = scheme.update(jnp.asarray(losses), state_eager)
         w_jit, state_jit = update_jit(jnp.asarray(losses), state_jit)
-        np.testing.assert_allclose(w_eager, w_jit, rtol=1e-6)
-    # Compensation terms may differ at the rounding level (XLA may fuse multiply-adds).
-    chex.assert_trees_all_close(state_eager, state_jit, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(w_eager, w_jit, rtol=rtol, atol=rtol * np.abs(w_jit).max())
+    assert_states_close(state_eager, state_jit, rtol=rtol)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -115,7 +122,7 @@ def test_non_finite_step_is_skipped(bad: float) -> None:
     poisoned = trace[0].copy()
     poisoned[1] = bad
     weights, new_state = update(poisoned, state)
-    np.testing.assert_allclose(weights, 1 / 3)
+    np.testing.assert_allclose(weights, 1 / 3, rtol=EPS32)  # 1/K rounded to float32
     chex.assert_trees_all_equal(new_state, state)
     for losses in trace:
         previous_weights, state = update(losses, state)
@@ -150,7 +157,7 @@ def test_zero_losses_give_finite_weights() -> None:
     for kwargs in VARIANTS.values():
         weights = np.asarray(run_trace(covjax.cov_weighting(**kwargs), jnp.asarray(trace)))
         assert np.all(np.isfinite(weights)), kwargs
-        np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=normalization_rtol(4))
 
 
 def test_bf16_losses_accumulate_in_float32() -> None:
@@ -173,7 +180,7 @@ def test_decay_is_a_traced_hyper_parameter_vmap_sweep() -> None:
     )(decays)
     for i, decay in enumerate([0.5, 0.9, 0.99]):
         want = cov_oracle.cov_weights(np.asarray(trace), decay=decay)
-        np.testing.assert_allclose(swept[i], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(swept[i], want, rtol=trace_rtol(len(trace)), atol=0)
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ def kitti_config(data: fake.FakeKitti, split_file: Path) -> ml_collections.Confi
     config.data.name = "kitti"
     config.data.data_dir = str(data.root)
     config.data.eval_split = "test"
-    config.data.kwargs = ml_collections.ConfigDict({"split_file": str(split_file)})
+    config.data.kitti.split_file = str(split_file)
     # 5 per batch: every batch mixes the two dates' image sizes (6×20 and 7×22).
     config.eval.batch_size = 5
     return config
@@ -122,7 +122,7 @@ def test_frames_without_ground_truth_kept_as_zeros_are_named(
     split_file = tmp_path / "eigen_test_files.txt"
     fake.write_kitti_split_eigen(split_file, data.frames[:3])  # frame 0 has no ground truth
     config = kitti_config(data, split_file)
-    config.data.kwargs.missing_depth = "zeros"
+    config.data.kitti.missing_depth = "zeros"
     params, rest = untrained.initial_variables()
     with pytest.raises(ValueError, match=r"image 0 of 3: .*no pixel has valid ground truth"):
         evaluate.evaluate_state(config, untrained.graphdef, params, rest, "test")

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from precision import network_rtol
 
 from experiments.depth import models
 from experiments.depth.models import GRADNORM_LAYER, MonoDepth, count_parameters
@@ -87,8 +88,12 @@ def test_split_reproduces_forward_and_carries_gradient() -> None:
     full = _forward(model, left)
     iconv4, split = _forward_split(model, left)
     chex.assert_shape(iconv4, (2, HEIGHT // 8, WIDTH // 8, models.scaled_channels(128, TINY)))
+    # Two jitted programs that XLA fuses differently: float32 reordering, derived from the net.
+    rtol = network_rtol(nnx.state(model, nnx.Param))
     for a, b in zip(full, split, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(b), rtol=0, atol=rtol * float(np.abs(a).max())
+        )
 
     # MGDA-UB's representation gradient: every scale depends on iconv4.
     for grad in _iconv4_gradients(model, left):

@@ -45,14 +45,14 @@ def test_compare_trains_evaluates_and_reports_two_schemes(tmp_path: Path) -> Non
 
     results = tmp_path / "work" / "results"
     for scheme in schemes:
-        run = compare.run_dir(tmp_path / "work", scheme)
+        run = compare.run_dir(tmp_path / "work", scheme, config.seed)
         summary = json.loads(
             (evaluate.eval_dir(run, "validation") / evaluate.SUMMARY_FILE).read_text()
         )
         assert summary["step"] == config.num_train_steps
-        assert summary["num_images"] == config.data.kwargs.num_validation
+        assert summary["num_images"] == config.data.synthetic.num_validation
         per_image = evaluate.load_per_image(evaluate.eval_dir(run, "validation"))
-        assert per_image.shape == (config.data.kwargs.num_validation, 7)
+        assert per_image.shape == (config.data.synthetic.num_validation, 7)
         assert np.all(np.isfinite(per_image))
         np.testing.assert_allclose(
             [summary[name] for name in metrics.METRIC_NAMES], per_image.mean(axis=0), rtol=1e-6
@@ -72,7 +72,7 @@ def test_compare_trains_evaluates_and_reports_two_schemes(tmp_path: Path) -> Non
     # A second call finds both runs finished and only rewrites the report.
     stamp = (
         (
-            evaluate.eval_dir(compare.run_dir(tmp_path / "work", "cov"), "validation")
+            evaluate.eval_dir(compare.run_dir(tmp_path / "work", "cov", config.seed), "validation")
             / evaluate.SUMMARY_FILE
         )
         .stat()
@@ -80,9 +80,19 @@ def test_compare_trains_evaluates_and_reports_two_schemes(tmp_path: Path) -> Non
     )
     compare.compare(config, schemes, tmp_path / "work")
     assert (
-        evaluate.eval_dir(compare.run_dir(tmp_path / "work", "cov"), "validation")
+        evaluate.eval_dir(compare.run_dir(tmp_path / "work", "cov", config.seed), "validation")
         / evaluate.SUMMARY_FILE
     ).stat().st_mtime_ns == stamp
+
+    # Other evaluation settings: the trained runs are evaluated again, not retrained.
+    config.eval.post_process = False
+    compare.compare(config, schemes, tmp_path / "work")
+    summary_path = (
+        evaluate.eval_dir(compare.run_dir(tmp_path / "work", "cov", config.seed), "validation")
+        / evaluate.SUMMARY_FILE
+    )
+    assert summary_path.stat().st_mtime_ns != stamp
+    assert json.loads(summary_path.read_text())["eval"]["post_process"] is False
 
     # Changing the experiment under the same workdir is refused, not silently mixed.
     config.model.width = config.model.width * 2

@@ -1,7 +1,9 @@
 """Factorized Dense Gramians and per-task representation copies against the plain engine.
 
-The oracle for both is a float64 NumPy Gramian of per-loss gradients from a
-Python loop of ``jax.grad`` calls, independent of the batched engine.
+The oracle for both is a Gramian of per-loss gradients from a Python loop of
+``jax.grad`` calls, independent of the batched engine. These are identities, so
+both sides run in float64 (:mod:`precision`): float32 would compare the CPU's
+summation orders instead.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from precision import EPS32, assert_trees_close64, float64
 
 import covjax
 from covjax import factorized, gradients
@@ -66,10 +69,10 @@ PARAMS = make_params()
 X, Y = make_batch()
 
 
-def loop_gramian(params: dict, prefix: str = "") -> np.ndarray:
+def loop_gramian(params: dict, x: jax.Array, y: jax.Array, prefix: str = "") -> np.ndarray:
     rows = []
     for i in range(K):
-        grads = jax.grad(lambda p, i=i: loss_fn(p, X, Y)[i])(params)
+        grads = jax.grad(lambda p, i=i: loss_fn(p, x, y)[i])(params)
         flat = jax.tree_util.tree_flatten_with_path(grads)[0]
         rows.append(
             np.concatenate(
@@ -78,7 +81,7 @@ def loop_gramian(params: dict, prefix: str = "") -> np.ndarray:
                     for path, leaf in flat
                     if "/".join(str(k.key) for k in path).startswith(prefix)
                 ]
-            ).astype(np.float64)
+            )
         )
     rows = np.stack(rows)
     return rows @ rows.T
@@ -106,25 +109,32 @@ def test_cost_model_picks_big_kernels_only() -> None:
 @pytest.mark.parametrize("mode", ["always", "auto", "never"])
 @pytest.mark.parametrize("wrt", [None, "dense", "attention"])
 def test_gramian_matches_loop(mode: str, wrt: str | None) -> None:
-    expected = loop_gramian(PARAMS, prefix=wrt or "")
-    fn = jax.jit(lambda p: gradients.per_loss_gramian(loss_fn, p, X, Y, wrt=wrt, factorize=mode)[1])
-    np.testing.assert_allclose(fn(PARAMS), expected, rtol=2e-5, atol=1e-6 * np.abs(expected).max())
+    with jax.enable_x64(True):
+        params, x, y = float64((PARAMS, X, Y))
+        expected = loop_gramian(params, x, y, prefix=wrt or "")
+        gramian_fn = lambda p: gradients.per_loss_gramian(  # noqa: E731
+            loss_fn, p, x, y, wrt=wrt, factorize=mode
+        )[1]
+        assert_trees_close64(jax.jit(gramian_fn)(params), expected)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2])
 def test_chunked_and_vmapped(chunk_size: int) -> None:
-    def gramian(p: dict, x: jax.Array) -> jax.Array:
-        return gradients.per_loss_gramian(
-            loss_fn, p, x, Y, factorize="always", chunk_size=chunk_size
-        )[1]
+    with jax.enable_x64(True):
+        params, x, y = float64((PARAMS, X, Y))
 
-    reference = jax.jit(
-        lambda p, x: gradients.per_loss_gramian(loss_fn, p, x, Y, factorize="never")[1]
-    )
-    xs = jnp.stack([X, 2.0 * X])
-    batched = jax.jit(jax.vmap(gramian, in_axes=(None, 0)))(PARAMS, xs)
-    for i in range(2):
-        np.testing.assert_allclose(batched[i], reference(PARAMS, xs[i]), rtol=2e-5, atol=1e-5)
+        def gramian(p: dict, x: jax.Array) -> jax.Array:
+            return gradients.per_loss_gramian(
+                loss_fn, p, x, y, factorize="always", chunk_size=chunk_size
+            )[1]
+
+        reference = jax.jit(
+            lambda p, x: gradients.per_loss_gramian(loss_fn, p, x, y, factorize="never")[1]
+        )
+        xs = jnp.stack([x, 2.0 * x])
+        batched = jax.jit(jax.vmap(gramian, in_axes=(None, 0)))(params, xs)
+        for i in range(2):
+            assert_trees_close64(batched[i], reference(params, xs[i]))
 
 
 def test_low_precision_parameters() -> None:
@@ -141,10 +151,14 @@ def test_low_precision_parameters() -> None:
 
 
 class Net(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs) -> None:
-        self.trunk = nnx.Linear(5, 16, rngs=rngs)
-        self.norm = nnx.BatchNorm(16, rngs=rngs)
-        self.heads = nnx.Linear(16, K, rngs=rngs)
+    def __init__(self, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32) -> None:
+        kinds = {"dtype": dtype, "param_dtype": dtype}
+        self.trunk = nnx.Linear(5, 16, rngs=rngs, **kinds)
+        self.norm = nnx.BatchNorm(16, rngs=rngs, **kinds)
+        self.heads = nnx.Linear(16, K, rngs=rngs, **kinds)
+        # flax keeps BatchNorm's running statistics in float32 whatever param_dtype is.
+        for statistic in (self.norm.mean, self.norm.var):
+            statistic.value = statistic.value.astype(dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.heads(jax.nn.relu(self.norm(self.trunk(x))))
@@ -159,16 +173,22 @@ def nnx_loss(model: Net, x: jax.Array, y: jax.Array) -> jax.Array:
 @pytest.mark.parametrize("scheme", [covjax.mgda(), covjax.gradnorm(learning_rate=0.05)])
 def test_value_and_grad_on_nnx_module_same_either_way(scheme: covjax.Weighting) -> None:
     results = {}
-    for mode in ("always", "never"):
-        model = Net(nnx.Rngs(0))
-        step = nnx.jit(covjax.value_and_grad(nnx_loss, scheme, wrt="trunk", factorize=mode))
-        state = scheme.init(jnp.ones(K))
-        for _ in range(3):
-            out, grads = step(model, state, X, Y)
-            state = out.state
-        results[mode] = (out.weights, grads, nnx.state(model, nnx.BatchStat))
-    chex.assert_trees_all_close(results["always"], results["never"], rtol=1e-4, atol=1e-6)
-    assert np.ptp(np.asarray(results["always"][0])) > 1e-3  # not trivially uniform
+    with jax.enable_x64(True):
+        x, y = float64((X, Y))
+        for mode in ("always", "never"):
+            model = Net(nnx.Rngs(0), dtype=jnp.float64)
+            step = nnx.jit(covjax.value_and_grad(nnx_loss, scheme, wrt="trunk", factorize=mode))
+            state = scheme.init(jnp.ones(K))
+            for _ in range(3):
+                out, grads = step(model, state, x, y)
+                state = out.state
+            results[mode] = (out.weights, grads, nnx.state(model, nnx.BatchStat))
+    weights = results["always"][0]
+    # The weights are stored in float32: float64 values that agree to ~1e-15 round alike
+    # (one ulp, eps32, apart only next to a rounding boundary).
+    np.testing.assert_allclose(weights, results["never"][0], rtol=EPS32)
+    assert_trees_close64(results["always"][1:], results["never"][1:])
+    assert np.ptp(np.asarray(weights)) > 1e-3  # not trivially uniform
 
 
 def test_bad_mode_is_named() -> None:
@@ -203,17 +223,20 @@ def heads_on_copies(params: dict, zs: jax.Array, x: jax.Array, y: jax.Array) -> 
 
 @pytest.mark.parametrize("scheme", [covjax.mgda(normalization="l2"), covjax.pcgrad()])
 def test_representation_copies_match_shared_representation(scheme: covjax.Weighting) -> None:
-    state = scheme.init(jnp.ones(K))
-    shared = jax.jit(covjax.value_and_grad(heads_shared, scheme, representation=encoder))
-    copies = jax.jit(
-        covjax.value_and_grad(
-            heads_on_copies, scheme, representation=encoder, representation_copies=True
+    with jax.enable_x64(True):
+        params, x, y = float64((PARAMS, X, Y))
+        state = scheme.init(jnp.ones(K))
+        shared = jax.jit(covjax.value_and_grad(heads_shared, scheme, representation=encoder))
+        copies = jax.jit(
+            covjax.value_and_grad(
+                heads_on_copies, scheme, representation=encoder, representation_copies=True
+            )
         )
-    )
-    out_shared, grads_shared = shared(PARAMS, state, X, Y)
-    out_copies, grads_copies = copies(PARAMS, state, X, Y)
-    chex.assert_trees_all_close(out_copies.weights, out_shared.weights, rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(grads_copies, grads_shared, rtol=1e-5, atol=1e-6)
+        out_shared, grads_shared = shared(params, state, x, y)
+        out_copies, grads_copies = copies(params, state, x, y)
+    # float32-stored weights of equal float64 values (see the nnx test above).
+    np.testing.assert_allclose(out_copies.weights, out_shared.weights, rtol=EPS32)
+    assert_trees_close64(grads_copies, grads_shared)
     assert np.ptp(np.asarray(out_copies.weights)) > 1e-3
 
 
@@ -255,18 +278,21 @@ def heads_by_name_on_copies(params: dict, copies: dict, x: jax.Array, y: jax.Arr
 
 @pytest.mark.parametrize("scheme", [covjax.mgda(normalization="l2"), covjax.equal_weighting()])
 def test_representation_copies_for_named_losses(scheme: covjax.Weighting) -> None:
-    state = scheme.init(heads_by_name(PARAMS, encoder(PARAMS, X, Y), X, Y))
-    shared = jax.jit(covjax.value_and_grad(heads_by_name, scheme, representation=encoder))
-    copies = jax.jit(
-        covjax.value_and_grad(
-            heads_by_name_on_copies, scheme, representation=encoder, representation_copies=True
+    with jax.enable_x64(True):
+        params, x, y = float64((PARAMS, X, Y))
+        state = scheme.init(heads_by_name(params, encoder(params, x, y), x, y))
+        shared = jax.jit(covjax.value_and_grad(heads_by_name, scheme, representation=encoder))
+        copies = jax.jit(
+            covjax.value_and_grad(
+                heads_by_name_on_copies, scheme, representation=encoder, representation_copies=True
+            )
         )
-    )
-    (out_shared, grads_shared), (out_copies, grads_copies) = [
-        step(PARAMS, state, X, Y) for step in (shared, copies)
-    ]
-    chex.assert_trees_all_close(out_copies.weights, out_shared.weights, rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(grads_copies, grads_shared, rtol=1e-5, atol=1e-6)
+        (out_shared, grads_shared), (out_copies, grads_copies) = [
+            step(params, state, x, y) for step in (shared, copies)
+        ]
+    # float32-stored weights of equal float64 values (see the nnx test above).
+    chex.assert_trees_all_close(out_copies.weights, out_shared.weights, rtol=EPS32)
+    assert_trees_close64(grads_copies, grads_shared)
 
 
 def test_product_of_two_parameters() -> None:
@@ -280,8 +306,10 @@ def test_product_of_two_parameters() -> None:
         return jnp.stack([jnp.mean(y**2), jnp.mean(jnp.sin(y)), jnp.mean(y[:, :2])])
 
     x = jnp.asarray(np.random.default_rng(5).normal(size=(7, 6)), jnp.float32)
-    tapped, plain = (
-        gradients.per_loss_gramian(losses, params, x, factorize=mode)[1]
-        for mode in ("always", "never")
-    )
-    np.testing.assert_allclose(tapped, plain, rtol=1e-5, atol=1e-6)
+    with jax.enable_x64(True):
+        params, x = float64((params, x))
+        tapped, plain = (
+            gradients.per_loss_gramian(losses, params, x, factorize=mode)[1]
+            for mode in ("always", "never")
+        )
+        assert_trees_close64(tapped, plain)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from precision import normalization_rtol, trace_rtol
 
 import covjax
 
@@ -219,7 +220,7 @@ def test_schemes_without_positivity_use_zero_and_negative_losses(name: str, valu
     assert np.all(weights >= 0)
     if scheme.properties.weights_sum == "1":
         assert np.all(weights <= 1.0)
-        np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=normalization_rtol(K))
 
 
 def test_value_and_grad_reports_a_rejected_non_positive_step() -> None:
@@ -289,8 +290,8 @@ def test_declared_weights_sum(name: str) -> None:
         distance = np.minimum(np.abs(sums - 1.0), np.abs(sums - K) / K)
         assert distance.max() > 1e-3, sums
     else:
-        # A float32 sum of K weights: a few ulps.
-        np.testing.assert_allclose(sums, 1.0 if declared == "1" else K, rtol=1e-5)
+        # Normalized float32 weights, summed again in float32.
+        np.testing.assert_allclose(sums, 1.0 if declared == "1" else K, rtol=normalization_rtol(K))
 
 
 # Learned schemes at their equilibrium: constant losses and an optimiser that settles.
@@ -421,7 +422,9 @@ def test_named_keeps_leading_batch_axes() -> None:
             single = covjax.named(run_one(decay, as_dict))
             for name in names:
                 assert logged[name].shape == (2,)
-                np.testing.assert_allclose(logged[name][index], single[name], rtol=1e-6)
+                # Batched and single programs may order each step's 3-term sums differently.
+                rtol = trace_rtol(len(trace), normalization_rtol(3))
+                np.testing.assert_allclose(logged[name][index], single[name], rtol=rtol)
 
 
 def test_forgetting_has_aux_suggests_it() -> None:

@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import fake_datasets as fake
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -23,7 +22,6 @@ def test_evaluation_skips_depth_holes_zero_normals_and_unlabelled_pixels(tmp_pat
     examples = fake.make_fake_nyuv2(tmp_path, counts={"val": 3}, height=height, width=width)
     config.data.name = "nyuv2"
     config.data.data_dir = str(tmp_path)
-    config.data.kwargs = ml_collections.ConfigDict()
     config.data.eval_split = "val"
     config.model.num_classes = 13
     config.eval.batch_size = 2

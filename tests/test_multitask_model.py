@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from precision import network_rtol
 
 from experiments.common.task import RepresentationTask, SharedLayerTask
 from experiments.multitask import models, train
@@ -49,7 +50,11 @@ def test_representation_split_reproduces_the_forward_pass() -> None:
     model = nnx.view(tiny_model(), use_running_average=True)
     z = model.features(images())
     chex.assert_shape(z, (BATCH, HEIGHT // 4, WIDTH // 4, model.representation_features))
-    chex.assert_trees_all_close(model.heads(z, HEIGHT, WIDTH), model(images()), atol=1e-6)
+    # The split and whole forwards are fused differently: float32 reordering, derived from the net.
+    rtol = network_rtol(nnx.state(model, nnx.Param))
+    split, whole = model.heads(z, HEIGHT, WIDTH), model(images())
+    for got, want in zip(jax.tree.leaves(split), jax.tree.leaves(whole), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=rtol * float(np.abs(want).max()))
 
 
 def test_shared_layer_exists_and_every_loss_depends_on_it() -> None:
@@ -79,7 +84,7 @@ def test_shared_layer_exists_and_every_loss_depends_on_it() -> None:
             nnx.merge(graphdef, params, rest, copy=True), z, carry, batch
         ),
         values,
-        rtol=1e-5,
+        rtol=network_rtol(params),  # another fusion of the same float32 network
     )
     jacobian = jax.jit(jax.jacrev(losses))(params)
     for name in models.TASKS:

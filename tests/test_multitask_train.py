@@ -19,7 +19,6 @@ def nyuv2_config(data_dir: Path):
     config.model.num_classes = 13
     config.data.name = "nyuv2"
     config.data.data_dir = str(data_dir)
-    config.data.kwargs = {}
     config.data.eval_split = "val"
     config.data.cache = False
     config.model.depth_scale = 1.0
@@ -66,7 +65,6 @@ def test_missing_targets_and_unknown_focal_are_named() -> None:
         overwrite=True,
     )
     config = test_config.get_config()
-    config.data.kwargs = {}
     config.data.name = "multitask_test_no_normals"
     with pytest.raises(ValueError, match=r"lacks \['normals'\]"):
         train.load_split(config, "train")
@@ -103,7 +101,7 @@ def test_compare_trains_and_reports_two_schemes(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "compare" / "results.json").read_text())
     assert saved["untrained"] == pytest.approx(result["untrained"])
     # MGDA-UB's weights lie on the simplex at every logged step.
-    log = logging_utils.read_metrics(tmp_path / "compare" / "runs" / "mgda_ub")
+    log = logging_utils.read_metrics(tmp_path / "compare" / "runs" / "mgda_ub" / "seed0")
     for row in log:
         weights = [row[f"weight/{name}"] for name in ("segmentation", "depth", "normals")]
         assert min(weights) >= -1e-6 and sum(weights) == pytest.approx(1.0, abs=1e-5)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fake_datasets as fake
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -21,7 +20,6 @@ def pascal(tmp_path_factory: pytest.TempPathFactory):
     config = test_config.get_config()
     config.data.name = "pascal_context"
     config.data.data_dir = str(root)
-    config.data.kwargs = ml_collections.ConfigDict()
     config.data.eval_split = "val"
     config.model.num_classes = 59  # background ignored (255), as paper.py
     config.eval.batch_size = 2  # the two validation images, 6×6 and 12×9, in one batch

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from precision import network_rtol
 
 import covjax
 from covjax import gradients
@@ -47,7 +48,10 @@ def test_losses_factor_through_the_representation() -> None:
     expected, got = both(model, data)
     assert set(expected) == set(losses.LOSS_NAMES)
     for name in losses.LOSS_NAMES:
-        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5)
+        # Another fusion of the same float32 network: reordering, derived from the net.
+        np.testing.assert_allclose(
+            got[name], expected[name], rtol=network_rtol(nnx.state(model, nnx.Param))
+        )
 
 
 def test_shared_layer_is_a_stage3_kernel_all_losses_depend_on() -> None:
@@ -92,7 +96,7 @@ def test_train_evaluate_compare_end_to_end(tmp_path: Path) -> None:
     config = test_config.get_config()
     config.data.data_dir = str(tmp_path / "tfds")
     text = compare.compare(config, str(tmp_path / "runs"), ["cov"], show_progress=False)
-    run_dir = tmp_path / "runs" / "cov"
+    run_dir = tmp_path / "runs" / "cov" / f"seed{config.seed}"
     summary = evaluate.read_summary(str(run_dir), "validation")
     assert summary is not None and 0.0 <= summary["mean_iou"] <= 1.0
     matrix = np.load(run_dir / "eval_validation" / "confusion_matrix.npy")

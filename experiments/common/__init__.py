@@ -6,5 +6,7 @@
   data parallelism);
 * :mod:`.sharding`, :mod:`.checkpoints`, :mod:`.logging_utils`: their parts;
 * :mod:`.report`: Markdown tables and weight plots;
+* :mod:`.conv`: the models' convolution, kept off XLA:CPU's naive loop when a
+  feature map is smaller than its kernel, and a detector for that loop;
 * :mod:`.toy_task`: a tiny multi-loss task for tests and examples.
 """

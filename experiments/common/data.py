@@ -1,27 +1,77 @@
 """Data plumbing shared by every task: a config's dataset split and its training stream.
 
 Each experiment's config names a source of the shared registry
-(``config.data.name``, ``config.data.data_dir``, ``config.data.kwargs``); these
-two functions turn that into a ``tf.data.Dataset`` and into this process's
-stream of numpy training batches, so the tasks only say which features they
-need.
+(``config.data.name``, ``config.data.data_dir``) and declares its loader's
+options in ``config.data.<name>`` (e.g. ``config.data.kitti.split_file``);
+these functions check that, and turn it into a ``tf.data.Dataset`` and into
+this process's stream of numpy training batches, so the tasks only say which
+features they need.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ml_collections
 import numpy as np
 
+from experiments.common.config import ConfigError
+
+
+def loader_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The keyword options of ``config.data.name``'s loader: its section ``config.data.<name>``.
+
+    A source without a section (e.g. one registered at run time) gets none.
+    """
+    section = config.data.get(config.data.name, None)
+    if section is None:
+        return {}
+    if not isinstance(section, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"config.data.{config.data.name} must be a section of loader options, got {section!r}."
+        )
+    return section.to_dict()
+
+
+def check_data_config(config: ml_collections.ConfigDict) -> None:
+    """Fail fast, before any model or data is built, if ``config.data`` cannot be loaded.
+
+    Checks that ``config.data.name`` is a registered source and that its
+    options are keyword arguments of that source's loader.
+
+    Raises:
+      ConfigError: naming the unknown source or option and the valid ones.
+    """
+    from experiments.data import registry  # imports the chosen loader's module only
+
+    name = config.data.name
+    if name not in registry.available_datasets():
+        raise ConfigError(
+            f"Unknown config.data.name {name!r}; available: {registry.available_datasets()}."
+        )
+    signature = inspect.signature(registry.dataset_loader(name))
+    options = loader_options(config)
+    try:
+        signature.bind("train", config.data.data_dir, **options)
+    except TypeError as error:
+        valid = [
+            parameter.name
+            for parameter in signature.parameters.values()
+            if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+        ]
+        raise ConfigError(
+            f"config.data.{name} does not fit the {name!r} loader ({error}); its options are "
+            f"{valid}."
+        ) from None
+
 
 def load_split(config: ml_collections.ConfigDict, split: str) -> Any:
     """The ``tf.data.Dataset`` of ``split`` of ``config.data`` (via the shared registry)."""
     from experiments.data import get_dataset  # local: imports TensorFlow
 
-    kwargs = config.data.kwargs.to_dict() if config.data.get("kwargs") else {}
-    return get_dataset(config.data.name, split, config.data.data_dir, **kwargs)
+    return get_dataset(config.data.name, split, config.data.data_dir, **loader_options(config))
 
 
 def train_batches(

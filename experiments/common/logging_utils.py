@@ -29,8 +29,11 @@ CONFIG_FILE = "config.json"
 #: Config entries a run may be resumed (or reused) with changed: how long it
 #: trains, how it logs and checkpoints, where the data lies, how the devices,
 #: the processes and the per-loss gradients are laid out (the global batches
-#: do not depend on the process count: experiments.data.input_pipeline).
-#: Anything else (model, data, scheme, optimiser, seed...) makes it a different run.
+#: do not depend on the process count: experiments.data.input_pipeline), and
+#: everything under :data:`RESUMABLE_SECTIONS`. The options of schemes and data
+#: sources the run does not use are ignored too. Anything else (model, data,
+#: scheme, optimiser, seed...) makes it a different run.
+RESUMABLE_SECTIONS = ("eval",)  # how a trained network is evaluated: no retraining needed
 RESUMABLE_CHANGES = frozenset(
     {
         "num_train_steps",
@@ -58,21 +61,42 @@ def _flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _unused(key: str, config: Mapping[str, Any]) -> bool:
+    """Whether ``key`` is an option of a scheme or data source the run does not use."""
+    parts = key.split(".")
+    if parts[0] in ("scheme_kwargs", "scheme_gradient_target") and len(parts) > 1:
+        return parts[1] != config.get("scheme")
+    data = config.get("data")
+    if parts[0] == "data" and len(parts) > 2 and isinstance(data, Mapping):
+        return isinstance(data.get(parts[1]), Mapping) and parts[1] != data.get("name")
+    return False
+
+
+def _matters_for_training(key: str, config: Mapping[str, Any]) -> bool:
+    return (
+        key not in RESUMABLE_CHANGES
+        and key.split(".")[0] not in RESUMABLE_SECTIONS
+        and not _unused(key, config)
+    )
+
+
 def config_differences(workdir: str | Path, config: ml_collections.ConfigDict) -> list[str]:
     """``"key: old there, new now"`` for each entry in which ``workdir``'s recorded config differs.
 
-    Empty when ``workdir`` records no config, and for the entries in
-    :data:`RESUMABLE_CHANGES`.
+    Empty when ``workdir`` records no config; entries that do not change what
+    is trained (:data:`RESUMABLE_CHANGES`, :data:`RESUMABLE_SECTIONS`, the
+    options of unused schemes and data sources) are left out.
     """
     path = Path(workdir) / CONFIG_FILE
     if not path.exists():
         return []
+    current_tree = json.loads(config.to_json_best_effort())
     saved = _flat_config(json.loads(path.read_text()))
-    current = _flat_config(json.loads(config.to_json_best_effort()))
+    current = _flat_config(current_tree)
     return [
         f"{key}: {saved.get(key)!r} there, {current.get(key)!r} now"
         for key in sorted(saved.keys() | current.keys())
-        if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key)
+        if _matters_for_training(key, current_tree) and saved.get(key) != current.get(key)
     ]
 
 

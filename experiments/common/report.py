@@ -1,13 +1,15 @@
-"""Report helpers: Markdown tables and weights-over-training plots (PNG, matplotlib Agg)."""
+"""Report helpers: Markdown tables, several seeds' means and spreads, weights-over-training
+plots (PNG, matplotlib Agg)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only, no display; set before pyplot is imported
 import matplotlib.pyplot as plt
@@ -15,9 +17,60 @@ import matplotlib.pyplot as plt
 from experiments.common import logging_utils
 
 
+class MeanStd(NamedTuple):
+    """A value over several seeds: its mean, sample standard deviation and the seed count."""
+
+    mean: float
+    std: float
+    count: int
+
+
+def over_seeds(values: Sequence[float]) -> MeanStd:
+    """Mean and sample standard deviation (ddof 1; 0 for a single seed) of ``values``."""
+    array = np.asarray(values, np.float64)
+    if array.size == 0:
+        raise ValueError("no values to average over seeds.")
+    std = float(array.std(ddof=1)) if array.size > 1 else 0.0
+    return MeanStd(float(array.mean()), std, int(array.size))
+
+
+def rows_over_seeds(
+    per_seed: Mapping[str, Sequence[Mapping[str, Any]]], columns: Sequence[str], key: str
+) -> list[dict[str, Any]]:
+    """One row per name of ``per_seed`` (``{name: [summary of each seed]}``): each column's
+    value over the seeds (a :class:`MeanStd`; a plain float when there is one seed)."""
+    rows = []
+    for name, summaries in per_seed.items():
+        row: dict[str, Any] = {key: name}
+        for column in columns:
+            values = [float(summary[column]) for summary in summaries]
+            row[column] = values[0] if len(values) == 1 else over_seeds(values)
+        rows.append(row)
+    return rows
+
+
+def win_rate_cell(rates: Sequence[float]) -> MeanStd | float | str:
+    """A win rate over seeds; marked as within the seeds' spread when 0.5 (a tie) is
+    within one standard deviation of the mean, so the difference is not established."""
+    if len(rates) == 1:
+        return float(rates[0])
+    summary = over_seeds(rates)
+    if abs(summary.mean - 0.5) <= summary.std:
+        return f"{format_value(summary)} (within spread)"
+    return summary
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, MeanStd):
+        return value.mean
+    return value if isinstance(value, float) else None
+
+
 def format_value(value: Any, digits: int = 4) -> str:
     if value is None:
         return "–"
+    if isinstance(value, MeanStd):
+        return f"{value.mean:.{digits}f} ± {value.std:.{digits}f}"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
@@ -39,7 +92,7 @@ def markdown_table(
       headers: column titles (default: the keys).
       digits: decimals for floats.
       bold_best: ``{column: "min" | "max"}``; the best value of each such
-        column is printed in bold.
+        column is printed in bold (the best mean, for values over seeds).
     """
     headers = list(headers or columns)
     if len(headers) != len(columns):
@@ -48,7 +101,7 @@ def markdown_table(
     for column, direction in (bold_best or {}).items():
         if direction not in ("min", "max"):
             raise ValueError(f"bold_best[{column!r}] must be 'min' or 'max', got {direction!r}.")
-        values = [row[column] for row in rows if isinstance(row.get(column), float)]
+        values = [v for row in rows if (v := _number(row.get(column))) is not None]
         if values:
             best[column] = min(values) if direction == "min" else max(values)
     lines = [
@@ -59,7 +112,7 @@ def markdown_table(
         cells = []
         for column in columns:
             text = format_value(row.get(column), digits)
-            if column in best and row.get(column) == best[column]:
+            if column in best and _number(row.get(column)) == best[column]:
                 text = f"**{text}**"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")

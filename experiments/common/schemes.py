@@ -9,11 +9,14 @@ experiments use by default, and what the gradient-based schemes differentiate:
 * ``"representation"``: per-loss gradients w.r.t. the shared representation
   z (MGDA-UB, Sener & Koltun 2018; the reference uses ``iconv4``'s output);
 * ``"parameters"``: per-loss gradients w.r.t. all parameters (plain MGDA and
-  the aggregators of SPEC §5, as LibMTL does).
+  the gradient aggregators, as LibMTL does).
 
-Hyper-parameters come from ``config.scheme_kwargs[name]`` (a dict of keyword
-arguments passed to the constructor, overriding the defaults here), and the
-gradient target from ``config.scheme_gradient_target[name]`` if given.
+Hyper-parameters come from ``config.scheme_kwargs.<name>``: every registered
+scheme has a section there with the constructor's settable hyper-parameters
+and their defaults (:func:`hyperparameters`), so a run sets them with dotted
+flags, e.g. ``--config.scheme=cov_decay --config.scheme_kwargs.cov_decay.decay=0.95``
+(``python -m experiments.depth.train --list_schemes`` lists them). The
+gradient target comes from ``config.scheme_gradient_target.<name>`` if given.
 Constructors are looked up in :mod:`covjax` when a scheme is built, so a
 missing one is a clear error naming it.
 """
@@ -21,6 +24,9 @@ missing one is a clear error naming it.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import types
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -41,7 +47,7 @@ class SchemeContext:
     Attributes:
       task: the task (for its hand-tuned weights).
       optimizer: the network's optimiser; uncertainty weighting trains its
-        log-variances with the same optimiser and learning rate (SPEC §2.2).
+        log-variances with the same optimiser and learning rate (as the CoV paper's reference code).
       steps_per_epoch: the period of LSB, DWA and multi-loss rebalancing.
     """
 
@@ -57,14 +63,18 @@ class SchemeEntry:
     Attributes:
       constructor: name of the :mod:`covjax` function.
       gradient_target: default gradient target (see the module docstring).
-      defaults: ``context -> kwargs`` for the constructor (before overrides).
-      description: one line for the docs and ``--help``.
+      defaults: ``context -> kwargs`` for the constructor taken from the
+        experiment (the optimiser, the epoch length, the hand-tuned weights).
+      description: one line for the docs and ``--list_schemes``.
+      fixed: hyper-parameters that make this entry differ from the
+        constructor's defaults (e.g. ``decay=0.99`` for ``"cov_decay"``).
     """
 
     constructor: str
     gradient_target: GradientTarget
     defaults: Callable[[SchemeContext], dict[str, Any]]
     description: str
+    fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _none(_: SchemeContext) -> dict[str, Any]:
@@ -83,16 +93,8 @@ def _hand_tuned(context: SchemeContext) -> dict[str, Any]:
     return {"weights": dict(context.task.hand_tuned_weights())}
 
 
-def _with(**fixed: Any) -> Callable[[SchemeContext], dict[str, Any]]:
-    return lambda _: dict(fixed)
-
-
-def _epoch_period_with(**fixed: Any) -> Callable[[SchemeContext], dict[str, Any]]:
-    return lambda context: {"period": context.steps_per_epoch, **fixed}
-
-
 SCHEMES: dict[str, SchemeEntry] = {
-    # Static baselines (SPEC §2.1).
+    # Static baselines.
     "equal": SchemeEntry("equal_weighting", "none", _none, "α_i = 1/K"),
     "hand_tuned": SchemeEntry(
         "static_weighting", "none", _hand_tuned, "the task's hand-tuned static weights"
@@ -100,30 +102,39 @@ SCHEMES: dict[str, SchemeEntry] = {
     "static": SchemeEntry(
         "static_weighting", "none", _none, "static weights given as scheme_kwargs.static.weights"
     ),
-    # CoV-Weighting and its variants (SPEC §1, paper Tables 2 and 7).
+    # CoV-Weighting and its variants (paper Tables 2 and 7).
     "cov": SchemeEntry("cov_weighting", "none", _none, "CoV-Weighting, full history"),
     "cov_decay": SchemeEntry(
-        "cov_weighting", "none", _with(decay=0.99), "CoV-Weighting, EW statistics (t = 100)"
+        "cov_weighting",
+        "none",
+        _none,
+        "CoV-Weighting, EW statistics (t = 100)",
+        fixed={"decay": 0.99},
     ),
     "cov_reference_decay": SchemeEntry(
         "cov_weighting",
         "none",
-        _with(decay=0.99, reference_decay=True),
+        _none,
         "CoV-Weighting, the released code's decayed means with undecayed S",
+        fixed={"decay": 0.99, "reference_decay": True},
     ),
     "cov_loss": SchemeEntry(
-        "cov_weighting", "none", _with(statistic="loss"), "CoV of L instead of L/μ_L"
+        "cov_weighting", "none", _none, "CoV of L instead of L/μ_L", fixed={"statistic": "loss"}
     ),
     "cov_inverse": SchemeEntry(
-        "cov_weighting", "none", _with(inverse=True), "α ∝ μ/σ (paper Table 7)"
+        "cov_weighting", "none", _none, "α ∝ μ/σ (paper Table 7)", fixed={"inverse": True}
     ),
-    # Learned and loss-statistics baselines (SPEC §§2.2, 3, 4).
+    # Learned and loss-statistics baselines.
     "uncertainty": SchemeEntry(
         "uncertainty_weighting", "none", _same_optimizer, "Kendall et al. 2018, learned log σ²"
     ),
     "lsb": SchemeEntry("lsb", "none", _epoch_period, "loss scale balancing with difficulty"),
     "lsb_no_difficulty": SchemeEntry(
-        "lsb", "none", _epoch_period_with(difficulty=False), "loss scale balancing only"
+        "lsb",
+        "none",
+        _epoch_period,
+        "loss scale balancing only",
+        fixed={"difficulty": False},
     ),
     "multi_loss_rebalancing": SchemeEntry(
         "multi_loss_rebalancing",
@@ -138,7 +149,7 @@ SCHEMES: dict[str, SchemeEntry] = {
     "famo": SchemeEntry("famo", "none", _none, "fast adaptive multitask optimisation"),
     "softadapt": SchemeEntry("softadapt", "none", _none, "SoftAdapt"),
     "relobralo": SchemeEntry("relobralo", "none", _none, "ReLoBRaLo"),
-    # Gradient-based schemes (SPEC §§2.3, 2.4, 5).
+    # Gradient-based schemes.
     "gradnorm": SchemeEntry("gradnorm", "layer", _none, "GradNorm at the shared layer"),
     "mgda_ub": SchemeEntry("mgda", "representation", _none, "MGDA-UB on the representation"),
     "mgda": SchemeEntry("mgda", "parameters", _none, "MGDA on all parameters"),
@@ -192,7 +203,8 @@ def build_scheme(
       name: a key of :data:`SCHEMES`.
       context: the task, optimiser and epoch length.
       kwargs: keyword arguments for the covjax constructor, overriding the
-        registry's defaults (e.g. ``{"decay": 0.95}`` for ``"cov_decay"``).
+        registry's defaults (e.g. ``{"decay": 0.95}`` for ``"cov_decay"``);
+        ``None`` values keep the default (the config's unset fields).
       gradient_target: override of the registry's target for gradient-based
         schemes (e.g. ``"representation"`` to run PCGrad on z).
 
@@ -209,10 +221,12 @@ def build_scheme(
         raise NotImplementedError(
             f"Scheme {name!r} needs covjax.{entry.constructor}, which this covjax lacks."
         )
-    arguments = {**entry.defaults(context), **dict(kwargs or {})}
-    if isinstance(arguments.get("weights"), list | tuple):
-        # A config list of K weights, in the order of the task's losses.
-        arguments["weights"] = np.asarray(arguments["weights"], np.float32)
+    given = {key: value for key, value in dict(kwargs or {}).items() if value is not None}
+    for key, value in given.items():
+        if type(value) in (list, tuple):
+            # A config tuple of K values (weights, priors), in the order of the task's losses.
+            given[key] = np.asarray(value, np.float32)
+    arguments = {**entry.defaults(context), **entry.fixed, **given}
     try:
         weighting = constructor(**arguments)
     except TypeError as error:
@@ -241,6 +255,112 @@ def build_scheme(
             f"{context.task.name!r} defines no shared_layer()."
         )
     return Scheme(name=name, weighting=weighting, gradient_target=target)  # type: ignore[arg-type]
+
+
+#: Constructor arguments the experiment supplies (:class:`SchemeContext`), and what
+#: leaving them unset in ``config.scheme_kwargs.<name>`` means.
+FROM_EXPERIMENT: dict[str, str] = {
+    "period": "config.steps_per_epoch",
+    "steps_per_epoch": "config.steps_per_epoch",
+    "weights": "the task's hand-tuned weights",
+}
+#: Not settable from a config: the network's optimiser is passed in.
+NOT_CONFIGURABLE = frozenset({"optimizer"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyperparameter:
+    """One settable keyword argument of a scheme's covjax constructor.
+
+    Attributes:
+      name: the keyword.
+      type: the config field's type (``tuple`` for per-loss arrays, ``object``
+        for a dict of weights by loss name).
+      default: the entry's value (``None``: the constructor's or the experiment's).
+      choices: the accepted strings, for a ``Literal`` argument.
+      unset: what leaving it ``None`` means.
+    """
+
+    name: str
+    type: type
+    default: Any
+    choices: tuple[str, ...] = ()
+    unset: str = "None"
+
+
+def _field_type(annotation: Any, default: Any) -> tuple[type | None, tuple[str, ...]]:
+    """The config type of a constructor argument (None: not settable from a config)."""
+    options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    choices = tuple(
+        value
+        for option in options
+        if typing.get_origin(option) is Literal
+        for value in typing.get_args(option)
+        if isinstance(value, str)
+    )
+    if choices:
+        return str, choices
+    for candidate in (bool, int, float, str):
+        if candidate in options:
+            return candidate, ()
+    if isinstance(default, bool | int | float | str):
+        return type(default), ()
+    if annotation is Any:  # a pytree of weights: a tuple or a dict by loss name
+        return object, ()
+    if any("Array" in getattr(option, "__name__", "") for option in options):
+        return tuple, ()  # per-loss values, given as a tuple in the task's loss order
+    return None, ()
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def hyperparameters(name: str) -> tuple[Hyperparameter, ...]:
+    """The hyper-parameters of the scheme registered as ``name`` that a config can set.
+
+    They are the keyword arguments of its covjax constructor, with this
+    entry's defaults (the constructor's, overridden by :attr:`SchemeEntry.fixed`;
+    ``None`` for those the experiment supplies, see :data:`FROM_EXPERIMENT`).
+    """
+    entry = SCHEMES[name]
+    constructor = getattr(covjax, entry.constructor)
+    hints = typing.get_type_hints(constructor)
+    settable = []
+    for parameter in inspect.signature(constructor).parameters.values():
+        if parameter.name in NOT_CONFIGURABLE:
+            continue
+        required = parameter.default is inspect.Parameter.empty
+        default = entry.fixed.get(parameter.name, None if required else parameter.default)
+        field_type, choices = _field_type(hints.get(parameter.name, Any), default)
+        if field_type is None:
+            continue
+        unset = "None"
+        if required:
+            unset = "required" if entry.defaults is _none else FROM_EXPERIMENT[parameter.name]
+        settable.append(Hyperparameter(parameter.name, field_type, default, choices, unset))
+    return tuple(settable)
+
+
+def describe_schemes() -> str:
+    """Every registered scheme with its hyper-parameters and defaults (``--list_schemes``)."""
+    lines = [
+        "Weighting schemes (--config.scheme=NAME); hyper-parameters are set with "
+        "--config.scheme_kwargs.NAME.PARAMETER=VALUE:",
+    ]
+    for name in available_schemes():
+        entry = SCHEMES[name]
+        lines.append(
+            f"\n{name}: {entry.description} (covjax.{entry.constructor}; "
+            f"per-loss gradients: {entry.gradient_target})"
+        )
+        for parameter in hyperparameters(name):
+            default = repr(parameter.default)
+            if parameter.default is None and parameter.unset != "None":
+                default = f"unset ({parameter.unset})"
+            choices = f", one of {list(parameter.choices)}" if parameter.choices else ""
+            lines.append(f"    {parameter.name} ({parameter.type.__name__}{choices}) = {default}")
+    return "\n".join(lines)
 
 
 def with_static_weights(config: Any, weights: Mapping[str, float]) -> Any:

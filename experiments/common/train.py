@@ -15,7 +15,9 @@ progress bar with the loss and throughput, the losses and every weight by
 name every ``log_every_steps`` to JSONL and TensorBoard (:mod:`.logging_utils`),
 and Orbax checkpoints of the whole training state (parameters, batch
 statistics, optimiser and weighting state), from which a run in the same
-workdir resumes automatically.
+workdir resumes automatically. Ctrl-C (SIGINT) stops after the current step,
+saves a checkpoint of it and raises :class:`TrainingInterrupted` (a
+``KeyboardInterrupt``) saying how to resume; a second Ctrl-C stops at once.
 
 Config fields read here (see ``experiments/depth/configs/default.py``):
 ``seed, num_train_steps, batch_size, optimizer, learning_rate, momentum,
@@ -27,8 +29,11 @@ num_processes, process_id``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -39,14 +44,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from flax import nnx, struct
 from jax import Array
 from jax.sharding import Mesh
 
 import covjax
 from experiments.common import checkpoints, logging_utils, sharding
-from experiments.common.schemes import Scheme, SchemeContext, build_scheme
+from experiments.common.config import ConfigError
+from experiments.common.data import check_data_config
+from experiments.common.schemes import Scheme, SchemeContext, available_schemes, build_scheme
 from experiments.common.task import Batch, Task
 
 MODEL = "model"
@@ -131,13 +137,20 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 def scheme_from_config(
     config: ml_collections.ConfigDict, task: Task, optimizer: optax.GradientTransformation
 ) -> Scheme:
-    """Build ``config.scheme`` with its keyword arguments from ``config.scheme_kwargs``."""
+    """Build ``config.scheme`` with its hyper-parameters from ``config.scheme_kwargs.<scheme>``.
+
+    Unset (``None``) hyper-parameters keep the registry's and the constructor's defaults.
+    """
     name = config.scheme
     kwargs_by_scheme = config.get("scheme_kwargs", None) or {}
     targets_by_scheme = config.get("scheme_gradient_target", None) or {}
     kwargs = kwargs_by_scheme.get(name, None) or {}
     if isinstance(kwargs, ml_collections.ConfigDict):
         kwargs = kwargs.to_dict()
+    elif not isinstance(kwargs, Mapping):
+        raise ValueError(
+            f"config.scheme_kwargs.{name} must be a section of hyper-parameters, got {kwargs!r}."
+        )
     context = SchemeContext(
         task=task, optimizer=optimizer, steps_per_epoch=int(config.steps_per_epoch)
     )
@@ -347,6 +360,51 @@ def setup_runtime(config: ml_collections.ConfigDict) -> Mesh:
     return mesh
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run after saving a checkpoint of its last step; the message says how
+    to resume."""
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[threading.Event]:
+    """An event set by the first SIGINT (Ctrl-C); a second SIGINT interrupts at once.
+
+    The loop checks the event between steps, so the state it saves is a
+    finished step (the jitted step donates its input state, which an
+    interrupt inside the call would leave deleted).
+    """
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested  # signal handlers can only be installed in the main thread
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def check_config(task: Task, config: ml_collections.ConfigDict) -> None:
+    """The checks that need no model or data: the data source and its options, the
+    scheme's name, and the task's own (``task.check_config``).
+    A config without ``data`` (a task that makes its own batches) skips the data check."""
+    if "data" in config:
+        check_data_config(config)
+    if config.scheme not in available_schemes():
+        raise ConfigError(
+            f"Unknown config.scheme {config.scheme!r}; known: {list(available_schemes())}."
+        )
+    task_check = getattr(task, "check_config", None)
+    if task_check is not None:
+        task_check(config)
+
+
 def train(
     task: Task,
     config: ml_collections.ConfigDict,
@@ -359,6 +417,7 @@ def train(
 
     Returns the trainer (for its model) and the final state.
     """
+    check_config(task, config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     logging_utils.check_same_config(workdir, config)
@@ -382,7 +441,8 @@ def train(
     start_step = int(state.step)
     batches: Iterator[Mapping[str, np.ndarray]]
     if start_step:
-        logging.info("Resumed %s/%s from step %d.", task.name, trainer.scheme.name, start_step)
+        if jax.process_index() == 0:
+            print(f"Resumed {task.name}/{trainer.scheme.name} from step {start_step}.", flush=True)
         batches = task.train_batches(
             config,
             start_step=start_step,
@@ -401,25 +461,37 @@ def train(
     )
     log_every = int(config.log_every_steps)
     tick, tick_step = time.perf_counter(), start_step
-    for step in range(start_step, num_steps):
-        batch = sharding.shard_batch(next(batches), mesh)
-        state, metrics = trainer.train_step(state, batch)
-        done = step + 1
-        if done % log_every == 0 or done == num_steps:
-            row = _host_metrics(metrics)
-            now = time.perf_counter()
-            row["images_per_second"] = (done - tick_step) * config.batch_size / (now - tick)
-            tick, tick_step = now, done
-            writer.write(done, row)
-            postfix = {"loss": f"{row['total']:.4g}", "img_s": f"{row['images_per_second']:.1f}"}
-            if row["skipped_steps"]:
-                postfix["skipped"] = row["skipped_steps"]
-            progress.set_postfix(**postfix)
-        progress.update(1)
-        manager.maybe_save(done, state, force=done == num_steps)
+    with _stop_requests() as stop_requested:
+        for step in range(start_step, num_steps):
+            batch = sharding.shard_batch(next(batches), mesh)
+            state, metrics = trainer.train_step(state, batch)
+            done = step + 1
+            if done % log_every == 0 or done == num_steps:
+                row = _host_metrics(metrics)
+                now = time.perf_counter()
+                row["images_per_second"] = (done - tick_step) * config.batch_size / (now - tick)
+                tick, tick_step = now, done
+                writer.write(done, row)
+                postfix = {
+                    "loss": f"{row['total']:.4g}",
+                    "img_s": f"{row['images_per_second']:.1f}",
+                }
+                if row["skipped_steps"]:
+                    postfix["skipped"] = row["skipped_steps"]
+                progress.set_postfix(**postfix)
+            progress.update(1)
+            interrupted = stop_requested.is_set() and done < num_steps
+            manager.maybe_save(done, state, force=done == num_steps or interrupted)
+            if interrupted:
+                break
     progress.close()
     writer.close()
     manager.wait()
+    if stop_requested.is_set() and int(state.step) < num_steps:
+        raise TrainingInterrupted(
+            f"Interrupted: {task.name}/{trainer.scheme.name} saved at step {int(state.step)} of "
+            f"{num_steps} in {workdir / 'checkpoints'}; run the same command to resume."
+        )
     return trainer, state
 
 
@@ -432,6 +504,7 @@ def restore_trainer(
     task: Task, config: ml_collections.ConfigDict, workdir: str | Path, mesh: Mesh | None = None
 ) -> tuple[Trainer, TrainState]:
     """The trainer and the latest checkpointed state of a finished (or partial) run."""
+    check_config(task, config)
     mesh = mesh or sharding.make_mesh(config.get("num_devices", None))
     trainer = Trainer(task, config, mesh)
     batches = task.train_batches(

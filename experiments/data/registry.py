@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["available_datasets", "get_dataset", "register_dataset"]
+__all__ = ["available_datasets", "dataset_loader", "get_dataset", "register_dataset"]
 
 DatasetLoader = Callable[..., Any]  # (split, data_dir, **kwargs) -> tf.data.Dataset
 
@@ -76,6 +76,11 @@ def _resolve(name: str) -> DatasetLoader:
         ) from None
 
 
+def dataset_loader(name: str) -> DatasetLoader:
+    """The loader registered as ``name`` (its module imported), e.g. to check options."""
+    return _resolve(name)
+
+
 def get_dataset(
     name: str, split: str, data_dir: str | os.PathLike[str] | None = None, **kwargs: Any
 ) -> Any:
@@ -87,6 +92,6 @@ def get_dataset(
       split: ``"train"``, ``"validation"``/``"val"`` or ``"test"`` (what the source has).
       data_dir: where the data is (or, for TFDS-built sources, will be) stored.
       **kwargs: passed to the source's ``load`` (e.g. ``height``, ``width``,
-        ``num_train`` for ``"synthetic"``).
+        ``num_train`` for ``"synthetic"``; the experiments pass ``config.data.<name>``).
     """
     return _resolve(name)(split, data_dir, **kwargs)

@@ -11,8 +11,8 @@ does) and turned into depth with that image's focal length, baseline and
 principal-point offset (``doffs``); ABS_REL, SQ_REL, RMSE, RMSE log and
 δ < 1.25^k are computed on the valid ground truth, per image, and averaged.
 On the synthetic data the ground truth is the rendered depth. With
-``--untrained`` the same is done for the network at initialisation (the
-reference point of the issue's "at most half the untrained ARD" criterion).
+``--untrained`` the same is done for the network at initialisation (a
+reference point for the trained runs).
 
 Writes ``<workdir>/eval/<split>[_untrained]/metrics.json`` (means, number of
 images, which checkpoint) and ``per_image.csv`` (one row per image, for win
@@ -34,12 +34,11 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
-from experiments.common import sharding
+from experiments.common import cli, sharding
 from experiments.common import train as common_train
 from experiments.depth import metrics
-from experiments.depth.train import DepthTask, load_split
+from experiments.depth.train import DepthTask, eval_crop, load_split
 
 PER_IMAGE_FILE = "per_image.csv"
 SUMMARY_FILE = "metrics.json"
@@ -111,7 +110,7 @@ def evaluate_state(
                     doffs=batch.get("doffs", 0.0),
                     min_depth=config.eval.min_depth,
                     max_depth=config.eval.max_depth,
-                    crop=config.eval.crop,
+                    crop=eval_crop(config),
                 )
             )
         except ValueError as error:
@@ -123,6 +122,12 @@ def evaluate_state(
     if not rows:
         raise ValueError(f"Split {split!r} of {config.data.name!r} is empty.")
     return np.concatenate(rows, axis=0)
+
+
+def eval_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The settings an evaluation depends on besides the network, recorded with its results
+    (``compare`` evaluates a run again when they change)."""
+    return {"split": config.data.eval_split, **config.eval.to_dict()}
 
 
 def save_results(out_dir: Path, per_image: np.ndarray, extra: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +172,13 @@ def evaluate_run(
         trainer, state = common_train.restore_trainer(DepthTask(), config, workdir, mesh)
         return evaluate_trained(config, workdir, trainer, state, split=split)
     per_image = evaluate_state(config, trainer.graphdef, params, rest, split)
-    extra = {"split": split, "step": step, "scheme": config.scheme, "untrained": untrained}
+    extra = {
+        "split": split,
+        "step": step,
+        "scheme": config.scheme,
+        "untrained": untrained,
+        "eval": eval_settings(config),
+    }
     return save_results(eval_dir(workdir, split, untrained), per_image, extra)
 
 
@@ -182,17 +193,21 @@ def evaluate_trained(
     """Evaluate a trained state already in memory (no checkpoint restore)."""
     split = split or config.data.eval_split
     per_image = evaluate_state(config, trainer.graphdef, state.params, state.rest, split)
-    extra = {"split": split, "step": int(state.step), "scheme": config.scheme, "untrained": False}
+    extra = {
+        "split": split,
+        "step": int(state.step),
+        "scheme": config.scheme,
+        "untrained": False,
+        "eval": eval_settings(config),
+    }
     return save_results(eval_dir(workdir, split, False), per_image, extra)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
-        raise app.UsageError("--config and --workdir are required.")
+def main(config: ml_collections.ConfigDict) -> None:
+    if flags.FLAGS.workdir is None:
+        raise app.UsageError("--workdir is required.")
     summary = evaluate_run(
-        flags.FLAGS.config,
+        config,
         flags.FLAGS.workdir,
         split=flags.FLAGS.split,
         untrained=flags.FLAGS.untrained,
@@ -202,12 +217,12 @@ def main(argv: list[str]) -> None:
 
 def define_flags() -> None:
     """The command-line flags (defined only when run as a program, so modules import freely)."""
-    config_flags.DEFINE_config_file("config", None, "Training config file.")
-    flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints).")
+    cli.define_flags(config_help="The run's config, with any eval.* fields changed. ")
+    flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints; required).")
     flags.DEFINE_string("split", None, "Split to evaluate (default: config.data.eval_split).")
     flags.DEFINE_bool("untrained", False, "Evaluate the network at initialisation.")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

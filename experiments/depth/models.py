@@ -1,7 +1,7 @@
 """monodepth's ResNet encoder/decoder ("ResNet50MD", "ResNet18MD") in Flax NNX.
 
-The network of the depth experiment of Groenendijk et al. (WACV 2021, Sec. 4.1;
-SPEC §6), itself the ResNet-50 variant of Godard, Mac Aodha and Brostow,
+The network of the depth experiment of Groenendijk et al. (WACV 2021, Sec. 4.1,
+https://arxiv.org/abs/2009.01717), itself the ResNet-50 variant of Godard, Mac Aodha and Brostow,
 "Unsupervised Monocular Depth Estimation with Left-Right Consistency",
 CVPR 2017. From the left image it predicts left and right disparities, as a
 fraction of the image width, at four scales.
@@ -61,6 +61,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax import Array
+
+from experiments.common.conv import conv_general_dilated
 
 Encoder = Literal["resnet18", "resnet50"]
 
@@ -144,6 +146,7 @@ def _conv(
         (kernel, kernel),
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
+        conv_general_dilated=conv_general_dilated,
         kernel_init=_fast_init(kernel_init),
         bias_init=_fast_init(_uniform(1.0 / math.sqrt(fan_in))),
         rngs=rngs,

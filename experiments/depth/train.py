@@ -23,10 +23,11 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 from jax import Array
-from ml_collections import config_flags
 
+from experiments.common import cli
 from experiments.common import data as common_data
 from experiments.common import train as common_train
+from experiments.common.config import ConfigError
 from experiments.common.data import load_split
 from experiments.common.task import Batch, Losses, ParamPath
 from experiments.depth import losses as depth_losses
@@ -71,6 +72,10 @@ class DepthTask:
     def hand_tuned_weights(self) -> dict[str, float]:
         return depth_losses.hand_tuned_weights()
 
+    def check_config(self, config: ml_collections.ConfigDict) -> None:
+        """The depth task's own fields, checked before anything is built."""
+        eval_crop(config)
+
     def train_batches(
         self,
         config: ml_collections.ConfigDict,
@@ -85,6 +90,20 @@ class DepthTask:
             process_index=process_index,
             process_count=process_count,
         )
+
+
+#: ``config.eval.crop``: the Garg or Eigen crop of KITTI's Eigen split, or "none".
+EVAL_CROPS = ("garg", "eigen", "none")
+
+
+def eval_crop(config: ml_collections.ConfigDict) -> str | None:
+    """``config.eval.crop`` for the metrics (``None`` for ``"none"``), validated."""
+    crop = config.eval.crop
+    if crop is None or (isinstance(crop, str) and crop.lower() == "none"):
+        return None  # also the "None" that --config.eval.crop=None gives
+    if crop not in EVAL_CROPS:
+        raise ConfigError(f"config.eval.crop must be one of {EVAL_CROPS}, got {crop!r}.")
+    return crop
 
 
 def train_batches(
@@ -117,20 +136,18 @@ def train_and_evaluate(
     return common_train.train(DepthTask(), config, workdir, show_progress=show_progress)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
-        raise app.UsageError("--config and --workdir are required.")
-    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+def main(config: ml_collections.ConfigDict) -> None:
+    if flags.FLAGS.workdir is None:
+        raise app.UsageError("--workdir is required.")
+    train_and_evaluate(config, flags.FLAGS.workdir)
 
 
 def define_flags() -> None:
     """The command-line flags (defined only when run as a program, so modules import freely)."""
-    config_flags.DEFINE_config_file("config", None, "Training config file.")
-    flags.DEFINE_string("workdir", None, "Directory for logs and checkpoints.")
+    cli.define_flags()
+    flags.DEFINE_string("workdir", None, "Directory for logs and checkpoints (required).")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

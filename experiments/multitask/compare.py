@@ -7,7 +7,8 @@ pcgrad,cagrad,nash_mtl \\
         --single_task
 
 For every scheme (a name of :mod:`experiments.common.schemes`) it trains the
-config into ``<workdir>/runs/<scheme>`` (resuming finished or partial runs),
+config into ``<workdir>/runs/<scheme>/seed<seed>`` for each ``--seeds`` (default
+``config.seed``; resuming finished or partial runs),
 evaluates it, and writes
 
 * ``<workdir>/report.md``: a Markdown table of every metric, Δm% against
@@ -34,9 +35,12 @@ from typing import Any
 
 import ml_collections
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from experiments.common import logging_utils, report
+from experiments.common import (
+    cli,
+    logging_utils,
+    report,
+)
 from experiments.common.schemes import SCHEMES
 from experiments.multitask import evaluate, metrics, models, train
 
@@ -110,11 +114,16 @@ def compare(
     *,
     single_task: bool = False,
     show_progress: bool = True,
+    seeds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Train every scheme (and optionally the single-task baselines); write the report.
+    """Train every scheme (and optionally the single-task baselines) at every seed
+    (default ``config.seed``); write the report.
 
-    Returns ``{"rows": [...], "report": path}`` where each row holds the run's
-    metrics, Δm% values and timing (or its error).
+    Returns ``{"rows": [...], "untrained": {...}, "report": path}`` where each
+    row holds the run's metrics, Δm% values and timing (or its error); with
+    several seeds the values are :class:`experiments.common.report.MeanStd`
+    (Δm% is computed per seed, then averaged) and ``untrained`` is the first
+    seed's.
     """
     if not schemes:
         raise ValueError("compare: no schemes given.")
@@ -125,17 +134,59 @@ def compare(
     unknown = [scheme for scheme in schemes if scheme not in SCHEMES]
     if unknown:  # before hours of training, not after
         raise ValueError(f"compare: unknown schemes {unknown}; known: {sorted(SCHEMES)}.")
+    seeds = cli.parse_seeds(seeds if seeds is not None else [config.seed])
     workdir = Path(workdir)
+    per_seed = [
+        _compare_one_seed(
+            run_config(config, seed=seed), schemes, workdir, single_task, show_progress
+        )
+        for seed in seeds
+    ]
+    untrained = report.rows_over_seeds(
+        {"untrained network": [result["untrained"] for result in per_seed]},
+        list(metrics.HIGHER_IS_BETTER),
+        "run",
+    )[0]
+    rows = _rows_over_seeds([result["rows"] for result in per_seed])
+    trained = [s for s in schemes if s in per_seed[0]["results"]]
+    plots = _plot_weights(workdir, trained, workdir / "runs", seeds[0])
+    path = _write_report(workdir, config, [untrained, *rows], plots, single_task, seeds)
+    (workdir / "results.json").write_text(
+        json.dumps(
+            {
+                "seeds": seeds,
+                "untrained": per_seed[0]["untrained"] if len(seeds) == 1 else untrained,
+                "rows": rows,
+                "per_seed": per_seed,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    return {"rows": rows, "untrained": per_seed[0]["untrained"], "report": path}
+
+
+def _compare_one_seed(
+    config: ml_collections.ConfigDict,
+    schemes: Sequence[str],
+    workdir: Path,
+    single_task: bool,
+    show_progress: bool,
+) -> dict[str, Any]:
+    """The runs of one seed (``config.seed``): rows with metrics, Δm% and timing."""
+    seed_dir = f"seed{config.seed}"
     runs = workdir / "runs"
     untrained = evaluate.evaluate_and_save(
-        evaluate.untrained_model(config), config, str(runs / "untrained")
+        evaluate.untrained_model(config), config, str(runs / "untrained" / seed_dir)
     )
     rows: list[dict[str, Any]] = []
     single: dict[str, dict[str, float]] = {}
     if single_task:
         for task in models.TASKS:
             summary, seconds, error = _train_one(
-                run_config(config, single_task=task), runs / f"single_{task}", show_progress
+                run_config(config, single_task=task),
+                runs / f"single_{task}" / seed_dir,
+                show_progress,
             )
             if summary is None:
                 raise RuntimeError(f"compare: the single-task {task} run failed: {error}")
@@ -144,7 +195,9 @@ def compare(
     results: dict[str, dict[str, float]] = {}
     for scheme in schemes:
         summary, seconds, error = _train_one(
-            run_config(config, scheme=scheme, single_task=None), runs / scheme, show_progress
+            run_config(config, scheme=scheme, single_task=None),
+            runs / scheme / seed_dir,
+            show_progress,
         )
         row: dict[str, Any] = {"run": scheme, "seconds": round(seconds)}
         if summary is None:
@@ -164,19 +217,40 @@ def compare(
             continue
         for column, baseline in baselines.items():
             row[column] = metrics.delta_m(row, baseline)
-    untrained_row = {"run": "untrained network", **untrained}
-    plots = _plot_weights(workdir, [s for s in schemes if s in results], runs)
-    path = _write_report(workdir, config, [untrained_row, *rows], plots, single_task)
-    (workdir / "results.json").write_text(
-        json.dumps({"untrained": untrained, "rows": rows}, indent=2, default=str)
-    )
-    return {"rows": rows, "untrained": untrained, "report": path}
+    return {"rows": rows, "untrained": untrained, "results": results}
 
 
-def _plot_weights(workdir: Path, schemes: Sequence[str], runs: Path) -> dict[str, Path]:
+def _rows_over_seeds(rows_per_seed: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each run's row over the seeds: metrics and Δm% as mean ± std, heads learned per
+    seed, total seconds; a run that failed at any seed keeps its (first) error."""
+    if len(rows_per_seed) == 1:
+        return list(rows_per_seed[0])
+    numbers = [*metrics.HIGHER_IS_BETTER, "delta_m_equal", "delta_m_single"]
+    combined = []
+    for position, first in enumerate(rows_per_seed[0]):
+        same_run = [rows[position] for rows in rows_per_seed]
+        errors = [row["error"] for row in same_run if "error" in row]
+        row: dict[str, Any] = {
+            "run": first["run"],
+            "seconds": sum(r.get("seconds", 0) for r in same_run),
+        }
+        if errors:
+            row["error"] = errors[0]
+        else:
+            present = [name for name in numbers if name in first]
+            (averaged,) = report.rows_over_seeds({first["run"]: same_run}, present, "run")
+            row.update(averaged)
+            if "learned" in first:
+                row["learned"] = ", ".join(r["learned"] for r in same_run)
+        combined.append(row)
+    return combined
+
+
+def _plot_weights(workdir: Path, schemes: Sequence[str], runs: Path, seed: int) -> dict[str, Path]:
     plots = {}
     for scheme in schemes:
-        steps, series = logging_utils.weight_series(logging_utils.read_metrics(runs / scheme))
+        log = logging_utils.read_metrics(runs / scheme / f"seed{seed}")
+        steps, series = logging_utils.weight_series(log)
         if steps:
             plots[scheme] = report.plot_weights(
                 steps,
@@ -193,6 +267,7 @@ def _write_report(
     rows: list[dict[str, Any]],
     plots: dict[str, Path],
     single_task: bool,
+    seeds: Sequence[int],
 ) -> Path:
     columns = [key for key, _ in COLUMNS if single_task or key != "delta_m_single"]
     headers = [header for key, header in COLUMNS if key in columns]
@@ -203,7 +278,9 @@ def _write_report(
         f"Data: `{config.data.name}` ({config.data.eval_split} split), "
         f"{config.image_height}×{config.image_width}, backbone {config.model.backbone} "
         f"× {config.model.width}, {config.num_train_steps} steps of batch "
-        f"{config.batch_size}, {config.optimizer} lr {config.learning_rate}, seed {config.seed}.\n",
+        f"{config.batch_size}, {config.optimizer} lr {config.learning_rate}, seeds "
+        f"{', '.join(map(str, seeds))}"
+        f"{' (mean ± std over them; Δm% per seed, then averaged)' if len(seeds) > 1 else ''}.\n",
         "Δm% = mean over the 9 metrics of ±(M − M_base)/M_base × 100, signed so that "
         "lower is better. Bold: best of each column.\n",
         report.markdown_table(rows, columns, headers=headers, bold_best=bold),
@@ -224,24 +301,24 @@ def _write_report(
     return path
 
 
-def main(
-    argv: list[str],
-    config: ml_collections.ConfigDict | None,
-    workdir: str | None,
-    schemes: list[str],
-    single_task: bool,
-) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if config is None or workdir is None:
-        raise app.UsageError("--config and --workdir are required.")
-    result = compare(config, schemes, workdir, single_task=single_task)
+def main(config: ml_collections.ConfigDict) -> None:
+    workdir = flags.FLAGS.workdir
+    if workdir is None:
+        raise app.UsageError("--workdir is required.")
+    result = compare(
+        config,
+        flags.FLAGS.schemes,
+        workdir,
+        single_task=flags.FLAGS.single_task,
+        seeds=cli.seeds_from_flags(config),
+    )
     print(Path(result["report"]).read_text())
 
 
 if __name__ == "__main__":
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (e.g. configs/cpu.py).")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the runs and the report.")
-    _SCHEMES = flags.DEFINE_list("schemes", [EQUAL], "Weighting schemes to compare.")
-    _SINGLE = flags.DEFINE_bool("single_task", False, "Also train the three single-task runs.")
-    app.run(lambda argv: main(argv, _CONFIG.value, _WORKDIR.value, _SCHEMES.value, _SINGLE.value))
+    cli.define_flags()
+    flags.DEFINE_string("workdir", None, "Directory for the runs and the report (required).")
+    flags.DEFINE_list("schemes", [EQUAL], "Weighting schemes to compare.")
+    flags.DEFINE_bool("single_task", False, "Also train the three single-task runs.")
+    cli.define_seeds_flag()
+    cli.run(main)

@@ -28,8 +28,8 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 from jax import Array
-from ml_collections import config_flags
 
+from experiments.common import cli
 from experiments.common import train as common_train
 from experiments.multitask import metrics, train
 
@@ -120,18 +120,11 @@ def restore_and_evaluate(
     return evaluate_and_save(trainer.model_from_state(state), config, workdir, split)
 
 
-def main(
-    argv: list[str],
-    config: ml_collections.ConfigDict | None,
-    workdir: str | None,
-    split: str | None,
-    untrained: bool,
-) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if config is None or workdir is None:
-        raise app.UsageError("--config and --workdir are required.")
-    if untrained:
+def main(config: ml_collections.ConfigDict) -> None:
+    workdir, split = flags.FLAGS.workdir, flags.FLAGS.split
+    if workdir is None:
+        raise app.UsageError("--workdir is required.")
+    if flags.FLAGS.untrained:
         summary = evaluate_and_save(untrained_model(config), config, workdir, split)
     else:
         summary = restore_and_evaluate(config, workdir, split)
@@ -139,8 +132,8 @@ def main(
 
 
 if __name__ == "__main__":
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file.")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints/).")
-    _SPLIT = flags.DEFINE_string("split", None, "Split (default config.data.eval_split).")
-    _UNTRAINED = flags.DEFINE_bool("untrained", False, "Evaluate the initial network instead.")
-    app.run(lambda argv: main(argv, _CONFIG.value, _WORKDIR.value, _SPLIT.value, _UNTRAINED.value))
+    cli.define_flags(config_help="The run's config, with any eval.* fields changed. ")
+    flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints/; required).")
+    flags.DEFINE_string("split", None, "Split (default config.data.eval_split).")
+    flags.DEFINE_bool("untrained", False, "Evaluate the initial network instead.")
+    cli.run(main)

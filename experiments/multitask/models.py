@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import Array
 
+from experiments.common.conv import conv_general_dilated
 from experiments.segmentation import models as segmentation_models
 
 #: Parameter path of GradNorm's shared layer: the last conv of the shared decoder.
@@ -78,6 +79,7 @@ class ConvBNReLU(nnx.Module):
             out_features,
             (kernel, kernel),
             padding=((pad, pad), (pad, pad)),
+            conv_general_dilated=conv_general_dilated,
             use_bias=False,
             kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
             rngs=rngs,

@@ -33,10 +33,12 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 from jax import Array
-from ml_collections import config_flags
 
+from experiments.common import (
+    cli,
+    schemes,
+)
 from experiments.common import data as common_data
-from experiments.common import schemes
 from experiments.common import train as common_train
 from experiments.common.task import Batch, Losses, ParamPath
 from experiments.multitask import losses as mt_losses
@@ -199,11 +201,10 @@ def train_and_evaluate(
     return evaluate.evaluate_and_save(trainer.model_from_state(state), config, workdir)
 
 
-def main(argv: list[str], config: ml_collections.ConfigDict | None, workdir: str | None) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if config is None or workdir is None:
-        raise app.UsageError("--config and --workdir are required.")
+def main(config: ml_collections.ConfigDict) -> None:
+    workdir = flags.FLAGS.workdir
+    if workdir is None:
+        raise app.UsageError("--workdir is required.")
     summary = train_and_evaluate(config, workdir)
     print(" ".join(f"{key}={value:.4f}" for key, value in summary.items()))
 
@@ -211,6 +212,6 @@ def main(argv: list[str], config: ml_collections.ConfigDict | None, workdir: str
 if __name__ == "__main__":
     # Flags are defined only when run as a script, so that evaluate.py and
     # compare.py can import this module next to their own --config flag.
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for logs and checkpoints.")
-    app.run(lambda argv: main(argv, _CONFIG.value, _WORKDIR.value))
+    cli.define_flags()
+    flags.DEFINE_string("workdir", None, "Directory for logs and checkpoints (required).")
+    cli.run(main)

@@ -2,19 +2,22 @@
 
     python -m experiments.segmentation.compare \\
         --config=experiments/segmentation/configs/cpu.py --workdir=/tmp/seg_compare \\
-        --runs=ce_only,hand_tuned,cov
+        --runs=ce_only,hand_tuned,cov [--seeds=0,1,2]
 
-trains each run into ``<workdir>/<run>/`` (a run that already has its
-evaluation summary is not retrained, and an interrupted one resumes from its
-checkpoints), then writes ``<workdir>/table6.md``: one row per run in the
+trains each run, at each seed (default ``config.seed``), into
+``<workdir>/<run>/seed<seed>/`` (a run that already has its
+evaluation summary under the same ``eval`` settings is not redone, one
+evaluated under other settings is evaluated again, and an interrupted one
+resumes from its checkpoints), then writes ``<workdir>/table6.md``: one row per run in the
 paper's order (single-loss CE / AUX / SE, equal, hand-tuned, uncertainty,
 GradNorm, multi-objective, CoV) with our pACC and mIoU and, in separate
 labelled columns, the paper's PASCAL Context numbers (Groenendijk et al. 2021,
 Table 6; ours come from whatever data the config names, e.g. the synthetic
 scenes, so the two are not directly comparable). Every row is evaluated on the
 main (EncHead) logits, as in the paper: the AUX-only and SE-only networks never
-train that head, hence their near-zero scores there too. Weight plots of every run go
-to ``<workdir>/<run>/plots/weights.png``.
+train that head, hence their near-zero scores there too. With several seeds,
+each cell is the mean ± standard deviation over them. Weight plots of every
+run go to ``<workdir>/<run>/seed<seed>/plots/weights.png``.
 
 ``--evaluate_only`` rebuilds the table from the existing runs.
 """
@@ -29,9 +32,12 @@ from typing import Any
 
 import ml_collections
 from absl import app, flags
-from ml_collections import config_flags
 
-from experiments.common import logging_utils, report
+from experiments.common import (
+    cli,
+    logging_utils,
+    report,
+)
 from experiments.segmentation import evaluate, train
 
 
@@ -54,7 +60,7 @@ class Run:
     paper: tuple[float, float] | None = None
 
 
-#: The rows of the paper's Table 6, in its order (SPEC §7).
+#: The rows of the paper's Table 6, in its order.
 RUNS: dict[str, Run] = {
     "ce_only": Run("CE only", single_loss="ce", paper=(0.769, 0.440)),
     "aux_only": Run("AUX only", single_loss="aux", paper=(0.012, 0.004)),
@@ -86,9 +92,13 @@ DEFAULT_RUNS = (
 )
 
 
-def run_config(config: ml_collections.ConfigDict, run: Run) -> ml_collections.ConfigDict:
-    """``config`` with the run's scheme, single loss and learning rate."""
+def run_config(
+    config: ml_collections.ConfigDict, run: Run, seed: int | None = None
+) -> ml_collections.ConfigDict:
+    """``config`` with the run's scheme, single loss and learning rate (and ``seed``)."""
     config = ml_collections.ConfigDict(config.to_dict())
+    if seed is not None:
+        config.seed = seed
     config.scheme = run.scheme
     config.single_loss = run.single_loss
     config.learning_rate = config.learning_rate * run.learning_rate_factor
@@ -108,19 +118,23 @@ def parse_runs(names: str | Sequence[str]) -> list[str]:
 
 
 def table_rows(
-    summaries: Mapping[str, Mapping[str, float] | None], learning_rate: float
+    summaries: Mapping[str, Sequence[Mapping[str, float]]], learning_rate: float
 ) -> list[dict[str, Any]]:
-    """Table 6 rows (ours and the paper's) for the runs in ``summaries``."""
+    """Table 6 rows (ours and the paper's) for the runs in ``summaries`` (one summary per
+    evaluated seed; several give mean ± std, none a blank)."""
     rows = []
-    for name, summary in summaries.items():
+    for name, per_seed in summaries.items():
         run = RUNS[name]
-        summary = summary or {}
+        ours = {"pacc": None, "miou": None}
+        if per_seed:
+            columns = {"pixel_accuracy": "pacc", "mean_iou": "miou"}
+            (averaged,) = report.rows_over_seeds({name: per_seed}, list(columns), "run")
+            ours = {short: averaged[long] for long, short in columns.items()}
         rows.append(
             {
                 "method": run.label,
                 "lr": f"{learning_rate * run.learning_rate_factor:g}",
-                "pacc": summary.get("pixel_accuracy"),
-                "miou": summary.get("mean_iou"),
+                **ours,
                 "paper_pacc": run.paper[0] if run.paper else None,
                 "paper_miou": run.paper[1] if run.paper else None,
             }
@@ -129,8 +143,9 @@ def table_rows(
 
 
 def markdown_table6(
-    summaries: Mapping[str, Mapping[str, float] | None],
+    summaries: Mapping[str, Sequence[Mapping[str, float]]],
     config: ml_collections.ConfigDict,
+    seeds: Sequence[int] = (0,),
 ) -> str:
     """The Markdown report: our numbers next to the paper's, with the setting spelled out."""
     table = report.markdown_table(
@@ -146,7 +161,9 @@ def markdown_table6(
         f"Ours: {config.data.name} data, split `{config.data.eval_split}`, "
         f"{config.image_height}×{config.image_width} inputs; EncNet with a dilated "
         f"{model.backbone} (width {model.width}); {config.optimizer} for "
-        f"{config.num_train_steps} steps of batch {config.batch_size}. Background class: "
+        f"{config.num_train_steps} steps of batch {config.batch_size}, seeds "
+        f"{', '.join(map(str, seeds))}"
+        f"{' (mean ± std over them)' if len(seeds) > 1 else ''}. Background class: "
         f"{config.data.get('background_class', None)}.\n"
         "Paper: PASCAL Context (59 classes), ImageNet-pretrained ResNet-50, SGD lr 1e-4 "
         "for 40 epochs (the higher-lr CoV row used a larger rate); not comparable "
@@ -177,45 +194,50 @@ def compare(
     *,
     evaluate_only: bool = False,
     show_progress: bool = True,
+    seeds: Sequence[int] | None = None,
 ) -> str:
-    """Train (unless already done) and evaluate every run; write and return table6.md."""
+    """Train (unless already done) and evaluate every run at every seed (default
+    ``config.seed``); write and return table6.md."""
     runs = parse_runs(runs)
-    summaries: dict[str, Mapping[str, float] | None] = {}
+    seeds = cli.parse_seeds(seeds if seeds is not None else [config.seed])
+    summaries: dict[str, list[Mapping[str, float]]] = {}
     for name in runs:
-        run_dir = os.path.join(workdir, name)
-        summary = evaluate.read_summary(run_dir, config.data.eval_split)
-        if summary is None and not evaluate_only:
-            summary = train.train_and_evaluate(
-                run_config(config, RUNS[name]), run_dir, show_progress=show_progress
-            )
-        summaries[name] = summary
-        if os.path.isdir(run_dir):
-            plot_weights(run_dir, RUNS[name].label)
-    text = markdown_table6(summaries, config)
+        summaries[name] = []
+        for seed in seeds:
+            run_dir = os.path.join(workdir, name, f"seed{seed}")
+            seeded = run_config(config, RUNS[name], seed)
+            summary = evaluate.read_summary(run_dir, config.data.eval_split, seeded)
+            if summary is None and not evaluate_only:
+                summary = train.train_and_evaluate(seeded, run_dir, show_progress=show_progress)
+            if summary is not None:
+                summaries[name].append(summary)
+            if os.path.isdir(run_dir):
+                plot_weights(run_dir, RUNS[name].label)
+    text = markdown_table6(summaries, config, seeds)
     os.makedirs(workdir, exist_ok=True)
     Path(workdir, "table6.md").write_text(text)
     return text
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-    if config is None or workdir is None:
-        raise app.UsageError("--config and --workdir are required.")
+def main(config: ml_collections.ConfigDict) -> None:
+    workdir = flags.FLAGS.workdir
+    if workdir is None:
+        raise app.UsageError("--workdir is required.")
     print(
         compare(
             config,
             workdir,
             parse_runs(flags.FLAGS.runs),
             evaluate_only=flags.FLAGS.evaluate_only,
+            seeds=cli.seeds_from_flags(config),
         )
     )
 
 
 if __name__ == "__main__":
-    config_flags.DEFINE_config_file("config", None, "Base config of every run.")
-    flags.DEFINE_string("workdir", None, "Directory with one sub-directory per run.")
+    cli.define_flags()
+    flags.DEFINE_string("workdir", None, "Directory with one sub-directory per run (required).")
     flags.DEFINE_string("runs", ",".join(DEFAULT_RUNS), f"Comma-separated runs of {list(RUNS)}.")
     flags.DEFINE_bool("evaluate_only", False, "Only rebuild the table from existing runs.")
-    app.run(main)
+    cli.define_seeds_flag()
+    cli.run(main)

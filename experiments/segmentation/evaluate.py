@@ -25,8 +25,8 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 from jax import Array
-from ml_collections import config_flags
 
+from experiments.common import cli
 from experiments.common import train as common_train
 from experiments.segmentation import metrics, train
 
@@ -108,17 +108,24 @@ def evaluate_and_save(
     out_dir = os.path.join(workdir, f"eval_{split}")
     metrics.save_confusion_matrix(out_dir, matrix, class_names(config), background)
     with open(os.path.join(out_dir, "summary.json"), "w") as handle:
-        json.dump({"split": split, "background_class": background, **summary}, handle, indent=2)
+        recorded = {"split": split, "background_class": background, "eval": config.eval.to_dict()}
+        json.dump({**recorded, **summary}, handle, indent=2)
     return summary
 
 
-def read_summary(workdir: str, split: str) -> dict[str, float] | None:
-    """The saved summary of a run, or None if it was not evaluated on ``split``."""
+def read_summary(
+    workdir: str, split: str, config: ml_collections.ConfigDict | None = None
+) -> dict[str, float] | None:
+    """The saved summary of a run, or None if it was not evaluated on ``split`` (or, given
+    ``config``, not under its ``eval`` settings: then it is to be evaluated again)."""
     path = os.path.join(workdir, f"eval_{split}", "summary.json")
     if not os.path.exists(path):
         return None
     with open(path) as handle:
-        return json.load(handle)
+        summary = json.load(handle)
+    if config is not None and summary.get("eval") != config.eval.to_dict():
+        return None
+    return summary
 
 
 def restore_and_evaluate(
@@ -130,19 +137,17 @@ def restore_and_evaluate(
     return evaluate_and_save(trainer.model_from_state(state), config, workdir, split)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-    if config is None or workdir is None:
-        raise app.UsageError("--config and --workdir are required.")
+def main(config: ml_collections.ConfigDict) -> None:
+    workdir = flags.FLAGS.workdir
+    if workdir is None:
+        raise app.UsageError("--workdir is required.")
     summary = restore_and_evaluate(config, workdir, flags.FLAGS.split)
     print(" ".join(f"{key}={value:.4f}" for key, value in summary.items()))
 
 
 if __name__ == "__main__":
     # Flags only when run as a script (train.py and compare.py define their own).
-    config_flags.DEFINE_config_file("config", None, "The run's config file.")
-    flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints/).")
+    cli.define_flags(config_help="The run's config, with any eval.* fields changed. ")
+    flags.DEFINE_string("workdir", None, "The run's directory (with checkpoints/; required).")
     flags.DEFINE_string("split", None, "Split to evaluate (default config.data.eval_split).")
-    app.run(main)
+    cli.run(main)

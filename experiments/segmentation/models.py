@@ -1,7 +1,7 @@
 """EncNet (Zhang et al., "Context Encoding for Semantic Segmentation", CVPR 2018) in Flax NNX.
 
 The network of the segmentation experiment of Groenendijk et al. (WACV 2021,
-Sec. 4.2; SPEC §7):
+Sec. 4.2, https://arxiv.org/abs/2009.01717):
 
 * a dilated ResNet backbone with output stride 8: stages 3 and 4 keep the
   resolution of stage 2 and use dilation 2 and 4 instead of stride 2 (the
@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import Array
+
+from experiments.common.conv import conv_general_dilated
 
 Backbone = Literal["resnet18", "resnet50"]
 
@@ -92,6 +94,7 @@ def _conv(
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
         kernel_dilation=(dilation, dilation),
+        conv_general_dilated=conv_general_dilated,
         use_bias=use_bias,
         kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
         rngs=rngs,

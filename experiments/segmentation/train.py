@@ -35,10 +35,12 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 from jax import Array
-from ml_collections import config_flags
 
+from experiments.common import (
+    cli,
+    schemes,
+)
 from experiments.common import data as common_data
-from experiments.common import schemes
 from experiments.common import train as common_train
 from experiments.common.task import Batch, Losses, ParamPath
 from experiments.segmentation import losses as seg_losses
@@ -201,12 +203,10 @@ def train_and_evaluate(
     return evaluate.evaluate_and_save(trainer.model_from_state(state), config, workdir)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-    if config is None or workdir is None:
-        raise app.UsageError("--config and --workdir are required.")
+def main(config: ml_collections.ConfigDict) -> None:
+    workdir = flags.FLAGS.workdir
+    if workdir is None:
+        raise app.UsageError("--workdir is required.")
     summary = train_and_evaluate(config, workdir)
     print(" ".join(f"{key}={value:.4f}" for key, value in summary.items()))
 
@@ -214,6 +214,6 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     # Flags are defined only when run as a script, so that importing this module
     # (e.g. from evaluate.py or compare.py, which define their own) never clashes.
-    config_flags.DEFINE_config_file("config", None, "Training config file.")
-    flags.DEFINE_string("workdir", None, "Directory for logs and checkpoints.")
-    app.run(main)
+    cli.define_flags()
+    flags.DEFINE_string("workdir", None, "Directory for logs and checkpoints (required).")
+    cli.run(main)

@@ -26,8 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.width = 0.125
     config.model.batch_norm = True
     config.model.initial_disparity = 0.03
-    config.data.kwargs.num_train = 512
-    config.data.kwargs.num_validation = 64
+    config.data.synthetic.num_train = 512
+    config.data.synthetic.num_validation = 64
     config.data.eval_split = "test"
     config.learning_rate = 1e-3  # the tiny network learns faster than 1e-4 allows in 800 steps
     config.batch_size = 8

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.common.config import machinery_defaults
+from experiments.common.config import data_defaults, machinery_defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = machinery_defaults()
 
-    # MonoDepth (SPEC §6): experiments.depth.models.MonoDepth arguments.
+    # MonoDepth (Godard et al., CVPR 2017): experiments.depth.models.MonoDepth arguments.
     config.model = ml_collections.ConfigDict()
     config.model.encoder = "resnet50"
     config.model.width = 1.0
@@ -23,17 +23,16 @@ def get_config() -> ml_collections.ConfigDict:
     # None: the reference init (disparity ≈ 0.15 at start); a float is a fraction of the width.
     config.model.initial_disparity = ml_collections.FieldReference(None, field_type=float)
 
-    # Data: a source of the shared registry (experiments.data.get_dataset).
-    config.data = ml_collections.ConfigDict()
-    config.data.name = "synthetic"
-    config.data.data_dir = ml_collections.config_dict.placeholder(str)
+    # Data: a source of the shared registry (experiments.data.get_dataset), with
+    # its loader's options in config.data.<source> (e.g. data.kitti.split_file).
+    config.data = data_defaults(
+        "synthetic",
+        ("synthetic", "kitti", "cityscapes"),
+        synthetic={"num_train": 512, "num_validation": 64, "num_test": 64},
+    )
     config.data.train_split = "train"
     config.data.eval_split = "validation"
-    # Keyword arguments of the source's loader (for "synthetic": its size and resolution).
-    config.data.kwargs = ml_collections.ConfigDict(
-        {"height": 64, "width": 128, "num_train": 512, "num_validation": 64, "num_test": 64}
-    )
-    config.data.augment = True  # SPEC §6 flip + colour augmentation (training only)
+    config.data.augment = True  # monodepth's flip + colour augmentation (training only)
     config.data.shuffle_buffer = 512
     config.image_height = 64  # the network's input resolution
     config.image_width = 128
@@ -41,12 +40,13 @@ def get_config() -> ml_collections.ConfigDict:
     # Optimisation (paper: Adam 1e-4, batch 8, no learning-rate decay) and the
     # weighting, logging, checkpoint and device fields: experiments.common.config.
 
-    # Evaluation (SPEC §6): post-processed, depth clamped to [1e-3, 80] m.
+    # Evaluation (monodepth's Eigen protocol): post-processed, depth clamped to [1e-3, 80] m.
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 8
     config.eval.max_examples = ml_collections.config_dict.placeholder(int)
     config.eval.post_process = True
-    config.eval.crop = ml_collections.config_dict.placeholder(str)  # "garg" for KITTI Eigen
+    # "garg" or "eigen": the crops of KITTI's Eigen split (paper.py: "garg"); "none": all pixels.
+    config.eval.crop = "none"
     config.eval.min_depth = 1e-3
     config.eval.max_depth = 80.0
     return config

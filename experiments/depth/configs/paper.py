@@ -1,4 +1,4 @@
-"""The paper's depth setting (Groenendijk et al. 2021, Sec. 4.1; SPEC §6).
+"""The paper's depth setting (Groenendijk et al. 2021, Sec. 4.1, https://arxiv.org/abs/2009.01717).
 
 ResNet-50MD at full width, 256×512 inputs, batch 8, Adam 1e-4, 30 epochs of
 the KITTI Eigen training split (22,600 stereo pairs: 2,825 steps per epoch),
@@ -24,7 +24,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.name = "kitti"
     config.data.train_split = "train"
     config.data.eval_split = "test"
-    config.data.kwargs = ml_collections.ConfigDict()
     config.data.shuffle_buffer = 2048
     config.image_height = 256
     config.image_width = 512

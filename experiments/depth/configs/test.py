@@ -11,9 +11,9 @@ def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
     config.model.encoder = "resnet18"
     config.model.width = 0.0625
-    config.data.kwargs.num_train = 16
-    config.data.kwargs.num_validation = 4
-    config.data.kwargs.num_test = 4
+    config.data.synthetic.num_train = 16
+    config.data.synthetic.num_validation = 4
+    config.data.synthetic.num_test = 4
     config.data.shuffle_buffer = 16
     config.batch_size = 4
     config.steps_per_epoch = 4

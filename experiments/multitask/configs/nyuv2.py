@@ -27,7 +27,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.name = "nyuv2"
     config.data.train_split = "train"
     config.data.eval_split = "val"
-    config.data.kwargs = ml_collections.ConfigDict()
     config.data.shuffle_buffer = NYUV2_TRAIN_IMAGES
     config.data.cache = False
     config.image_height = 288

@@ -14,7 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.stage_sizes = (1, 1, 1, 1)
     config.model.decoder_features = 128  # × width = 8 channels
     config.model.head_features = 64  # × width = 4 channels
-    config.data.kwargs = ml_collections.ConfigDict(
+    config.data.synthetic.update(
         {"height": 32, "width": 64, "num_train": 8, "num_validation": 4, "num_test": 4}
     )
     config.data.shuffle_buffer = 8

@@ -19,8 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.width = 0.25
     config.model.num_codes = 32
     config.model.head_features = 256  # × width = 64 channels
-    config.data.kwargs.num_train = 512
-    config.data.kwargs.num_validation = 64
+    config.data.synthetic.num_train = 512
+    config.data.synthetic.num_validation = 64
     config.optimizer = "adam"
     config.learning_rate = 2e-3
     config.batch_size = 8

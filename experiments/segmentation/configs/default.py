@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.common.config import machinery_defaults
+from experiments.common.config import data_defaults, machinery_defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = machinery_defaults()
 
-    # EncNet (SPEC §7): experiments.segmentation.models.EncNet arguments.
+    # EncNet (Zhang et al., CVPR 2018): experiments.segmentation.models.EncNet arguments.
     config.model = ml_collections.ConfigDict()
     config.model.num_classes = 7  # the synthetic scenes' classes
     config.model.backbone = "resnet50"
@@ -27,14 +27,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.pretrained = ml_collections.config_dict.placeholder(str)
 
     # Data: a source of the shared registry (experiments.data.get_dataset).
-    config.data = ml_collections.ConfigDict()
-    config.data.name = "synthetic"
-    config.data.data_dir = ml_collections.config_dict.placeholder(str)
+    config.data = data_defaults(
+        "synthetic",
+        ("synthetic", "pascal_context"),
+        synthetic={"num_train": 512, "num_validation": 64, "num_test": 64},
+    )
     config.data.train_split = "train"
     config.data.eval_split = "validation"
-    config.data.kwargs = ml_collections.ConfigDict(
-        {"height": 64, "width": 128, "num_train": 512, "num_validation": 64, "num_test": 64}
-    )
     config.data.augment = True  # horizontal flip + colour (training only)
     config.data.shuffle_buffer = 512
     config.data.cache = True  # keep the decoded training examples in memory

@@ -1,4 +1,4 @@
-"""The paper's segmentation setting (Groenendijk et al. 2021, Sec. 4.2; SPEC §7).
+"""The paper's segmentation setting (Groenendijk et al. 2021, Sec. 4.2, https://arxiv.org/abs/2009.01717).
 
 EncNet with a dilated ResNet-50 (output stride 8), 32 codewords, an FCN
 auxiliary head; PASCAL Context with 59 classes (background ignored), SGD with
@@ -28,7 +28,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.name = "pascal_context"
     config.data.train_split = "train"
     config.data.eval_split = "val"
-    config.data.kwargs = ml_collections.ConfigDict()
     config.data.shuffle_buffer = 2048
     config.data.cache = False
     config.data.background_class = None  # the reader maps background to 255
