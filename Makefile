@@ -29,7 +29,7 @@ test: $(STAMP) lint
 
 # The numerically sensitive tests under two other XLA:CPU configurations (one core; AVX2).
 NUMERIC_TESTS := tests/test_aggregators.py tests/test_gradnorm_mgda.py tests/test_loss_groups.py \
-	tests/test_factorised.py tests/test_gradients.py tests/test_loss_schemes.py tests/test_cov.py \
+	tests/test_factorized.py tests/test_gradients.py tests/test_loss_schemes.py tests/test_cov.py \
 	tests/test_base.py tests/test_sharding.py tests/test_loss_values.py tests/test_wrappers.py
 test-numerics: $(STAMP)
 	taskset -c 0 $(PY) -m pytest -q -n 0 $(NUMERIC_TESTS)

@@ -17,6 +17,7 @@ from covjax.aggregators import (
     upgrad,
 )
 from covjax.base import (
+    GRAMIAN,
     LossStructure,
     Weighting,
     WeightingState,
@@ -32,7 +33,7 @@ from covjax.famo import FamoState, famo
 from covjax.gls import gls
 from covjax.gradients import per_loss_gramian, per_loss_jacobian
 from covjax.gradnorm import GradNormState, gradnorm
-from covjax.imtl import imtl_l, imtl_l_regulariser
+from covjax.imtl import imtl_l, imtl_l_regularizer
 from covjax.loss_trends import (
     DwaState,
     RelobraloState,
@@ -42,16 +43,17 @@ from covjax.loss_trends import (
     softadapt,
 )
 from covjax.lsb import LsbState, RebalancingState, lsb, multi_loss_rebalancing
-from covjax.mgda import MgdaState, mgda, min_norm_solver
+from covjax.mgda import mgda, min_norm_solver
 from covjax.rlw import RandomState, rlw
 from covjax.static import equal_weighting, static_weighting
 from covjax.step import WeightedLosses, value_and_grad
-from covjax.uncertainty import LearnedLogState, uncertainty_regulariser, uncertainty_weighting
+from covjax.uncertainty import LearnedLogState, uncertainty_regularizer, uncertainty_weighting
 from covjax.wrappers import apply_if_accepted
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GRAMIAN",
     "CAGradState",
     "CovState",
     "DBMTLState",
@@ -62,7 +64,6 @@ __all__ = [
     "LearnedLogState",
     "LossStructure",
     "LsbState",
-    "MgdaState",
     "NashMTLState",
     "PCGradState",
     "RandomState",
@@ -87,7 +88,7 @@ __all__ = [
     "gradvac",
     "imtl_g",
     "imtl_l",
-    "imtl_l_regulariser",
+    "imtl_l_regularizer",
     "loss_names",
     "lsb",
     "make_weighting",
@@ -104,7 +105,7 @@ __all__ = [
     "softadapt",
     "static_weighting",
     "step_accepted",
-    "uncertainty_regulariser",
+    "uncertainty_regularizer",
     "uncertainty_weighting",
     "upgrad",
     "value_and_grad",

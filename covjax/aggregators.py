@@ -9,13 +9,13 @@ gradient is tracked as its coefficient vector c over the original gradients
 (⟨Σ c_i g_i, g_j⟩ = (cᵀG)_j, ‖Σ c_i g_i‖² = cᵀGc). The returned weights are w,
 and :func:`covjax.value_and_grad` then forms d with ONE weighted backward pass.
 
-All schemes are built with ``requires={"gramian"}``. Conventions shared by all:
+All schemes are built with ``requires={covjax.GRAMIAN}``. Conventions shared by all:
 
 * The Gramian is symmetrised and divided by its mean diagonal before solving.
   Every aggregator here is invariant to that scale (or, for Nash-MTL, scales
   back explicitly), and float32 solvers behave much better on O(1) numbers.
 * A loss whose gradient norm is below ``DEAD_GRADIENT`` (1e-5) times the
-  largest is "dead": it cannot be projected on, normalised or bargained with.
+  largest is "dead": it cannot be projected on, normalized or bargained with.
   Each scheme says in its docstring what it does with dead losses; when every
   gradient is zero (G = 0) the direction is 0 whatever the weights, and the
   schemes return their documented neutral weights (never NaN).
@@ -32,9 +32,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from covjax import numerics
-from covjax.base import Weighting, make_weighting
-
-GRAMIAN = frozenset({"gramian"})
+from covjax.base import GRAMIAN, Weighting, make_weighting, stateless
 
 #: A gradient whose norm is below this fraction of the largest one is treated as zero:
 #: 1e-5 ≈ 84·eps32, above what float32 leaves of a gradient that is zero in exact
@@ -47,7 +45,7 @@ DEAD_GRADIENT = 1e-5
 # Shared helpers.
 
 
-class Normalised(NamedTuple):
+class Normalized(NamedTuple):
     """A Gramian divided by its mean diagonal, with what is needed to undo it."""
 
     gramian: Array  # (K, K) symmetric, mean diagonal 1 (or all zero)
@@ -55,13 +53,13 @@ class Normalised(NamedTuple):
     live: Array  # (K,) bool: gradient norm ≥ DEAD_GRADIENT · the largest one
 
 
-def _normalise(gramian: Array) -> Normalised:
+def _normalize(gramian: Array) -> Normalized:
     symmetric = 0.5 * (gramian + gramian.T)
     diagonal = jnp.maximum(jnp.diagonal(symmetric), 0.0)
     scale = jnp.mean(diagonal)
     ok = scale > 0
-    normalised = jnp.where(ok, symmetric / jnp.where(ok, scale, 1.0), 0.0)
-    return Normalised(normalised, scale, live_gradients(normalised) & ok)
+    normalized = jnp.where(ok, symmetric / jnp.where(ok, scale, 1.0), 0.0)
+    return Normalized(normalized, scale, live_gradients(normalized) & ok)
 
 
 def live_gradients(gramian: Array) -> Array:
@@ -100,7 +98,7 @@ def nonnegative_qp(
     it is exact after finitely many steps (at most a few K in practice), which
     projected-gradient methods are not. ``tol`` is the threshold on the
     negative gradient for adding a variable to the passive set (G is assumed
-    normalised to an O(1) diagonal). A 1e-7 ridge on the passive block keeps
+    normalized to an O(1) diagonal). A 1e-7 ridge on the passive block keeps
     the masked solves regular for rank-deficient Gramians.
     """
     k = linear.shape[0]
@@ -284,7 +282,7 @@ def dual_cone_projections(
     multipliers = jnp.where(support, jnp.maximum(multipliers, 0.0), 0.0)
     support = support & (multipliers > 0)
 
-    # Iterative refinement towards the unregularised projection on the same
+    # Iterative refinement towards the unregularized projection on the same
     # face: solve G_PP λ_P = −(G l)_P with S_PP as the preconditioner. Each
     # step shrinks the ridge's error in an eigen-direction σ of G_PP by
     # δ/(σ + δ); the component along a (near-)null direction, where the
@@ -348,7 +346,7 @@ def pcgrad(seed: int = 0) -> Weighting:
     ) -> tuple[Array, PCGradState]:
         del count
         k = losses.shape[0]
-        g = _normalise(gramian)
+        g = _normalize(gramian)
         next_key, orders = _shuffled_orders(state.key, k)
         eye = jnp.eye(k, dtype=g.gramian.dtype)
 
@@ -368,7 +366,7 @@ def pcgrad(seed: int = 0) -> Weighting:
         init_fn,
         update_fn,
         name="pcgrad",
-        requires=GRAMIAN,
+        requires={GRAMIAN},
         weights_sum="free",
         loss_scale="no",
     )
@@ -423,7 +421,7 @@ def gradvac(beta: float = 0.5, seed: int = 0) -> Weighting:
     ) -> tuple[Array, GradVacState]:
         del count
         k = losses.shape[0]
-        g = _normalise(gramian)
+        g = _normalize(gramian)
         next_key, orders = _shuffled_orders(state.key, k)
         eye = jnp.eye(k, dtype=g.gramian.dtype)
         norms = jnp.sqrt(jnp.maximum(jnp.diagonal(g.gramian), 0.0))
@@ -458,7 +456,7 @@ def gradvac(beta: float = 0.5, seed: int = 0) -> Weighting:
         init_fn,
         update_fn,
         name="gradvac",
-        requires=GRAMIAN,
+        requires={GRAMIAN},
         weights_sum="free",
         loss_scale="no",
     )
@@ -544,7 +542,7 @@ def cagrad(c: float = 0.4, rescale: bool = True, max_iters: int = 30) -> Weighti
     ) -> tuple[Array, CAGradState]:
         del count
         k = losses.shape[0]
-        g = _normalise(gramian)
+        g = _normalize(gramian)
         mean_weights = _uniform(k)
         linear = g.gramian @ mean_weights
         radius = c * jnp.sqrt(jnp.maximum(mean_weights @ linear, 0.0))
@@ -585,7 +583,7 @@ def cagrad(c: float = 0.4, rescale: bool = True, max_iters: int = 30) -> Weighti
         init_fn,
         update_fn,
         name="cagrad",
-        requires=GRAMIAN,
+        requires={GRAMIAN},
         weights_sum="free",
         loss_scale="no",
     )
@@ -685,16 +683,9 @@ def imtl_g() -> Weighting:
     with every gradient zero the weights are uniform.
     """
 
-    def init_fn(losses: Array) -> tuple[()]:
-        del losses
-        return ()
-
-    def update_fn(
-        losses: Array, state: tuple[()], count: Array, gramian: Array | None
-    ) -> tuple[Array, tuple[()]]:
-        del count
+    def weights_fn(losses: Array, gramian: Array | None) -> Array:
         k = losses.shape[0]
-        g = _normalise(gramian)
+        g = _normalize(gramian)
         norms = jnp.sqrt(jnp.maximum(jnp.diagonal(g.gramian), 0.0))
         eye = jnp.eye(k, dtype=g.gramian.dtype)
         projections = g.gramian / jnp.where(g.live, norms, 1.0)[:, None]
@@ -711,13 +702,12 @@ def imtl_g() -> Weighting:
         solution = jnp.linalg.lstsq(system, rhs, rcond=1e-6)[0]
         weights = jnp.where(g.live, solution[:k], 0.0)
         ok = jnp.any(g.live) & jnp.all(jnp.isfinite(weights))
-        return jnp.where(ok, weights, _uniform(k)), state
+        return jnp.where(ok, weights, _uniform(k))
 
-    return make_weighting(
-        init_fn,
-        update_fn,
+    return stateless(
+        weights_fn,
         name="imtl_g",
-        requires=GRAMIAN,
+        requires={GRAMIAN},
         weights_sum="1",
         loss_scale="compensated",
     )
@@ -728,14 +718,14 @@ def imtl_g() -> Weighting:
 
 
 class NashMTLState(NamedTuple):
-    """The last solution α̂ of the normalised problem (warm start; 0 before the first)."""
+    """The last solution α̂ of the normalized problem (warm start; 0 before the first)."""
 
     alpha: Array
 
 
 def nash_mtl(
     max_iters: int = 50,
-    normalise_gramian: bool = False,
+    normalize_gramian: bool = False,
     ridge: float = 1e-6,
     tol: float = 1e-10,
 ) -> Weighting:
@@ -763,12 +753,12 @@ def nash_mtl(
 
     Args:
       max_iters: Newton iteration cap (typically 3–6 are used warm-started).
-      normalise_gramian: ``False`` (default): the paper's and the authors'
+      normalize_gramian: ``False`` (default): the paper's and the authors'
         equation α_i (Gα)_i = 1 with the raw Gramian. ``True``: solve it with
         Ĝ = G/‖G‖_F instead and return those α̂ = √‖G‖_F · α, weights that do
         not depend on the gradients' scale (a covjax variant, not the
         authors' method; the direction is √‖G‖_F times theirs).
-      ridge: fallback regularisation. Gα = 1/α has no solution when a
+      ridge: fallback regularization. Gα = 1/α has no solution when a
         non-negative combination of the gradients vanishes (e.g. two exactly
         opposing gradients: the problem above is unbounded). When the plain
         solve does not converge, or gives α beyond 1e6 (in units of
@@ -797,7 +787,7 @@ def nash_mtl(
     ) -> tuple[Array, NashMTLState]:
         del count
         k = losses.shape[0]
-        g = _normalise(gramian)
+        g = _normalize(gramian)
         eye = jnp.eye(k, dtype=g.gramian.dtype)
         both = g.live[:, None] & g.live[None, :]
         # Dead losses are decoupled (identity rows): their α is discarded below.
@@ -810,7 +800,7 @@ def nash_mtl(
             lambda: nash_bargaining(system + ridge * eye, state.alpha, max_iters, tol)[0],
         )
         alpha = jnp.where(g.live, alpha, 0.0)
-        if normalise_gramian:
+        if normalize_gramian:
             # α̂ solves (G/s)α̂ = 1/α̂ (s the mean diagonal); the solution of
             # (G/‖G‖_F)α = 1/α is α̂ √(‖G‖_F/s) = α̂ √‖G/s‖_F.
             frobenius = jnp.linalg.norm(jnp.where(both, g.gramian, 0.0))
@@ -825,7 +815,7 @@ def nash_mtl(
         init_fn,
         update_fn,
         name="nash_mtl",
-        requires=GRAMIAN,
+        requires={GRAMIAN},
         weights_sum="free",
         loss_scale="compensated",
     )
@@ -834,7 +824,7 @@ def nash_mtl(
 #: Squared Newton decrement below which Nash-MTL's solve counts as converged
 #: (deep in the quadratic-convergence region; float32 round-off sits far lower).
 NEWTON_CONVERGED = 1e-6
-#: Largest α̂ (normalised Gramian, so in units of 1/rms‖g‖) accepted without the ridge.
+#: Largest α̂ (normalized Gramian, so in units of 1/rms‖g‖) accepted without the ridge.
 MAX_NASH_WEIGHT = 1e6
 
 
@@ -912,25 +902,19 @@ def aligned_mtl(
             f"covjax.aligned_mtl: scale must be 'min', 'median' or 'rmse', got {scale!r}"
         )
 
-    def init_fn(losses: Array) -> tuple[()]:
+    def weights_fn(losses: Array, gramian: Array | None) -> Array:
         if task_weights is not None and jnp.shape(task_weights) != losses.shape:
             raise ValueError(
                 f"covjax.aligned_mtl: task_weights has shape {jnp.shape(task_weights)}, "
                 f"expected {losses.shape}."
             )
-        return ()
-
-    def update_fn(
-        losses: Array, state: tuple[()], count: Array, gramian: Array | None
-    ) -> tuple[Array, tuple[()]]:
-        del count
         k = losses.shape[0]
         preference = (
             jnp.ones((k,), jnp.float32)
             if task_weights is None
             else jnp.asarray(task_weights, jnp.float32)
         )
-        g = _normalise(gramian)
+        g = _normalize(gramian)
         eigenvalues, vectors = jnp.linalg.eigh(g.gramian)
         tolerance = jnp.max(eigenvalues) * k * jnp.finfo(jnp.float32).eps
         kept = eigenvalues > tolerance
@@ -947,13 +931,12 @@ def aligned_mtl(
         balance = jnp.sqrt(sigma_sq) * (vectors * inverse_root) @ vectors.T
         weights = balance @ preference
         ok = jnp.any(kept) & jnp.all(jnp.isfinite(weights))
-        return jnp.where(ok, weights, preference), state
+        return jnp.where(ok, weights, preference)
 
-    return make_weighting(
-        init_fn,
-        update_fn,
+    return stateless(
+        weights_fn,
         name="aligned_mtl",
-        requires=GRAMIAN,
+        requires={GRAMIAN},
         weights_sum="free",
         loss_scale="no",
     )
@@ -991,7 +974,7 @@ def upgrad(task_weights: Array | None = None) -> Weighting:
     the price is a conflict of at most δ_j w_j: ⟨g_j, d⟩ ≥ −4K·eps·‖g_j‖² w_j
     (the refinement then brings it down to round-off on well-conditioned
     faces).
-    TorchJD regularises too, with 1e-4·I on G/tr(G) (a ridge of 1e-4·K times
+    TorchJD regularizes too, with 1e-4·I on G/tr(G) (a ridge of 1e-4·K times
     the mean ‖g_j‖², far above round-off), and solves in float64 (quadprog).
 
     Args:
@@ -1023,7 +1006,7 @@ def upgrad(task_weights: Array | None = None) -> Weighting:
     ) -> tuple[Array, UPGradState]:
         k = losses.shape[0]
         preference = _uniform(k) if task_weights is None else jnp.asarray(task_weights, jnp.float32)
-        g = _normalise(gramian)
+        g = _normalize(gramian)
         eye = jnp.eye(k, dtype=g.gramian.dtype)
         # The active constraints change little from one step to the next:
         # warm-start every projection from its previous passive set; on the
@@ -1038,7 +1021,7 @@ def upgrad(task_weights: Array | None = None) -> Weighting:
         init_fn,
         update_fn,
         name="upgrad",
-        requires=GRAMIAN,
+        requires={GRAMIAN},
         weights_sum="free",
         loss_scale="no",
     )
@@ -1097,8 +1080,8 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, epsilon: float = 1e-8) ->
         losses: Array, state: DBMTLState, count: Array, gramian: Array | None
     ) -> tuple[Array, DBMTLState]:
         shifted = jnp.maximum(losses, 0.0) + epsilon
-        g = _normalise(gramian)
-        # Work with the normalised Gramian: the EMA, ratios and weights are
+        g = _normalize(gramian)
+        # Work with the normalized Gramian: the EMA, ratios and weights are
         # all invariant to one common scale, except the norms kept in the
         # state, which are stored on the raw scale.
         root_scale = jnp.sqrt(g.scale)
@@ -1115,7 +1098,7 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, epsilon: float = 1e-8) ->
         init_fn,
         update_fn,
         name="db_mtl",
-        requires=GRAMIAN,
+        requires={GRAMIAN},
         positive_losses=True,
         weights_sum="free",
         loss_scale="compensated",

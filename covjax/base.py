@@ -28,13 +28,18 @@ owns, in one place for all schemes:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any, Literal, NamedTuple, Protocol
+import functools
+from collections.abc import Callable, Collection
+from typing import Any, Final, Literal, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
-from flax import struct
+import optax
 from jax import Array
+
+#: The requirement of the gradient-based schemes: ``GRAMIAN in scheme.requires``
+#: means ``update`` needs ``gramian=``, the K×K Gramian of the per-loss gradients.
+GRAMIAN: Final = "gramian"
 
 PyTree = Any
 Losses = PyTree  # a 1-D array of K losses, or a pytree whose leaves are scalar losses
@@ -62,18 +67,13 @@ class LossStructure:
         return f"{self.num_losses} losses named {list(self.names)}"
 
 
-def _key_name(path: tuple[Any, ...]) -> str:
-    parts = []
-    for key in path:
-        if isinstance(key, jax.tree_util.DictKey):
-            parts.append(str(key.key))
-        elif isinstance(key, jax.tree_util.GetAttrKey):
-            parts.append(key.name)
-        elif isinstance(key, jax.tree_util.SequenceKey):
-            parts.append(str(key.idx))
-        else:
-            parts.append(str(key))
-    return "/".join(parts) if parts else "loss"
+def path_name(path: jax.tree_util.KeyPath, root: str = "") -> str:
+    """The ``"/"``-joined name of a pytree key path (``"l1/left"``, ``"layers/0/kernel"``).
+
+    The one namer of losses and parameters; ``root`` names the empty path (a
+    pytree that is a single leaf).
+    """
+    return jax.tree_util.keystr(path, simple=True, separator="/") or root
 
 
 def flatten_losses(losses: Losses) -> tuple[Array, LossStructure]:
@@ -89,7 +89,7 @@ def flatten_losses(losses: Losses) -> tuple[Array, LossStructure]:
       TypeError: a leaf that is not a numeric array.
     """
     with_nones, _ = jax.tree_util.tree_flatten_with_path(losses, is_leaf=lambda x: x is None)
-    missing = [_key_name(path) for path, leaf in with_nones if leaf is None]
+    missing = [path_name(path, "loss") for path, leaf in with_nones if leaf is None]
     if missing:
         raise ValueError(
             f"covjax: loss {missing[0]!r} is None; every loss must be a number (drop the entry "
@@ -105,7 +105,7 @@ def flatten_losses(losses: Losses) -> tuple[Array, LossStructure]:
         names = tuple(f"loss_{i}" for i in range(vector.shape[0]))
         structure = LossStructure(treedef, int(vector.shape[0]), names, is_vector=True)
         return _as_float(vector, "losses"), structure
-    names = tuple(_key_name(path) for path, _ in leaves_with_path)
+    names = tuple(path_name(path, "loss") for path, _ in leaves_with_path)
     for name, (_, leaf) in zip(names, leaves_with_path, strict=True):
         if jnp.ndim(leaf) != 0:
             raise ValueError(
@@ -148,12 +148,17 @@ def named(values: PyTree) -> dict[str, Array]:
             "scalar, or share the same leading batch axes."
         )
     return {
-        _key_name(path): _as_float(jnp.asarray(leaf), _key_name(path))
+        path_name(path, "loss"): _as_float(jnp.asarray(leaf), path_name(path, "loss"))
         for path, leaf in leaves_with_path
     }
 
 
-@struct.dataclass
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["count", "weights", "inner"],
+    meta_fields=["structure", "scheme"],
+)
+@dataclasses.dataclass(frozen=True)
 class WeightingState:
     """State of any covjax weighting: only arrays, plus static structure metadata.
 
@@ -161,7 +166,8 @@ class WeightingState:
       count: int32, number of steps accepted so far (rejected steps are not
         counted).
       weights: (K,) float32, the weights returned by the last accepted step.
-      inner: the scheme's own state (a NamedTuple of arrays).
+      inner: the scheme's own state (a NamedTuple of arrays; ``optax.EmptyState()``
+        for a scheme that keeps none).
       structure: the loss structure seen at ``init`` (static, not a leaf).
       scheme: the name of the scheme whose ``init`` made it (static).
     """
@@ -169,8 +175,12 @@ class WeightingState:
     count: Array
     weights: Array
     inner: Any
-    structure: LossStructure = struct.field(pytree_node=False)
-    scheme: str = struct.field(pytree_node=False, default="")
+    structure: LossStructure
+    scheme: str = ""
+
+    def replace(self, **changes: Any) -> WeightingState:
+        """A copy with ``changes`` applied (:func:`dataclasses.replace`)."""
+        return dataclasses.replace(self, **changes)
 
 
 class InitFn(Protocol):
@@ -192,7 +202,7 @@ class WeightingProperties(NamedTuple):
 
     Attributes:
       weights_sum: what the weights sum to at every step: ``"1"``, ``"K"``
-        (the number of losses) or ``"free"`` (not normalised: their scale acts
+        (the number of losses) or ``"free"`` (not normalized: their scale acts
         as a learning-rate factor).
       loss_scale: what happens to the weights when one loss L_i (and, for the
         gradient-based schemes, its gradient) is multiplied by c > 0 at every
@@ -215,8 +225,9 @@ class Weighting(NamedTuple):
     """A loss weighting scheme, optax-style.
 
     ``state = init(losses)``; ``weights, state = update(losses, state)``.
-    ``requires`` names what the scheme needs besides the losses: ``"gramian"``
-    (the K×K Gramian of the per-loss gradients, passed as ``gramian=``).
+    ``requires`` names what the scheme needs besides the losses:
+    :data:`covjax.GRAMIAN` (the K×K Gramian of the per-loss gradients, passed
+    as ``gramian=``).
     ``properties`` are its user-facing facts (:class:`WeightingProperties`).
     """
 
@@ -228,6 +239,7 @@ class Weighting(NamedTuple):
 
 FlatInit = Callable[[Array], Any]
 FlatUpdate = Callable[[Array, Any, Array, Array | None], tuple[Array, Any]]
+FlatWeights = Callable[[Array, Array | None], Array]
 
 
 def make_weighting(
@@ -235,7 +247,7 @@ def make_weighting(
     update_fn: FlatUpdate,
     *,
     name: str,
-    requires: frozenset[str] = frozenset(),
+    requires: Collection[str] = frozenset(),
     positive_losses: bool = False,
     loss_minimum: float | Array = 0.0,
     weights_sum: WeightsSum | None = None,
@@ -250,7 +262,7 @@ def make_weighting(
         -> (weights (K,), inner_state)``. Its results are used only for
         accepted steps (finite inputs, positive losses where required).
       name: the scheme's name, used in error messages.
-      requires: ``{"gramian"}`` for schemes that need per-loss gradients.
+      requires: ``{GRAMIAN}`` for schemes that need per-loss gradients.
       positive_losses: the scheme's maths needs L_i > ``loss_minimum``
         (ratios, logarithms or divisions by a loss): a step with any loss at
         or below it is rejected exactly like a non-finite one.
@@ -258,7 +270,7 @@ def make_weighting(
         minima), a scalar or (K,), possibly traced.
       weights_sum, loss_scale: facts for :class:`WeightingProperties`.
     """
-    needs_gramian = "gramian" in requires
+    needs_gramian = GRAMIAN in requires
     properties = WeightingProperties(weights_sum, loss_scale, positive_losses)
 
     def check_state(state: Any, vector: Array) -> None:
@@ -340,6 +352,43 @@ def make_weighting(
         return structure.unflatten(new_state.weights), new_state
 
     return Weighting(init=init, update=update, requires=frozenset(requires), properties=properties)
+
+
+def stateless(
+    weights_fn: FlatWeights,
+    *,
+    name: str,
+    requires: Collection[str] = frozenset(),
+    positive_losses: bool = False,
+    weights_sum: WeightsSum | None = None,
+    loss_scale: LossScale | None = None,
+) -> Weighting:
+    """A scheme that keeps no state of its own, as ``optax.stateless`` builds a transformation.
+
+    ``weights_fn(losses (K,), gramian (K,K) | None) -> weights (K,)``; the
+    scheme's inner state is ``optax.EmptyState()``. The other arguments are
+    those of :func:`make_weighting`.
+    """
+
+    def init_fn(losses: Array) -> optax.EmptyState:
+        del losses
+        return optax.EmptyState()
+
+    def update_fn(
+        losses: Array, inner: optax.EmptyState, count: Array, gramian: Array | None
+    ) -> tuple[Array, optax.EmptyState]:
+        del count
+        return weights_fn(losses, gramian), inner
+
+    return make_weighting(
+        init_fn,
+        update_fn,
+        name=name,
+        requires=requires,
+        positive_losses=positive_losses,
+        weights_sum=weights_sum,
+        loss_scale=loss_scale,
+    )
 
 
 def step_accepted(old: WeightingState, new: WeightingState) -> Array:

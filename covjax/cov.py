@@ -122,7 +122,7 @@ def cov_weighting(
             cov = mean / std
         else:
             cov = numerics.safe_divide(std, jnp.abs(mean), fallback=0.0)
-        weights = jnp.where(count < warmup_steps, 1.0 / losses.shape[0], numerics.normalise(cov))
+        weights = jnp.where(count < warmup_steps, 1.0 / losses.shape[0], numerics.normalize(cov))
 
         # Mixing weight of the new sample, 1 − β: 1 at t = 0, then 1/(t+1) or 1 − decay.
         if decay is None:

@@ -3,7 +3,7 @@
 FAMO balances the *rate* at which the losses decrease, at O(K) cost per step
 and with one backward pass (https://arxiv.org/abs/2306.03792). It keeps logits
 ξ ∈ R^K, z = softmax(ξ),
-and descends the z-weighted log losses, normalised::
+and descends the z-weighted log losses, normalized::
 
     D_i = max(L_i − m_i, 0) + ε                  (m: known loss minima, default 0)
     c   = Σ_j z_j / D_j

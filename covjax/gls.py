@@ -24,7 +24,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import Array
 
-from covjax.base import Weighting, make_weighting
+from covjax.base import Weighting, stateless
 
 
 def gls(epsilon: float = 1e-12) -> Weighting:
@@ -39,27 +39,20 @@ def gls(epsilon: float = 1e-12) -> Weighting:
     first accepted step), the step reported as not accepted.
 
     Returns:
-      A :class:`~covjax.Weighting` with positive, unnormalised weights.
+      A :class:`~covjax.Weighting` with positive, unnormalized weights.
     """
     if not epsilon > 0:
         raise ValueError(f"covjax.gls: epsilon must be positive, got {epsilon}")
 
-    def init_fn(losses: Array) -> tuple[()]:
-        del losses
-        return ()
-
-    def update_fn(
-        losses: Array, state: tuple[()], count: Array, gramian: Array | None
-    ) -> tuple[Array, tuple[()]]:
-        del count, gramian
+    def weights_fn(losses: Array, gramian: Array | None) -> Array:
+        del gramian
         log_losses = jnp.log(jnp.maximum(losses, epsilon))
         k = losses.shape[0]
         weights = jnp.exp(jnp.mean(log_losses) - log_losses) / k
-        return weights, state
+        return weights
 
-    return make_weighting(
-        init_fn,
-        update_fn,
+    return stateless(
+        weights_fn,
         name="gls",
         positive_losses=True,
         weights_sum="free",

@@ -32,13 +32,13 @@ What the gradients are taken with respect to:
 
 Three ways to cut the cost further, all exact:
 
-* Dense kernels are factorised (``factorise="auto"``, the default of
+* Dense kernels are factorized (``factorize="auto"``, the default of
   :func:`per_loss_gramian`, :func:`vjp_and_gramian` and
   :func:`covjax.value_and_grad`): a kernel used once in a matrix product gets
   its Gramian block from the layer input X and the per-loss output cotangents
   Δ_i as Σ (X Xᵀ) ⊙ (Δ_i Δ_jᵀ), so the batched backward stops at the layer
   outputs and the K per-loss weight gradients are never formed
-  (:mod:`covjax.factorised`; at K = 32 on LibMTL's MLP, 4–5× faster).
+  (:mod:`covjax.factorized`; at K = 32 on LibMTL's MLP, 4–5× faster).
 * Per-task copies of the representation (``representation_copies=True`` in
   :func:`covjax.value_and_grad`): when head i reads only copy i of z, ONE
   backward pass of Σ L_i gives every ∂L_i/∂z (:func:`jacobian_from_copies`),
@@ -62,13 +62,11 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
-from flax.nnx import filterlib
 from jax import Array
 from jax.extend import core as jex_core
 
-from covjax import factorised, loss_groups
-from covjax.base import Losses, LossStructure, PyTree, flatten_losses
+from covjax import _nnx, factorized, loss_groups
+from covjax.base import Losses, LossStructure, PyTree, flatten_losses, path_name
 
 #: Per-loss gradients: each selected leaf's path → its (K, *leaf.shape) gradients.
 Jacobian = dict[str, Array]
@@ -77,50 +75,27 @@ Selector = Any
 VjpFn = Callable[[Losses], tuple[PyTree, ...]]
 
 #: How Gramian blocks of Dense-style kernels are computed: see :func:`vjp_and_gramian`.
-Factorise = Literal["auto", "always", "never"]
-FACTORISE_MODES: tuple[str, ...] = ("auto", "always", "never")
+Factorize = Literal["auto", "always", "never"]
+FACTORIZE_MODES: tuple[str, ...] = ("auto", "always", "never")
 
 #: Name of the Jacobian entry of an array-valued representation z.
 REPRESENTATION_KEY = "representation"
 
-
-def _key_parts(path: tuple[Any, ...]) -> tuple[Any, ...]:
-    parts: list[Any] = []
-    for key in path:
-        if isinstance(key, jax.tree_util.DictKey):
-            parts.append(key.key)
-        elif isinstance(key, jax.tree_util.GetAttrKey):
-            parts.append(key.name)
-        elif isinstance(key, jax.tree_util.SequenceKey):
-            parts.append(key.idx)
-        elif isinstance(key, jax.tree_util.FlattenedIndexKey):
-            parts.append(key.key)
-        else:
-            parts.append(str(key))
-    return tuple(parts)
+_VARIABLE_VALUE_KEY = jax.tree_util.GetAttrKey("value")
 
 
-def _path_string(parts: tuple[Any, ...]) -> str:
-    return "/".join(str(part) for part in parts)
-
-
-def _is_nnx_filter(selector: Any) -> bool:
-    return isinstance(selector, type) or type(selector).__module__ == filterlib.__name__
-
-
-def _to_predicate(selector: Selector) -> Callable[[tuple[Any, ...], Any], bool]:
-    """A predicate ``(path_parts, node) -> bool`` for one ``wrt`` selector."""
+def _to_predicate(selector: Selector) -> Callable[[jax.tree_util.KeyPath, Any], bool]:
+    """A predicate ``(key_path, node) -> bool`` for one ``wrt`` selector."""
     if isinstance(selector, str):
         pattern = re.compile(selector)
-        return lambda parts, node: pattern.match(_path_string(parts)) is not None
+        return lambda path, node: pattern.match(path_name(path)) is not None
     if isinstance(selector, list | tuple):
         predicates = [_to_predicate(item) for item in selector]
-        return lambda parts, node: any(predicate(parts, node) for predicate in predicates)
-    if _is_nnx_filter(selector):
-        nnx_predicate = filterlib.to_predicate(selector)
-        return lambda parts, node: bool(nnx_predicate(parts, node))
+        return lambda path, node: any(predicate(path, node) for predicate in predicates)
+    if _nnx.is_filter(selector):
+        return _nnx.filter_predicate(selector)
     if callable(selector):
-        return lambda parts, node: bool(selector(_path_string(parts), node))
+        return lambda path, node: bool(selector(path_name(path), node))
     raise TypeError(
         "covjax: wrt must be None, a path regex (str), a predicate (path, leaf) -> bool, an "
         f"NNX filter, or a list of these; got {selector!r}."
@@ -136,21 +111,18 @@ def select_leaves(params: PyTree, wrt: Selector = None) -> tuple[list[bool], lis
       ValueError: ``params`` has no array leaves or ``wrt`` selects none of them
         (the message lists the available paths).
     """
-    nodes = jax.tree_util.tree_flatten_with_path(
-        params, is_leaf=lambda x: isinstance(x, nnx.Variable)
-    )[0]
+    nodes = jax.tree_util.tree_flatten_with_path(params, is_leaf=_nnx.is_variable)[0]
     predicate = None if wrt is None else _to_predicate(wrt)
     mask: list[bool] = []
     names: list[str] = []
     for path, node in nodes:
-        parts = _key_parts(path)
-        chosen = predicate is None or predicate(parts, node)
+        chosen = predicate is None or predicate(path, node)
         for sub_path, _ in jax.tree_util.tree_flatten_with_path(node)[0]:
-            # An nnx.Variable flattens into its value (path suffix "value"); name
+            # An nnx.Variable flattens into its value (path suffix ".value"); name
             # the leaf after the variable, as NNX does.
-            sub_parts = tuple(p for p in _key_parts(sub_path) if p != "value")
+            sub_path = tuple(key for key in sub_path if key != _VARIABLE_VALUE_KEY)
             mask.append(chosen)
-            names.append(_path_string(parts + sub_parts) or REPRESENTATION_KEY)
+            names.append(path_name(path + sub_path, REPRESENTATION_KEY))
     if not mask:
         raise ValueError("covjax: the parameters have no array leaves to differentiate.")
     if not any(mask):
@@ -459,7 +431,7 @@ def vjp_and_gramian(
     *,
     wrt: Selector = None,
     chunk_size: int | None = None,
-    factorise: Factorise = "auto",
+    factorize: Factorize = "auto",
     group_losses: bool = True,
 ) -> tuple[Losses, VjpFn, Any, Callable[[], Array]]:
     """One forward pass of ``fn(params) -> (losses, aux)``, ready for a Gramian and a VJP.
@@ -467,23 +439,23 @@ def vjp_and_gramian(
     Returns ``(losses, vjp_fn, aux, gramian)``: ``vjp_fn(cotangent) ->
     (grads,)`` as from ``jax.vjp``, and ``gramian()`` the K×K Gramian of the
     per-loss gradients w.r.t. the ``wrt`` leaves, from one batched backward
-    pass. ``factorise``: ``"auto"`` gives each selected Dense-style kernel (a
+    pass. ``factorize``: ``"auto"`` gives each selected Dense-style kernel (a
     leaf used once, as an operand of a matrix product) its Gramian block from
-    the layer input and the output cotangents (:mod:`covjax.factorised`),
+    the layer input and the output cotangents (:mod:`covjax.factorized`),
     never materialising its K per-loss gradients, where that is cheaper;
     ``"always"`` wherever possible; ``"never"`` materialises every gradient.
-    ``group_losses``: without factorised kernels, pull back groups of losses
+    ``group_losses``: without factorized kernels, pull back groups of losses
     that reach different layers separately where that is cheaper
     (:mod:`covjax.loss_groups`). The result is the same up to rounding.
     """
-    if factorise not in FACTORISE_MODES:
-        raise ValueError(f"covjax: factorise must be one of {FACTORISE_MODES}, got {factorise!r}.")
+    if factorize not in FACTORIZE_MODES:
+        raise ValueError(f"covjax: factorize must be one of {FACTORIZE_MODES}, got {factorize!r}.")
     mask, _ = select_leaves(params, wrt)
     leaves, treedef = jax.tree.flatten(params)
-    taps: dict[int, factorised.Tap] = {}
+    taps: dict[int, factorized.Tap] = {}
     closed = None
-    # Only a matrix (or higher) can be a product's operand worth factorising.
-    if factorise != "never" and any(
+    # Only a matrix (or higher) can be a product's operand worth factorizing.
+    if factorize != "never" and any(
         keep and jnp.ndim(leaf) >= 2 for keep, leaf in zip(mask, leaves, strict=True)
     ):
 
@@ -493,8 +465,8 @@ def vjp_and_gramian(
         closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*leaves)
         if not closed.effects:
             losses_shape = out_shape[0] if isinstance(out_shape, tuple) else out_shape
-            taps = factorised.find_taps(
-                closed, mask, _num_losses(losses_shape), always=factorise == "always"
+            taps = factorized.find_taps(
+                closed, mask, _num_losses(losses_shape), always=factorize == "always"
             )
 
     if not taps:
@@ -514,7 +486,7 @@ def vjp_and_gramian(
 
         return losses, plain_vjp, aux, plain_gramian
 
-    run = factorised.tapped_function(closed, taps)
+    run = factorized.tapped_function(closed, taps)
     out_tree = jax.tree.structure(out_shape)
 
     def tapped(p: PyTree, perturbations: dict[int, Array]) -> tuple[Losses, Any]:
@@ -522,7 +494,7 @@ def vjp_and_gramian(
         losses, aux = jax.tree.unflatten(out_tree, outputs)
         return losses, (aux, layer_inputs)
 
-    perturbations = factorised.zero_perturbations(taps)
+    perturbations = factorized.zero_perturbations(taps)
     losses, tapped_vjp, (aux, layer_inputs) = jax.vjp(tapped, params, perturbations, has_aux=True)
 
     def vjp_fn(cotangent: Losses) -> tuple[PyTree]:
@@ -547,7 +519,7 @@ def vjp_and_gramian(
             else jnp.zeros((k, k), jnp.float32)
         )
         for leaf, deltas in zip(tapped_leaves, rows[num_materialised:], strict=True):
-            total = total + factorised.tap_gramian(taps[leaf], layer_inputs[leaf], deltas)
+            total = total + factorized.tap_gramian(taps[leaf], layer_inputs[leaf], deltas)
         return total
 
     return losses, vjp_fn, aux, gramian
@@ -577,7 +549,7 @@ def split_output(output: Any, has_aux: bool) -> tuple[Losses, Any]:
     for path, leaf in jax.tree_util.tree_flatten_with_path(losses)[0]:
         dtype = jnp.result_type(leaf)
         if not jnp.issubdtype(dtype, jnp.floating):
-            name = _path_string(_key_parts(path)) or "losses"
+            name = path_name(path, "losses")
             raise TypeError(
                 f"covjax: loss {name!r} has dtype {dtype}; a loss must be floating point to be "
                 "differentiated (an integer loss has no gradient: compute it in float, or cast "
@@ -592,7 +564,8 @@ def _is_scalar(value: Any) -> bool:
 
 def _as_pytree(params: Any) -> tuple[PyTree, Callable[[PyTree], Any]]:
     """``(primal, model)``: an NNX module's ``nnx.Param`` state and how to rebuild it."""
-    if isinstance(params, nnx.Module):
+    if _nnx.is_module(params):
+        nnx = _nnx.nnx()
         graphdef, param_state, rest = nnx.split(params, nnx.Param, ...)
         return param_state, lambda p: nnx.merge(graphdef, p, rest, copy=True)
     return params, lambda p: p
@@ -674,13 +647,13 @@ def per_loss_gramian(
     chunk_size: int | None = None,
     has_aux: bool = False,
     representation: Callable[..., Any] | None = None,
-    factorise: Factorise = "auto",
+    factorize: Factorize = "auto",
     group_losses: bool = True,
     **kwargs: Any,
 ) -> tuple[Losses, Array, Any]:
     """``(losses, gramian, aux)``: :func:`per_loss_jacobian`'s J reduced to G = J Jᵀ (K×K).
 
-    ``factorise``: see :func:`vjp_and_gramian` (Dense kernels' blocks from
+    ``factorize``: see :func:`vjp_and_gramian` (Dense kernels' blocks from
     layer inputs and output cotangents; parameters only, not z).
     ``group_losses``: see :func:`gramian_of_function`.
     """
@@ -695,7 +668,7 @@ def per_loss_gramian(
             params,
             wrt=wrt,
             chunk_size=chunk_size,
-            factorise=factorise,
+            factorize=factorize,
             group_losses=group_losses,
         )
         return losses, gramian(), aux

@@ -13,7 +13,7 @@ the relative inverse training rates::
 
 The network is trained on Σ w_i L_i with the current w; then w takes one step
 of its own optimiser (Adam, lr 0.025) on ∂L_grad/∂w_i = sign(G_i − C_i)‖∇_W L_i‖
-(closed form: ‖∇_W L_i‖ and C are constants), is clamped at 0 and renormalised
+(closed form: ‖∇_W L_i‖ and C are constants), is clamped at 0 and renormalized
 to Σw = K (paper) or Σw = 1 (reference). L(0) are the first step's losses.
 
 The "shared layer" W is chosen with ``wrt`` in :func:`covjax.value_and_grad`
@@ -36,7 +36,7 @@ import optax
 from jax import Array
 
 from covjax import numerics
-from covjax.base import Weighting, make_weighting
+from covjax.base import GRAMIAN, Weighting, make_weighting
 
 Form = Literal["reference", "paper"]
 
@@ -88,7 +88,7 @@ def gradnorm(
       optimizer: any optax optimiser for w instead of ``adam(learning_rate)``.
 
     Returns:
-      A :class:`~covjax.Weighting` with ``requires={"gramian"}``: its update
+      A :class:`~covjax.Weighting` with ``requires={covjax.GRAMIAN}``: its update
       needs the Gramian of the per-loss gradients at the shared layer.
 
     Losses must be positive: a step with a loss ≤ 0 (or a non-finite one) is
@@ -124,7 +124,7 @@ def gradnorm(
             gradient, state.optimizer_state, state.weights
         )
         stepped = jnp.maximum(optax.apply_updates(state.weights, updates), 0.0)
-        new_weights = total_weight(k) * numerics.normalise(stepped)
+        new_weights = total_weight(k) * numerics.normalize(stepped)
         # This step's loss uses the current weights; the stepped ones are next.
         return state.weights, GradNormState(new_weights, initial_losses, optimizer_state)
 
@@ -132,7 +132,7 @@ def gradnorm(
         init_fn,
         update_fn,
         name="gradnorm",
-        requires=frozenset({"gramian"}),
+        requires={GRAMIAN},
         positive_losses=True,
         weights_sum="K" if form == "paper" else "1",
         loss_scale="learned",

@@ -11,7 +11,7 @@ a constant; the objective is::
 (its minimum over s is at e^{s_i} = 1/L_i, i.e. every scaled loss equals 1).
 Each update returns the weights from the current s and then takes one step of
 the scheme's own optimiser on s with the closed-form gradient, which with the
-network's optimiser is joint training. Weights are positive and unnormalised.
+network's optimiser is joint training. Weights are positive and unnormalized.
 
 IMTL-G, the gradient part (equal projections of every task gradient onto the
 aggregate), needs per-loss gradients and lives with the gradient aggregators
@@ -40,7 +40,7 @@ def imtl_l(
       init_log_scale: initial s, a scalar or (K,) array.
 
     Returns:
-      A :class:`~covjax.Weighting` with positive, unnormalised weights e^{s}.
+      A :class:`~covjax.Weighting` with positive, unnormalized weights e^{s}.
 
     Losses must be positive: a step with a loss ≤ 0 (or a non-finite one) is
     rejected — state unchanged, previous weights returned (uniform before the
@@ -76,11 +76,11 @@ def imtl_l(
     )
 
 
-def imtl_l_regulariser(state: WeightingState) -> Array:
+def imtl_l_regularizer(state: WeightingState) -> Array:
     """R(s) = −Σ s_i, the part of the IMTL-L objective that is not Σ α_i L_i."""
     if not isinstance(state.inner, LearnedLogState):
         raise TypeError(
-            "covjax.imtl_l_regulariser: expects the state of imtl_l, got inner state "
+            "covjax.imtl_l_regularizer: expects the state of imtl_l, got inner state "
             f"{type(state.inner).__name__}."
         )
     return -jnp.sum(state.inner.log_weights)

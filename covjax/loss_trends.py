@@ -20,7 +20,7 @@ with α = 1 during the first two periods. Σ α = K.
 slope of L_i over the last n recorded values, (L_i(t) − L_i(t−n+1))/(n−1)::
 
     plain:          α = softmax(β s)
-    normalised:     α = softmax(β s / Σ_j |s_j|)
+    normalized:     α = softmax(β s / Σ_j |s_j|)
     loss_weighted:  α_i = f_i e^{β s_i} / Σ_j f_j e^{β s_j},   f_i = mean of the window
 
 equal weights 1/K until n values are recorded. Σ α = 1.
@@ -48,7 +48,7 @@ from jax import Array
 from covjax import numerics
 from covjax.base import Weighting, make_weighting
 
-SoftAdaptVariant = Literal["plain", "normalised", "loss_weighted"]
+SoftAdaptVariant = Literal["plain", "normalized", "loss_weighted"]
 
 
 def _check_positive_int(value: int, what: str, name: str) -> None:
@@ -152,10 +152,10 @@ def softadapt(
         losses that increase (or decrease slowest).
       window: n ≥ 2, the number of recorded values the slope is taken over
         (n = 2 is the paper's first difference L(t) − L(t−1)).
-      variant: ``"plain"``, ``"normalised"`` (slopes divided by Σ|s|) or
+      variant: ``"plain"``, ``"normalized"`` (slopes divided by Σ|s|) or
         ``"loss_weighted"`` (softmax numerators scaled by the window's mean loss).
 
-    ``"plain"`` and ``"normalised"`` accept any finite losses (slopes are
+    ``"plain"`` and ``"normalized"`` accept any finite losses (slopes are
     differences). ``"loss_weighted"`` takes the logarithm of the mean loss, so
     its losses must be positive: a step with a loss ≤ 0 is rejected. A step
     with a non-finite loss is always rejected — state unchanged, previous
@@ -164,9 +164,9 @@ def softadapt(
     """
     if not isinstance(window, int) or isinstance(window, bool) or window < 2:
         raise ValueError(f"covjax.softadapt: window must be an integer ≥ 2, got {window!r}")
-    if variant not in ("plain", "normalised", "loss_weighted"):
+    if variant not in ("plain", "normalized", "loss_weighted"):
         raise ValueError(
-            "covjax.softadapt: variant must be 'plain', 'normalised' or 'loss_weighted', got "
+            "covjax.softadapt: variant must be 'plain', 'normalized' or 'loss_weighted', got "
             f"{variant!r}"
         )
 
@@ -180,7 +180,7 @@ def softadapt(
         k = losses.shape[0]
         history = jnp.concatenate([state.window[1:], losses[None].astype(jnp.float32)])
         slope = (history[-1] - history[0]) / (window - 1)
-        if variant == "normalised":
+        if variant == "normalized":
             slope = slope / _positive(jnp.sum(jnp.abs(slope)))
         logits = beta * slope
         if variant == "loss_weighted":

@@ -17,7 +17,7 @@ under the scale weights in force during p:
 
   (a task whose loss falls more slowly than the total gets d_k > 1);
 * weights α_k = d_k w_k: equal (1/K) in the first period, scale balancing only
-  in the second, both from the third on. Not normalised.
+  in the second, both from the third on. Not normalized.
 
 Here L̄ is the total under the scale weights w (not d·w), so L̄(p)/L̄(p−1) is
 the prior-weighted mean of the per-task ratios L̄_k(p)/L̄_k(p−1) and d
@@ -33,7 +33,7 @@ since the previous event (the record also resets at every epoch start):
 * later events: T = Σ w_j m_j; r_i = (T / T_prev)(m_prev,i / m_i);
   w_i ← w_i · clip(1 + λ_e (r_i − 1), 0.5, 2), λ_e = max(3 − 1.5 e, −3)
   for the 0-based epoch e;
-* after every event: T_prev = Σ w_new m, m_prev = m. No renormalisation.
+* after every event: T_prev = Σ w_new m, m_prev = m. No renormalization.
 
 Event j (1..N) of an epoch follows its step j·⌊steps_per_epoch / N⌋; steps
 after the last event of an epoch are not recorded.
@@ -90,7 +90,7 @@ def lsb(
     difficulty: bool = True,
     beta: float | Array = 1.0,
     priors: Array | None = None,
-    normalise_difficulty: bool = True,
+    normalize_difficulty: bool = True,
     beta_schedule: BetaSchedule = None,
     ramp_periods: int = 10,
 ) -> Weighting:
@@ -101,7 +101,7 @@ def lsb(
       difficulty: apply the difficulty factors d (else scale balancing only).
       beta: β, the difficulty exponent (may be traced).
       priors: s, (K,) target shares of the loss scales; default 1/K.
-      normalise_difficulty: rescale d so that Σ d = K.
+      normalize_difficulty: rescale d so that Σ d = K.
       beta_schedule: ``None`` (constant β), ``"linear"`` (β·min(q/ramp_periods, 1)
         at the q-th difficulty update, q = 1, 2, ...), or a callable q ↦ β_q.
       ramp_periods: length of the linear ramp, in difficulty updates.
@@ -111,7 +111,7 @@ def lsb(
     first accepted step), the step reported as not accepted.
 
     Returns:
-      A :class:`~covjax.Weighting` with positive, unnormalised weights that
+      A :class:`~covjax.Weighting` with positive, unnormalized weights that
       compensate a loss's scale from the end of the first period on.
     """
     _check_positive_int(period, "period", "lsb")
@@ -161,7 +161,7 @@ def lsb(
             total_ratio = total / _positive(state.last_total)
             exponent = beta_at(completed - 1)
             d = (task_ratio / _positive(total_ratio)) ** exponent
-            if normalise_difficulty:
+            if normalize_difficulty:
                 d = k * d / _positive(jnp.sum(d))
             new_difficulty = jnp.where(completed >= 2, d, state.difficulty)
         keep_or = lambda new, old: jnp.where(period_ends, new, old)  # noqa: E731
@@ -218,7 +218,7 @@ def multi_loss_rebalancing(steps_per_epoch: int, rebalances_per_epoch: int = 4) 
     first accepted step), the step reported as not accepted.
 
     Returns:
-      A :class:`~covjax.Weighting` with positive, unnormalised weights that
+      A :class:`~covjax.Weighting` with positive, unnormalized weights that
       compensate a loss's scale from the first event on.
     """
     _check_positive_int(steps_per_epoch, "steps_per_epoch", "multi_loss_rebalancing")

@@ -56,7 +56,7 @@ from jax import Array
 
 from covjax import numerics
 from covjax.aggregators import live_gradients
-from covjax.base import Weighting, make_weighting
+from covjax.base import GRAMIAN, Weighting, stateless
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
 NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "loss", "loss+")
@@ -169,7 +169,7 @@ def _active_set(gramian: Array, start: Array, max_iters: int) -> Array:
         weights = jnp.where(feasible, jnp.maximum(target, 0.0), cut)
         free = jnp.where(feasible, jnp.where(optimal, state.free, grown_free), cut_free)
         return _ActiveSet(
-            numerics.normalise(weights), free, state.iteration + 1, feasible & optimal
+            numerics.normalize(weights), free, state.iteration + 1, feasible & optimal
         )
 
     start_state = _ActiveSet(start, start > 0.0, jnp.zeros((), jnp.int32), jnp.array(False))
@@ -260,7 +260,7 @@ def min_norm_solver(
         gradient = gramian @ interior
         stationary = jnp.max(jnp.abs(gradient - jnp.dot(interior, gradient))) <= 1e-6
         is_optimal = stationary & jnp.all(interior > 1e-6)
-        interior = numerics.normalise(jnp.maximum(interior, 0.0))
+        interior = numerics.normalize(jnp.maximum(interior, 0.0))
         weights = jax.lax.cond(is_optimal, lambda: interior, iterate)
     else:
         weights = iterate()
@@ -268,15 +268,11 @@ def min_norm_solver(
     return weights
 
 
-class MgdaState(NamedTuple):
-    """MGDA keeps no statistics; the weights live in ``WeightingState.weights``."""
-
-
 def normalize_gramian(gramian: Array, losses: Array, normalization: Normalization) -> Array:
-    """The Gramian of the normalised gradients g_i / n_i (Sener & Koltun's normalisers).
+    """The Gramian of the normalized gradients g_i / n_i (Sener & Koltun's normalizers).
 
     n_i = 1 (``"none"``), ‖g_i‖ (``"l2"``), L_i (``"loss"``) or L_i‖g_i‖
-    (``"loss+"``); G_ij ↦ G_ij / (n_i n_j). A zero normaliser (zero gradient
+    (``"loss+"``); G_ij ↦ G_ij / (n_i n_j). A zero normalizer (zero gradient
     or loss) leaves that gradient unscaled.
     """
     if normalization not in NORMALIZATIONS:
@@ -337,7 +333,7 @@ def mgda(
     weights are uniform, as with ``"include"``.
 
     Args:
-      normalization: gradient normalisation before solving: ``"none"``
+      normalization: gradient normalization before solving: ``"none"``
         (reference), ``"l2"`` g_i/‖g_i‖, ``"loss"`` g_i/L_i, ``"loss+"``
         g_i/(L_i‖g_i‖). The returned α multiply the raw losses, as in the
         reference implementation.
@@ -347,7 +343,7 @@ def mgda(
         get weight 0), see above.
 
     Returns:
-      A :class:`~covjax.Weighting` (``requires={"gramian"}``) whose weights
+      A :class:`~covjax.Weighting` (``requires={covjax.GRAMIAN}``) whose weights
       are ≥ 0 and sum to 1.
     """
     if normalization not in NORMALIZATIONS:
@@ -359,28 +355,19 @@ def mgda(
             f"covjax.mgda: zero_gradients must be one of {ZERO_GRADIENTS}, got {zero_gradients!r}."
         )
 
-    def init_fn(losses: Array) -> MgdaState:
-        del losses
-        return MgdaState()
-
-    def update_fn(
-        losses: Array, state: MgdaState, count: Array, gramian: Array | None
-    ) -> tuple[Array, MgdaState]:
-        del count
+    def weights_fn(losses: Array, gramian: Array | None) -> Array:
         assert gramian is not None  # make_weighting checks it
         normalized = normalize_gramian(gramian, losses, normalization)
-        # Measured before normalisation, which would scale a round-off-sized gradient up.
+        # Measured before normalization, which would scale a round-off-sized gradient up.
         excluded = ~live_gradients(gramian) if zero_gradients == "exclude" else None
-        weights = min_norm_solver(
+        return min_norm_solver(
             normalized, max_iters=max_iters, tol=tol, refine=refine, excluded=excluded
         )
-        return weights, state
 
-    return make_weighting(
-        init_fn,
-        update_fn,
+    return stateless(
+        weights_fn,
         name="mgda",
-        requires=frozenset({"gramian"}),
+        requires={GRAMIAN},
         weights_sum="1",
         # g_i/‖g_i‖ and g_i/L_i are free of a loss's scale; g_i and g_i/(L_i‖g_i‖) are not.
         loss_scale="unchanged" if normalization in ("l2", "loss") else "no",

@@ -49,7 +49,7 @@ def safe_divide(numerator: Array, denominator: Array, fallback: float | Array = 
     return jnp.where(ok, numerator / jnp.where(ok, denominator, 1.0), fallback)
 
 
-def normalise(values: Array) -> Array:
+def normalize(values: Array) -> Array:
     """``values / Σ values``; uniform when the sum is not positive and finite."""
     total = jnp.sum(values)
     k = values.shape[-1]

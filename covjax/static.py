@@ -4,7 +4,7 @@ The baselines of Groenendijk et al., "Multi-Loss Weighting with Coefficient of
 Variations", WACV 2021 (https://arxiv.org/abs/2009.01717)::
 
     equal:       α_i = 1/K
-    static:      α_i = w_i                 (or w_i / Σ_j w_j with ``normalise=True``)
+    static:      α_i = w_i                 (or w_i / Σ_j w_j with ``normalize=True``)
 
 The weights never change, so the state only holds the step counter; they are
 still a :class:`~covjax.Weighting` so that every scheme is used the same way.
@@ -17,21 +17,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from covjax.base import Losses, PyTree, Weighting, WeightingState, flatten_losses, make_weighting
+from covjax.base import Losses, PyTree, Weighting, WeightingState, flatten_losses, stateless
 
 
 def _is_concrete(x: Array) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def static_weighting(weights: PyTree, normalise: bool = False) -> Weighting:
+def static_weighting(weights: PyTree, normalize: bool = False) -> Weighting:
     """Fixed weights α_i = w_i, e.g. hand-tuned ones.
 
     Args:
       weights: a 1-D array of K weights, or a pytree of scalar weights with the
         same structure as the losses (checked at ``init``). May be a traced
         array, so that a sweep over weightings is one ``jax.vmap``.
-      normalise: divide by Σ w so that the weights sum to 1. Off by default:
+      normalize: divide by Σ w so that the weights sum to 1. Off by default:
         the weights are used exactly as given (their scale then acts like a
         learning-rate factor, as in any hand-tuned objective).
 
@@ -51,29 +51,22 @@ def static_weighting(weights: PyTree, normalise: bool = False) -> Weighting:
             raise ValueError(
                 f"covjax.static_weighting: weights must be non-negative, got {values}."
             )
-        if normalise and not values.sum() > 0:
+        if normalize and not values.sum() > 0:
             raise ValueError(
-                "covjax.static_weighting: normalise=True needs weights with a positive sum."
+                "covjax.static_weighting: normalize=True needs weights with a positive sum."
             )
 
-    def init_fn(losses: Array) -> tuple[()]:
-        del losses
-        return ()
-
-    def update_fn(
-        losses: Array, state: tuple[()], count: Array, gramian: Array | None
-    ) -> tuple[Array, tuple[()]]:
-        del count, gramian
+    def weights_fn(losses: Array, gramian: Array | None) -> Array:
+        del gramian
         vector = jnp.broadcast_to(weight_vector.astype(losses.dtype), losses.shape)
-        if normalise:
+        if normalize:
             vector = vector / jnp.sum(vector)
-        return vector, state
+        return vector
 
-    scheme = make_weighting(
-        init_fn,
-        update_fn,
+    scheme = stateless(
+        weights_fn,
         name="static_weighting",
-        weights_sum="1" if normalise else "free",
+        weights_sum="1" if normalize else "free",
         loss_scale="unchanged",
     )
 
@@ -98,16 +91,8 @@ def equal_weighting() -> Weighting:
     state unchanged, previous weights returned, the step reported as not accepted.
     """
 
-    def init_fn(losses: Array) -> tuple[()]:
-        del losses
-        return ()
+    def weights_fn(losses: Array, gramian: Array | None) -> Array:
+        del gramian
+        return jnp.full_like(losses, 1.0 / losses.shape[0])
 
-    def update_fn(
-        losses: Array, state: tuple[()], count: Array, gramian: Array | None
-    ) -> tuple[Array, tuple[()]]:
-        del count, gramian
-        return jnp.full_like(losses, 1.0 / losses.shape[0]), state
-
-    return make_weighting(
-        init_fn, update_fn, name="equal_weighting", weights_sum="1", loss_scale="unchanged"
-    )
+    return stateless(weights_fn, name="equal_weighting", weights_sum="1", loss_scale="unchanged")

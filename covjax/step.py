@@ -5,7 +5,7 @@ pass: the forward pass gives the K losses, the scheme turns them into weights,
 and the backward pass is a single vector–Jacobian product with the weights as
 cotangent, which is exactly ∇ Σ stop_gradient(α_i) L_i.
 
-Gradient-based schemes (``"gramian" in scheme.requires``) additionally need the
+Gradient-based schemes (``covjax.GRAMIAN in scheme.requires``) additionally need the
 per-loss gradients; :mod:`covjax.gradients` computes them in one batched
 backward pass and hands the scheme their Gramian. The call looks the same, so
 switching scheme is a one-line change.
@@ -22,11 +22,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 from jax import Array
 
-from covjax import gradients
+from covjax import _nnx, gradients
 from covjax.base import (
+    GRAMIAN,
     Losses,
     PyTree,
     Weighting,
@@ -79,7 +79,7 @@ def value_and_grad(
     chunk_size: int | None = None,
     representation: LossFn | None = None,
     representation_copies: bool = False,
-    factorise: gradients.Factorise = "auto",
+    factorize: gradients.Factorize = "auto",
     group_losses: bool = True,
 ) -> Callable[..., tuple[WeightedLosses, PyTree]]:
     """Make ``step(params, weighting_state, *args) -> (WeightedLosses, grads)``.
@@ -111,10 +111,10 @@ def value_and_grad(
         i-th slice of ONE backward pass of Σ L_i instead of a batched
         backward pass of all heads per loss: MGDA-UB costs about a static
         step. A loss that reads another copy gets a wrong Gramian.
-      factorise: gradient-based schemes only: ``"auto"`` takes the Gramian
+      factorize: gradient-based schemes only: ``"auto"`` takes the Gramian
         block of each selected Dense-style kernel from its layer's input and
         output cotangents instead of its K per-loss gradients, where that is
-        cheaper (:mod:`covjax.factorised`; same result); ``"always"`` wherever
+        cheaper (:mod:`covjax.factorized`; same result); ``"always"`` wherever
         possible; ``"never"`` always materialises the per-loss gradients.
       group_losses: gradient-based schemes only: for a pytree of scalar
         losses, pull back separately the groups of losses that reach different
@@ -133,17 +133,17 @@ def value_and_grad(
             "covjax.value_and_grad: representation must be a function "
             f"representation(params, *args) -> z, got {representation!r}."
         )
-    if factorise not in gradients.FACTORISE_MODES:
+    if factorize not in gradients.FACTORIZE_MODES:
         raise ValueError(
-            f"covjax.value_and_grad: factorise must be one of {gradients.FACTORISE_MODES}, "
-            f"got {factorise!r}."
+            f"covjax.value_and_grad: factorize must be one of {gradients.FACTORIZE_MODES}, "
+            f"got {factorize!r}."
         )
     if representation_copies and representation is None:
         raise ValueError("covjax.value_and_grad: representation_copies needs a representation.")
-    needs_gramian = "gramian" in scheme.requires
+    needs_gramian = GRAMIAN in scheme.requires
 
     def step(params: Any, state: WeightingState, *args: Any, **kwargs: Any):
-        if isinstance(params, nnx.Module):
+        if _nnx.is_module(params):
             return _module_step(params, state, args, kwargs)
         return _pytree_step(params, state, args, kwargs)
 
@@ -179,7 +179,7 @@ def value_and_grad(
                     params,
                     wrt=wrt,
                     chunk_size=chunk_size,
-                    factorise=factorise,
+                    factorize=factorize,
                     group_losses=group_losses,
                 )
             else:
@@ -257,7 +257,9 @@ def value_and_grad(
         result, grads = _weigh_and_pull_back(head_fn, encode_fn, params, state)
         return result, grads
 
-    def _module_step(module: nnx.Module, state, args, kwargs):
+    def _module_step(module: Any, state, args, kwargs):
+        """The step for an ``nnx.Module`` (Flax is imported only on this path)."""
+        nnx = _nnx.nnx()
         graphdef, param_state, rest_state = nnx.split(module, nnx.Param, ...)
 
         def run(p, rest, fn, *fn_args):

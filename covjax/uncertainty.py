@@ -19,9 +19,9 @@ their closed-form gradient::
 Every update returns the weights from the current s, then takes one step of
 ``optimizer`` on s — with the network's optimiser (Adam 1e-4 in the paper)
 this is exactly joint training of s and the network. The weights are NOT
-normalised, so they scale the effective learning rate (a point the CoV paper
-makes). The regulariser R = Σ s_i (or ½ Σ s_i) only enters the objective's
-value: :func:`uncertainty_regulariser` gives it for logging.
+normalized, so they scale the effective learning rate (a point the CoV paper
+makes). The regularizer R = Σ s_i (or ½ Σ s_i) only enters the objective's
+value: :func:`uncertainty_regularizer` gives it for logging.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def uncertainty_weighting(
       init_log_variance: initial s, a scalar or (K,) array.
 
     Returns:
-      A :class:`~covjax.Weighting` with positive, unnormalised weights.
+      A :class:`~covjax.Weighting` with positive, unnormalized weights.
 
     Losses must be positive: a step with a loss ≤ 0 (or a non-finite one) is
     rejected — state unchanged, previous weights returned (uniform before the
@@ -111,17 +111,17 @@ def uncertainty_weighting(
     )
 
 
-def uncertainty_regulariser(state: WeightingState, form: UncertaintyForm = "reference") -> Array:
-    """R(s) = Σ s_i (reference) or ½ Σ s_i (kendall), the regulariser of Eq. 1.
+def uncertainty_regularizer(state: WeightingState, form: UncertaintyForm = "reference") -> Array:
+    """R(s) = Σ s_i (reference) or ½ Σ s_i (kendall), the regularizer of Eq. 1.
 
     The full objective of the step whose weights came from ``state`` is
-    ``weighted_sum(losses, weights) + uncertainty_regulariser(state)``; pass
+    ``weighted_sum(losses, weights) + uncertainty_regularizer(state)``; pass
     the state *before* that update (the update already steps s).
     """
-    _check_form(form, "uncertainty_regulariser")
+    _check_form(form, "uncertainty_regularizer")
     if not isinstance(state.inner, LearnedLogState):
         raise TypeError(
-            "covjax.uncertainty_regulariser: expects the state of uncertainty_weighting, got "
+            "covjax.uncertainty_regularizer: expects the state of uncertainty_weighting, got "
             f"inner state {type(state.inner).__name__}."
         )
     total = jnp.sum(state.inner.log_weights)

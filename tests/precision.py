@@ -2,11 +2,11 @@
 
 float32 results change with the CPU's summation order (vector width, thread count,
 fused multiply-adds: AVX-512 vs AVX2, one core vs many), so a test of an identity
-(batched == looped, factorised == materialised, sharded == single device) runs
+(batched == looped, factorized == materialised, sharded == single device) runs
 both sides in float64 (``jax.enable_x64(True)``, inputs through :func:`float64`)
 and compares them with :data:`IDENTITY_RTOL64`. What has to stay in float32 (the
 loss-statistics schemes keep float32 state) gets a tolerance derived from the
-computation: :func:`normalisation_rtol`, :func:`trace_rtol`.
+computation: :func:`normalization_rtol`, :func:`trace_rtol`.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def assert_trees_close64(got, want, scale: float | None = None) -> None:
         )
 
 
-def normalisation_rtol(k: int) -> float:
+def normalization_rtol(k: int) -> float:
     """Relative error of float32 weights w = s·x/Σx over K losses, or of their float32 sum:
     the K-term sum carries ≤ K·eps32 in any order, the division and the scale s one rounding
     each, and summing the weights again ≤ K·eps32 more: (2K + 2)·eps32."""
@@ -63,7 +63,7 @@ def normalisation_rtol(k: int) -> float:
 def trace_rtol(steps: int, per_step: float = EPS32) -> float:
     """A float32 recurrence over ``steps`` steps vs another evaluation of it: each step's
     roundings (``per_step``, relative) add up at most linearly, as the schemes' recurrences
-    (EMAs, normalisations, Adam's normalised steps) do not amplify them."""
+    (EMAs, normalizations, Adam's normalized steps) do not amplify them."""
     return steps * per_step
 
 
@@ -94,7 +94,7 @@ def network_rtol(params) -> float:
 
     Each of the L kernels re-rounds reductions of at most n terms (its largest fan-in), which
     reordered differ by ≲ √n·eps32 relative (the random-walk bound of a reordered sum); with
-    normalised, ELU/ReLU/sigmoid layers (Lipschitz ≈ 1) these add up over the layers:
+    normalized, ELU/ReLU/sigmoid layers (Lipschitz ≈ 1) these add up over the layers:
     L·√n·eps32. For the tests' tiny networks this is 4e-5 to 1.3e-4, while a wrong split
     changes outputs by O(1).
     """

@@ -1,7 +1,7 @@
 """Run by tests/test_sharding.py in a subprocess with 8 fake CPU devices.
 
 Trains a small multi-head network for a few steps with MGDA (gradients w.r.t.
-all parameters; Gramians factorised and materialised), with GradNorm (w.r.t.
+all parameters; Gramians factorized and materialised), with GradNorm (w.r.t.
 one shared layer) and with MGDA-UB over separate two-layer heads whose losses
 are pulled back in groups (covjax.loss_groups), once with the
 batch sharded over a ``Mesh`` of all devices (parameters and weighting state
@@ -73,13 +73,13 @@ def train(scheme_name: str, devices: list, steps: int = 4) -> tuple[list, dict]:
         },
     }
     params = jax.device_put(params, replicated)
-    # Factorised Gramians (layer inputs × output cotangents) and materialised ones.
+    # Factorized Gramians (layer inputs × output cotangents) and materialised ones.
     if scheme_name == "mgda":
-        scheme, wrt, factorise = covjax.mgda(normalization="l2"), None, "always"
+        scheme, wrt, factorize = covjax.mgda(normalization="l2"), None, "always"
     elif scheme_name == "mgda_materialised":
-        scheme, wrt, factorise = covjax.mgda(normalization="l2"), None, "never"
+        scheme, wrt, factorize = covjax.mgda(normalization="l2"), None, "never"
     else:
-        scheme, wrt, factorise = covjax.gradnorm(learning_rate=0.05), "shared/w2", "always"
+        scheme, wrt, factorize = covjax.gradnorm(learning_rate=0.05), "shared/w2", "always"
     if scheme_name == "mgda_ub_grouped":
         scheme = covjax.mgda()
         state = jax.device_put(
@@ -88,7 +88,7 @@ def train(scheme_name: str, devices: list, steps: int = 4) -> tuple[list, dict]:
         step = covjax.value_and_grad(separate_heads, scheme, representation=trunk, chunk_size=2)
     else:
         state = jax.device_put(scheme.init(jnp.ones(NUM_LOSSES)), replicated)
-        step = covjax.value_and_grad(loss_fn, scheme, wrt=wrt, chunk_size=2, factorise=factorise)
+        step = covjax.value_and_grad(loss_fn, scheme, wrt=wrt, chunk_size=2, factorize=factorize)
 
     @jax.jit
     def train_step(params, state, x, y):

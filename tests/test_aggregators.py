@@ -334,7 +334,7 @@ def test_nash_mtl_solves_the_bargaining_equation(case: str) -> None:
         # vanishes, so Gα = 1/α has a solution.
         rng = np.random.default_rng(11)
         J = np.abs(rng.normal(size=(K, 3))) @ rng.normal(size=(3, P))
-    weights, _ = run("nash_mtl", J, normalise_gramian=False, x64=True)
+    weights, _ = run("nash_mtl", J, normalize_gramian=False, x64=True)
     assert np.all(weights > 0)
     G = J @ J.T
     # Solved in float64: only the float32 rounding of α (½ eps32 relative) is left, which
@@ -344,7 +344,7 @@ def test_nash_mtl_solves_the_bargaining_equation(case: str) -> None:
     np.testing.assert_allclose(weights, oracle.nash_mtl(J), rtol=EPS32)
     # float32: the Newton solve reaches float32 round-off, amplified by its Hessian's
     # condition number (≈ 2e3 for the near-opposed pairs of "conflicting").
-    weights32, _ = run("nash_mtl", J, normalise_gramian=False)
+    weights32, _ = run("nash_mtl", J, normalize_gramian=False)
     np.testing.assert_allclose(weights32, weights, rtol=nash_tol(G, weights))
 
 
@@ -353,30 +353,30 @@ def nash_tol(G: np.ndarray, weights: np.ndarray) -> float:
     return K * EPS32 * float(np.linalg.cond(G + np.diag(weights**-2.0)))
 
 
-def test_nash_mtl_variant_normalises_by_the_frobenius_norm() -> None:
+def test_nash_mtl_variant_normalizes_by_the_frobenius_norm() -> None:
     J = jacobian("random", seed=12) * 37.0
-    weights, _ = run("nash_mtl", J, normalise_gramian=True)
+    weights, _ = run("nash_mtl", J, normalize_gramian=True)
     G = J @ J.T / np.linalg.norm(J @ J.T)
     # float32 solve: α to nash_tol relative, so α∘(Gα) = 1 to about twice that.
     np.testing.assert_allclose(weights * (G @ weights), 1.0, atol=2 * nash_tol(G, weights))
-    # Scale invariance of the reference's normalisation (G/37² rounds differently in float32).
-    again, _ = run("nash_mtl", J / 37.0, normalise_gramian=True)
+    # Scale invariance of the reference's normalization (G/37² rounds differently in float32).
+    again, _ = run("nash_mtl", J / 37.0, normalize_gramian=True)
     np.testing.assert_allclose(weights, again, rtol=nash_tol(G, weights))
 
 
 def test_nash_mtl_warm_start_reaches_the_same_point() -> None:
     first = jacobian("random", seed=13)
     second = first + 0.05 * jacobian("random", seed=14)
-    _, state = run("nash_mtl", first, normalise_gramian=False)
-    warm, _ = run("nash_mtl", second, state=state, normalise_gramian=False)
-    cold, _ = run("nash_mtl", second, normalise_gramian=False)
+    _, state = run("nash_mtl", first, normalize_gramian=False)
+    warm, _ = run("nash_mtl", second, state=state, normalize_gramian=False)
+    cold, _ = run("nash_mtl", second, normalize_gramian=False)
     # Both converge to float32 round-off of the same point.
     np.testing.assert_allclose(warm, cold, rtol=2 * nash_tol(second @ second.T, cold))
 
 
 def test_nash_mtl_zero_gradient_gets_zero_weight_and_opposing_stay_finite() -> None:
     J = jacobian("zero", seed=15)
-    weights, _ = run("nash_mtl", J, normalise_gramian=False, x64=True)
+    weights, _ = run("nash_mtl", J, normalize_gramian=False, x64=True)
     assert weights[2] == 0.0
     live = np.array([0, 1, 3, 4])
     # float64 solve: the weights' float32 rounding is all that is left.
@@ -399,7 +399,7 @@ def test_nash_mtl_default_is_the_authors_method_on_recorded_cases(case: dict) ->
 
     Their code divides G by ‖G‖_F and multiplies the factor back inside the
     constraint, so its α solves α_i (Gα)_i = 1 with the raw Gramian; a
-    weighting that kept the normalised solution would be off by √‖G‖_F (here
+    weighting that kept the normalized solution would be off by √‖G‖_F (here
     0.36 to 73), far outside the tolerance.
     """
     J = np.asarray(case["jacobian"])
@@ -413,7 +413,7 @@ def test_nash_mtl_default_is_the_authors_method_on_recorded_cases(case: dict) ->
     tol = 10 * np.linalg.cond(G) * np.finfo(np.float32).eps
     np.testing.assert_allclose(weights, want, rtol=tol)
     # The scale-free variant differs by exactly √‖G‖_F.
-    variant, _ = run("nash_mtl", J, normalise_gramian=True)
+    variant, _ = run("nash_mtl", J, normalize_gramian=True)
     np.testing.assert_allclose(variant, np.sqrt(np.linalg.norm(G)) * want, rtol=tol)
 
 
@@ -525,7 +525,7 @@ def test_dual_cone_fallback_and_active_set_agree(case: str) -> None:
     """Lawson–Hanson (the fallback, forced by max_iters=0) finds the same projections."""
     J = degenerate_jacobian(case)
     k = J.shape[0]
-    g = aggregators._normalise(gramian_of(J))
+    g = aggregators._normalize(gramian_of(J))
     eye = jnp.eye(k)
     guess = jnp.zeros((k, k), bool)
     fast, _ = jax.jit(aggregators.dual_cone_projections, static_argnums=3)(
@@ -534,7 +534,7 @@ def test_dual_cone_fallback_and_active_set_agree(case: str) -> None:
     fallback, _ = jax.jit(aggregators.dual_cone_projections, static_argnums=3)(
         g.gramian, eye, guess, 0
     )
-    scale = np.linalg.norm(J, axis=1).max() / np.sqrt(float(g.scale))  # normalised units
+    scale = np.linalg.norm(J, axis=1).max() / np.sqrt(float(g.scale))  # normalized units
     projections_fast = (np.eye(k) + np.asarray(fast, np.float64)) @ J / np.sqrt(float(g.scale))
     projections_slow = (np.eye(k) + np.asarray(fallback, np.float64)) @ J / np.sqrt(float(g.scale))
     np.testing.assert_allclose(projections_fast / scale, projections_slow / scale, atol=1e-4)
@@ -598,7 +598,7 @@ def test_all_zero_gradients_give_finite_weights_and_advance(name: str) -> None:
 @pytest.mark.parametrize("name", ALL)
 def test_requires_the_gramian(name: str) -> None:
     scheme = getattr(covjax, name)()
-    assert scheme.requires == frozenset({"gramian"})
+    assert scheme.requires == frozenset({covjax.GRAMIAN})
     losses = jnp.ones((3,))
     with pytest.raises(ValueError, match="Gramian"):
         scheme.update(losses, scheme.init(losses))

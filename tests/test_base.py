@@ -46,6 +46,34 @@ def test_structure_errors_at_trace_time() -> None:
         scheme.init(jnp.ones((2, 2)))
 
 
+def test_stateless_schemes_keep_optax_empty_state() -> None:
+    losses = jnp.array([1.0, 2.0, 3.0])
+    gramian = jnp.diag(jnp.array([1.0, 4.0, 9.0]))
+    stateless = {
+        "equal_weighting": covjax.equal_weighting(),
+        "static_weighting": covjax.static_weighting(jnp.ones(3)),
+        "gls": covjax.gls(),
+        "mgda": covjax.mgda(),
+        "imtl_g": covjax.imtl_g(),
+        "aligned_mtl": covjax.aligned_mtl(),
+    }
+    for name, scheme in stateless.items():
+        state = scheme.init(losses)
+        assert state.inner == optax.EmptyState(), name
+        _, new_state = jax.jit(scheme.update)(losses, state, gramian)
+        assert new_state.inner == optax.EmptyState(), name
+        assert int(new_state.count) == 1, name
+    # Two schemes with the same (empty) inner state still tell their states apart.
+    mgda_state = stateless["mgda"].init(losses)
+    with pytest.raises(TypeError, match=r"made by covjax\.mgda's init, not by covjax\.imtl_g"):
+        stateless["imtl_g"].update(losses, mgda_state, gramian)
+    # A stateful scheme rejects an empty state, naming both.
+    with pytest.raises(TypeError, match=r"covjax\.cov_weighting.*made by covjax\.mgda"):
+        covjax.cov_weighting().update(losses, mgda_state)
+    with pytest.raises(TypeError, match=r"covjax\.cov_weighting: the state holds a EmptyState"):
+        covjax.cov_weighting().update(losses, mgda_state.replace(scheme=""))
+
+
 def test_weighted_sum_stops_gradients_through_weights() -> None:
     losses = {"a": jnp.float32(2.0), "b": jnp.float32(3.0)}
     value, grad = jax.value_and_grad(lambda w: covjax.weighted_sum(losses, w))(

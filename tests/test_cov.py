@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from oracles import cov as cov_oracle
-from precision import EPS32, assert_states_close, normalisation_rtol, trace_rtol
+from precision import EPS32, assert_states_close, normalization_rtol, trace_rtol
 
 import covjax
 
@@ -88,12 +88,12 @@ def test_permutation_equivariance_and_simplex(trace: np.ndarray, seed: int) -> N
     run = _jitted_trace_fn()
     weights = np.asarray(run(trace))
     assert np.all(np.isfinite(weights)) and np.all(weights >= 0)
-    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=normalisation_rtol(6))
-    # Permuting the losses reorders each step's K-term sums: ≤ normalisation_rtol per step.
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=normalization_rtol(6))
+    # Permuting the losses reorders each step's K-term sums: ≤ normalization_rtol per step.
     np.testing.assert_allclose(
         run(trace[:, permutation]),
         weights[:, permutation],
-        rtol=trace_rtol(len(trace), normalisation_rtol(6)),
+        rtol=trace_rtol(len(trace), normalization_rtol(6)),
         atol=0,
     )
 
@@ -104,7 +104,7 @@ def test_jit_equals_no_jit() -> None:
     state_eager = state_jit = scheme.init(trace[0])
     update_jit = jax.jit(scheme.update)
     # Compiled as a whole, XLA may fuse multiply-adds and reorder the K-term sums.
-    rtol = trace_rtol(len(trace), normalisation_rtol(4))
+    rtol = trace_rtol(len(trace), normalization_rtol(4))
     for losses in trace:
         w_eager, state_eager = scheme.update(jnp.asarray(losses), state_eager)
         w_jit, state_jit = update_jit(jnp.asarray(losses), state_jit)
@@ -157,7 +157,7 @@ def test_zero_losses_give_finite_weights() -> None:
     for kwargs in VARIANTS.values():
         weights = np.asarray(run_trace(covjax.cov_weighting(**kwargs), jnp.asarray(trace)))
         assert np.all(np.isfinite(weights)), kwargs
-        np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=normalisation_rtol(4))
+        np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=normalization_rtol(4))
 
 
 def test_bf16_losses_accumulate_in_float32() -> None:

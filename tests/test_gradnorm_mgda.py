@@ -89,7 +89,7 @@ def test_gradnorm_learning_rate_and_custom_optimizer() -> None:
 
 
 def test_gradnorm_all_clamped_restarts_uniform() -> None:
-    # An "optimiser" that sends every weight to 0: the clamp+renormalise would be 0/0.
+    # An "optimiser" that sends every weight to 0: the clamp+renormalize would be 0/0.
     to_zero = optax.GradientTransformation(
         lambda params: optax.EmptyState(),
         lambda updates, state, params: (jax.tree.map(jnp.negative, params), state),
@@ -309,7 +309,7 @@ def test_mgda_pytree_losses_and_rejected_steps() -> None:
     nan_losses = {"a": jnp.float32(jnp.nan), "b": jnp.float32(1.0)}
     again, _ = update(nan_losses, state, gramian=gramian)
     chex.assert_trees_all_close(again, weights)
-    # A zero gradient under l2 normalisation: no division by zero.
+    # A zero gradient under l2 normalization: no division by zero.
     weights, _ = update(losses, state, gramian=jnp.array([[0.0, 0.0], [0.0, 1.0]]))
     assert all(np.isfinite(float(w)) for w in weights.values())
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from oracles import loss_schemes as oracle
-from precision import EPS32, assert_states_close, normalisation_rtol, trace_rtol
+from precision import EPS32, assert_states_close, normalization_rtol, trace_rtol
 
 import covjax
 
@@ -128,7 +128,7 @@ ORACLE_CASES: dict[
             functools.partial(covjax.softadapt, beta=0.3, window=4, variant=variant),
             functools.partial(oracle.softadapt, beta=0.3, window=4, variant=variant),
         )
-        for variant in ("plain", "normalised", "loss_weighted")
+        for variant in ("plain", "normalized", "loss_weighted")
     },
     "relobralo": (
         lambda: covjax.relobralo(alpha=0.95, temperature=1.0, expected_rho=0.9, seed=5),
@@ -139,19 +139,19 @@ ORACLE_CASES: dict[
         lambda: covjax.lsb(period=25, difficulty=False),
         lambda tr: oracle.lsb(tr, period=25, use_difficulty=False),
     ),
-    "lsb_linear_unnormalised_priors": (
+    "lsb_linear_unnormalized_priors": (
         lambda: covjax.lsb(
             period=15,
             beta=0.7,
             beta_schedule="linear",
             ramp_periods=3,
-            normalise_difficulty=False,
+            normalize_difficulty=False,
             priors=jnp.linspace(0.5, 1.5, K) / K,
         ),
         lambda tr: oracle.lsb(
             tr,
             period=15,
-            normalise=False,
+            normalize=False,
             priors=np.linspace(0.5, 1.5, K) / K,
             beta_of_update=linear_ramp,
         ),
@@ -180,8 +180,8 @@ def test_static_and_equal_weights() -> None:
     np.testing.assert_allclose(run_trace(covjax.equal_weighting(), trace), 0.25)
     fixed = jnp.array([1.0, 2.0, 3.0, 4.0])
     np.testing.assert_allclose(run_trace(covjax.static_weighting(fixed), trace), 5 * [fixed])
-    normalised = run_trace(covjax.static_weighting(fixed, normalise=True), trace)
-    np.testing.assert_allclose(normalised, 5 * [fixed / 10], rtol=1e-6)
+    normalized = run_trace(covjax.static_weighting(fixed, normalize=True), trace)
+    np.testing.assert_allclose(normalized, 5 * [fixed / 10], rtol=1e-6)
 
 
 def test_static_weights_as_a_pytree() -> None:
@@ -255,14 +255,14 @@ def test_uncertainty_reproduces_joint_training_with_adam() -> None:
     # The same float32 maths arranged two ways, 30 Adam steps: trace_rtol of each leaf's scale.
     for got, want in ((theta, params[0]), (scheme_state.inner.log_weights, params[1])):
         np.testing.assert_allclose(got, want, rtol=0, atol=trace_rtol(30) * np.abs(want).max())
-    regulariser = covjax.uncertainty_regulariser(scheme_state)
+    regularizer = covjax.uncertainty_regularizer(scheme_state)
     # Σ s over 5 log-weights: their error and the sum's own (≤ 5 roundings of max |s|).
     atol = (trace_rtol(30) + 5 * EPS32) * 5 * float(np.abs(params[1]).max())
-    np.testing.assert_allclose(regulariser, jnp.sum(params[1]), rtol=0, atol=atol)
-    half = covjax.uncertainty_regulariser(scheme_state, form="kendall")
-    np.testing.assert_allclose(half, 0.5 * regulariser, rtol=1e-6)
+    np.testing.assert_allclose(regularizer, jnp.sum(params[1]), rtol=0, atol=atol)
+    half = covjax.uncertainty_regularizer(scheme_state, form="kendall")
+    np.testing.assert_allclose(half, 0.5 * regularizer, rtol=1e-6)
     with pytest.raises(TypeError, match="uncertainty_weighting"):
-        covjax.uncertainty_regulariser(covjax.gls().init(jnp.ones(3)))
+        covjax.uncertainty_regularizer(covjax.gls().init(jnp.ones(3)))
 
 
 def test_lsb_equalises_loss_scales_after_the_first_period() -> None:
@@ -282,7 +282,7 @@ def test_lsb_equalises_loss_scales_after_the_first_period() -> None:
 # name -> (factory, promised sum of the weights or None, permutation equivariant)
 PROPERTY_CASES: dict[str, tuple[Callable[[], covjax.Weighting], float | None, bool]] = {
     "equal": (covjax.equal_weighting, 1.0, True),
-    "static": (lambda: covjax.static_weighting(jnp.arange(1.0, 7.0), normalise=True), 1.0, False),
+    "static": (lambda: covjax.static_weighting(jnp.arange(1.0, 7.0), normalize=True), 1.0, False),
     "uncertainty": (lambda: covjax.uncertainty_weighting(optax.adam(0.1)), None, True),
     "imtl_l": (lambda: covjax.imtl_l(optax.adam(0.1)), None, True),
     "gls": (covjax.gls, None, True),
@@ -308,7 +308,7 @@ small_traces = st.integers(0, 2**31 - 1).map(lambda seed: random_trace(seed, 12,
 
 @pytest.mark.parametrize("case", sorted(PROPERTY_CASES))
 @given(trace=small_traces, seed=st.integers(0, 1000))
-def test_weights_finite_non_negative_normalised_equivariant(
+def test_weights_finite_non_negative_normalized_equivariant(
     case: str, trace: np.ndarray, seed: int
 ) -> None:
     _, promised_sum, equivariant = PROPERTY_CASES[case]
@@ -316,12 +316,12 @@ def test_weights_finite_non_negative_normalised_equivariant(
     weights = np.asarray(run(trace))
     assert np.all(np.isfinite(weights)) and np.all(weights >= 0)
     if promised_sum is not None:
-        rtol = normalisation_rtol(PROPERTY_K)
+        rtol = normalization_rtol(PROPERTY_K)
         np.testing.assert_allclose(weights.sum(axis=1), promised_sum, rtol=rtol)
     if equivariant:
         permutation = np.random.default_rng(seed).permutation(PROPERTY_K)
         # Each step's K-term sums in another order, through the T steps of the trace.
-        rtol = trace_rtol(len(trace), normalisation_rtol(PROPERTY_K))
+        rtol = trace_rtol(len(trace), normalization_rtol(PROPERTY_K))
         permuted = run(trace[:, permutation])
         atol = rtol * np.abs(weights).max()  # for weights near 0: relative to the largest
         np.testing.assert_allclose(permuted, weights[:, permutation], rtol=rtol, atol=atol)
@@ -334,7 +334,7 @@ def test_jit_equals_no_jit(case: str) -> None:
     state_eager = state_jit = scheme.init(trace[0])
     update_jit = jax.jit(scheme.update)
     # Compiled as a whole, XLA may fuse multiply-adds and reorder the K-term sums.
-    rtol = trace_rtol(len(trace), normalisation_rtol(PROPERTY_K))
+    rtol = trace_rtol(len(trace), normalization_rtol(PROPERTY_K))
     for losses in jnp.asarray(trace):
         w_eager, state_eager = scheme.update(losses, state_eager)
         w_jit, state_jit = update_jit(losses, state_jit)
@@ -405,7 +405,7 @@ def test_vmap_sweep_over_hyper_parameters() -> None:
         swept = jax.jit(jax.vmap(run_one))(values)
         single = jax.jit(run_one)
         # Batched and single programs may order each step's K-term sums differently.
-        rtol = trace_rtol(trace.shape[0], normalisation_rtol(trace.shape[1]))
+        rtol = trace_rtol(trace.shape[0], normalization_rtol(trace.shape[1]))
         for index, value in enumerate(values):
             np.testing.assert_allclose(swept[index], single(value), rtol=rtol, err_msg=name)
         assert not np.allclose(swept[0], swept[-1]), f"{name}: the hyper-parameter has no effect"
@@ -415,7 +415,7 @@ def test_vmap_sweep_over_hyper_parameters() -> None:
 def test_rlw_other_distributions_give_fresh_simplex_weights(distribution: str) -> None:
     weights = np.asarray(run_trace(covjax.rlw(seed=1, distribution=distribution), jnp.ones((4, 5))))
     assert np.all(weights > 0)
-    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=normalisation_rtol(5))
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=normalization_rtol(5))
     assert np.ptp(weights, axis=0).min() > 1e-4  # a new draw every step
 
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from precision import normalisation_rtol, trace_rtol
+from precision import normalization_rtol, trace_rtol
 
 import covjax
 
@@ -55,9 +55,9 @@ CONFIGS: dict[str, tuple[Callable[..., covjax.Weighting], dict]] = {
     "cov_weighting_decay": (covjax.cov_weighting, {"decay": 0.9}),
     "cov_weighting_inverse": (covjax.cov_weighting, {"inverse": True}),
     "static_weighting": (covjax.static_weighting, {"weights": jnp.arange(1.0, K + 1.0)}),
-    "static_weighting_normalised": (
+    "static_weighting_normalized": (
         covjax.static_weighting,
-        {"weights": jnp.arange(1.0, K + 1.0), "normalise": True},
+        {"weights": jnp.arange(1.0, K + 1.0), "normalize": True},
     ),
     "equal_weighting": (covjax.equal_weighting, {}),
     "rlw": (covjax.rlw, {}),
@@ -76,7 +76,7 @@ CONFIGS: dict[str, tuple[Callable[..., covjax.Weighting], dict]] = {
     "famo_zero_minimum": (covjax.famo, {"min_losses": jnp.zeros(K)}),
     "dwa": (covjax.dwa, {"period": 2}),
     "softadapt": (covjax.softadapt, {}),
-    "softadapt_normalised": (covjax.softadapt, {"variant": "normalised"}),
+    "softadapt_normalized": (covjax.softadapt, {"variant": "normalized"}),
     "softadapt_loss_weighted": (covjax.softadapt, {"variant": "loss_weighted"}),
     "relobralo": (covjax.relobralo, {"expected_rho": 0.5}),
     "gradnorm": (covjax.gradnorm, {"learning_rate": 0.1}),
@@ -101,7 +101,8 @@ CONFIGS: dict[str, tuple[Callable[..., covjax.Weighting], dict]] = {
 SOLVERS = {
     name
     for name, (constructor, _) in CONFIGS.items()
-    if "gramian" in constructor(**CONFIGS[name][1]).requires and constructor is not covjax.gradnorm
+    if covjax.GRAMIAN in constructor(**CONFIGS[name][1]).requires
+    and constructor is not covjax.gradnorm
 }
 # Steps before a "compensated" scheme first rebalances (equal weights until then).
 FIRST_REBALANCING = {"lsb": 3, "lsb_scale_only": 3, "multi_loss_rebalancing": 1}
@@ -124,7 +125,7 @@ def positive(name: str) -> bool:
 
 def stepper(scheme: covjax.Weighting) -> Callable:
     """A jitted ``(losses, state, gramian) -> (weights, state)``; the Gramian only if required."""
-    if "gramian" in scheme.requires:
+    if covjax.GRAMIAN in scheme.requires:
         return jax.jit(lambda losses, state, gramian: scheme.update(losses, state, gramian=gramian))
     return jax.jit(lambda losses, state, gramian: scheme.update(losses, state))
 
@@ -161,7 +162,7 @@ def test_the_rule_is_in_help() -> None:
             assert re.search(r"must be positive|must exceed their minima", doc), constructor
             assert "is rejected" in doc, constructor
         # The aggregators other than DB-MTL never look at the loss values.
-        loss_statistics = "gramian" not in constructor(**arguments_of(constructor)).requires
+        loss_statistics = covjax.GRAMIAN not in constructor(**arguments_of(constructor)).requires
         if loss_statistics and not all(needs_positive):
             assert re.search(r"any finite (value|losses)", doc), constructor
 
@@ -214,12 +215,12 @@ def test_schemes_without_positivity_use_zero_and_negative_losses(name: str, valu
     weights, state = run(scheme, trace)
     assert int(state.count) == len(trace)  # every step accepted
     assert np.all(np.isfinite(weights))
-    if "gramian" in scheme.requires:
+    if covjax.GRAMIAN in scheme.requires:
         return  # the aggregators' weights come from the gradients, not the loss values
     assert np.all(weights >= 0)
     if scheme.properties.weights_sum == "1":
         assert np.all(weights <= 1.0)
-        np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=normalisation_rtol(K))
+        np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=normalization_rtol(K))
 
 
 def test_value_and_grad_reports_a_rejected_non_positive_step() -> None:
@@ -285,12 +286,12 @@ def test_declared_weights_sum(name: str) -> None:
     sums = weights.sum(axis=1)
     declared = scheme.properties.weights_sum
     if declared == "free":
-        # Not normalised: at some step the sum is neither 1 nor K.
+        # Not normalized: at some step the sum is neither 1 nor K.
         distance = np.minimum(np.abs(sums - 1.0), np.abs(sums - K) / K)
         assert distance.max() > 1e-3, sums
     else:
-        # Normalised float32 weights, summed again in float32.
-        np.testing.assert_allclose(sums, 1.0 if declared == "1" else K, rtol=normalisation_rtol(K))
+        # Normalized float32 weights, summed again in float32.
+        np.testing.assert_allclose(sums, 1.0 if declared == "1" else K, rtol=normalization_rtol(K))
 
 
 # Learned schemes at their equilibrium: constant losses and an optimiser that settles.
@@ -422,7 +423,7 @@ def test_named_keeps_leading_batch_axes() -> None:
             for name in names:
                 assert logged[name].shape == (2,)
                 # Batched and single programs may order each step's 3-term sums differently.
-                rtol = trace_rtol(len(trace), normalisation_rtol(3))
+                rtol = trace_rtol(len(trace), normalization_rtol(3))
                 np.testing.assert_allclose(logged[name][index], single[name], rtol=rtol)
 
 

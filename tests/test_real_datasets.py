@@ -359,7 +359,7 @@ def test_nyuv2_files_are_read_in_numeric_order(tmp_path: Path) -> None:
     assert np.all(loaded[0]["semantic"][-2:, :2] == 255)
 
 
-def test_nyuv2_normals_are_renormalised() -> None:
+def test_nyuv2_normals_are_renormalized() -> None:
     normal = np.zeros((1, 2, 3), np.float32)
     normal[0, 0] = (0.0, 0.0, 0.9)  # shortened by 8-bit quantisation
     _, _, _, normals = nyuv2.to_contract(

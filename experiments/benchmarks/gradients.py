@@ -14,7 +14,7 @@ Four tables, for K = 2, 8, 32 by default:
    same model (measured on the same kind of machine): GradNorm at the last
    trunk layer, MGDA, PCGrad,
    CAGrad, Nash-MTL, IMTL-G, Aligned-MTL and UPGrad over all shared
-   parameters (Dense Gramians factorised, and MGDA once more with the
+   parameters (Dense Gramians factorized, and MGDA once more with the
    per-loss gradients materialised), MGDA-UB on the trunk's output (plain, and
    with per-task copies of it). Timed in interleaved rounds so that machine
    noise hits every scheme alike.
@@ -215,7 +215,7 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
     "mgda": (covjax.mgda, {"wrt": "trunk"}, "MGDA (all shared)"),
     "mgda_materialised": (
         covjax.mgda,
-        {"wrt": "trunk", "factorise": "never"},
+        {"wrt": "trunk", "factorize": "never"},
         "MGDA (all shared, per-loss gradients materialised)",
     ),
     "pcgrad": (covjax.pcgrad, {"wrt": "trunk"}, "PCGrad (all shared)"),

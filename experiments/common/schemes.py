@@ -183,7 +183,7 @@ class Scheme:
 
     @property
     def needs_gradients(self) -> bool:
-        return "gramian" in self.weighting.requires
+        return covjax.GRAMIAN in self.weighting.requires
 
 
 def available_schemes() -> tuple[str, ...]:
@@ -234,7 +234,7 @@ def build_scheme(
             f"Scheme {name!r}: covjax.{entry.constructor} rejected the arguments "
             f"{sorted(arguments)}: {error}"
         ) from error
-    needs_gradients = "gramian" in weighting.requires
+    needs_gradients = covjax.GRAMIAN in weighting.requires
     target = gradient_target or entry.gradient_target
     if target not in GRADIENT_TARGETS:
         raise ValueError(

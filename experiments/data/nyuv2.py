@@ -11,7 +11,7 @@ github.com/lorenmt/mtan, also used by LibMTL)::
 ``<i>`` runs 0..N-1 (795 train, 654 val images). Mapping to the shared
 contract: ``left`` = round(255·image) as uint8; ``semantic`` int32 with −1 → 255;
 ``depth`` float32 [H, W] (non-finite or negative values → 0); ``normals``
-float32 [H, W, 3] renormalised to unit length where non-zero (the stored
+float32 [H, W, 3] renormalized to unit length where non-zero (the stored
 normals went through 8-bit quantisation), 0 where invalid.
 """
 

@@ -504,7 +504,7 @@ def render_view(scene: Scene, camera: Camera, camera_x: float = 0.0) -> View:
         rows, cols = np.nonzero(is_sphere)
         index = sphere_index[rows, cols]
         radial = point[rows, cols] - scene.sphere_center[index]
-        # Normalised explicitly: dividing by the radius leaves float32 hit-point error.
+        # Normalized explicitly: dividing by the radius leaves float32 hit-point error.
         normal[rows, cols] = radial / np.linalg.norm(radial, axis=-1, keepdims=True)
         semantic[rows, cols] = VEGETATION
         albedo[rows, cols] = scene.sphere_albedo[index]

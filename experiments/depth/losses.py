@@ -279,7 +279,7 @@ def _group_weights(group_weights: dict[str, float], names: Iterable[str]) -> dic
     if not names:
         raise ValueError("need at least one loss name.")
     counts = {group: sum(name.split("/")[0] == group for name in names) for group in GROUPS}
-    # Normalise over the groups present, so that the weights always sum to 1.
+    # Normalize over the groups present, so that the weights always sum to 1.
     total = sum(weight for group, weight in group_weights.items() if counts[group])
     return {
         name: group_weights[group] / total / counts[group]
@@ -291,7 +291,7 @@ def _group_weights(group_weights: dict[str, float], names: Iterable[str]) -> dic
 def hand_tuned_weights(names: Iterable[str] = LOSS_NAMES) -> dict[str, float]:
     """monodepth's weights (SSIM 0.85, L1 0.15, LR 1, smoothness 0.1; Godard et al. 2017).
 
-    The four group weights are normalised to sum 1 (≈ 0.405, 0.071, 0.476,
+    The four group weights are normalized to sum 1 (≈ 0.405, 0.071, 0.476,
     0.048 for SSIM, L1, LR, smoothness) and each is split evenly over the
     losses of its group present in ``names`` (8 each by default).
     """

@@ -61,7 +61,7 @@ def valid_normals(normals: Array) -> Array:
 def normals_loss(prediction: Array, target: Array) -> Array:
     """``1 − mean cosine similarity`` of (B, H, W, 3) unit normals over the valid target pixels.
 
-    ``prediction`` is expected unit-length (the model normalises it); the target
+    ``prediction`` is expected unit-length (the model normalizes it); the target
     is used as stored (unit length in the data contract).
     """
     _check_shape("normals_loss", prediction, target)

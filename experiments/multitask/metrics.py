@@ -96,7 +96,7 @@ def depth_error_sums(prediction: np.ndarray, target: np.ndarray) -> tuple[float,
 def angle_errors(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Angles in degrees between predicted and target normals, at the valid target pixels.
 
-    The prediction is normalised first (a zero prediction counts as 90°);
+    The prediction is normalized first (a zero prediction counts as 90°);
     targets are unit vectors, 0 where invalid.
     """
     prediction = np.asarray(prediction, np.float64)

@@ -50,7 +50,7 @@ from experiments.segmentation import models as segmentation_models
 SHARED_LAYER: tuple[str, ...] = ("decoder", "fuse", "conv", "kernel")
 #: Ratio of the input size to the backbone's deepest feature map.
 OUTPUT_STRIDE = 8
-#: Avoids 0/0 when normalising a zero normal prediction.
+#: Avoids 0/0 when normalizing a zero normal prediction.
 NORMAL_EPSILON = 1e-12
 TASKS: tuple[str, ...] = ("segmentation", "depth", "normals")
 

@@ -8,7 +8,7 @@
 * AUX: the same pixel cross-entropy for the FCN head on stage 3.
 
 EncNet's training objective is CE + 0.2·SE + 0.2·AUX; the WACV 2021 paper
-normalises these hand-tuned weights to sum to one. Single-loss baselines are
+normalizes these hand-tuned weights to sum to one. Single-loss baselines are
 static weightings with one-hot weights.
 
 Pixels whose label is neither ``ignore_label`` nor a class in [0, C) are data
@@ -135,7 +135,7 @@ def encnet_losses(
     }
 
 
-def normalised(weights: Mapping[str, float]) -> dict[str, float]:
+def normalized(weights: Mapping[str, float]) -> dict[str, float]:
     """Scale the weights to sum to one, in :data:`LOSS_NAMES` order."""
     unknown = set(weights) - set(LOSS_NAMES)
     if unknown:
@@ -147,8 +147,8 @@ def normalised(weights: Mapping[str, float]) -> dict[str, float]:
 
 
 def hand_tuned_weights() -> dict[str, float]:
-    """EncNet's CE 1, SE 0.2, AUX 0.2 normalised to sum 1: 5/7, 1/7, 1/7."""
-    return normalised(ENCNET_LOSS_WEIGHTS)
+    """EncNet's CE 1, SE 0.2, AUX 0.2 normalized to sum 1: 5/7, 1/7, 1/7."""
+    return normalized(ENCNET_LOSS_WEIGHTS)
 
 
 def single_loss_weights(name: str) -> dict[str, float]:

@@ -21,7 +21,7 @@ The classifier (``fc.*``) and ``num_batches_tracked`` are not used. ResNet-18
 checkpoints load into the ``resnet18`` backbone the same way. Only ``width=1``
 backbones with the default stage sizes have torchvision's shapes.
 
-The pretrained network expects ImageNet-normalised inputs; EncNet normalises
+The pretrained network expects ImageNet-normalized inputs; EncNet normalizes
 its [0, 1] inputs with torchvision's mean and standard deviation itself.
 """
 

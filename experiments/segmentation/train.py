@@ -11,7 +11,7 @@
 The network (:class:`~experiments.segmentation.models.EncNet`) yields the
 three losses CE, SE and AUX of :func:`~experiments.segmentation.losses.encnet_losses`,
 weighted by ``config.scheme`` (see :mod:`experiments.common.schemes`; the
-hand-tuned weights are EncNet's 1 : 0.2 : 0.2, normalised). Training uses the
+hand-tuned weights are EncNet's 1 : 0.2 : 0.2, normalized). Training uses the
 shared machinery (:mod:`experiments.common.train`): runs resume from the
 checkpoints in ``--workdir``, logs go to ``<workdir>/metrics.jsonl`` and
 ``<workdir>/tensorboard``. After training the model is evaluated on

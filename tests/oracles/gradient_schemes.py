@@ -121,7 +121,7 @@ def two_vector_weights(gramian: np.ndarray) -> np.ndarray:
 
 
 def normalized_gramian(gramian: np.ndarray, losses: np.ndarray, normalization: str) -> np.ndarray:
-    """Gramian of g_i / n_i for Sener & Koltun's gradient normalisers."""
+    """Gramian of g_i / n_i for Sener & Koltun's gradient normalizers."""
     gramian = np.asarray(gramian, np.float64)
     norms = np.sqrt(np.diag(gramian))
     n = {

@@ -133,7 +133,7 @@ def softadapt(trace: np.ndarray, beta: float, window: int, variant: str) -> np.n
             continue
         recent = trace[t + 1 - window : t + 1]
         slope = (recent[-1] - recent[0]) / (window - 1)
-        if variant == "normalised":
+        if variant == "normalized":
             slope = slope / np.abs(slope).sum()
         numerators = np.exp(beta * slope - np.max(beta * slope))
         if variant == "loss_weighted":
@@ -165,7 +165,7 @@ def lsb(
     period: int,
     beta: float = 1.0,
     use_difficulty: bool = True,
-    normalise: bool = True,
+    normalize: bool = True,
     priors: np.ndarray | None = None,
     beta_of_update=None,
 ) -> np.ndarray:
@@ -187,7 +187,7 @@ def lsb(
                 (m_prev, tot_prev), (m_now, tot_now) = history[-2], history[-1]
                 b = beta if beta_of_update is None else beta_of_update(len(history) - 1)
                 d = ((m_now / m_prev) / (tot_now / tot_prev)) ** b
-                if normalise:
+                if normalize:
                     d = k * d / d.sum()
     return out
 

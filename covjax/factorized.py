@@ -145,9 +145,9 @@ def _tap_of(use: _Use, leaf: int) -> Tap | None:
 def _worth_it(tap: Tap, other_shape: Sequence[int], num_losses: int) -> bool:
     n, c, m = tap.sizes(other_shape)
     k = num_losses
-    factorised = n * n * c + k * n * n * m + k * k * n * m
+    factorized = n * n * c + k * n * n * m + k * k * n * m
     materialised = k * n * c * m + k * k * c * m
-    return factorised < materialised
+    return factorized < materialised
 
 
 def find_taps(
@@ -156,7 +156,7 @@ def find_taps(
     """The taps of ``closed`` (a ClosedJaxpr whose invars are the parameter leaves).
 
     Returns ``{leaf index: Tap}`` for each selected leaf used exactly once, as
-    an operand of a ``dot_general`` without batch axes, where the factorised
+    an operand of a ``dot_general`` without batch axes, where the factorized
     Gramian is cheaper for ``num_losses`` losses (wherever possible with
     ``always``).
     """

@@ -1,4 +1,4 @@
-"""Factorised Dense Gramians and per-task representation copies against the plain engine.
+"""Factorized Dense Gramians and per-task representation copies against the plain engine.
 
 The oracle for both is a Gramian of per-loss gradients from a Python loop of
 ``jax.grad`` calls, independent of the batched engine. These are identities, so
@@ -17,7 +17,7 @@ from flax import nnx
 from precision import EPS32, assert_trees_close64, float64
 
 import covjax
-from covjax import factorised, gradients
+from covjax import factorized, gradients
 
 K = 3
 
@@ -32,8 +32,8 @@ def make_params(seed: int = 0) -> dict:
         "dense": {"w": normal(5, 12), "b": normal(12, scale=0.1)},  # x @ W
         "left": {"w": normal(12, 12)},  # W @ hᵀ: the parameter is the left operand
         "attention": {"w": normal(12, 2, 6)},  # contracts one axis, two free axes
-        "tied": {"w": normal(12, 12)},  # used twice: never factorised
-        "conv": {"w": normal(3, 1, 2)},  # a convolution kernel: never factorised
+        "tied": {"w": normal(12, 12)},  # used twice: never factorized
+        "conv": {"w": normal(3, 1, 2)},  # a convolution kernel: never factorized
         "heads": {"w": normal(K, 12)},
     }
 
@@ -91,7 +91,7 @@ def traced_taps(wrt: str | None = None, always: bool = True) -> set[str]:
     leaves, treedef = jax.tree.flatten(PARAMS)
     mask, names = gradients.select_leaves(PARAMS, wrt)
     closed = jax.make_jaxpr(lambda *ls: loss_fn(jax.tree.unflatten(treedef, ls), X, Y))(*leaves)
-    return {names[leaf] for leaf in factorised.find_taps(closed, mask, K, always=always)}
+    return {names[leaf] for leaf in factorized.find_taps(closed, mask, K, always=always)}
 
 
 def test_taps_are_the_single_use_products() -> None:
@@ -100,10 +100,10 @@ def test_taps_are_the_single_use_products() -> None:
 
 
 def test_cost_model_picks_big_kernels_only() -> None:
-    tap = factorised.Tap(0, False, (0,), (1,), (32, 512), jnp.float32)
-    assert factorised._worth_it(tap, (32, 512), num_losses=32)  # LibMTL's MLP layer
-    tall = factorised.Tap(0, False, (0,), (1,), (4096, 8), jnp.float32)
-    assert not factorised._worth_it(tall, (4096, 8), num_losses=32)  # N² dominates
+    tap = factorized.Tap(0, False, (0,), (1,), (32, 512), jnp.float32)
+    assert factorized._worth_it(tap, (32, 512), num_losses=32)  # LibMTL's MLP layer
+    tall = factorized.Tap(0, False, (0,), (1,), (4096, 8), jnp.float32)
+    assert not factorized._worth_it(tall, (4096, 8), num_losses=32)  # N² dominates
 
 
 @pytest.mark.parametrize("mode", ["always", "auto", "never"])
@@ -113,7 +113,7 @@ def test_gramian_matches_loop(mode: str, wrt: str | None) -> None:
         params, x, y = float64((PARAMS, X, Y))
         expected = loop_gramian(params, x, y, prefix=wrt or "")
         gramian_fn = lambda p: gradients.per_loss_gramian(  # noqa: E731
-            loss_fn, p, x, y, wrt=wrt, factorise=mode
+            loss_fn, p, x, y, wrt=wrt, factorize=mode
         )[1]
         assert_trees_close64(jax.jit(gramian_fn)(params), expected)
 
@@ -125,11 +125,11 @@ def test_chunked_and_vmapped(chunk_size: int) -> None:
 
         def gramian(p: dict, x: jax.Array) -> jax.Array:
             return gradients.per_loss_gramian(
-                loss_fn, p, x, y, factorise="always", chunk_size=chunk_size
+                loss_fn, p, x, y, factorize="always", chunk_size=chunk_size
             )[1]
 
         reference = jax.jit(
-            lambda p, x: gradients.per_loss_gramian(loss_fn, p, x, y, factorise="never")[1]
+            lambda p, x: gradients.per_loss_gramian(loss_fn, p, x, y, factorize="never")[1]
         )
         xs = jnp.stack([x, 2.0 * x])
         batched = jax.jit(jax.vmap(gramian, in_axes=(None, 0)))(params, xs)
@@ -142,7 +142,7 @@ def test_low_precision_parameters() -> None:
 
     def gramian(mode: str) -> jax.Array:
         return gradients.per_loss_gramian(
-            loss_fn, params, X.astype(jnp.bfloat16), Y, factorise=mode
+            loss_fn, params, X.astype(jnp.bfloat16), Y, factorize=mode
         )[1]
 
     tapped, plain = gramian("always"), gramian("never")
@@ -177,7 +177,7 @@ def test_value_and_grad_on_nnx_module_same_either_way(scheme: covjax.Weighting) 
         x, y = float64((X, Y))
         for mode in ("always", "never"):
             model = Net(nnx.Rngs(0), dtype=jnp.float64)
-            step = nnx.jit(covjax.value_and_grad(nnx_loss, scheme, wrt="trunk", factorise=mode))
+            step = nnx.jit(covjax.value_and_grad(nnx_loss, scheme, wrt="trunk", factorize=mode))
             state = scheme.init(jnp.ones(K))
             for _ in range(3):
                 out, grads = step(model, state, x, y)
@@ -192,10 +192,10 @@ def test_value_and_grad_on_nnx_module_same_either_way(scheme: covjax.Weighting) 
 
 
 def test_bad_mode_is_named() -> None:
-    with pytest.raises(ValueError, match="factorise must be one of"):
-        covjax.value_and_grad(loss_fn, covjax.mgda(), factorise="yes")
-    with pytest.raises(ValueError, match="factorise must be one of"):
-        gradients.per_loss_gramian(loss_fn, PARAMS, X, Y, factorise=True)
+    with pytest.raises(ValueError, match="factorize must be one of"):
+        covjax.value_and_grad(loss_fn, covjax.mgda(), factorize="yes")
+    with pytest.raises(ValueError, match="factorize must be one of"):
+        gradients.per_loss_gramian(loss_fn, PARAMS, X, Y, factorize=True)
 
 
 # --- per-task copies of the representation (MGDA-UB in one head backward pass) ---
@@ -309,7 +309,7 @@ def test_product_of_two_parameters() -> None:
     with jax.enable_x64(True):
         params, x = float64((params, x))
         tapped, plain = (
-            gradients.per_loss_gramian(losses, params, x, factorise=mode)[1]
+            gradients.per_loss_gramian(losses, params, x, factorize=mode)[1]
             for mode in ("always", "never")
         )
         assert_trees_close64(tapped, plain)
