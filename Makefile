@@ -30,7 +30,8 @@ test: $(STAMP) lint
 # The numerically sensitive tests under two other XLA:CPU configurations (one core; AVX2).
 NUMERIC_TESTS := tests/test_aggregators.py tests/test_gradnorm_mgda.py tests/test_loss_groups.py \
 	tests/test_factorized.py tests/test_gradients.py tests/test_loss_schemes.py tests/test_cov.py \
-	tests/test_base.py tests/test_sharding.py tests/test_loss_values.py tests/test_wrappers.py
+	tests/test_base.py tests/test_sharding.py tests/test_loss_values.py tests/test_wrappers.py \
+	tests/test_solvers_vs_peers.py tests/test_conv.py
 test-numerics: $(STAMP)
 	taskset -c 0 $(PY) -m pytest -q -n 0 $(NUMERIC_TESTS)
 	XLA_FLAGS=--xla_cpu_max_isa=AVX2 $(PY) -m pytest -q -n 0 $(NUMERIC_TESTS)
