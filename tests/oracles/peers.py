@@ -94,16 +94,6 @@ def mgda_min_norm(gramian: np.ndarray) -> np.ndarray:
     return weights
 
 
-def cagrad_objective(weights: np.ndarray, gramian: np.ndarray, c: float) -> float:
-    """CAGrad's dual F(w) = ⟨g_w, g0⟩ + c‖g0‖‖g_w‖ from the Gramian alone."""
-    gramian = np.asarray(gramian, np.float64)
-    k = gramian.shape[0]
-    g0_norm = np.sqrt(max(np.mean(gramian), 0.0))
-    return float(weights @ gramian @ np.full(k, 1.0 / k) + c * g0_norm * np.sqrt(
-        max(weights @ gramian @ weights, 0.0)
-    ))
-
-
 def cagrad_slsqp(gramian: np.ndarray, c: float) -> np.ndarray:
     """The simplex weights LibMTL's CAGrad takes: SLSQP with SciPy's default stopping rule."""
     gramian = np.asarray(gramian, np.float64)
