@@ -1,4 +1,5 @@
-"""Gradient aggregators (covjax.aggregators) against NumPy/SciPy oracles on explicit gradients.
+"""Gradient aggregators (PCGrad, GradVac, CAGrad, IMTL-G, Nash-MTL, Aligned-MTL, UPGrad, DB-MTL)
+against NumPy/SciPy oracles on explicit gradients.
 
 Every oracle works on a random K×P Jacobian J (float64); covjax only ever sees
 the float32 Gramian J Jᵀ. Directions d = Σ w_i g_i (or weights) are compared.
@@ -19,7 +20,8 @@ from hypothesis import strategies as st
 from oracles import aggregators as oracle
 
 import covjax
-from covjax import aggregators
+from covjax._src import gramian as gramian_utils
+from covjax._src import solvers
 
 K, P = 5, 12
 #: Machine epsilon of float32, the precision every scheme computes in by default.
@@ -106,7 +108,7 @@ def assert_direction_close(got: np.ndarray, want: np.ndarray, J: np.ndarray, tol
 def test_pcgrad_matches_oracle(case: str) -> None:
     J = jacobian(case, seed=1)
     weights, state = run("pcgrad", J, seed=3, x64=True)
-    _, orders = aggregators._shuffled_orders(jax.random.PRNGKey(3), K)
+    _, orders = gramian_utils.shuffled_orders(jax.random.PRNGKey(3), K)
     want = oracle.pcgrad(J, np.asarray(orders))
     assert_direction_close(weights @ J, want, J, tol=rounding_tol(weights))
     # The key advances: the next step draws new orders.
@@ -154,7 +156,7 @@ def test_gradvac_matches_oracle_over_steps(case: str) -> None:
         J = jacobian(case, seed=10 + step)
         # In float64 (the oracle's precision): exact up to the weights' float32 rounding.
         weights, state = run("gradvac", J, state=state, x64=True, beta=beta, seed=5)
-        key, orders = aggregators._shuffled_orders(key, K)
+        key, orders = gramian_utils.shuffled_orders(key, K)
         want, targets = oracle.gradvac(J, np.asarray(orders), targets, beta)
         assert_direction_close(weights @ J, want, J, tol=rounding_tol(weights))
         # The targets (EMAs of cosines, |φ| ≤ 1) are stored in float32: ½ eps32 per step.
@@ -525,13 +527,13 @@ def test_dual_cone_fallback_and_active_set_agree(case: str) -> None:
     """Lawson–Hanson (the fallback, forced by max_iters=0) finds the same projections."""
     J = degenerate_jacobian(case)
     k = J.shape[0]
-    g = aggregators._normalize(gramian_of(J))
+    g = gramian_utils.normalized_gramian(gramian_of(J))
     eye = jnp.eye(k)
     guess = jnp.zeros((k, k), bool)
-    fast, _ = jax.jit(aggregators.dual_cone_projections, static_argnums=3)(
+    fast, _ = jax.jit(solvers.dual_cone_projections, static_argnums=3)(
         g.gramian, eye, guess, None
     )
-    fallback, _ = jax.jit(aggregators.dual_cone_projections, static_argnums=3)(
+    fallback, _ = jax.jit(solvers.dual_cone_projections, static_argnums=3)(
         g.gramian, eye, guess, 0
     )
     scale = np.linalg.norm(J, axis=1).max() / np.sqrt(float(g.scale))  # normalized units
@@ -543,7 +545,7 @@ def test_dual_cone_fallback_and_active_set_agree(case: str) -> None:
 def test_nonnegative_qp_is_exact_on_a_known_problem() -> None:
     gramian = jnp.array([[2.0, 1.0], [1.0, 2.0]])
     # Unconstrained optimum (−1, 2)·(1/3)·... has a negative entry; the constrained one is (0, 1).
-    x = aggregators.nonnegative_qp(gramian, jnp.array([1.0, -2.0]))
+    x = solvers.nonnegative_qp(gramian, jnp.array([1.0, -2.0]))
     np.testing.assert_allclose(np.asarray(x), [0.0, 1.0], atol=1e-6)
 
 

@@ -18,7 +18,7 @@ from flax import nnx
 from precision import EPS32, assert_trees_close64, float64
 
 import covjax
-from covjax import gradients
+from covjax._src import gradients
 
 NAMES = ("depth", "edges", "normals")  # covjax.loss_names order (sorted dict keys)
 K = len(NAMES)

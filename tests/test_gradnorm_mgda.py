@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from oracles import gradient_schemes as oracle
 
 import covjax
-from covjax.mgda import normalize_gramian
+from covjax._src.mgda import normalize_gramian
 
 #: Machine epsilon of float32, the precision the schemes compute in.
 EPS32 = float(np.finfo(np.float32).eps)

@@ -32,8 +32,8 @@ from typing import Literal, NamedTuple
 import jax.numpy as jnp
 from jax import Array
 
-from covjax import numerics
-from covjax.base import Weighting, make_weighting
+from covjax._src import numerics
+from covjax._src.base import Weighting, make_weighting
 
 #: The released code's variance floor inside the square root.
 VARIANCE_FLOOR = 1e-8

@@ -24,7 +24,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import Array
 
-from covjax.base import Weighting, stateless
+from covjax._src.base import Weighting, stateless
 
 
 def gls(epsilon: float = 1e-12) -> Weighting:

@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from covjax import numerics
-from covjax.base import GRAMIAN, Weighting, make_weighting
+from covjax._src import numerics
+from covjax._src.base import GRAMIAN, Weighting, make_weighting
 
 Form = Literal["reference", "paper"]
 

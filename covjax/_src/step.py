@@ -6,7 +6,7 @@ and the backward pass is a single vector–Jacobian product with the weights as
 cotangent, which is exactly ∇ Σ stop_gradient(α_i) L_i.
 
 Gradient-based schemes (``covjax.GRAMIAN in scheme.requires``) additionally need the
-per-loss gradients; :mod:`covjax.gradients` computes them in one batched
+per-loss gradients; :mod:`covjax._src.gradients` computes them in one batched
 backward pass and hands the scheme their Gramian. The call looks the same, so
 switching scheme is a one-line change.
 
@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from covjax import _nnx, gradients
-from covjax.base import (
+from covjax._src import gradients
+from covjax._src import nnx_support as _nnx
+from covjax._src.base import (
     GRAMIAN,
     Losses,
     PyTree,
@@ -93,7 +94,7 @@ def value_and_grad(
       has_aux: whether ``loss_fn`` returns ``(losses, aux)``.
       wrt: gradient-based schemes only: which parameters the per-loss
         gradients (and so the Gramian) are taken with respect to (a path
-        regex, a predicate, an NNX filter; see :mod:`covjax.gradients`).
+        regex, a predicate, an NNX filter; see :mod:`covjax._src.gradients`).
         ``None`` means all (or all of z with ``representation``).
       chunk_size: gradient-based schemes only: how many per-loss gradients
         are materialised at once (bounds memory; ``1`` is sequential).
@@ -114,13 +115,13 @@ def value_and_grad(
       factorize: gradient-based schemes only: ``"auto"`` takes the Gramian
         block of each selected Dense-style kernel from its layer's input and
         output cotangents instead of its K per-loss gradients, where that is
-        cheaper (:mod:`covjax.factorized`; same result); ``"always"`` wherever
+        cheaper (:mod:`covjax._src.factorized`; same result); ``"always"`` wherever
         possible; ``"never"`` always materialises the per-loss gradients.
       group_losses: gradient-based schemes only: for a pytree of scalar
         losses, pull back separately the groups of losses that reach different
         layers (monodepth's scales, a task's own head), each through a
         backward pass pruned to those layers, where that is cheaper
-        (:mod:`covjax.loss_groups`; same result).
+        (:mod:`covjax._src.loss_groups`; same result).
 
     Returns:
       A function with the signature above; ``grads`` has the structure of

@@ -42,7 +42,7 @@ import numpy as np
 import optax
 from jax import Array
 
-from covjax.base import Weighting, make_weighting
+from covjax._src.base import Weighting, make_weighting
 
 
 class FamoState(NamedTuple):

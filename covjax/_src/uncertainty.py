@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from covjax.base import Weighting, WeightingState, make_weighting
+from covjax._src.base import Weighting, WeightingState, make_weighting
 
 UncertaintyForm = Literal["reference", "kendall"]
 

@@ -38,7 +38,7 @@ Three ways to cut the cost further, all exact:
   its Gramian block from the layer input X and the per-loss output cotangents
   Δ_i as Σ (X Xᵀ) ⊙ (Δ_i Δ_jᵀ), so the batched backward stops at the layer
   outputs and the K per-loss weight gradients are never formed
-  (:mod:`covjax.factorized`; at K = 32 on LibMTL's MLP, 4–5× faster).
+  (:mod:`covjax._src.factorized`; at K = 32 on LibMTL's MLP, 4–5× faster).
 * Per-task copies of the representation (``representation_copies=True`` in
   :func:`covjax.value_and_grad`): when head i reads only copy i of z, ONE
   backward pass of Σ L_i gives every ∂L_i/∂z (:func:`jacobian_from_copies`),
@@ -47,7 +47,7 @@ Three ways to cut the cost further, all exact:
   of scalars) that reach different layers are pulled back group by group,
   through the transpose of one linearisation restricted to the group's
   outputs, which JAX prunes to the layers those losses reach
-  (:mod:`covjax.loss_groups`; monodepth's coarse scales skip the
+  (:mod:`covjax._src.loss_groups`; monodepth's coarse scales skip the
   full-resolution decoder: its GradNorm and MGDA-UB steps cost 2.7–2.9× less).
 
 Under :func:`jax.jit`, gradients of unselected parameters are dead code and
@@ -65,8 +65,9 @@ import jax.numpy as jnp
 from jax import Array
 from jax.extend import core as jex_core
 
-from covjax import _nnx, factorized, loss_groups
-from covjax.base import Losses, LossStructure, PyTree, flatten_losses, path_name
+from covjax._src import factorized, loss_groups
+from covjax._src import nnx_support as _nnx
+from covjax._src.base import Losses, LossStructure, PyTree, flatten_losses, path_name
 
 #: Per-loss gradients: each selected leaf's path → its (K, *leaf.shape) gradients.
 Jacobian = dict[str, Array]
@@ -351,7 +352,7 @@ def gramian_of_function(
     ``losses, vjp_fn = jax.vjp(fn, primal)``. With ``group_losses`` and a
     pytree of scalar losses, losses that reach different parts of the network
     are pulled back in separate groups where that is cheaper
-    (:mod:`covjax.loss_groups`); otherwise all K in one batched pass.
+    (:mod:`covjax._src.loss_groups`); otherwise all K in one batched pass.
     ``traced``: a ClosedJaxpr of ``fn`` over ``primal``'s leaves whose first
     outputs are the loss leaves (e.g. one already traced with an aux output),
     so that ``fn`` is not traced again.
@@ -441,12 +442,12 @@ def vjp_and_gramian(
     per-loss gradients w.r.t. the ``wrt`` leaves, from one batched backward
     pass. ``factorize``: ``"auto"`` gives each selected Dense-style kernel (a
     leaf used once, as an operand of a matrix product) its Gramian block from
-    the layer input and the output cotangents (:mod:`covjax.factorized`),
+    the layer input and the output cotangents (:mod:`covjax._src.factorized`),
     never materialising its K per-loss gradients, where that is cheaper;
     ``"always"`` wherever possible; ``"never"`` materialises every gradient.
     ``group_losses``: without factorized kernels, pull back groups of losses
     that reach different layers separately where that is cheaper
-    (:mod:`covjax.loss_groups`). The result is the same up to rounding.
+    (:mod:`covjax._src.loss_groups`). The result is the same up to rounding.
     """
     if factorize not in FACTORIZE_MODES:
         raise ValueError(f"covjax: factorize must be one of {FACTORIZE_MODES}, got {factorize!r}.")

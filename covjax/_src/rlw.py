@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from covjax.base import Weighting, make_weighting
+from covjax._src.base import Weighting, make_weighting
 
 RlwDistribution = Literal["normal", "uniform", "dirichlet"]
 
