@@ -6,7 +6,10 @@ scheme, as optax); this package re-exports the public API.
 
 from covjax._src.aligned_mtl import aligned_mtl
 from covjax._src.base import (
+    DIRECTION,
     GRAMIAN,
+    JACOBIAN,
+    Aggregation,
     LossStructure,
     Weighting,
     WeightingProperties,
@@ -46,7 +49,10 @@ from covjax._src.wrappers import apply_if_accepted
 __version__ = "0.1.0"
 
 __all__ = [
+    "DIRECTION",
     "GRAMIAN",
+    "JACOBIAN",
+    "Aggregation",
     "CAGradState",
     "CovState",
     "DBMTLState",
