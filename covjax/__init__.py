@@ -23,6 +23,7 @@ from covjax._src.base import (
     weighted_sum,
 )
 from covjax._src.cagrad import CAGradState, cagrad
+from covjax._src.cosmos import cosmos
 from covjax._src.cov import CovState, cov_weighting
 from covjax._src.db_mtl import DBMTLState, db_mtl
 from covjax._src.dwa import DwaState, dwa
@@ -35,12 +36,14 @@ from covjax._src.imtl import imtl_g, imtl_l, imtl_l_regularizer
 from covjax._src.lsb import LsbState, RebalancingState, lsb, multi_loss_rebalancing
 from covjax._src.mgda import mgda
 from covjax._src.nash_mtl import NashMTLState, nash_mtl
+from covjax._src.pbi import pbi
 from covjax._src.pcgrad import PCGradState, pcgrad
 from covjax._src.relobralo import RelobraloState, relobralo
 from covjax._src.rlw import RandomState, rlw
 from covjax._src.softadapt import SoftAdaptState, softadapt
 from covjax._src.solvers import min_norm_solver
 from covjax._src.static import equal_weighting, static_weighting
+from covjax._src.stch import StchState, stch
 from covjax._src.step import WeightedLosses, value_and_grad
 from covjax._src.uncertainty import LearnedLogState, uncertainty_regularizer, uncertainty_weighting
 from covjax._src.upgrad import UPGradState, upgrad
@@ -69,6 +72,7 @@ __all__ = [
     "RebalancingState",
     "RelobraloState",
     "SoftAdaptState",
+    "StchState",
     "UPGradState",
     "WeightedLosses",
     "Weighting",
@@ -77,6 +81,7 @@ __all__ = [
     "aligned_mtl",
     "apply_if_accepted",
     "cagrad",
+    "cosmos",
     "cov_weighting",
     "db_mtl",
     "dwa",
@@ -97,6 +102,7 @@ __all__ = [
     "multi_loss_rebalancing",
     "named",
     "nash_mtl",
+    "pbi",
     "pcgrad",
     "per_loss_gramian",
     "per_loss_jacobian",
@@ -105,6 +111,7 @@ __all__ = [
     "softadapt",
     "stateless",
     "static_weighting",
+    "stch",
     "step_accepted",
     "uncertainty_regularizer",
     "uncertainty_weighting",

@@ -51,6 +51,10 @@ def loss_statistics_schemes(num_losses: int, steps_per_period: int = 10) -> dict
         "famo": lambda: covjax.famo(),
         "softadapt": lambda: covjax.softadapt(),
         "relobralo": lambda: covjax.relobralo(),
+        "stch": lambda: covjax.stch(),
+        "stch (warm-up)": lambda: covjax.stch(warmup_steps=steps_per_period),
+        "pbi": lambda: covjax.pbi(),
+        "cosmos": lambda: covjax.cosmos(),
     }
     available = {}
     for name, make in candidates.items():
