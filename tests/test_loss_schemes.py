@@ -297,6 +297,7 @@ PROPERTY_CASES: dict[str, tuple[Callable[[], covjax.Weighting], float | None, bo
     "stch_warmup": (lambda: covjax.stch(warmup_steps=3), None, True),
     "pbi": (covjax.pbi, None, True),
     "cosmos": (covjax.cosmos, None, True),
+    "lbpinn": (lambda: covjax.lbpinn(optax.adam(0.1)), None, True),
 }
 PROPERTY_K = 6
 # Scalarizations whose gradient trades one loss off for the others: weights of either sign.

@@ -83,6 +83,7 @@ CONFIGS: dict[str, tuple[Callable[..., covjax.Weighting], dict]] = {
     "stch_warmup": (covjax.stch, {"warmup_steps": 2}),
     "pbi": (covjax.pbi, {}),
     "cosmos": (covjax.cosmos, {}),
+    "lbpinn": (covjax.lbpinn, {"optimizer": optax.adam(0.1)}),
     "gradnorm": (covjax.gradnorm, {"learning_rate": 0.1}),
     "gradnorm_paper": (covjax.gradnorm, {"form": "paper", "learning_rate": 0.1}),
     # Gradient aggregators (the Gramian of the per-loss gradients).

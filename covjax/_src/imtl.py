@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from covjax._src.base import GRAMIAN, Weighting, WeightingState, make_weighting, stateless
+from covjax._src.base import GRAMIAN, Weighting, WeightingState, stateless
 from covjax._src.gramian import normalized_gramian, uniform_weights
-from covjax._src.uncertainty import LearnedLogState
+from covjax._src.uncertainty import LearnedLogState, learned_log_weighting
 
 
 def imtl_g() -> Weighting:
@@ -106,30 +106,13 @@ def imtl_l(
       Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, "Towards Impartial
       Multi-task Learning", ICLR 2021, https://openreview.net/forum?id=IMPnRXEWpvr.
     """
-    optimizer = optax.adam(1e-4) if optimizer is None else optimizer
-
-    def init_fn(losses: Array) -> LearnedLogState:
-        s = jnp.broadcast_to(jnp.asarray(init_log_scale, jnp.float32), losses.shape)
-        s = s.astype(jnp.float32)
-        return LearnedLogState(s, optimizer.init(s))
-
-    def update_fn(
-        losses: Array, state: LearnedLogState, count: Array, gramian: Array | None
-    ) -> tuple[Array, LearnedLogState]:
-        del count, gramian
-        s = state.log_weights
-        weights = jnp.exp(s)
-        gradient = weights * losses - 1.0
-        updates, optimizer_state = optimizer.update(gradient, state.optimizer_state, s)
-        new_s = optax.apply_updates(s, updates)
-        return weights, LearnedLogState(new_s.astype(s.dtype), optimizer_state)
-
-    return make_weighting(
-        init_fn,
-        update_fn,
+    return learned_log_weighting(
         name="imtl_l",
-        positive_losses=True,
-        weights_sum="free",
+        optimizer=optimizer,
+        init_log_weights=init_log_scale,
+        # weight e^s; ∂/∂s (e^s L − s) = e^s L − 1
+        weights_of=jnp.exp,
+        gradient_of=lambda s, losses: jnp.exp(s) * losses - 1.0,
         loss_scale="learned",
     )
 

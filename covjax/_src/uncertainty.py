@@ -26,13 +26,14 @@ value: :func:`uncertainty_regularizer` gives it for logging.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import jax.numpy as jnp
 import optax
 from jax import Array
 
-from covjax._src.base import Weighting, WeightingState, make_weighting
+from covjax._src.base import LossScale, Weighting, WeightingState, make_weighting
 
 UncertaintyForm = Literal["reference", "kendall"]
 
@@ -85,34 +86,61 @@ def uncertainty_weighting(
       https://arxiv.org/abs/1705.07115.
     """
     _check_form(form, "uncertainty_weighting")
-    optimizer = optax.adam(1e-4) if optimizer is None else optimizer
     half = 0.5 if form == "kendall" else 1.0
+    return learned_log_weighting(
+        name="uncertainty_weighting",
+        optimizer=optimizer,
+        init_log_weights=init_log_variance,
+        # weight half·exp(−s); ∂/∂s of half (exp(−s) L + s) = half (1 − exp(−s) L)
+        weights_of=lambda s: half * jnp.exp(-s),
+        gradient_of=lambda s, losses: half * (1.0 - jnp.exp(-s) * losses),
+        loss_scale="learned",
+    )
+
+
+def learned_log_weighting(
+    *,
+    name: str,
+    optimizer: optax.GradientTransformation | None,
+    init_log_weights: float | Array,
+    weights_of: Callable[[Array], Array],
+    gradient_of: Callable[[Array, Array], Array],
+    loss_scale: LossScale,
+) -> Weighting:
+    """A scheme of learned per-loss log-parameters s trained jointly with the network.
+
+    Each update returns ``weights_of(s)`` for this step's loss, then takes one
+    step of ``optimizer`` (default ``optax.adam(1e-4)``) on s along
+    ``gradient_of(s, losses)``, the closed-form ∂/∂s of the scheme's joint
+    objective. Uncertainty weighting, IMTL-L and LB-PINN are this with their
+    own objective. Losses must be positive (the objectives have no minimum in
+    s otherwise); the weights are not normalized.
+    """
+    optimizer = optax.adam(1e-4) if optimizer is None else optimizer
 
     def init_fn(losses: Array) -> LearnedLogState:
-        log_variance = jnp.broadcast_to(
-            jnp.asarray(init_log_variance, jnp.float32), losses.shape
-        ).astype(jnp.float32)
-        return LearnedLogState(log_variance, optimizer.init(log_variance))
+        s = jnp.broadcast_to(jnp.asarray(init_log_weights, jnp.float32), losses.shape)
+        s = s.astype(jnp.float32)
+        return LearnedLogState(s, optimizer.init(s))
 
     def update_fn(
         losses: Array, state: LearnedLogState, count: Array, gramian: Array | None
     ) -> tuple[Array, LearnedLogState]:
         del count, gramian
         s = state.log_weights
-        precision = jnp.exp(-s)
-        weights = half * precision
-        gradient = half * (1.0 - precision * losses)
-        updates, optimizer_state = optimizer.update(gradient, state.optimizer_state, s)
+        updates, optimizer_state = optimizer.update(
+            gradient_of(s, losses), state.optimizer_state, s
+        )
         new_s = optax.apply_updates(s, updates)
-        return weights, LearnedLogState(new_s.astype(s.dtype), optimizer_state)
+        return weights_of(s), LearnedLogState(new_s.astype(s.dtype), optimizer_state)
 
     return make_weighting(
         init_fn,
         update_fn,
-        name="uncertainty_weighting",
+        name=name,
         positive_losses=True,
         weights_sum="free",
-        loss_scale="learned",
+        loss_scale=loss_scale,
     )
 
 

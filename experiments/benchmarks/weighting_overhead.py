@@ -55,6 +55,7 @@ def loss_statistics_schemes(num_losses: int, steps_per_period: int = 10) -> dict
         "stch (warm-up)": lambda: covjax.stch(warmup_steps=steps_per_period),
         "pbi": lambda: covjax.pbi(),
         "cosmos": lambda: covjax.cosmos(),
+        "lbpinn": lambda: covjax.lbpinn(),
     }
     available = {}
     for name, make in candidates.items():

@@ -223,3 +223,15 @@ def multi_loss_rebalancing(
             m_prev = m
             record = []
     return out
+
+
+def lbpinn(trace: np.ndarray, lr: float, b2: float = 0.999, init: float = 0.0) -> np.ndarray:
+    """LB-PINN: weight 1/(2ε²) with s = log ε², then Adam on ∂/∂s [L e^{−s}/2 + log(1 + e^s)]."""
+    trace, steps, k = _trace(trace)
+    s = np.full(k, init)
+    adam = Adam(lr, b2=b2)
+    out = np.zeros((steps, k))
+    for t in range(steps):
+        out[t] = 0.5 * np.exp(-s)
+        s = adam.step(s, -0.5 * np.exp(-s) * trace[t] + 1.0 / (1.0 + np.exp(-s)))
+    return out
