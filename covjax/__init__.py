@@ -34,9 +34,11 @@ from covjax._src.gradnorm import GradNormState, gradnorm
 from covjax._src.gradvac import GradVacState, gradvac
 from covjax._src.imtl import imtl_g, imtl_l, imtl_l_regularizer
 from covjax._src.lbpinn import lbpinn, lbpinn_regularizer
+from covjax._src.lr_annealing import AnnealingState, lr_annealing
 from covjax._src.lsb import LsbState, RebalancingState, lsb, multi_loss_rebalancing
 from covjax._src.mgda import mgda
 from covjax._src.nash_mtl import NashMTLState, nash_mtl
+from covjax._src.ntk_weighting import ntk_weighting
 from covjax._src.pbi import pbi
 from covjax._src.pcgrad import PCGradState, pcgrad
 from covjax._src.relobralo import RelobraloState, relobralo
@@ -57,6 +59,7 @@ __all__ = [
     "GRAMIAN",
     "JACOBIAN",
     "Aggregation",
+    "AnnealingState",
     "CAGradState",
     "CovState",
     "DBMTLState",
@@ -98,6 +101,7 @@ __all__ = [
     "lbpinn",
     "lbpinn_regularizer",
     "loss_names",
+    "lr_annealing",
     "lsb",
     "make_weighting",
     "mgda",
@@ -105,6 +109,7 @@ __all__ = [
     "multi_loss_rebalancing",
     "named",
     "nash_mtl",
+    "ntk_weighting",
     "pbi",
     "pcgrad",
     "per_loss_gramian",

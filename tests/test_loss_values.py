@@ -86,6 +86,10 @@ CONFIGS: dict[str, tuple[Callable[..., covjax.Weighting], dict]] = {
     "lbpinn": (covjax.lbpinn, {"optimizer": optax.adam(0.1)}),
     "gradnorm": (covjax.gradnorm, {"learning_rate": 0.1}),
     "gradnorm_paper": (covjax.gradnorm, {"form": "paper", "learning_rate": 0.1}),
+    # PINN balancers on the Gramian's diagonal (lr_annealing's max/mean form needs the
+    # per-loss gradients themselves: tests/test_lr_annealing.py).
+    "lr_annealing_grad_norm": (covjax.lr_annealing, {"form": "grad_norm"}),
+    "ntk_weighting": (covjax.ntk_weighting, {}),
     # Gradient aggregators (the Gramian of the per-loss gradients).
     "mgda": (covjax.mgda, {}),
     **{
@@ -323,6 +327,8 @@ SETTLING = {
         )
     },
 }
+# The moving average forgets its start λ = 1 as α^t (0.9^300 ≈ 2e-14).
+SETTLING["lr_annealing_grad_norm"] = (covjax.lr_annealing, {"form": "grad_norm"})
 SETTLING_STEPS = 300
 
 

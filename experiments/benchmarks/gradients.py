@@ -224,6 +224,12 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
     "imtl_g": (covjax.imtl_g, {"wrt": "trunk"}, "IMTL-G (all shared)"),
     "aligned_mtl": (covjax.aligned_mtl, {"wrt": "trunk"}, "Aligned-MTL (all shared)"),
     "upgrad": (covjax.upgrad, {"wrt": "trunk"}, "UPGrad (all shared)"),
+    "lr_annealing_grad_norm": (
+        lambda: covjax.lr_annealing(form="grad_norm"),
+        {"wrt": "trunk"},
+        "LR annealing, grad-norm form (all shared)",
+    ),
+    "ntk_weighting": (covjax.ntk_weighting, {"wrt": "trunk"}, "NTK weighting (all shared)"),
     "mgda_ub": (covjax.mgda, {"representation": trunk}, "MGDA-UB (representation)"),
     "mgda_ub_copies": (
         covjax.mgda,
