@@ -229,36 +229,52 @@ def test_gls_weights_are_the_gradient_of_the_geometric_mean() -> None:
     np.testing.assert_allclose(jnp.sum(weights * losses), geometric_mean(losses), rtol=rtol)
 
 
-def test_uncertainty_reproduces_joint_training_with_adam() -> None:
-    """Network Adam on Σ α L plus the scheme's Adam on s == one Adam on (θ, s) jointly."""
-    targets = jnp.linspace(-1.0, 2.0, 5)
-    losses_of = lambda theta: (theta - targets) ** 2 + 0.1  # noqa: E731
+JOINT_TARGETS = jnp.linspace(-1.0, 2.0, 5)
+JOINT_STEPS = 30
+
+
+def joint_losses(theta: jax.Array) -> jax.Array:
+    return (theta - JOINT_TARGETS) ** 2 + 0.1
+
+
+def assert_reproduces_joint_training(
+    make_scheme: Callable[[optax.GradientTransformation], covjax.Weighting],
+    joint_objective: Callable[[tuple[jax.Array, jax.Array]], jax.Array],
+) -> covjax.WeightingState:
+    """Network Adam on Σ α L plus the scheme's Adam on its log-weights s == one Adam on (θ, s)
+    for ``joint_objective((θ, s))``, on 5 losses (θ − target)² + 0.1; the final state."""
     adam = optax.adam(0.05)
-
-    def joint_objective(params):
-        theta, s = params
-        return jnp.sum(jnp.exp(-s) * losses_of(theta) + s)
-
     params = (jnp.zeros(5), jnp.zeros(5))
     joint_state = adam.init(params)
     theta = jnp.zeros(5)
     theta_state = adam.init(theta)
-    scheme = covjax.uncertainty_weighting(adam)
-    scheme_state = scheme.init(losses_of(theta))
-    for _ in range(30):
+    scheme = make_scheme(adam)
+    scheme_state = scheme.init(joint_losses(theta))
+    for _ in range(JOINT_STEPS):
         updates, joint_state = adam.update(jax.grad(joint_objective)(params), joint_state)
         params = optax.apply_updates(params, updates)
-        weights, scheme_state = scheme.update(losses_of(theta), scheme_state)
-        grads = jax.grad(lambda th, w=weights: covjax.weighted_sum(losses_of(th), w))(theta)
+        weights, scheme_state = scheme.update(joint_losses(theta), scheme_state)
+        grads = jax.grad(lambda th, w=weights: covjax.weighted_sum(joint_losses(th), w))(theta)
         updates, theta_state = adam.update(grads, theta_state)
         theta = optax.apply_updates(theta, updates)
     # The same float32 maths arranged two ways, 30 Adam steps: trace_rtol of each leaf's scale.
     for got, want in ((theta, params[0]), (scheme_state.inner.log_weights, params[1])):
-        np.testing.assert_allclose(got, want, rtol=0, atol=trace_rtol(30) * np.abs(want).max())
+        atol = trace_rtol(JOINT_STEPS) * np.abs(want).max()
+        np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+    return scheme_state
+
+
+def test_uncertainty_reproduces_joint_training_with_adam() -> None:
+    def joint_objective(params):
+        theta, s = params
+        return jnp.sum(jnp.exp(-s) * joint_losses(theta) + s)
+
+    scheme_state = assert_reproduces_joint_training(covjax.uncertainty_weighting, joint_objective)
+    log_weights = np.asarray(scheme_state.inner.log_weights)
     regularizer = covjax.uncertainty_regularizer(scheme_state)
     # Σ s over 5 log-weights: their error and the sum's own (≤ 5 roundings of max |s|).
-    atol = (trace_rtol(30) + 5 * EPS32) * 5 * float(np.abs(params[1]).max())
-    np.testing.assert_allclose(regularizer, jnp.sum(params[1]), rtol=0, atol=atol)
+    atol = (trace_rtol(JOINT_STEPS) + 5 * EPS32) * 5 * float(np.abs(log_weights).max())
+    np.testing.assert_allclose(regularizer, log_weights.astype(np.float64).sum(), rtol=0, atol=atol)
     half = covjax.uncertainty_regularizer(scheme_state, form="kendall")
     np.testing.assert_allclose(half, 0.5 * regularizer, rtol=1e-6)
     with pytest.raises(TypeError, match="uncertainty_weighting"):

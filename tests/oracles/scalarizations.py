@@ -1,4 +1,4 @@
-"""Oracles for the loss scalarizations (STCH, PBI, COSMOS) and the PINN balancers, float64.
+"""Oracles for the loss scalarizations (STCH, PBI, COSMOS), float64.
 
 Each scalarization is written as its paper's objective S(L) and differentiated
 by the complex step, ∂S/∂L_i = Im S(L + i h e_i) / h (h = 1e-30: exact to
