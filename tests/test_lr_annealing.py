@@ -41,8 +41,9 @@ def test_grad_norm_form_matches_numpy_oracle(alpha: float, update_every: int) ->
     assert_close_to_oracle(got, oracle.lr_annealing_grad_norm(gramians, alpha, update_every))
 
 
-def test_a_pinn_jacobian_from_the_engine() -> None:
-    """A 1-D Poisson PINN: residual and boundary losses, their Jacobian from per_loss_jacobian."""
+def test_a_pinn_trained_through_value_and_grad() -> None:
+    """A 1-D Poisson PINN (residual and boundary losses): value_and_grad feeds the Jacobian, the
+    weights follow the oracle on the same Jacobian, the gradient is Σ λ_i ∇L_i."""
     rng = np.random.default_rng(0)
     params = {
         "hidden": jnp.asarray(rng.normal(size=(1, 16)), jnp.float32),
@@ -59,13 +60,27 @@ def test_a_pinn_jacobian_from_the_engine() -> None:
         boundary = 100.0 * (u(p, 0.0) ** 2 + u(p, 1.0) ** 2)
         return jnp.stack([residual, boundary])
 
-    losses, jacobian, _ = covjax.per_loss_jacobian(losses_fn, params)
-    rows = jnp.concatenate([leaf.reshape(2, -1) for leaf in jax.tree.leaves(jacobian)], axis=1)
     scheme = covjax.lr_annealing()
-    weights, state = scheme.update(losses, scheme.init(losses), jacobian=rows)
-    want = oracle.lr_annealing_max_mean(np.asarray(rows)[None], alpha=0.9)[0]
-    np.testing.assert_allclose(weights, want, rtol=1e-5)
-    assert bool(covjax.step_accepted(scheme.init(losses), state))
+    step = jax.jit(covjax.value_and_grad(losses_fn, scheme))
+    state = scheme.init(jnp.ones(2))
+    jacobians, weights = [], []
+    for _ in range(3):
+        _, jacobian, _ = covjax.per_loss_jacobian(losses_fn, params)
+        jacobians.append(
+            np.concatenate([np.reshape(leaf, (2, -1)) for leaf in jax.tree.leaves(jacobian)], 1)
+        )
+        out, grads = step(params, state)
+        assert bool(covjax.step_accepted(state, out.state))
+        expected = jax.grad(lambda p, w=out.weights: covjax.weighted_sum(losses_fn(p), w))(params)
+        for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected), strict=True):
+            # The same float32 backward pass, weighted before or after: a few roundings.
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        weights.append(np.asarray(out.weights))
+        params = jax.tree.map(lambda p, g: p - 1e-3 * g, params, grads)
+        state = out.state
+    want = oracle.lr_annealing_max_mean(np.stack(jacobians), alpha=0.9)
+    # The engine's and per_loss_jacobian's float32 Jacobians: the max/mean of 32 entries.
+    np.testing.assert_allclose(np.stack(weights), want, rtol=1e-5)
 
 
 def test_a_vanishing_gradient_gets_a_bounded_weight() -> None:

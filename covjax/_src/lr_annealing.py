@@ -131,7 +131,8 @@ def lr_annealing(
       alpha: weight of the previous λ in the moving average (0.9, the
         authors' code); may be a traced array (a sweep is one ``jax.vmap``).
       form: ``"max_mean"`` (the paper: per-coordinate statistics, requires the
-        per-loss gradients, ``update(..., jacobian=J)``) or ``"grad_norm"``
+        per-loss gradients, ``update(..., jacobian=J)``, which
+        :func:`covjax.value_and_grad` passes) or ``"grad_norm"``
         (Σ_j ‖∇L_j‖/‖∇L_i‖ for every loss: requires the Gramian only).
       reference: the index of the residual loss L_r in the flattened losses
         (``"max_mean"`` only); its weight stays 1.

@@ -224,6 +224,11 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
     "imtl_g": (covjax.imtl_g, {"wrt": "trunk"}, "IMTL-G (all shared)"),
     "aligned_mtl": (covjax.aligned_mtl, {"wrt": "trunk"}, "Aligned-MTL (all shared)"),
     "upgrad": (covjax.upgrad, {"wrt": "trunk"}, "UPGrad (all shared)"),
+    "lr_annealing": (
+        covjax.lr_annealing,
+        {"wrt": "trunk"},
+        "LR annealing, max/mean form (per-loss gradients of all shared)",
+    ),
     "lr_annealing_grad_norm": (
         lambda: covjax.lr_annealing(form="grad_norm"),
         {"wrt": "trunk"},
