@@ -21,8 +21,7 @@ Deviations from the authors' code (ruchtem/moo-mtl): COSMOS conditions the
 network on a Dirichlet-sampled r at every step and min-max normalizes each
 loss over a running window before the cosine; covjax is the scalarization for
 one given r on the losses it is given (normalize them beforehand, or sample r
-and pass it traced, to reproduce the rest). TorchJD lists it among its
-scalarizers.
+and pass it traced, to reproduce the rest).
 """
 
 from __future__ import annotations

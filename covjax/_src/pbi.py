@@ -17,8 +17,8 @@ The penalty term pulls the losses back onto the preference ray, so a loss
 that is ahead of its share gets a *negative* weight (it is traded off for the
 others); Σ α is not normalized. Any finite losses are accepted.
 
-TorchJD lists PBI among its scalarizers; covjax follows MOEA/D's definition,
-with z = 0 by default (losses ≥ 0 have the ideal point 0).
+covjax follows MOEA/D's definition, with z = 0 by default (losses ≥ 0 have
+the ideal point 0).
 """
 
 from __future__ import annotations
