@@ -100,7 +100,7 @@ def test_mismatches_are_clear_errors_and_leave_the_model_untouched(
     with pytest.raises(ValueError, match=r"lacks .* backbone weights"):
         backbones.load_torchvision_backbone(backbone, partial)
     assert backbone.conv1.kernel.value is kernel
-    with pytest.raises(FileNotFoundError, match="pretrained convert"):
+    with pytest.raises(FileNotFoundError, match="backbones convert"):
         backbones.load_torchvision_backbone(backbone, "missing.npz")
 
 
