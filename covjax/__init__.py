@@ -1,59 +1,58 @@
-"""covjax: weighting many losses in JAX, with CoV-Weighting at its heart."""
+"""covjax: weighting many losses in JAX, with CoV-Weighting at its heart.
 
-from covjax.aggregators import (
-    CAGradState,
-    DBMTLState,
-    GradVacState,
-    NashMTLState,
-    PCGradState,
-    UPGradState,
-    aligned_mtl,
-    cagrad,
-    db_mtl,
-    gradvac,
-    imtl_g,
-    nash_mtl,
-    pcgrad,
-    upgrad,
-)
-from covjax.base import (
+Every scheme lives in its own module under ``covjax._src`` (one module per
+scheme, as optax); this package re-exports the public API.
+"""
+
+from covjax._src.aligned_mtl import aligned_mtl
+from covjax._src.base import (
+    DIRECTION,
     GRAMIAN,
+    JACOBIAN,
+    Aggregation,
     LossStructure,
     Weighting,
+    WeightingProperties,
     WeightingState,
     flatten_losses,
     loss_names,
     make_weighting,
     named,
+    stateless,
     step_accepted,
     weighted_sum,
 )
-from covjax.cov import CovState, cov_weighting
-from covjax.famo import FamoState, famo
-from covjax.gls import gls
-from covjax.gradients import per_loss_gramian, per_loss_jacobian
-from covjax.gradnorm import GradNormState, gradnorm
-from covjax.imtl import imtl_l, imtl_l_regularizer
-from covjax.loss_trends import (
-    DwaState,
-    RelobraloState,
-    SoftAdaptState,
-    dwa,
-    relobralo,
-    softadapt,
-)
-from covjax.lsb import LsbState, RebalancingState, lsb, multi_loss_rebalancing
-from covjax.mgda import mgda, min_norm_solver
-from covjax.rlw import RandomState, rlw
-from covjax.static import equal_weighting, static_weighting
-from covjax.step import WeightedLosses, value_and_grad
-from covjax.uncertainty import LearnedLogState, uncertainty_regularizer, uncertainty_weighting
-from covjax.wrappers import apply_if_accepted
+from covjax._src.cagrad import CAGradState, cagrad
+from covjax._src.cov import CovState, cov_weighting
+from covjax._src.db_mtl import DBMTLState, db_mtl
+from covjax._src.dwa import DwaState, dwa
+from covjax._src.famo import FamoState, famo
+from covjax._src.gls import gls
+from covjax._src.gradients import per_loss_gramian, per_loss_jacobian
+from covjax._src.gradnorm import GradNormState, gradnorm
+from covjax._src.gradvac import GradVacState, gradvac
+from covjax._src.imtl import imtl_g, imtl_l, imtl_l_regularizer
+from covjax._src.lsb import LsbState, RebalancingState, lsb, multi_loss_rebalancing
+from covjax._src.mgda import mgda
+from covjax._src.nash_mtl import NashMTLState, nash_mtl
+from covjax._src.pcgrad import PCGradState, pcgrad
+from covjax._src.relobralo import RelobraloState, relobralo
+from covjax._src.rlw import RandomState, rlw
+from covjax._src.softadapt import SoftAdaptState, softadapt
+from covjax._src.solvers import min_norm_solver
+from covjax._src.static import equal_weighting, static_weighting
+from covjax._src.step import WeightedLosses, value_and_grad
+from covjax._src.uncertainty import LearnedLogState, uncertainty_regularizer, uncertainty_weighting
+from covjax._src.upgrad import UPGradState, upgrad
+from covjax._src.wrappers import apply_if_accepted
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DIRECTION",
     "GRAMIAN",
+    "JACOBIAN",
+    "Aggregation",
     "CAGradState",
     "CovState",
     "DBMTLState",
@@ -73,6 +72,7 @@ __all__ = [
     "UPGradState",
     "WeightedLosses",
     "Weighting",
+    "WeightingProperties",
     "WeightingState",
     "aligned_mtl",
     "apply_if_accepted",
@@ -103,6 +103,7 @@ __all__ = [
     "relobralo",
     "rlw",
     "softadapt",
+    "stateless",
     "static_weighting",
     "step_accepted",
     "uncertainty_regularizer",

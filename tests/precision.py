@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from covjax.numerics import Compensated
+from covjax._src.numerics import Compensated
 
 #: Machine epsilon of float32, the precision covjax computes in by default.
 EPS32 = float(np.finfo(np.float32).eps)

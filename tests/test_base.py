@@ -226,3 +226,40 @@ def test_orbax_restore_mid_run_continues_identically(tmp_path) -> None:
     for t in range(15, 30):
         weights, restored = update(trace[t], restored)
         np.testing.assert_array_equal(weights, uninterrupted[t])
+
+
+def _sign_mean_scheme() -> covjax.Weighting:
+    """A DIRECTION scheme for the contract: the mean gradient signed by the majority sign."""
+
+    def update_fn(losses, inner, count, jacobian):
+        del count
+        direction = jnp.mean(jacobian, axis=0) * jnp.sign(jnp.sum(jnp.sign(jacobian), axis=0))
+        return jnp.full(losses.shape, 1.0 / losses.shape[0]), inner, direction
+
+    return covjax.make_weighting(
+        lambda losses: optax.EmptyState(),
+        update_fn,
+        name="sign_mean",
+        requires={covjax.JACOBIAN, covjax.DIRECTION},
+    )
+
+
+def test_direction_scheme_contract() -> None:
+    scheme = _sign_mean_scheme()
+    losses = jnp.array([1.0, 2.0, 3.0])
+    state = scheme.init(losses)
+    jacobian = jnp.array([[1.0, -2.0], [3.0, 2.0], [2.0, 2.0]])
+    out, new_state = jax.jit(scheme.update)(losses, state, jacobian=jacobian)
+    assert isinstance(out, covjax.Aggregation)
+    np.testing.assert_allclose(out.direction, [2.0, 2.0 / 3.0], rtol=2e-7)  # one float32 division
+    assert covjax.step_accepted(state, new_state)
+    # A non-finite Jacobian entry is rejected like a non-finite loss: zero direction, state kept.
+    out, rejected = scheme.update(losses, state, jacobian=jacobian.at[0, 1].set(jnp.nan))
+    np.testing.assert_array_equal(out.direction, [0.0, 0.0])
+    assert not covjax.step_accepted(state, rejected)
+    with pytest.raises(ValueError, match="needs the per-loss gradients"):
+        scheme.update(losses, state)
+    with pytest.raises(ValueError, match=r"jacobian has shape \(2, 2\), expected \(3, P\)"):
+        scheme.update(losses, state, jacobian=jacobian[:2])
+    with pytest.raises(ValueError, match="must also require the JACOBIAN"):
+        covjax.make_weighting(lambda x: (), lambda *a: a, name="x", requires={covjax.DIRECTION})

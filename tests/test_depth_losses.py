@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import covjax
-from covjax.static import static_weighting
+from covjax import static_weighting
 from experiments.depth import losses
 from experiments.depth.losses import (
     LOSS_NAMES,

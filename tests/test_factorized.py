@@ -17,7 +17,7 @@ from flax import nnx
 from precision import EPS32, assert_trees_close64, float64
 
 import covjax
-from covjax import factorized, gradients
+from covjax._src import factorized, gradients
 
 K = 3
 

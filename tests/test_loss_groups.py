@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 import covjax
-from covjax import gradients, loss_groups
+from covjax._src import gradients, loss_groups
 
 
 def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:

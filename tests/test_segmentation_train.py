@@ -13,7 +13,7 @@ from flax import nnx
 from precision import network_rtol
 
 import covjax
-from covjax import gradients
+from covjax._src import gradients
 from experiments.common import evaluate
 from experiments.common import train as common_train
 from experiments.common.schemes import Scheme

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 import covjax
-from covjax import gradients
+from covjax._src import gradients
 from experiments.benchmarks.timing import interleaved_times
 
 Params = dict

@@ -38,7 +38,7 @@ Three ways to cut the cost further, all exact:
   its Gramian block from the layer input X and the per-loss output cotangents
   Δ_i as Σ (X Xᵀ) ⊙ (Δ_i Δ_jᵀ), so the batched backward stops at the layer
   outputs and the K per-loss weight gradients are never formed
-  (:mod:`covjax.factorized`; at K = 32 on LibMTL's MLP, 4–5× faster).
+  (:mod:`covjax._src.factorized`; at K = 32 on LibMTL's MLP, 4–5× faster).
 * Per-task copies of the representation (``representation_copies=True`` in
   :func:`covjax.value_and_grad`): when head i reads only copy i of z, ONE
   backward pass of Σ L_i gives every ∂L_i/∂z (:func:`jacobian_from_copies`),
@@ -47,7 +47,7 @@ Three ways to cut the cost further, all exact:
   of scalars) that reach different layers are pulled back group by group,
   through the transpose of one linearisation restricted to the group's
   outputs, which JAX prunes to the layers those losses reach
-  (:mod:`covjax.loss_groups`; monodepth's coarse scales skip the
+  (:mod:`covjax._src.loss_groups`; monodepth's coarse scales skip the
   full-resolution decoder: its GradNorm and MGDA-UB steps cost 2.7–2.9× less).
 
 Under :func:`jax.jit`, gradients of unselected parameters are dead code and
@@ -65,8 +65,9 @@ import jax.numpy as jnp
 from jax import Array
 from jax.extend import core as jex_core
 
-from covjax import _nnx, factorized, loss_groups
-from covjax.base import Losses, LossStructure, PyTree, flatten_losses, path_name
+from covjax._src import factorized, loss_groups
+from covjax._src import nnx_support as _nnx
+from covjax._src.base import Losses, LossStructure, PyTree, flatten_losses, path_name
 
 #: Per-loss gradients: each selected leaf's path → its (K, *leaf.shape) gradients.
 Jacobian = dict[str, Array]
@@ -165,7 +166,7 @@ def _without_trailing_transposes(
     return jex_core.jaxpr_as_fun(rewritten)(one_hots)
 
 
-def _per_loss_rows(
+def per_loss_rows(
     vjp_fn: VjpFn,
     losses: Losses,
     mask: Sequence[bool],
@@ -239,9 +240,47 @@ def jacobian_from_vjp(
       dtype.
     """
     mask, names = select_leaves(params, wrt)
-    rows = _per_loss_rows(vjp_fn, losses, mask, chunk_size)
+    rows = per_loss_rows(vjp_fn, losses, mask, chunk_size)
     selected = [name for name, keep in zip(names, mask, strict=True) if keep]
     return dict(zip(selected, rows, strict=True))
+
+
+def flat_jacobian(rows: Sequence[Array]) -> Array:
+    """The (K, P) Jacobian: per-leaf (K, ...) rows flattened and concatenated in leaf order.
+
+    The layout of :data:`covjax.JACOBIAN` (float32 or wider).
+    """
+    if not rows:
+        raise ValueError("covjax: the Jacobian is empty.")
+    k = rows[0].shape[0]
+    dtype = jnp.promote_types(rows[0].dtype, jnp.float32)
+    return jnp.concatenate([row.reshape(k, -1).astype(dtype) for row in rows], axis=1)
+
+
+def replace_selected(tree: PyTree, mask: Sequence[bool], flat: Array) -> PyTree:
+    """``tree`` with its ``mask``-selected leaves replaced by consecutive slices of ``flat`` (P,).
+
+    The inverse of :func:`flat_jacobian`'s layout for one row: a DIRECTION
+    scheme's direction becomes the gradient of the selected leaves (each in
+    its leaf's shape and dtype).
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    sizes = [leaf.size for leaf, keep in zip(leaves, mask, strict=True) if keep]
+    if flat.shape != (sum(sizes),):
+        raise ValueError(
+            f"covjax: the direction has shape {flat.shape}, expected ({sum(sizes)},): one entry "
+            "per selected parameter."
+        )
+    offset = 0
+    replaced = []
+    for leaf, keep in zip(leaves, mask, strict=True):
+        if keep:
+            piece = flat[offset : offset + leaf.size]
+            replaced.append(piece.reshape(leaf.shape).astype(leaf.dtype))
+            offset += leaf.size
+        else:
+            replaced.append(leaf)
+    return jax.tree.unflatten(treedef, replaced)
 
 
 def gramian_of_jacobian(jacobian: Jacobian | Array) -> Array:
@@ -268,7 +307,7 @@ def gramian_from_vjp(
 ) -> Array:
     """The K×K Gramian of the per-loss gradients; arguments as :func:`jacobian_from_vjp`."""
     mask, _ = select_leaves(params, wrt)
-    rows = _per_loss_rows(vjp_fn, losses, mask, chunk_size, reorderable=[True] * sum(mask))
+    rows = per_loss_rows(vjp_fn, losses, mask, chunk_size, reorderable=[True] * sum(mask))
     return gramian_of_jacobian(rows)
 
 
@@ -311,7 +350,7 @@ def _grouped_gramian(
         pull_back = jax.linear_transpose(group_jvp, selected)
         group_losses = [loss_leaves[i] for i in group]
         # Not reorderable: every group's rows must keep the same axis order.
-        rows = _per_loss_rows(pull_back, group_losses, [True] * len(selected), chunk_size)
+        rows = per_loss_rows(pull_back, group_losses, [True] * len(selected), chunk_size)
         row_blocks.append(rows)
     dtype = jnp.promote_types(row_blocks[0][0].dtype, jnp.float32)
     highest = jax.lax.Precision.HIGHEST
@@ -351,7 +390,7 @@ def gramian_of_function(
     ``losses, vjp_fn = jax.vjp(fn, primal)``. With ``group_losses`` and a
     pytree of scalar losses, losses that reach different parts of the network
     are pulled back in separate groups where that is cheaper
-    (:mod:`covjax.loss_groups`); otherwise all K in one batched pass.
+    (:mod:`covjax._src.loss_groups`); otherwise all K in one batched pass.
     ``traced``: a ClosedJaxpr of ``fn`` over ``primal``'s leaves whose first
     outputs are the loss leaves (e.g. one already traced with an aux output),
     so that ``fn`` is not traced again.
@@ -441,12 +480,12 @@ def vjp_and_gramian(
     per-loss gradients w.r.t. the ``wrt`` leaves, from one batched backward
     pass. ``factorize``: ``"auto"`` gives each selected Dense-style kernel (a
     leaf used once, as an operand of a matrix product) its Gramian block from
-    the layer input and the output cotangents (:mod:`covjax.factorized`),
+    the layer input and the output cotangents (:mod:`covjax._src.factorized`),
     never materialising its K per-loss gradients, where that is cheaper;
     ``"always"`` wherever possible; ``"never"`` materialises every gradient.
     ``group_losses``: without factorized kernels, pull back groups of losses
     that reach different layers separately where that is cheaper
-    (:mod:`covjax.loss_groups`). The result is the same up to rounding.
+    (:mod:`covjax._src.loss_groups`). The result is the same up to rounding.
     """
     if factorize not in FACTORIZE_MODES:
         raise ValueError(f"covjax: factorize must be one of {FACTORIZE_MODES}, got {factorize!r}.")
@@ -504,7 +543,7 @@ def vjp_and_gramian(
         materialised = [keep and i not in taps for i, keep in enumerate(mask)]
         tapped_leaves = sorted(taps)  # a dict's pytree leaves come in key order
         reorderable = [True] * sum(materialised) + [False] * len(tapped_leaves)
-        rows = _per_loss_rows(
+        rows = per_loss_rows(
             tapped_vjp,
             losses,
             materialised + [True] * len(tapped_leaves),

@@ -41,6 +41,20 @@ from jax import Array
 #: means ``update`` needs ``gramian=``, the K×K Gramian of the per-loss gradients.
 GRAMIAN: Final = "gramian"
 
+#: ``JACOBIAN in scheme.requires`` means ``update`` needs ``jacobian=``: the K×P
+#: matrix whose row i is ∇L_i with respect to the selected parameters, flattened
+#: leaf by leaf (in ``jax.tree.leaves`` order) and concatenated. For schemes
+#: that use more than inner products of gradients (per-coordinate statistics,
+#: tracked gradient estimates).
+JACOBIAN: Final = "jacobian"
+
+#: ``DIRECTION in scheme.requires`` (with :data:`JACOBIAN`) means the scheme's
+#: update direction is not Σ α_i ∇L_i: ``update`` returns an
+#: :class:`Aggregation` whose ``direction`` (P,) replaces the gradient of the
+#: selected parameters, while its ``weights`` weigh the losses for every other
+#: parameter (and are what is reported).
+DIRECTION: Final = "direction"
+
 PyTree = Any
 Losses = PyTree  # a 1-D array of K losses, or a pytree whose leaves are scalar losses
 Weights = PyTree  # same structure as the losses
@@ -197,6 +211,21 @@ WeightsSum = Literal["1", "K", "free"]
 LossScale = Literal["compensated", "unchanged", "learned", "no"]
 
 
+class Aggregation(NamedTuple):
+    """What ``update`` of a :data:`DIRECTION` scheme returns in place of the weights.
+
+    Attributes:
+      weights: the loss weights (structured like the losses): they weigh the
+        losses in the backward pass of the parameters outside ``wrt`` and are
+        what is reported and logged.
+      direction: (P,) the update direction for the selected parameters, in the
+        layout of the Jacobian's rows (:data:`JACOBIAN`); zero on a rejected step.
+    """
+
+    weights: Weights
+    direction: Array
+
+
 class WeightingProperties(NamedTuple):
     """What a user needs to know to switch to a scheme in one line.
 
@@ -227,7 +256,9 @@ class Weighting(NamedTuple):
     ``state = init(losses)``; ``weights, state = update(losses, state)``.
     ``requires`` names what the scheme needs besides the losses:
     :data:`covjax.GRAMIAN` (the K×K Gramian of the per-loss gradients, passed
-    as ``gramian=``).
+    as ``gramian=``), :data:`covjax.JACOBIAN` (the K×P per-loss gradients,
+    passed as ``jacobian=``); with :data:`covjax.DIRECTION` ``update`` returns
+    an :class:`Aggregation` (weights and a direction) instead of the weights.
     ``properties`` are its user-facing facts (:class:`WeightingProperties`).
     """
 
@@ -258,11 +289,16 @@ def make_weighting(
     Args:
       init_fn: ``(losses (K,) float32) -> inner_state``; the values are those
         given to ``init`` and only their shape should usually matter.
-      update_fn: ``(losses (K,), inner_state, count int32, gramian (K,K) | None)
-        -> (weights (K,), inner_state)``. Its results are used only for
-        accepted steps (finite inputs, positive losses where required).
+      update_fn: ``(losses (K,), inner_state, count int32, gradients)
+        -> (weights (K,), inner_state)`` where ``gradients`` is the Gramian
+        (K, K) for a :data:`GRAMIAN` scheme, the Jacobian (K, P) for a
+        :data:`JACOBIAN` scheme, else None; a :data:`DIRECTION` scheme returns
+        ``(weights (K,), inner_state, direction (P,))``. Its results are used
+        only for accepted steps (finite inputs, positive losses where required).
       name: the scheme's name, used in error messages.
-      requires: ``{GRAMIAN}`` for schemes that need per-loss gradients.
+      requires: ``{GRAMIAN}`` for schemes that need the Gramian of the per-loss
+        gradients; ``{JACOBIAN}`` for the per-loss gradients themselves,
+        ``{JACOBIAN, DIRECTION}`` when the scheme also forms the direction.
       positive_losses: the scheme's maths needs L_i > ``loss_minimum``
         (ratios, logarithms or divisions by a loss): a step with any loss at
         or below it is rejected exactly like a non-finite one.
@@ -270,7 +306,15 @@ def make_weighting(
         minima), a scalar or (K,), possibly traced.
       weights_sum, loss_scale: facts for :class:`WeightingProperties`.
     """
-    needs_gramian = GRAMIAN in requires
+    needs_jacobian = JACOBIAN in requires
+    needs_gramian = GRAMIAN in requires and not needs_jacobian
+    gives_direction = DIRECTION in requires
+    if gives_direction and not needs_jacobian:
+        raise ValueError(f"covjax.{name}: a DIRECTION scheme must also require the JACOBIAN.")
+    if GRAMIAN in requires and needs_jacobian:
+        raise ValueError(
+            f"covjax.{name}: require the GRAMIAN or the JACOBIAN, not both (J Jᵀ is one product)."
+        )
     properties = WeightingProperties(weights_sum, loss_scale, positive_losses)
 
     def check_state(state: Any, vector: Array) -> None:
@@ -305,8 +349,11 @@ def make_weighting(
         )
 
     def update(
-        losses: Losses, state: WeightingState, gramian: Array | None = None
-    ) -> tuple[Weights, WeightingState]:
+        losses: Losses,
+        state: WeightingState,
+        gramian: Array | None = None,
+        jacobian: Array | None = None,
+    ) -> tuple[Weights | Aggregation, WeightingState]:
         vector, structure = flatten_losses(losses)
         check_state(state, vector)
         if structure != state.structure:
@@ -338,9 +385,31 @@ def make_weighting(
             gramian_finite = jnp.all(jnp.isfinite(gramian))
             finite = finite & gramian_finite
             gramian = jnp.where(gramian_finite, gramian, jnp.eye(k, dtype=gramian.dtype))
-        new_weights, new_inner = update_fn(safe_vector, state.inner, state.count, gramian)
+        gradients = gramian
+        if needs_jacobian:
+            if jacobian is None:
+                raise ValueError(
+                    f"covjax.{name} needs the per-loss gradients: call "
+                    "update(losses, state, jacobian=J) with J of shape (K, P), or use "
+                    "covjax.value_and_grad."
+                )
+            jacobian = jnp.asarray(jacobian)
+            if jacobian.ndim != 2 or jacobian.shape[0] != k:
+                raise ValueError(
+                    f"covjax.{name}: jacobian has shape {jacobian.shape}, expected ({k}, P): "
+                    "one flattened gradient per loss."
+                )
+            jacobian = jacobian.astype(jnp.promote_types(jacobian.dtype, jnp.float32))
+            jacobian_finite = jnp.all(jnp.isfinite(jacobian))
+            finite = finite & jacobian_finite
+            gradients = jnp.where(jacobian_finite, jacobian, jnp.zeros_like(jacobian))
+        outputs = update_fn(safe_vector, state.inner, state.count, gradients)
+        new_weights, new_inner = outputs[:2]
         new_weights = new_weights.astype(state.weights.dtype)
         accept = finite & jnp.all(jnp.isfinite(new_weights))
+        if gives_direction:
+            direction = outputs[2]
+            accept = accept & jnp.all(jnp.isfinite(direction))
         keep = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
         new_state = WeightingState(
             count=state.count + accept.astype(jnp.int32),
@@ -349,7 +418,10 @@ def make_weighting(
             structure=state.structure,
             scheme=state.scheme,
         )
-        return structure.unflatten(new_state.weights), new_state
+        weights = structure.unflatten(new_state.weights)
+        if gives_direction:
+            return Aggregation(weights, jnp.where(accept, direction, 0.0)), new_state
+        return weights, new_state
 
     return Weighting(init=init, update=update, requires=frozenset(requires), properties=properties)
 

@@ -1,6 +1,6 @@
 """Which losses can share a batched backward pass, and which should not.
 
-The batched backward pass of :mod:`covjax.gradients` pulls every one-hot
+The batched backward pass of :mod:`covjax._src.gradients` pulls every one-hot
 cotangent e_i through the whole differentiated part of the network: under
 ``jax.vmap`` a zero cotangent still costs a full backward pass. Often a loss
 reaches only part of the network: monodepth's coarse-scale losses never touch

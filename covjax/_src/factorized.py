@@ -13,7 +13,7 @@ entries:
 costs N²·C + K·N²·M + K²·N·M instead of K·N·C·M + K²·C·M. For LibMTL's MLP
 (N = 32 samples, C = M = 512, K = 32) that is 34 M instead of 537 M
 multiply-adds per layer. The Δ_i themselves still come from one batched
-backward pass (:mod:`covjax.gradients`), now stopping at the layer outputs:
+backward pass (:mod:`covjax._src.gradients`), now stopping at the layer outputs:
 the K per-loss weight gradients are never formed.
 
 How the layers are found: the loss function is traced to a jaxpr once, and

@@ -52,19 +52,10 @@ from typing import Literal, NamedTuple
 import jax.numpy as jnp
 from jax import Array
 
-from covjax import numerics
-from covjax.base import Weighting, make_weighting
+from covjax._src import numerics
+from covjax._src.base import Weighting, make_weighting
 
 BetaSchedule = Literal["linear"] | Callable[[Array], Array] | None
-
-
-def _positive(x: Array) -> Array:
-    return jnp.maximum(x, numerics.TINY)
-
-
-def _check_positive_int(value: int, what: str, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"covjax.{name}: {what} must be a positive integer, got {value!r}")
 
 
 class LsbState(NamedTuple):
@@ -113,9 +104,15 @@ def lsb(
     Returns:
       A :class:`~covjax.Weighting` with positive, unnormalized weights that
       compensate a loss's scale from the end of the first period on.
+
+    References:
+      Lee, Lee & Kim, "Learning Multiple Pixelwise Tasks Based on Loss Scale
+      Balancing", ICCV 2021, pp. 5087–5096,
+      https://openaccess.thecvf.com/content/ICCV2021/html/Lee_Learning_Multiple_Pixelwise_Tasks_Based_on_Loss_Scale_Balancing_ICCV_2021_paper.html;
+      authors' code https://github.com/jaehanlee-mcl/LSB-MTL.
     """
-    _check_positive_int(period, "period", "lsb")
-    _check_positive_int(ramp_periods, "ramp_periods", "lsb")
+    numerics.check_positive_int(period, "period", "lsb")
+    numerics.check_positive_int(ramp_periods, "ramp_periods", "lsb")
     if not (beta_schedule is None or beta_schedule == "linear" or callable(beta_schedule)):
         raise ValueError(
             f"covjax.lsb: beta_schedule must be None, 'linear' or a callable, got {beta_schedule!r}"
@@ -154,15 +151,15 @@ def lsb(
         mean = period_sum / period
         total = jnp.sum(state.scales * mean)
         shares = jnp.full((k,), 1.0 / k) if priors is None else jnp.asarray(priors, jnp.float32)
-        scales = shares * total / _positive(mean)
+        scales = shares * total / numerics.at_least_tiny(mean)
         new_difficulty = state.difficulty
         if difficulty:
-            task_ratio = mean / _positive(state.last_mean)
-            total_ratio = total / _positive(state.last_total)
+            task_ratio = mean / numerics.at_least_tiny(state.last_mean)
+            total_ratio = total / numerics.at_least_tiny(state.last_total)
             exponent = beta_at(completed - 1)
-            d = (task_ratio / _positive(total_ratio)) ** exponent
+            d = (task_ratio / numerics.at_least_tiny(total_ratio)) ** exponent
             if normalize_difficulty:
-                d = k * d / _positive(jnp.sum(d))
+                d = k * d / numerics.at_least_tiny(jnp.sum(d))
             new_difficulty = jnp.where(completed >= 2, d, state.difficulty)
         keep_or = lambda new, old: jnp.where(period_ends, new, old)  # noqa: E731
         new_state = LsbState(
@@ -220,9 +217,15 @@ def multi_loss_rebalancing(steps_per_epoch: int, rebalances_per_epoch: int = 4) 
     Returns:
       A :class:`~covjax.Weighting` with positive, unnormalized weights that
       compensate a loss's scale from the first event on.
+
+    References:
+      Lee & Kim, "Multi-Loss Rebalancing Algorithm for Monocular Depth
+      Estimation", ECCV 2020.
     """
-    _check_positive_int(steps_per_epoch, "steps_per_epoch", "multi_loss_rebalancing")
-    _check_positive_int(rebalances_per_epoch, "rebalances_per_epoch", "multi_loss_rebalancing")
+    numerics.check_positive_int(steps_per_epoch, "steps_per_epoch", "multi_loss_rebalancing")
+    numerics.check_positive_int(
+        rebalances_per_epoch, "rebalances_per_epoch", "multi_loss_rebalancing"
+    )
     if rebalances_per_epoch > steps_per_epoch:
         raise ValueError(
             f"covjax.multi_loss_rebalancing: rebalances_per_epoch ({rebalances_per_epoch}) "
@@ -257,11 +260,13 @@ def multi_loss_rebalancing(steps_per_epoch: int, rebalances_per_epoch: int = 4) 
             (step_in_epoch + 1) // interval <= rebalances_per_epoch
         )
         mean = record_sum / record_steps.astype(jnp.float32)
-        safe_mean = _positive(mean)
+        safe_mean = numerics.at_least_tiny(mean)
         total = jnp.sum(state.weights * mean)
         first_weights = total * (1.0 / k) / safe_mean
         strength = jnp.maximum(3.0 - 1.5 * epoch.astype(jnp.float32), -3.0)
-        ratio = (total / _positive(state.previous_total)) * (state.previous_mean / safe_mean)
+        ratio = (total / numerics.at_least_tiny(state.previous_total)) * (
+            state.previous_mean / safe_mean
+        )
         later_weights = state.weights * jnp.clip(1.0 + strength * (ratio - 1.0), 0.5, 2.0)
         event_weights = jnp.where(state.events == 0, first_weights, later_weights)
         new_weights = jnp.where(is_event, event_weights, state.weights)

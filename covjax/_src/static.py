@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from covjax.base import Losses, PyTree, Weighting, WeightingState, flatten_losses, stateless
+from covjax._src.base import Losses, PyTree, Weighting, WeightingState, flatten_losses, stateless
 
 
 def _is_concrete(x: Array) -> bool:

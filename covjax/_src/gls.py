@@ -24,7 +24,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import Array
 
-from covjax.base import Weighting, stateless
+from covjax._src.base import Weighting, stateless
 
 
 def gls(epsilon: float = 1e-12) -> Weighting:
@@ -40,6 +40,11 @@ def gls(epsilon: float = 1e-12) -> Weighting:
 
     Returns:
       A :class:`~covjax.Weighting` with positive, unnormalized weights.
+
+    References:
+      Chennupati, Sistu, Yogamani & Rawashdeh, "MultiNet++: Multi-Stream
+      Feature Aggregation and Geometric Loss Strategy for Multi-Task Learning",
+      CVPR Workshops 2019, https://arxiv.org/abs/1904.08492.
     """
     if not epsilon > 0:
         raise ValueError(f"covjax.gls: epsilon must be positive, got {epsilon}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 
@@ -55,3 +56,20 @@ def normalize(values: Array) -> Array:
     k = values.shape[-1]
     ok = (total > 0) & jnp.isfinite(total)
     return jnp.where(ok, values / jnp.where(ok, total, 1.0), 1.0 / k)
+
+
+def check_positive_int(value: int, what: str, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"covjax.{name}: {what} must be a positive integer, got {value!r}")
+
+
+#: Cap on softmax logits: a ratio over a zero loss stays finite (and dominant).
+MAX_LOGIT = 1e30
+
+
+def at_least_tiny(x: Array) -> Array:
+    return jnp.maximum(x, TINY)
+
+
+def capped_softmax(logits: Array) -> Array:
+    return jax.nn.softmax(jnp.minimum(logits, MAX_LOGIT))

@@ -1,0 +1,1 @@
+"""covjax's implementation; the public API is re-exported by :mod:`covjax`."""

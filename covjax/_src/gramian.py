@@ -1,0 +1,76 @@
+"""Shared Gramian utilities of the gradient aggregators.
+
+PCGrad, CAGrad, IMTL-G, Nash-MTL, Aligned-MTL, UPGrad, GradVac and DB-MTL
+each turn the K per-loss gradients g_i (rows of the Jacobian J) into one
+update direction d. Every one of them is a linear combination d = Σ_i w_i g_i
+whose coefficients depend on the gradients only through their inner products,
+so it is computed here from the K×K Gramian G = J Jᵀ alone: a modified
+gradient is tracked as its coefficient vector c over the original gradients
+(⟨Σ c_i g_i, g_j⟩ = (cᵀG)_j, ‖Σ c_i g_i‖² = cᵀGc). The returned weights are w,
+and :func:`covjax.value_and_grad` then forms d with ONE weighted backward pass.
+
+All schemes are built with ``requires={covjax.GRAMIAN}``. Conventions shared by all:
+
+* The Gramian is symmetrised and divided by its mean diagonal before solving.
+  Every aggregator here is invariant to that scale (or, for Nash-MTL, scales
+  back explicitly), and float32 solvers behave much better on O(1) numbers.
+* A loss whose gradient norm is below ``DEAD_GRADIENT`` (1e-5) times the
+  largest is "dead": it cannot be projected on, normalized or bargained with.
+  Each scheme says in its docstring what it does with dead losses; when every
+  gradient is zero (G = 0) the direction is 0 whatever the weights, and the
+  schemes return their documented neutral weights (never NaN).
+* Randomness (PCGrad, GradVac) comes from a PRNG key in the state, split every
+  step: the same seed and inputs give the same weights, jitted or not.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+#: A gradient whose norm is below this fraction of the largest one is treated as zero:
+#: 1e-5 ≈ 84·eps32, above what float32 leaves of a gradient that is zero in exact
+#: arithmetic (n cancelling terms leave ≈ √n·eps32 of their scale; 84² ≈ 7000 terms),
+#: and far below any gradient that carries signal next to the largest one.
+DEAD_GRADIENT = 1e-5
+
+
+class Normalized(NamedTuple):
+    """A Gramian divided by its mean diagonal, with what is needed to undo it."""
+
+    gramian: Array  # (K, K) symmetric, mean diagonal 1 (or all zero)
+    scale: Array  # the mean diagonal of the original Gramian (0 when G = 0)
+    live: Array  # (K,) bool: gradient norm ≥ DEAD_GRADIENT · the largest one
+
+
+def normalized_gramian(gramian: Array) -> Normalized:
+    symmetric = 0.5 * (gramian + gramian.T)
+    diagonal = jnp.maximum(jnp.diagonal(symmetric), 0.0)
+    scale = jnp.mean(diagonal)
+    ok = scale > 0
+    normalized = jnp.where(ok, symmetric / jnp.where(ok, scale, 1.0), 0.0)
+    return Normalized(normalized, scale, live_gradients(normalized) & ok)
+
+
+def live_gradients(gramian: Array) -> Array:
+    """(K,) bool: ‖g_i‖ > ``DEAD_GRADIENT``·max_j ‖g_j‖; the others count as zero.
+
+    All False when every gradient is zero or a diagonal entry is NaN or ±Inf.
+    """
+    norms_sq = jnp.maximum(jnp.diagonal(gramian), 0.0)
+    return norms_sq > DEAD_GRADIENT**2 * jnp.max(norms_sq)
+
+
+def uniform_weights(k: int) -> Array:
+    return jnp.full((k,), 1.0 / k, jnp.float32)
+
+
+def shuffled_orders(key: Array, k: int) -> tuple[Array, Array]:
+    """A fresh key and one random permutation of range(K) per loss: (K, K) int32."""
+    next_key, order_key = jax.random.split(key)
+    keys = jax.random.split(order_key, k)
+    orders = jax.vmap(lambda kk: jax.random.permutation(kk, k))(keys)
+    return next_key, orders.astype(jnp.int32)
