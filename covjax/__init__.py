@@ -26,6 +26,7 @@ from covjax._src.cagrad import CAGradState, cagrad
 from covjax._src.cov import CovState, cov_weighting
 from covjax._src.db_mtl import DBMTLState, db_mtl
 from covjax._src.dwa import DwaState, dwa
+from covjax._src.fairgrad import FairGradState, fairgrad
 from covjax._src.famo import FamoState, famo
 from covjax._src.gls import gls
 from covjax._src.gradients import per_loss_gramian, per_loss_jacobian
@@ -57,6 +58,7 @@ __all__ = [
     "CovState",
     "DBMTLState",
     "DwaState",
+    "FairGradState",
     "FamoState",
     "GradNormState",
     "GradVacState",
@@ -81,6 +83,7 @@ __all__ = [
     "db_mtl",
     "dwa",
     "equal_weighting",
+    "fairgrad",
     "famo",
     "flatten_losses",
     "gls",

@@ -35,6 +35,7 @@ SCHEMES: dict[str, Callable[[], covjax.Weighting]] = {
     "aligned_mtl": covjax.aligned_mtl,
     "upgrad": covjax.upgrad,
     "db_mtl": covjax.db_mtl,
+    "fairgrad": covjax.fairgrad,
 }
 if hasattr(covjax, "mgda"):
     SCHEMES["mgda"] = covjax.mgda

@@ -224,6 +224,7 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
     "imtl_g": (covjax.imtl_g, {"wrt": "trunk"}, "IMTL-G (all shared)"),
     "aligned_mtl": (covjax.aligned_mtl, {"wrt": "trunk"}, "Aligned-MTL (all shared)"),
     "upgrad": (covjax.upgrad, {"wrt": "trunk"}, "UPGrad (all shared)"),
+    "fairgrad": (covjax.fairgrad, {"wrt": "trunk"}, "FairGrad (all shared)"),
     "mgda_ub": (covjax.mgda, {"representation": trunk}, "MGDA-UB (representation)"),
     "mgda_ub_copies": (
         covjax.mgda,

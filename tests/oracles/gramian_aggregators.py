@@ -1,0 +1,36 @@
+"""NumPy/SciPy (float64) oracles of FairGrad, DualProj, Krum, SDMGrad, MoDo, PCD and CR-MOGM,
+written from the papers' equations. They take the K×K Gramian (or the gradients' inner
+products) and never call covjax.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import optimize
+
+
+def fairgrad(gramian: np.ndarray, alpha: float) -> np.ndarray:
+    """Ban & Ji 2024, Eq. (7): w > 0 with (G w)_i = w_i^(−1/α).
+
+    Solved as a root-finding problem in u = log w (positivity for free) by
+    MINPACK's Levenberg–Marquardt with the analytic Jacobian; the residual is
+    then checked.
+    """
+    k = gramian.shape[0]
+
+    def residual(u: np.ndarray) -> np.ndarray:
+        w = np.exp(u)
+        return gramian @ w - w ** (-1.0 / alpha)
+
+    def jacobian(u: np.ndarray) -> np.ndarray:
+        w = np.exp(u)
+        return gramian * w[None, :] + np.diag(w ** (-1.0 / alpha) / alpha)
+
+    start = np.log(np.diag(gramian) ** (-alpha / (alpha + 1.0)))
+    options = {"xtol": 1e-15, "ftol": 1e-15}
+    solution = optimize.root(residual, start, jac=jacobian, method="lm", options=options)
+    w = np.exp(solution.x)
+    scale = np.abs(gramian).max() * np.abs(w).max() + np.max(w ** (-1.0 / alpha))
+    assert np.abs(residual(solution.x)).max() < 1e-10 * scale, solution.message
+    assert w.shape == (k,)
+    return w
