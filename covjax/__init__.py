@@ -25,6 +25,7 @@ from covjax._src.base import (
 from covjax._src.cagrad import CAGradState, cagrad
 from covjax._src.cov import CovState, cov_weighting
 from covjax._src.db_mtl import DBMTLState, db_mtl
+from covjax._src.dualproj import DualProjState, dualproj
 from covjax._src.dwa import DwaState, dwa
 from covjax._src.fairgrad import FairGradState, fairgrad
 from covjax._src.famo import FamoState, famo
@@ -57,6 +58,7 @@ __all__ = [
     "CAGradState",
     "CovState",
     "DBMTLState",
+    "DualProjState",
     "DwaState",
     "FairGradState",
     "FamoState",
@@ -81,6 +83,7 @@ __all__ = [
     "cagrad",
     "cov_weighting",
     "db_mtl",
+    "dualproj",
     "dwa",
     "equal_weighting",
     "fairgrad",

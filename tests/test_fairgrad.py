@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +29,21 @@ def weights64(scheme: covjax.Weighting, gramian: np.ndarray, steps: int = 1) -> 
         for _ in range(steps):
             weights, state = update(jnp.ones(k), state, gramian=jnp.asarray(gramian))
         return np.asarray(weights, np.float64)
+
+
+def vmapped_weights64(
+    constructor: Callable[[jax.Array], covjax.Weighting], values: jax.Array, gramian: np.ndarray
+) -> np.ndarray:
+    """One step's float64 weights for each hyper-parameter value, under ``jax.vmap``."""
+    k = gramian.shape[0]
+
+    def weights_for(value: jax.Array) -> jax.Array:
+        scheme = constructor(value)
+        state = scheme.init(jnp.ones(k))
+        return scheme.update(jnp.ones(k), state, gramian=jnp.asarray(gramian))[0]
+
+    with jax.enable_x64(True):
+        return np.asarray(jax.jit(jax.vmap(weights_for))(jnp.asarray(values)), np.float64)
 
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 5.0])
@@ -57,14 +74,7 @@ def test_fairgrad_at_alpha_one_is_nash_mtl() -> None:
 def test_fairgrad_vmaps_over_alpha() -> None:
     gramian = random_gramian(4, k=8)
     alphas = jnp.array([0.5, 1.0, 3.0])
-
-    def weights_for(alpha: jax.Array) -> jax.Array:
-        scheme = covjax.fairgrad(alpha)
-        state = scheme.init(jnp.ones(8))
-        return scheme.update(jnp.ones(8), state, gramian=jnp.asarray(gramian))[0]
-
-    with jax.enable_x64(True):
-        batched = np.asarray(jax.jit(jax.vmap(weights_for))(alphas), np.float64)
+    batched = vmapped_weights64(covjax.fairgrad, alphas, gramian)
     for row, alpha in zip(batched, [0.5, 1.0, 3.0], strict=True):
         np.testing.assert_allclose(row, oracle.fairgrad(gramian, alpha), rtol=1e-5)
 

@@ -97,6 +97,7 @@ CONFIGS: dict[str, tuple[Callable[..., covjax.Weighting], dict]] = {
     "db_mtl": (covjax.db_mtl, {}),
     "fairgrad": (covjax.fairgrad, {}),
     "fairgrad_alpha2": (covjax.fairgrad, {"alpha": 2.0}),
+    "dualproj": (covjax.dualproj, {}),
 }
 # Solvers whose scale behaviour is an identity of exact arithmetic: checked in float64
 # (their float32 solves on these Gramians, condition numbers up to ~1e4, lose ~1e-2).

@@ -36,6 +36,7 @@ SCHEMES: dict[str, Callable[[], covjax.Weighting]] = {
     "upgrad": covjax.upgrad,
     "db_mtl": covjax.db_mtl,
     "fairgrad": covjax.fairgrad,
+    "dualproj": covjax.dualproj,
 }
 if hasattr(covjax, "mgda"):
     SCHEMES["mgda"] = covjax.mgda

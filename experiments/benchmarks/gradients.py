@@ -225,6 +225,7 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
     "aligned_mtl": (covjax.aligned_mtl, {"wrt": "trunk"}, "Aligned-MTL (all shared)"),
     "upgrad": (covjax.upgrad, {"wrt": "trunk"}, "UPGrad (all shared)"),
     "fairgrad": (covjax.fairgrad, {"wrt": "trunk"}, "FairGrad (all shared)"),
+    "dualproj": (covjax.dualproj, {"wrt": "trunk"}, "DualProj (all shared)"),
     "mgda_ub": (covjax.mgda, {"representation": trunk}, "MGDA-UB (representation)"),
     "mgda_ub_copies": (
         covjax.mgda,

@@ -34,3 +34,23 @@ def fairgrad(gramian: np.ndarray, alpha: float) -> np.ndarray:
     assert np.abs(residual(solution.x)).max() < 1e-10 * scale, solution.message
     assert w.shape == (k,)
     return w
+
+
+def gradients_of(gramian: np.ndarray) -> np.ndarray:
+    """K gradients (rows, in K dimensions) whose Gramian is ``gramian`` (PSD): J = V √Λ."""
+    values, vectors = np.linalg.eigh(0.5 * (gramian + gramian.T))
+    return vectors * np.sqrt(np.maximum(values, 0.0))[None, :]
+
+
+def dualproj(gramian: np.ndarray, preference: np.ndarray) -> np.ndarray:
+    """The weights w of the projection of g_u = Jᵀu onto the dual cone {v : J v ≥ 0}.
+
+    From the projection's KKT conditions, v = g_u + Jᵀλ with λ ≥ 0 minimising
+    ‖g_u + Jᵀλ‖ (complementary slackness makes λ_j > 0 only where ⟨g_j, v⟩ = 0):
+    a non-negative least-squares problem on explicit vectors, solved by SciPy's
+    NNLS; w = u + λ.
+    """
+    jacobian = gradients_of(gramian)
+    target = jacobian.T @ preference
+    multipliers, _ = optimize.nnls(jacobian.T, -target, maxiter=50 * len(preference))
+    return preference + multipliers
