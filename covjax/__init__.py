@@ -34,6 +34,7 @@ from covjax._src.gradients import per_loss_gramian, per_loss_jacobian
 from covjax._src.gradnorm import GradNormState, gradnorm
 from covjax._src.gradvac import GradVacState, gradvac
 from covjax._src.imtl import imtl_g, imtl_l, imtl_l_regularizer
+from covjax._src.krum import krum
 from covjax._src.lsb import LsbState, RebalancingState, lsb, multi_loss_rebalancing
 from covjax._src.mgda import mgda
 from covjax._src.nash_mtl import NashMTLState, nash_mtl
@@ -95,6 +96,7 @@ __all__ = [
     "imtl_g",
     "imtl_l",
     "imtl_l_regularizer",
+    "krum",
     "loss_names",
     "lsb",
     "make_weighting",

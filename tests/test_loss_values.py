@@ -98,6 +98,7 @@ CONFIGS: dict[str, tuple[Callable[..., covjax.Weighting], dict]] = {
     "fairgrad": (covjax.fairgrad, {}),
     "fairgrad_alpha2": (covjax.fairgrad, {"alpha": 2.0}),
     "dualproj": (covjax.dualproj, {}),
+    "krum": (covjax.krum, {"n_byzantine": 1, "n_selected": 3}),
 }
 # Solvers whose scale behaviour is an identity of exact arithmetic: checked in float64
 # (their float32 solves on these Gramians, condition numbers up to ~1e4, lose ~1e-2).
@@ -458,6 +459,7 @@ REQUIRED = {
     "multi_loss_rebalancing": {"steps_per_epoch": 8},
     "dwa": {"period": 2},
     "static_weighting": {"weights": jnp.ones(K)},
+    "krum": {"n_byzantine": 1},
 }
 # The argument that a bare `"value"` in a table cell sets.
 BARE_OPTION = {"mgda": "normalization", "softadapt": "variant"}

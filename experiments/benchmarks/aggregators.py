@@ -37,6 +37,7 @@ SCHEMES: dict[str, Callable[[], covjax.Weighting]] = {
     "db_mtl": covjax.db_mtl,
     "fairgrad": covjax.fairgrad,
     "dualproj": covjax.dualproj,
+    "krum": lambda: covjax.krum(n_byzantine=4, n_selected=4),
 }
 if hasattr(covjax, "mgda"):
     SCHEMES["mgda"] = covjax.mgda

@@ -54,3 +54,18 @@ def dualproj(gramian: np.ndarray, preference: np.ndarray) -> np.ndarray:
     target = jacobian.T @ preference
     multipliers, _ = optimize.nnls(jacobian.T, -target, maxiter=50 * len(preference))
     return preference + multipliers
+
+
+def krum(gramian: np.ndarray, n_byzantine: int, n_selected: int, squared: bool) -> np.ndarray:
+    """Blanchard et al. 2017: score s(i) = Σ over the K − f − 2 nearest j ≠ i of ‖g_i − g_j‖²
+    (or ‖g_i − g_j‖), on explicit vectors; the mean of the m best-scored gradients, as weights."""
+    jacobian = gradients_of(gramian)
+    k = len(jacobian)
+    scores = []
+    for i in range(k):
+        others = [np.linalg.norm(jacobian[i] - jacobian[j]) for j in range(k) if j != i]
+        nearest = np.sort(others)[: k - n_byzantine - 2]
+        scores.append(np.sum(nearest**2 if squared else nearest))
+    weights = np.zeros(k)
+    weights[np.argsort(scores, kind="stable")[:n_selected]] = 1.0 / n_selected
+    return weights
