@@ -33,6 +33,7 @@ from covjax._src.gls import gls
 from covjax._src.gradients import per_loss_gramian, per_loss_jacobian
 from covjax._src.gradnorm import GradNormState, gradnorm
 from covjax._src.gradvac import GradVacState, gradvac
+from covjax._src.gramian import cross_gramian
 from covjax._src.imtl import imtl_g, imtl_l, imtl_l_regularizer
 from covjax._src.krum import krum
 from covjax._src.lsb import LsbState, RebalancingState, lsb, multi_loss_rebalancing
@@ -41,6 +42,7 @@ from covjax._src.nash_mtl import NashMTLState, nash_mtl
 from covjax._src.pcgrad import PCGradState, pcgrad
 from covjax._src.relobralo import RelobraloState, relobralo
 from covjax._src.rlw import RandomState, rlw
+from covjax._src.sdmgrad import SDMGradState, sdmgrad
 from covjax._src.softadapt import SoftAdaptState, softadapt
 from covjax._src.solvers import min_norm_solver
 from covjax._src.static import equal_weighting, static_weighting
@@ -73,6 +75,7 @@ __all__ = [
     "RandomState",
     "RebalancingState",
     "RelobraloState",
+    "SDMGradState",
     "SoftAdaptState",
     "UPGradState",
     "WeightedLosses",
@@ -83,6 +86,7 @@ __all__ = [
     "apply_if_accepted",
     "cagrad",
     "cov_weighting",
+    "cross_gramian",
     "db_mtl",
     "dualproj",
     "dwa",
@@ -110,6 +114,7 @@ __all__ = [
     "per_loss_jacobian",
     "relobralo",
     "rlw",
+    "sdmgrad",
     "softadapt",
     "stateless",
     "static_weighting",

@@ -77,9 +77,7 @@ def dualproj(pref_vector: Array | None = None) -> Weighting:
         ).astype(g.gramian.dtype)
         # First step: guess that the gradients g_u conflicts with are active.
         guess = jnp.where(count == 0, g.gramian @ preference < 0, state.passive)
-        multipliers, passive = dual_cone_projections(
-            g.gramian, preference[None, :], guess[None, :]
-        )
+        multipliers, passive = dual_cone_projections(g.gramian, preference[None, :], guess[None, :])
         weights = preference + multipliers[0]
         ok = jnp.all(jnp.isfinite(weights))
         return jnp.where(ok, weights, 0.0), DualProjState(passive[0] & ok)

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from covjax._src.base import GRAMIAN, Weighting, make_weighting
@@ -88,9 +89,9 @@ def fairgrad(
       window-based congestion control", IEEE/ACM Trans. Netw. 8 (2000),
       https://doi.org/10.1109/90.879343.
     """
-    if not isinstance(alpha, jax.core.Tracer) and not jnp.all(jnp.asarray(alpha) > 0):
+    if not isinstance(alpha, jax.core.Tracer) and not np.all(np.asarray(alpha) > 0):
         raise ValueError(f"covjax.fairgrad: alpha must be > 0, got {alpha}")
-    proportional = not isinstance(alpha, jax.core.Tracer) and bool(jnp.all(jnp.asarray(alpha) == 1))
+    proportional = not isinstance(alpha, jax.core.Tracer) and bool(np.all(np.asarray(alpha) == 1))
     if max_iters < 1:
         raise ValueError(f"covjax.fairgrad: max_iters must be ≥ 1, got {max_iters}")
     if ridge <= 0:

@@ -643,3 +643,51 @@ def alpha_fair_weights(
     init = _FairNewton(start, jnp.full((), jnp.inf, start.dtype), jnp.zeros((), jnp.int32))
     result = jax.lax.while_loop(cond, body, init)
     return result.weights, result.decrement_sq
+
+
+def simplex_projection(v: Array) -> Array:
+    """The Euclidean projection of ``v`` (K,) onto the probability simplex.
+
+    Sort-based (Held, Wolfe & Crowder 1974; Duchi et al., ICML 2008): with u
+    sorted decreasingly, ρ = max{j : u_j − (Σ_{i≤j} u_i − 1)/j > 0} and
+    θ = (Σ_{i≤ρ} u_i − 1)/ρ, the projection is max(v − θ, 0). Exact, O(K log K).
+    """
+    k = v.shape[0]
+    u = jnp.sort(v)[::-1]
+    cumulative = jnp.cumsum(u) - 1.0
+    index = jnp.arange(1, k + 1, dtype=v.dtype)
+    rho = jnp.sum(u - cumulative / index > 0)  # the condition holds exactly for j ≤ ρ
+    theta = cumulative[jnp.maximum(rho, 1) - 1] / jnp.maximum(rho, 1).astype(v.dtype)
+    return jnp.maximum(v - theta, 0.0)
+
+
+def sdmgrad_weights(
+    cross_gramian: Array,
+    start: Array,
+    lamda: Array,
+    learning_rate: Array,
+    momentum: Array,
+    num_steps: int,
+) -> Array:
+    """SDMGrad's inner loop: ``num_steps`` projected heavy-ball steps on the simplex weights.
+
+    Minimizes ½‖g_w + λ g0‖² over w ∈ Δ with the stochastic gradient
+    C w + λ C 1/K (C the cross-Gramian of two independent batches, divided by
+    the squared mean of √C_ii); PyTorch-SGD momentum (buffer b ← μ b + ∇,
+    first b = ∇; w ← Π_Δ(w − lr·b)), the buffer restarting at every call as
+    in the authors' code.
+    """
+    k = start.shape[0]
+    diagonal = jnp.maximum(jnp.diagonal(cross_gramian), 0.0)
+    scale = jnp.mean(jnp.sqrt(diagonal)) ** 2
+    normalized = cross_gramian / jnp.where(scale > 0, scale, 1.0)
+    toward_mean = lamda * jnp.mean(normalized, axis=1)
+
+    def step(i: Array, carry: tuple[Array, Array]) -> tuple[Array, Array]:
+        w, buffer = carry
+        gradient = normalized @ w + toward_mean
+        buffer = jnp.where(i == 0, gradient, momentum * buffer + gradient)
+        return simplex_projection(w - learning_rate * buffer), buffer
+
+    w, _ = jax.lax.fori_loop(0, num_steps, step, (start, jnp.zeros((k,), start.dtype)))
+    return w

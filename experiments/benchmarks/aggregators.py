@@ -38,6 +38,7 @@ SCHEMES: dict[str, Callable[[], covjax.Weighting]] = {
     "fairgrad": covjax.fairgrad,
     "dualproj": covjax.dualproj,
     "krum": lambda: covjax.krum(n_byzantine=4, n_selected=4),
+    "sdmgrad": covjax.sdmgrad,
 }
 if hasattr(covjax, "mgda"):
     SCHEMES["mgda"] = covjax.mgda

@@ -69,3 +69,39 @@ def krum(gramian: np.ndarray, n_byzantine: int, n_selected: int, squared: bool) 
     weights = np.zeros(k)
     weights[np.argsort(scores, kind="stable")[:n_selected]] = 1.0 / n_selected
     return weights
+
+
+def simplex_projection(v: np.ndarray) -> np.ndarray:
+    """argmin_{w ∈ Δ} ‖w − v‖: w = max(v − θ, 0) with Σ w = 1, θ found by bisection."""
+    low, high = v.min() - 1.0, v.max()
+    for _ in range(200):
+        theta = 0.5 * (low + high)
+        if np.maximum(v - theta, 0.0).sum() > 1.0:
+            low = theta
+        else:
+            high = theta
+    return np.maximum(v - 0.5 * (low + high), 0.0)
+
+
+def sdmgrad(
+    jacobian_a: np.ndarray,
+    jacobian_b: np.ndarray,
+    simplex: np.ndarray,
+    lamda: float,
+    num_steps: int,
+    learning_rate: float,
+    momentum: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Xiao et al. 2023, Alg. 1 with the authors' heavy-ball inner steps, on explicit gradients
+    of two independent batches ξ (rows of ``jacobian_a``) and ξ': the stochastic gradient of
+    ½‖g_w + λg0‖² in w is [⟨g_i(ξ), g_w(ξ') + λ g0(ξ')⟩]_i, scaled by 1/(mean_i ‖·‖_i)² with
+    ‖·‖_i² = max(⟨g_i(ξ), g_i(ξ')⟩, 0). Returns (loss weights (w + λ/K)/(1 + λ), the new w)."""
+    k = len(simplex)
+    scale = np.mean(np.sqrt(np.maximum(np.einsum("ip,ip->i", jacobian_a, jacobian_b), 0.0))) ** 2
+    mean_b = jacobian_b.mean(axis=0)
+    w, buffer = simplex.copy(), np.zeros(k)
+    for step in range(num_steps):
+        gradient = jacobian_a @ (jacobian_b.T @ w + lamda * mean_b) / scale
+        buffer = gradient if step == 0 else momentum * buffer + gradient
+        w = simplex_projection(w - learning_rate * buffer)
+    return (w + lamda / k) / (1.0 + lamda), w

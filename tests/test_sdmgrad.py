@@ -1,0 +1,124 @@
+"""SDMGrad: the inner loop against an explicit-gradient oracle, its limits, and the recipe
+(cross-Gramian of two independent batches) of its docstring, run as written."""
+
+from __future__ import annotations
+
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from oracles import gramian_aggregators as oracle
+from test_fairgrad import vmapped_weights64
+
+import covjax
+
+
+def two_batches(seed: int, k: int = 32, p: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Per-loss gradients of two independent batches: a common mean plus batch noise."""
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(size=(k, p)) * 10.0 ** rng.uniform(-1, 1, size=(k, 1))
+    mean[1::2] -= 0.8 * mean[::2]  # conflicting pairs
+    noise = lambda: 0.5 * rng.normal(size=(k, p)) * np.abs(mean).mean(axis=1, keepdims=True)  # noqa: E731
+    return mean + noise(), mean + noise()
+
+
+def run64(scheme: covjax.Weighting, crosses: list[np.ndarray]) -> list[np.ndarray]:
+    """The float64 weights of consecutive updates, one per cross-Gramian."""
+    with jax.enable_x64(True):
+        k = crosses[0].shape[0]
+        state = scheme.init(jnp.ones(k))
+        update = jax.jit(scheme.update)
+        out = []
+        for cross in crosses:
+            weights, state = update(jnp.ones(k), state, gramian=jnp.asarray(cross))
+            out.append(np.asarray(weights, np.float64))
+        return out
+
+
+@pytest.mark.parametrize("lamda", [0.0, 0.3, 2.0])
+def test_sdmgrad_matches_the_oracle_at_k32(lamda: float) -> None:
+    batches = [two_batches(seed) for seed in range(3)]
+    got = run64(covjax.sdmgrad(lamda), [a @ b.T for a, b in batches])
+    simplex = np.full(32, 1 / 32)
+    for (a, b), weights in zip(batches, got, strict=True):
+        want, simplex = oracle.sdmgrad(a, b, simplex, lamda, 20, 5.0, 0.5)
+        np.testing.assert_allclose(weights, want, rtol=0, atol=1e-5 * want.max())
+        np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
+
+
+def test_sdmgrad_without_pull_converges_to_mgda() -> None:
+    """λ = 0 on the Gramian of one batch: the inner problem is MGDA's min-norm point."""
+    a, _ = two_batches(4, k=8)
+    gramian = a @ a.T
+    (weights,) = run64(
+        covjax.sdmgrad(0.0, num_steps=3000, learning_rate=0.5, momentum=0.5), [gramian]
+    )
+    with jax.enable_x64(True):
+        mgda = np.asarray(covjax.min_norm_solver(jnp.asarray(gramian)), np.float64)
+    np.testing.assert_allclose(weights @ gramian @ weights, mgda @ gramian @ mgda, rtol=1e-5)
+
+
+def test_sdmgrad_vmaps_over_lamda() -> None:
+    a, b = two_batches(5, k=6)
+    lamdas = np.array([0.0, 0.5, 3.0])
+    batched = vmapped_weights64(covjax.sdmgrad, lamdas, a @ b.T)
+    for row, lamda in zip(batched, lamdas, strict=True):
+        want, _ = oracle.sdmgrad(a, b, np.full(6, 1 / 6), lamda, 20, 5.0, 0.5)
+        np.testing.assert_allclose(row, want, rtol=0, atol=1e-5 * want.max())
+
+
+def docstring_example(constructor) -> str:
+    """The indented code block after "Example ...::" in a constructor's docstring."""
+    doc = constructor.__doc__
+    lines = doc[doc.index("::\n", doc.index("Example")) + 3 :].splitlines()
+    first = next(line for line in lines if line.strip())
+    indent = len(first) - len(first.lstrip())
+    block = []
+    for line in lines:
+        if line.strip() and len(line) - len(line.lstrip()) < indent:
+            break
+        block.append(line)
+    return textwrap.dedent("\n".join(block))
+
+
+@pytest.mark.parametrize("constructor", [covjax.sdmgrad])
+def test_the_docstring_recipe_runs_and_trains(constructor) -> None:
+    namespace: dict = {}
+    exec(compile(docstring_example(constructor), "<docstring>", "exec"), namespace)
+    params, key, sample, loss_fn = (namespace[n] for n in ("params", "key", "sample", "loss_fn"))
+    state = namespace["state"]
+    assert int(state.count) == 100  # every step accepted
+    start = {"trunk": 0.5 * jax.random.normal(key, (4, 8)), "heads": jnp.zeros((8, 3))}
+    test_batch = sample(jax.random.PRNGKey(99))
+    before, after = loss_fn(start, *test_batch), loss_fn(params, *test_batch)
+    assert np.all(np.asarray(after) < 0.5 * np.asarray(before)), (before, after)
+    # The cross-Gramian of the recipe is J(ξ) J(ξ')ᵀ of the explicit per-loss gradients.
+    batch_a, batch_b = sample(jax.random.PRNGKey(1)), sample(jax.random.PRNGKey(2))
+    _, jacobian_a, _ = covjax.per_loss_jacobian(loss_fn, params, *batch_a)
+    _, jacobian_b, _ = covjax.per_loss_jacobian(loss_fn, params, *batch_b)
+
+    def explicit(batch) -> np.ndarray:
+        per_leaf = jax.jacrev(lambda p: loss_fn(p, *batch))(params)
+        return np.concatenate([np.reshape(v, (3, -1)) for v in jax.tree.leaves(per_leaf)], axis=1)
+
+    explicit_a, explicit_b = explicit(batch_a), explicit(batch_b)
+    want = np.asarray(explicit_a, np.float64) @ np.asarray(explicit_b, np.float64).T
+    got = np.asarray(covjax.cross_gramian(jacobian_a, jacobian_b))
+    # float32 products of P = 56 terms: ~P·eps32 of the largest |C_ij| bound.
+    np.testing.assert_allclose(got, want, rtol=0, atol=64 * 1.2e-7 * np.abs(want).max())
+
+
+def test_cross_gramian_rejects_mismatched_jacobians() -> None:
+    with pytest.raises(ValueError, match="same structure and shapes"):
+        covjax.cross_gramian({"w": jnp.ones((3, 4))}, {"w": jnp.ones((3, 5))})
+    with pytest.raises(ValueError, match="same structure and shapes"):
+        covjax.cross_gramian({"w": jnp.ones((3, 4))}, {"v": jnp.ones((3, 4))})
+
+
+def test_sdmgrad_checks_its_arguments() -> None:
+    with pytest.raises(ValueError, match="lamda must be ≥ 0"):
+        covjax.sdmgrad(-0.1)
+    with pytest.raises(ValueError, match="num_steps must be an int ≥ 1"):
+        covjax.sdmgrad(num_steps=0)
