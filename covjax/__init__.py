@@ -38,6 +38,7 @@ from covjax._src.imtl import imtl_g, imtl_l, imtl_l_regularizer
 from covjax._src.krum import krum
 from covjax._src.lsb import LsbState, RebalancingState, lsb, multi_loss_rebalancing
 from covjax._src.mgda import mgda
+from covjax._src.modo import MoDoState, modo
 from covjax._src.nash_mtl import NashMTLState, nash_mtl
 from covjax._src.pcgrad import PCGradState, pcgrad
 from covjax._src.relobralo import RelobraloState, relobralo
@@ -70,6 +71,7 @@ __all__ = [
     "LearnedLogState",
     "LossStructure",
     "LsbState",
+    "MoDoState",
     "NashMTLState",
     "PCGradState",
     "RandomState",
@@ -106,6 +108,7 @@ __all__ = [
     "make_weighting",
     "mgda",
     "min_norm_solver",
+    "modo",
     "multi_loss_rebalancing",
     "named",
     "nash_mtl",

@@ -100,6 +100,7 @@ CONFIGS: dict[str, tuple[Callable[..., covjax.Weighting], dict]] = {
     "dualproj": (covjax.dualproj, {}),
     "krum": (covjax.krum, {"n_byzantine": 1, "n_selected": 3}),
     "sdmgrad": (covjax.sdmgrad, {}),
+    "modo": (covjax.modo, {"gamma": 0.1}),
 }
 # Solvers whose scale behaviour is an identity of exact arithmetic: checked in float64
 # (their float32 solves on these Gramians, condition numbers up to ~1e4, lose ~1e-2).

@@ -83,14 +83,14 @@ def docstring_example(constructor) -> str:
     return textwrap.dedent("\n".join(block))
 
 
-@pytest.mark.parametrize("constructor", [covjax.sdmgrad])
+@pytest.mark.parametrize("constructor", [covjax.sdmgrad, covjax.modo])
 def test_the_docstring_recipe_runs_and_trains(constructor) -> None:
     namespace: dict = {}
     exec(compile(docstring_example(constructor), "<docstring>", "exec"), namespace)
     params, key, sample, loss_fn = (namespace[n] for n in ("params", "key", "sample", "loss_fn"))
-    state = namespace["state"]
+    state, k = namespace["state"], namespace["losses"].shape[0]
     assert int(state.count) == 100  # every step accepted
-    start = {"trunk": 0.5 * jax.random.normal(key, (4, 8)), "heads": jnp.zeros((8, 3))}
+    start = {"trunk": 0.5 * jax.random.normal(key, (4, 8)), "heads": jnp.zeros((8, k))}
     test_batch = sample(jax.random.PRNGKey(99))
     before, after = loss_fn(start, *test_batch), loss_fn(params, *test_batch)
     assert np.all(np.asarray(after) < 0.5 * np.asarray(before)), (before, after)
@@ -101,7 +101,7 @@ def test_the_docstring_recipe_runs_and_trains(constructor) -> None:
 
     def explicit(batch) -> np.ndarray:
         per_leaf = jax.jacrev(lambda p: loss_fn(p, *batch))(params)
-        return np.concatenate([np.reshape(v, (3, -1)) for v in jax.tree.leaves(per_leaf)], axis=1)
+        return np.concatenate([np.reshape(v, (k, -1)) for v in jax.tree.leaves(per_leaf)], axis=1)
 
     explicit_a, explicit_b = explicit(batch_a), explicit(batch_b)
     want = np.asarray(explicit_a, np.float64) @ np.asarray(explicit_b, np.float64).T

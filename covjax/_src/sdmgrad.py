@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import string
+import textwrap
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -13,6 +16,64 @@ from covjax._src.base import GRAMIAN, Weighting, make_weighting
 from covjax._src.gramian import uniform_weights
 from covjax._src.solvers import sdmgrad_weights
 
+#: The training step of the double-sampling schemes (SDMGrad, MoDo), shown in their
+#: docstrings with the scheme filled in (the tests run it from there, as written).
+THREE_BATCH_EXAMPLE = string.Template(
+    """\
+import jax
+import jax.numpy as jnp
+import optax
+
+import covjax
+
+def loss_fn(params, x, y):  # K = $k losses, one per output
+    prediction = jnp.tanh(x @ params["trunk"]) @ params["heads"]
+    return jnp.mean((prediction - y) ** 2, axis=0)
+
+scheme = $scheme
+optimizer = optax.sgd(0.05)
+
+@jax.jit
+def train_step(params, opt_state, state, batch, batch_a, batch_b):
+    # Per-loss gradients on two independent batches -> cross-Gramian.
+    _, jacobian_a, _ = covjax.per_loss_jacobian(loss_fn, params, *batch_a)
+    _, jacobian_b, _ = covjax.per_loss_jacobian(loss_fn, params, *batch_b)
+    cross = covjax.cross_gramian(jacobian_a, jacobian_b)
+    # The weights multiply a third batch's losses.
+    losses, pull_back = jax.vjp(lambda p: loss_fn(p, *batch), params)
+    weights, state = scheme.update(losses, state, gramian=cross)
+    (grads,) = pull_back(weights.astype(losses.dtype))
+    updates, opt_state = optimizer.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state, state, losses
+
+key = jax.random.PRNGKey(0)
+target = jax.random.normal(key, (4, $k))
+
+def sample(key):
+    x = jax.random.normal(key, (32, 4))
+    return x, jnp.tanh(x @ target)
+
+params = {"trunk": 0.5 * jax.random.normal(key, (4, 8)), "heads": jnp.zeros((8, $k))}
+opt_state, state = optimizer.init(params), scheme.init(jnp.ones($k))
+for step in range(100):
+    keys = jax.random.split(jax.random.fold_in(key, step), 3)
+    batches = [sample(k) for k in keys]
+    params, opt_state, state, losses = train_step(params, opt_state, state, *batches)
+"""
+)
+
+
+def with_three_batch_example(function: Callable, scheme: str, k: int) -> Callable:
+    """Put :data:`THREE_BATCH_EXAMPLE` for ``scheme`` in place of ``{example}`` in the docstring."""
+    code = THREE_BATCH_EXAMPLE.substitute(scheme=scheme, k=k)
+    lines = []
+    for line in function.__doc__.splitlines(keepends=True):
+        if line.strip() == "{example}":
+            line = textwrap.indent(code, line[: len(line) - len(line.lstrip())])
+        lines.append(line)
+    function.__doc__ = "".join(lines)
+    return function
+
 
 class SDMGradState(NamedTuple):
     """The simplex weights w (K,) of the inner problem, carried from step to step."""
@@ -20,7 +81,7 @@ class SDMGradState(NamedTuple):
     simplex: Array
 
 
-def _check_non_negative(value: float | Array, what: str, name: str) -> None:
+def check_non_negative(value: float | Array, what: str, name: str) -> None:
     if not isinstance(value, jax.core.Tracer) and not np.all(np.asarray(value) >= 0):
         raise ValueError(f"covjax.{name}: {what} must be ≥ 0, got {value}")
 
@@ -63,45 +124,7 @@ def sdmgrad(
 
     Example (a training step fed by three independent batches)::
 
-        import jax
-        import jax.numpy as jnp
-        import optax
-
-        import covjax
-
-        def loss_fn(params, x, y):  # K = 3 losses, one per output
-            prediction = jnp.tanh(x @ params["trunk"]) @ params["heads"]
-            return jnp.mean((prediction - y) ** 2, axis=0)
-
-        scheme = covjax.sdmgrad()
-        optimizer = optax.sgd(0.05)
-
-        @jax.jit
-        def train_step(params, opt_state, state, batch, batch_a, batch_b):
-            # Per-loss gradients on two independent batches -> cross-Gramian.
-            _, jacobian_a, _ = covjax.per_loss_jacobian(loss_fn, params, *batch_a)
-            _, jacobian_b, _ = covjax.per_loss_jacobian(loss_fn, params, *batch_b)
-            cross = covjax.cross_gramian(jacobian_a, jacobian_b)
-            # The weights multiply a third batch's losses.
-            losses, pull_back = jax.vjp(lambda p: loss_fn(p, *batch), params)
-            weights, state = scheme.update(losses, state, gramian=cross)
-            (grads,) = pull_back(weights.astype(losses.dtype))
-            updates, opt_state = optimizer.update(grads, opt_state)
-            return optax.apply_updates(params, updates), opt_state, state, losses
-
-        key = jax.random.PRNGKey(0)
-        target = jax.random.normal(key, (4, 3))
-
-        def sample(key):
-            x = jax.random.normal(key, (32, 4))
-            return x, jnp.tanh(x @ target)
-
-        params = {"trunk": 0.5 * jax.random.normal(key, (4, 8)), "heads": jnp.zeros((8, 3))}
-        opt_state, state = optimizer.init(params), scheme.init(jnp.ones(3))
-        for step in range(100):
-            keys = jax.random.split(jax.random.fold_in(key, step), 3)
-            batches = [sample(k) for k in keys]
-            params, opt_state, state, losses = train_step(params, opt_state, state, *batches)
+        {example}
 
     Args:
       lamda: λ ≥ 0, the pull towards the mean gradient (default 0.3,
@@ -129,9 +152,9 @@ def sdmgrad(
       "Efficient projections onto the l1-ball", ICML 2008,
       https://doi.org/10.1145/1390156.1390191.
     """
-    _check_non_negative(lamda, "lamda", "sdmgrad")
-    _check_non_negative(learning_rate, "learning_rate", "sdmgrad")
-    _check_non_negative(momentum, "momentum", "sdmgrad")
+    check_non_negative(lamda, "lamda", "sdmgrad")
+    check_non_negative(learning_rate, "learning_rate", "sdmgrad")
+    check_non_negative(momentum, "momentum", "sdmgrad")
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"covjax.sdmgrad: num_steps must be an int ≥ 1, got {num_steps!r}")
 
@@ -164,3 +187,6 @@ def sdmgrad(
         weights_sum="1",
         loss_scale="no",
     )
+
+
+with_three_batch_example(sdmgrad, "covjax.sdmgrad()", 3)

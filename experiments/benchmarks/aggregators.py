@@ -39,6 +39,7 @@ SCHEMES: dict[str, Callable[[], covjax.Weighting]] = {
     "dualproj": covjax.dualproj,
     "krum": lambda: covjax.krum(n_byzantine=4, n_selected=4),
     "sdmgrad": covjax.sdmgrad,
+    "modo": covjax.modo,
 }
 if hasattr(covjax, "mgda"):
     SCHEMES["mgda"] = covjax.mgda

@@ -227,6 +227,7 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
     "fairgrad": (covjax.fairgrad, {"wrt": "trunk"}, "FairGrad (all shared)"),
     "dualproj": (covjax.dualproj, {"wrt": "trunk"}, "DualProj (all shared)"),
     "sdmgrad": (covjax.sdmgrad, {"wrt": "trunk"}, "SDMGrad (one batch's Gramian)"),
+    "modo": (covjax.modo, {"wrt": "trunk"}, "MoDo (one batch's Gramian)"),
     "mgda_ub": (covjax.mgda, {"representation": trunk}, "MGDA-UB (representation)"),
     "mgda_ub_copies": (
         covjax.mgda,

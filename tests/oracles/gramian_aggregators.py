@@ -105,3 +105,13 @@ def sdmgrad(
         buffer = gradient if step == 0 else momentum * buffer + gradient
         w = simplex_projection(w - learning_rate * buffer)
     return (w + lamda / k) / (1.0 + lamda), w
+
+
+def modo(
+    jacobian_a: np.ndarray, jacobian_b: np.ndarray, simplex: np.ndarray, gamma: float, rho: float
+) -> np.ndarray:
+    """Chen et al. 2023, Alg. 1 (MoDo): λ ← Π_Δ(λ − γ [⟨g_i(ξ), g_λ(ξ')⟩ + ρ λ_i]_i),
+    on explicit gradients of two independent batches."""
+    return simplex_projection(
+        simplex - gamma * (jacobian_a @ (jacobian_b.T @ simplex) + rho * simplex)
+    )
