@@ -104,6 +104,15 @@ def test_fairgrad_degenerate_gradients_give_finite_weights() -> None:
     np.testing.assert_allclose(zero, 0.25)
 
 
-def test_fairgrad_rejects_a_non_positive_alpha() -> None:
-    with pytest.raises(ValueError, match="alpha must be > 0"):
-        covjax.fairgrad(0.0)
+def test_fairgrad_at_alpha_zero_is_the_mean() -> None:
+    """α = 0: the sum of improvements, maximized by the mean gradient (also under vmap)."""
+    gramian = random_gramian(6, k=5)
+    np.testing.assert_allclose(weights64(covjax.fairgrad(0.0), gramian), 0.2)
+    batched = vmapped_weights64(covjax.fairgrad, jnp.array([0.0, 2.0]), gramian)
+    np.testing.assert_allclose(batched[0], 0.2)
+    np.testing.assert_allclose(batched[1], oracle.fairgrad(gramian, 2.0), rtol=1e-5)
+
+
+def test_fairgrad_rejects_a_negative_alpha() -> None:
+    with pytest.raises(ValueError, match="alpha must be ≥ 0"):
+        covjax.fairgrad(-1.0)

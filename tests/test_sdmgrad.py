@@ -48,6 +48,14 @@ def test_sdmgrad_matches_the_oracle_at_k32(lamda: float) -> None:
         np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
 
 
+def test_sdmgrad_with_a_preference_vector() -> None:
+    a, b = two_batches(8, k=32)
+    preference = np.random.default_rng(0).dirichlet(np.ones(32))
+    (weights,) = run64(covjax.sdmgrad(1.0, pref_vector=jnp.asarray(preference)), [a @ b.T])
+    want, _ = oracle.sdmgrad(a, b, np.full(32, 1 / 32), 1.0, 20, 5.0, 0.5, preference)
+    np.testing.assert_allclose(weights, want, rtol=0, atol=1e-5 * want.max())
+
+
 def test_sdmgrad_without_pull_converges_to_mgda() -> None:
     """λ = 0 on the Gramian of one batch: the inner problem is MGDA's min-norm point."""
     a, _ = two_batches(4, k=8)

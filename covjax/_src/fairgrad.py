@@ -41,8 +41,9 @@ def fairgrad(
         (G w)_i = w_i^(−1/α),   w > 0,     i.e.   u_i = w_i^(−1/α).
 
     α = 1 is proportional fairness (Nash-MTL's equation (Gw)_i = 1/w_i),
-    α → ∞ tends to max–min fairness (the worst improvement first), α → 0
-    to the plain sum of improvements. The weights are not normalized
+    α → ∞ tends to max–min fairness (the worst improvement first); α = 0
+    is the plain sum of improvements, maximized by the mean gradient:
+    w_i = 1/K (the paper's §3, TorchJD's convention). The weights are not normalized
     (``weights_sum="free"``): scaling every gradient by c scales w by
     c^(−2α/(α+1)), and d by c^((1−α)/(1+α)). Scaling one loss (and its
     gradient) by c divides its weight by c at α = 1 (compensated, as
@@ -56,7 +57,7 @@ def fairgrad(
     gradients). A handful of iterations are used.
 
     Args:
-      alpha: the fairness exponent α > 0 (default 1.0, the authors' and
+      alpha: the fairness exponent α ≥ 0 (default 1.0, the authors' and
         LibMTL's default; the paper tunes it per benchmark, e.g. 2.0 on
         QM9). May be traced (``jax.vmap`` over α); checked > 0 only when
         concrete.
@@ -79,8 +80,9 @@ def fairgrad(
     exactly in-graph. The authors' code then multiplies d by K ("to match
     the sum loss") and clips the shared gradient's norm to 1; LibMTL does
     neither, and neither does covjax (clip with
-    ``optax.clip_by_global_norm`` if wanted; multiply ``alpha``-independent
-    learning rates by K to match the authors).
+    ``optax.clip_by_global_norm`` if wanted, and multiply the learning rate
+    by K to match the authors' step). TorchJD's ``FairGrad`` solves with
+    ``least_squares`` as well, from w = 1/K.
 
     References:
       Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024,
@@ -89,8 +91,8 @@ def fairgrad(
       window-based congestion control", IEEE/ACM Trans. Netw. 8 (2000),
       https://doi.org/10.1109/90.879343.
     """
-    if not isinstance(alpha, jax.core.Tracer) and not np.all(np.asarray(alpha) > 0):
-        raise ValueError(f"covjax.fairgrad: alpha must be > 0, got {alpha}")
+    if not isinstance(alpha, jax.core.Tracer) and not np.all(np.asarray(alpha) >= 0):
+        raise ValueError(f"covjax.fairgrad: alpha must be ≥ 0, got {alpha}")
     proportional = not isinstance(alpha, jax.core.Tracer) and bool(np.all(np.asarray(alpha) == 1))
     if max_iters < 1:
         raise ValueError(f"covjax.fairgrad: max_iters must be ≥ 1, got {max_iters}")
@@ -106,7 +108,9 @@ def fairgrad(
         del count
         k = losses.shape[0]
         g = normalized_gramian(gramian)
-        a = jnp.asarray(alpha, g.gramian.dtype)
+        given = jnp.asarray(alpha, g.gramian.dtype)
+        linear = given == 0
+        a = jnp.where(linear, 1.0, given)  # α = 0 is solved below without the equations
         eye = jnp.eye(k, dtype=g.gramian.dtype)
         both = g.live[:, None] & g.live[None, :]
         # Dead losses are decoupled (identity rows): their weight is discarded below.
@@ -130,7 +134,8 @@ def fairgrad(
         unscale = jnp.where(g.scale > 0, g.scale, 1.0) ** (-exponent)
         ok = jnp.any(g.live) & jnp.all(jnp.isfinite(weights))
         new_state = FairGradState(jnp.where(ok, weights, state.weights).astype(jnp.float32))
-        return jnp.where(ok, weights * unscale, uniform_weights(k)), new_state
+        weights = jnp.where(ok & ~linear, weights * unscale, uniform_weights(k))
+        return weights, new_state
 
     return make_weighting(
         init_fn,

@@ -50,7 +50,8 @@ def modo(gamma: float | Array = 1e-3, rho: float | Array = 0.1) -> Weighting:
       rho: ρ ≥ 0, the ℓ2 regularization of λ (default 0.1, LibMTL's
         ``MoDo_rho`` and the authors'). May be traced.
 
-    Deviations: none in the weights. LibMTL additionally divides the task
+    Deviations: none in the weights. TorchJD's ``MoDoWeighting`` defaults
+    to γ = 0.1 (covjax: LibMTL's 1e-3). LibMTL additionally divides the task
     heads' gradients by 3 (it back-propagates all three batches into them);
     here the heads get the third batch's weighted gradient only. The
     authors' first code (Trade-Off-MOL) applied λ to the sum of the two

@@ -91,6 +91,7 @@ def sdmgrad(
     num_steps: int = 20,
     learning_rate: float | Array = 5.0,
     momentum: float | Array = 0.5,
+    pref_vector: Array | None = None,
 ) -> Weighting:
     """SDMGrad, "Direction-oriented Multi-objective Learning" (Xiao, Ban & Ji, NeurIPS 2023).
 
@@ -134,10 +135,14 @@ def sdmgrad(
         the authors' ``niter`` and LibMTL's ``SDMGrad_niter``).
       learning_rate: inner step size (5, as their code), may be traced.
       momentum: inner heavy-ball momentum (0.5, as their code), may be traced.
+      pref_vector: optional (K,) direction weights p (Σ p = 1) replacing the
+        mean g0 by g_p = Σ p_i g_i (TorchJD's ``pref_vector``); default 1/K.
 
-    Deviations: the authors' code adds 1e-8 to the normalizing scale
-    (mean √C_ii)²; covjax divides by the scale itself (guarded at 0), so
-    the weights do not depend on the gradients' overall scale. The
+    Deviations: TorchJD's ``SDMGradWeighting`` defaults to an inner step
+    size of 10 (covjax: 5, the authors' and LibMTL's). The authors' code
+    adds 1e-8 to the normalizing scale (mean √C_ii)²; covjax divides by
+    the scale itself (guarded at 0), so the weights do not depend on the
+    gradients' overall scale. The
     authors clip the shared gradient's norm to 1 (LibMTL does not); use
     ``optax.clip_by_global_norm`` for that. The paper's Algorithm 1 uses
     plain projected SGD steps; the momentum is the code's. A zero
@@ -159,6 +164,11 @@ def sdmgrad(
         raise ValueError(f"covjax.sdmgrad: num_steps must be an int ≥ 1, got {num_steps!r}")
 
     def init_fn(losses: Array) -> SDMGradState:
+        if pref_vector is not None and jnp.shape(pref_vector) != losses.shape:
+            raise ValueError(
+                f"covjax.sdmgrad: pref_vector has shape {jnp.shape(pref_vector)}, "
+                f"expected {losses.shape}."
+            )
         return SDMGradState(uniform_weights(losses.shape[0]))
 
     def update_fn(
@@ -168,15 +178,19 @@ def sdmgrad(
         k = losses.shape[0]
         dtype = gramian.dtype
         lam = jnp.asarray(lamda, dtype)
+        preference = (
+            uniform_weights(k) if pref_vector is None else jnp.asarray(pref_vector)
+        ).astype(dtype)
         simplex = sdmgrad_weights(
             gramian,
             state.simplex.astype(dtype),
+            preference,
             lam,
             jnp.asarray(learning_rate, dtype),
             jnp.asarray(momentum, dtype),
             num_steps,
         )
-        weights = (simplex + lam / k) / (1.0 + lam)
+        weights = (simplex + lam * preference) / (1.0 + lam)
         return weights, SDMGradState(simplex.astype(state.simplex.dtype))
 
     return make_weighting(

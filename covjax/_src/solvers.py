@@ -664,6 +664,7 @@ def simplex_projection(v: Array) -> Array:
 def sdmgrad_weights(
     cross_gramian: Array,
     start: Array,
+    preference: Array,
     lamda: Array,
     learning_rate: Array,
     momentum: Array,
@@ -671,8 +672,8 @@ def sdmgrad_weights(
 ) -> Array:
     """SDMGrad's inner loop: ``num_steps`` projected heavy-ball steps on the simplex weights.
 
-    Minimizes ½‖g_w + λ g0‖² over w ∈ Δ with the stochastic gradient
-    C w + λ C 1/K (C the cross-Gramian of two independent batches, divided by
+    Minimizes ½‖g_w + λ g_p‖² over w ∈ Δ (g_p = Σ p_i g_i) with the stochastic
+    gradient C w + λ C p (C the cross-Gramian of two independent batches, divided by
     the squared mean of √C_ii); PyTorch-SGD momentum (buffer b ← μ b + ∇,
     first b = ∇; w ← Π_Δ(w − lr·b)), the buffer restarting at every call as
     in the authors' code.
@@ -681,7 +682,7 @@ def sdmgrad_weights(
     diagonal = jnp.maximum(jnp.diagonal(cross_gramian), 0.0)
     scale = jnp.mean(jnp.sqrt(diagonal)) ** 2
     normalized = cross_gramian / jnp.where(scale > 0, scale, 1.0)
-    toward_mean = lamda * jnp.mean(normalized, axis=1)
+    toward_mean = lamda * (normalized @ preference)
 
     def step(i: Array, carry: tuple[Array, Array]) -> tuple[Array, Array]:
         w, buffer = carry

@@ -91,20 +91,23 @@ def sdmgrad(
     num_steps: int,
     learning_rate: float,
     momentum: float,
+    preference: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Xiao et al. 2023, Alg. 1 with the authors' heavy-ball inner steps, on explicit gradients
     of two independent batches ξ (rows of ``jacobian_a``) and ξ': the stochastic gradient of
-    ½‖g_w + λg0‖² in w is [⟨g_i(ξ), g_w(ξ') + λ g0(ξ')⟩]_i, scaled by 1/(mean_i ‖·‖_i)² with
-    ‖·‖_i² = max(⟨g_i(ξ), g_i(ξ')⟩, 0). Returns (loss weights (w + λ/K)/(1 + λ), the new w)."""
+    ½‖g_w + λg_p‖² in w is [⟨g_i(ξ), g_w(ξ') + λ g_p(ξ')⟩]_i (g_p = Σ p_i g_i, the mean by
+    default), scaled by 1/(mean_i ‖·‖_i)² with ‖·‖_i² = max(⟨g_i(ξ), g_i(ξ')⟩, 0).
+    Returns (loss weights (w + λp)/(1 + λ), the new w)."""
     k = len(simplex)
+    preference = np.full(k, 1.0 / k) if preference is None else preference
     scale = np.mean(np.sqrt(np.maximum(np.einsum("ip,ip->i", jacobian_a, jacobian_b), 0.0))) ** 2
-    mean_b = jacobian_b.mean(axis=0)
+    mean_b = jacobian_b.T @ preference
     w, buffer = simplex.copy(), np.zeros(k)
     for step in range(num_steps):
         gradient = jacobian_a @ (jacobian_b.T @ w + lamda * mean_b) / scale
         buffer = gradient if step == 0 else momentum * buffer + gradient
         w = simplex_projection(w - learning_rate * buffer)
-    return (w + lamda / k) / (1.0 + lamda), w
+    return (w + lamda * preference) / (1.0 + lamda), w
 
 
 def modo(
