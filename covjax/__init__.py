@@ -24,6 +24,7 @@ from covjax._src.base import (
 )
 from covjax._src.cagrad import CAGradState, cagrad
 from covjax._src.cov import CovState, cov_weighting
+from covjax._src.cr_mogm import CRMOGMState, cr_mogm
 from covjax._src.db_mtl import DBMTLState, db_mtl
 from covjax._src.dualproj import DualProjState, dualproj
 from covjax._src.dwa import DwaState, dwa
@@ -60,6 +61,7 @@ __all__ = [
     "JACOBIAN",
     "Aggregation",
     "CAGradState",
+    "CRMOGMState",
     "CovState",
     "DBMTLState",
     "DualProjState",
@@ -88,6 +90,7 @@ __all__ = [
     "apply_if_accepted",
     "cagrad",
     "cov_weighting",
+    "cr_mogm",
     "cross_gramian",
     "db_mtl",
     "dualproj",

@@ -40,6 +40,7 @@ SCHEMES: dict[str, Callable[[], covjax.Weighting]] = {
     "krum": lambda: covjax.krum(n_byzantine=4, n_selected=4),
     "sdmgrad": covjax.sdmgrad,
     "modo": covjax.modo,
+    "cr_mogm(mgda)": lambda: covjax.cr_mogm(covjax.mgda()),
 }
 if hasattr(covjax, "mgda"):
     SCHEMES["mgda"] = covjax.mgda

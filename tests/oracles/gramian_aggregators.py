@@ -118,3 +118,12 @@ def modo(
     return simplex_projection(
         simplex - gamma * (jacobian_a @ (jacobian_b.T @ simplex) + rho * simplex)
     )
+
+
+def cr_mogm(raw: list[np.ndarray], alpha: float, initial: np.ndarray | None) -> list[np.ndarray]:
+    """Zhou et al. 2022: λ_k = α λ_{k−1} + (1 − α) λ̂_k from λ_0 (λ̂_1 when not given)."""
+    smoothed, previous = [], raw[0] if initial is None else initial
+    for weights in raw:
+        previous = alpha * previous + (1.0 - alpha) * weights
+        smoothed.append(previous)
+    return smoothed
