@@ -8,9 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from aggregator_cases import random_gramian, run64, vmapped_weights64
 from oracles import gramian_aggregators as oracle
-from test_fairgrad import random_gramian, vmapped_weights64
-from test_sdmgrad import run64
 
 import covjax
 

@@ -2,48 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from aggregator_cases import random_gramian, vmapped_weights64, weights64
 from oracles import gramian_aggregators as oracle
 
 import covjax
-
-
-def random_gramian(seed: int, k: int = 32, p: int = 64) -> np.ndarray:
-    """A full-rank float64 Gramian of K gradients on scales 10^±1."""
-    rng = np.random.default_rng(seed)
-    jacobian = rng.normal(size=(k, p)) * 10.0 ** rng.uniform(-1, 1, size=(k, 1))
-    return jacobian @ jacobian.T
-
-
-def weights64(scheme: covjax.Weighting, gramian: np.ndarray, steps: int = 1) -> np.ndarray:
-    """The scheme's weights in float64 after ``steps`` updates on the same Gramian."""
-    with jax.enable_x64(True):
-        k = gramian.shape[0]
-        state = scheme.init(jnp.ones(k))
-        update = jax.jit(scheme.update)
-        for _ in range(steps):
-            weights, state = update(jnp.ones(k), state, gramian=jnp.asarray(gramian))
-        return np.asarray(weights, np.float64)
-
-
-def vmapped_weights64(
-    constructor: Callable[[jax.Array], covjax.Weighting], values: jax.Array, gramian: np.ndarray
-) -> np.ndarray:
-    """One step's float64 weights for each hyper-parameter value, under ``jax.vmap``."""
-    k = gramian.shape[0]
-
-    def weights_for(value: jax.Array) -> jax.Array:
-        scheme = constructor(value)
-        state = scheme.init(jnp.ones(k))
-        return scheme.update(jnp.ones(k), state, gramian=jnp.asarray(gramian))[0]
-
-    with jax.enable_x64(True):
-        return np.asarray(jax.jit(jax.vmap(weights_for))(jnp.asarray(values)), np.float64)
 
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 5.0])

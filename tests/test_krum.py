@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from aggregator_cases import random_gramian, vmapped_weights64, weights64
 from oracles import gramian_aggregators as oracle
-from test_fairgrad import random_gramian, vmapped_weights64, weights64
 
 import covjax
 

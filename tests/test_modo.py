@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from aggregator_cases import run64, two_batches, vmapped_weights64
 from oracles import gramian_aggregators as oracle
-from test_fairgrad import vmapped_weights64
-from test_sdmgrad import run64, two_batches
 
 import covjax
 

@@ -9,32 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from aggregator_cases import run64, two_batches, vmapped_weights64
 from oracles import gramian_aggregators as oracle
-from test_fairgrad import vmapped_weights64
 
 import covjax
-
-
-def two_batches(seed: int, k: int = 32, p: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Per-loss gradients of two independent batches: a common mean plus batch noise."""
-    rng = np.random.default_rng(seed)
-    mean = rng.normal(size=(k, p)) * 10.0 ** rng.uniform(-1, 1, size=(k, 1))
-    mean[1::2] -= 0.8 * mean[::2]  # conflicting pairs
-    noise = lambda: 0.5 * rng.normal(size=(k, p)) * np.abs(mean).mean(axis=1, keepdims=True)  # noqa: E731
-    return mean + noise(), mean + noise()
-
-
-def run64(scheme: covjax.Weighting, crosses: list[np.ndarray]) -> list[np.ndarray]:
-    """The float64 weights of consecutive updates, one per cross-Gramian."""
-    with jax.enable_x64(True):
-        k = crosses[0].shape[0]
-        state = scheme.init(jnp.ones(k))
-        update = jax.jit(scheme.update)
-        out = []
-        for cross in crosses:
-            weights, state = update(jnp.ones(k), state, gramian=jnp.asarray(cross))
-            out.append(np.asarray(weights, np.float64))
-        return out
 
 
 @pytest.mark.parametrize("lamda", [0.0, 0.3, 2.0])
