@@ -25,24 +25,31 @@ from covjax._src.base import (
 from covjax._src.cagrad import CAGradState, cagrad
 from covjax._src.cosmos import cosmos
 from covjax._src.cov import CovState, cov_weighting
+from covjax._src.cr_mogm import CRMOGMState, cr_mogm
 from covjax._src.db_mtl import DBMTLState, db_mtl
+from covjax._src.dualproj import DualProjState, dualproj
 from covjax._src.dwa import DwaState, dwa
+from covjax._src.fairgrad import FairGradState, fairgrad
 from covjax._src.famo import FamoState, famo
 from covjax._src.gls import gls
 from covjax._src.gradients import per_loss_gramian, per_loss_jacobian
 from covjax._src.gradnorm import GradNormState, gradnorm
 from covjax._src.gradvac import GradVacState, gradvac
+from covjax._src.gramian import cross_gramian
 from covjax._src.imtl import imtl_g, imtl_l, imtl_l_regularizer
+from covjax._src.krum import krum
 from covjax._src.lbpinn import lbpinn, lbpinn_regularizer
 from covjax._src.lr_annealing import AnnealingState, lr_annealing
 from covjax._src.lsb import LsbState, RebalancingState, lsb, multi_loss_rebalancing
 from covjax._src.mgda import mgda
+from covjax._src.modo import MoDoState, modo
 from covjax._src.nash_mtl import NashMTLState, nash_mtl
 from covjax._src.ntk_weighting import ntk_weighting
 from covjax._src.pbi import pbi
 from covjax._src.pcgrad import PCGradState, pcgrad
 from covjax._src.relobralo import RelobraloState, relobralo
 from covjax._src.rlw import RandomState, rlw
+from covjax._src.sdmgrad import SDMGradState, sdmgrad
 from covjax._src.softadapt import SoftAdaptState, softadapt
 from covjax._src.solvers import min_norm_solver
 from covjax._src.static import equal_weighting, static_weighting
@@ -61,20 +68,25 @@ __all__ = [
     "Aggregation",
     "AnnealingState",
     "CAGradState",
+    "CRMOGMState",
     "CovState",
     "DBMTLState",
+    "DualProjState",
     "DwaState",
+    "FairGradState",
     "FamoState",
     "GradNormState",
     "GradVacState",
     "LearnedLogState",
     "LossStructure",
     "LsbState",
+    "MoDoState",
     "NashMTLState",
     "PCGradState",
     "RandomState",
     "RebalancingState",
     "RelobraloState",
+    "SDMGradState",
     "SoftAdaptState",
     "StchState",
     "UPGradState",
@@ -87,9 +99,13 @@ __all__ = [
     "cagrad",
     "cosmos",
     "cov_weighting",
+    "cr_mogm",
+    "cross_gramian",
     "db_mtl",
+    "dualproj",
     "dwa",
     "equal_weighting",
+    "fairgrad",
     "famo",
     "flatten_losses",
     "gls",
@@ -98,6 +114,7 @@ __all__ = [
     "imtl_g",
     "imtl_l",
     "imtl_l_regularizer",
+    "krum",
     "lbpinn",
     "lbpinn_regularizer",
     "loss_names",
@@ -106,6 +123,7 @@ __all__ = [
     "make_weighting",
     "mgda",
     "min_norm_solver",
+    "modo",
     "multi_loss_rebalancing",
     "named",
     "nash_mtl",
@@ -116,6 +134,7 @@ __all__ = [
     "per_loss_jacobian",
     "relobralo",
     "rlw",
+    "sdmgrad",
     "softadapt",
     "stateless",
     "static_weighting",

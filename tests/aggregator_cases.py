@@ -7,6 +7,7 @@ the float32 Gramian J Jᵀ. Directions d = Σ w_i g_i (or weights) are compared.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -131,3 +132,61 @@ def assert_near_optimal(gramian: np.ndarray, weights: np.ndarray, optimum: float
     # ½eps32·max G_ii on the simplex: objectives closer than that look equal to the solver).
     scale = float(np.max(np.diag(gramian)))
     assert value - optimum <= 1e-6 * optimum + EPS32 * scale, (value, optimum, scale)
+
+
+# FairGrad, DualProj, Krum, SDMGrad, MoDo, CR-MOGM: random Gramians at K = 32, runs in float64.
+
+
+def random_gramian(seed: int, k: int = 32, p: int = 64) -> np.ndarray:
+    """A full-rank float64 Gramian of K gradients on scales 10^±1."""
+    rng = np.random.default_rng(seed)
+    jacobian = rng.normal(size=(k, p)) * 10.0 ** rng.uniform(-1, 1, size=(k, 1))
+    return jacobian @ jacobian.T
+
+
+def weights64(scheme: covjax.Weighting, gramian: np.ndarray, steps: int = 1) -> np.ndarray:
+    """The scheme's weights in float64 after ``steps`` updates on the same Gramian."""
+    with jax.enable_x64(True):
+        k = gramian.shape[0]
+        state = scheme.init(jnp.ones(k))
+        update = jax.jit(scheme.update)
+        for _ in range(steps):
+            weights, state = update(jnp.ones(k), state, gramian=jnp.asarray(gramian))
+        return np.asarray(weights, np.float64)
+
+
+def vmapped_weights64(
+    constructor: Callable[[jax.Array], covjax.Weighting], values: jax.Array, gramian: np.ndarray
+) -> np.ndarray:
+    """One step's float64 weights for each hyper-parameter value, under ``jax.vmap``."""
+    k = gramian.shape[0]
+
+    def weights_for(value: jax.Array) -> jax.Array:
+        scheme = constructor(value)
+        state = scheme.init(jnp.ones(k))
+        return scheme.update(jnp.ones(k), state, gramian=jnp.asarray(gramian))[0]
+
+    with jax.enable_x64(True):
+        return np.asarray(jax.jit(jax.vmap(weights_for))(jnp.asarray(values)), np.float64)
+
+
+def two_batches(seed: int, k: int = 32, p: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Per-loss gradients of two independent batches: a common mean plus batch noise."""
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(size=(k, p)) * 10.0 ** rng.uniform(-1, 1, size=(k, 1))
+    mean[1::2] -= 0.8 * mean[::2]  # conflicting pairs
+    noise = lambda: 0.5 * rng.normal(size=(k, p)) * np.abs(mean).mean(axis=1, keepdims=True)  # noqa: E731
+    return mean + noise(), mean + noise()
+
+
+def run64(scheme: covjax.Weighting, crosses: list[np.ndarray]) -> list[np.ndarray]:
+    """The float64 weights of consecutive updates, one per cross-Gramian."""
+    with jax.enable_x64(True):
+        k = crosses[0].shape[0]
+        state = scheme.init(jnp.ones(k))
+        update = jax.jit(scheme.update)
+        out = []
+        for cross in crosses:
+            weights, state = update(jnp.ones(k), state, gramian=jnp.asarray(cross))
+            out.append(np.asarray(weights, np.float64))
+        return out

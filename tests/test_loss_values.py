@@ -104,6 +104,14 @@ CONFIGS: dict[str, tuple[Callable[..., covjax.Weighting], dict]] = {
     "aligned_mtl": (covjax.aligned_mtl, {}),
     "upgrad": (covjax.upgrad, {}),
     "db_mtl": (covjax.db_mtl, {}),
+    "fairgrad": (covjax.fairgrad, {}),
+    "fairgrad_alpha2": (covjax.fairgrad, {"alpha": 2.0}),
+    "dualproj": (covjax.dualproj, {}),
+    "krum": (covjax.krum, {"n_byzantine": 1, "n_selected": 3}),
+    "sdmgrad": (covjax.sdmgrad, {}),
+    "modo": (covjax.modo, {"gamma": 0.1}),
+    "cr_mogm": (covjax.cr_mogm, {"weighting": covjax.upgrad()}),
+    "cr_mogm_cov": (covjax.cr_mogm, {"weighting": covjax.cov_weighting()}),
 }
 # Solvers whose scale behaviour is an identity of exact arithmetic: checked in float64
 # (their float32 solves on these Gramians, condition numbers up to ~1e4, lose ~1e-2).
@@ -468,6 +476,8 @@ REQUIRED = {
     "multi_loss_rebalancing": {"steps_per_epoch": 8},
     "dwa": {"period": 2},
     "static_weighting": {"weights": jnp.ones(K)},
+    "krum": {"n_byzantine": 1},
+    "cr_mogm": {"weighting": covjax.upgrad()},
 }
 # The argument that a bare `"value"` in a table cell sets.
 BARE_OPTION = {"mgda": "normalization", "softadapt": "variant"}

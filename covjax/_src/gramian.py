@@ -25,7 +25,7 @@ All schemes are built with ``requires={covjax.GRAMIAN}``. Conventions shared by 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -74,3 +74,36 @@ def shuffled_orders(key: Array, k: int) -> tuple[Array, Array]:
     keys = jax.random.split(order_key, k)
     orders = jax.vmap(lambda kk: jax.random.permutation(kk, k))(keys)
     return next_key, orders.astype(jnp.int32)
+
+
+def cross_gramian(jacobian_a: Any, jacobian_b: Any) -> Array:
+    """C = J_a J_bᵀ (K×K): C_ij = ⟨g_i(ξ), g_j(ξ')⟩ for the per-loss gradients of two batches.
+
+    ``jacobian_a`` and ``jacobian_b`` are per-loss Jacobians of the same
+    parameters (e.g. the ``jacobian`` of :func:`covjax.per_loss_jacobian` on
+    two independent batches): pytrees with the same structure whose leaves
+    are (K, ...) arrays, or two (K, P) arrays. With independent batches,
+    C w is an unbiased estimate of G w for the true Gramian G (SDMGrad,
+    MoDo), which the Gramian of one batch is not. C is not symmetric.
+
+    Raises:
+      ValueError: the two Jacobians differ in structure or shape.
+    """
+    leaves_a, tree_a = jax.tree.flatten(jacobian_a)
+    leaves_b, tree_b = jax.tree.flatten(jacobian_b)
+    if tree_a != tree_b or [x.shape for x in leaves_a] != [x.shape for x in leaves_b]:
+        raise ValueError(
+            "covjax.cross_gramian: the two Jacobians must have the same structure and shapes, "
+            f"got {tree_a} with {[x.shape for x in leaves_a]} and {tree_b} with "
+            f"{[x.shape for x in leaves_b]}."
+        )
+    if not leaves_a:
+        raise ValueError("covjax.cross_gramian: the Jacobians are empty.")
+    k = leaves_a[0].shape[0]
+    dtype = jnp.promote_types(leaves_a[0].dtype, jnp.float32)
+    cross = jnp.zeros((k, k), dtype)
+    for a, b in zip(leaves_a, leaves_b, strict=True):
+        rows_a, rows_b = a.reshape(k, -1).astype(dtype), b.reshape(k, -1).astype(dtype)
+        # HIGHEST: accelerators would otherwise multiply float32 in bf16/TF32.
+        cross = cross + jnp.matmul(rows_a, rows_b.T, precision=jax.lax.Precision.HIGHEST)
+    return cross

@@ -570,3 +570,125 @@ def min_norm_solver(
         weights = iterate()
     weights = jnp.where(degenerate | ~jnp.all(jnp.isfinite(weights)), uniform, weights)
     return weights
+
+
+# ---------------------------------------------------------------------------
+# FairGrad, DualProj, Krum, SDMGrad, MoDo, PCD, CR-MOGM.
+
+
+#: Backtracking halvings of the α-fair Newton line search (2⁻⁴⁰ ≈ 1e-12 of a step).
+MAX_HALVINGS = 40
+
+
+class _FairNewton(NamedTuple):
+    weights: Array
+    decrement_sq: Array
+    iteration: Array
+
+
+def alpha_fair_weights(
+    gramian: Array, alpha: Array, start: Array, max_iters: int, tol: float
+) -> tuple[Array, Array]:
+    """Solve ``(G w)_i = w_i^(−1/α)``, w > 0 (FairGrad); returns w and the last squared decrement.
+
+    The equation is the stationarity condition of the strictly convex
+    F(w) = ½ wᵀGw + Σ_i h(w_i) with h'(w) = −w^(−1/α), i.e.
+    h(w) = −(w^p − 1)/p for p = 1 − 1/α (−log w at α = 1), so it is solved
+    by Newton's method on F: Hessian G + diag(w^(−1/α−1)/α), steps kept
+    inside w > 0 (fraction to the boundary) and shortened by Armijo
+    backtracking on F while the Newton decrement λ exceeds 1/4; below that,
+    full steps (quadratic convergence, where F's float32 differences are
+    round-off). α may be traced. ``start`` must be > 0.
+    """
+    power = 1.0 - 1.0 / alpha
+    is_log = jnp.abs(power) < 1e-6
+    safe_power = jnp.where(is_log, 1.0, power)
+
+    def objective(w: Array) -> Array:
+        log_w = jnp.log(w)
+        h = jnp.where(is_log, -log_w, -jnp.expm1(safe_power * log_w) / safe_power)
+        return 0.5 * w @ gramian @ w + jnp.sum(h)
+
+    def cond(s: _FairNewton) -> Array:
+        return (s.iteration < max_iters) & (s.decrement_sq > tol)
+
+    def body(s: _FairNewton) -> _FairNewton:
+        w = s.weights
+        inverse_power = w ** (-1.0 / alpha)
+        gradient = gramian @ w - inverse_power
+        hessian = gramian + jnp.diag(inverse_power / (alpha * w))
+        direction = -jnp.linalg.solve(hessian, gradient)
+        decrement_sq = jnp.maximum(-(gradient @ direction), 0.0)
+        # Largest step that keeps every weight positive, with a margin.
+        shrink = jnp.where(direction < 0, -w / jnp.where(direction < 0, direction, -1.0), jnp.inf)
+        step = jnp.minimum(1.0, 0.99 * jnp.min(shrink))
+        value = objective(w)
+        slope = gradient @ direction
+
+        def too_long(carry: tuple[Array, Array]) -> Array:
+            t, halvings = carry
+            trial = objective(w + t * direction)
+            return (halvings < MAX_HALVINGS) & ~(trial <= value + 1e-4 * t * slope)
+
+        def halve(carry: tuple[Array, Array]) -> tuple[Array, Array]:
+            t, halvings = carry
+            return 0.5 * t, halvings + 1
+
+        searched, _ = jax.lax.while_loop(too_long, halve, (step, jnp.zeros((), jnp.int32)))
+        step = jnp.where(decrement_sq > 0.0625, searched, step)
+        new_w = w + step * direction
+        new_w = jnp.where(new_w > 0, new_w, 0.5 * w)  # float32 safety net
+        return _FairNewton(new_w, decrement_sq, s.iteration + 1)
+
+    init = _FairNewton(start, jnp.full((), jnp.inf, start.dtype), jnp.zeros((), jnp.int32))
+    result = jax.lax.while_loop(cond, body, init)
+    return result.weights, result.decrement_sq
+
+
+def simplex_projection(v: Array) -> Array:
+    """The Euclidean projection of ``v`` (K,) onto the probability simplex.
+
+    Sort-based (Held, Wolfe & Crowder 1974; Duchi et al., ICML 2008): with u
+    sorted decreasingly, ρ = max{j : u_j − (Σ_{i≤j} u_i − 1)/j > 0} and
+    θ = (Σ_{i≤ρ} u_i − 1)/ρ, the projection is max(v − θ, 0). Exact, O(K log K).
+    """
+    k = v.shape[0]
+    u = jnp.sort(v)[::-1]
+    cumulative = jnp.cumsum(u) - 1.0
+    index = jnp.arange(1, k + 1, dtype=v.dtype)
+    rho = jnp.sum(u - cumulative / index > 0)  # the condition holds exactly for j ≤ ρ
+    theta = cumulative[jnp.maximum(rho, 1) - 1] / jnp.maximum(rho, 1).astype(v.dtype)
+    return jnp.maximum(v - theta, 0.0)
+
+
+def sdmgrad_weights(
+    cross_gramian: Array,
+    start: Array,
+    preference: Array,
+    lamda: Array,
+    learning_rate: Array,
+    momentum: Array,
+    num_steps: int,
+) -> Array:
+    """SDMGrad's inner loop: ``num_steps`` projected heavy-ball steps on the simplex weights.
+
+    Minimizes ½‖g_w + λ g_p‖² over w ∈ Δ (g_p = Σ p_i g_i) with the stochastic
+    gradient C w + λ C p (C the cross-Gramian of two independent batches, divided by
+    the squared mean of √C_ii); PyTorch-SGD momentum (buffer b ← μ b + ∇,
+    first b = ∇; w ← Π_Δ(w − lr·b)), the buffer restarting at every call as
+    in the authors' code.
+    """
+    k = start.shape[0]
+    diagonal = jnp.maximum(jnp.diagonal(cross_gramian), 0.0)
+    scale = jnp.mean(jnp.sqrt(diagonal)) ** 2
+    normalized = cross_gramian / jnp.where(scale > 0, scale, 1.0)
+    toward_mean = lamda * (normalized @ preference)
+
+    def step(i: Array, carry: tuple[Array, Array]) -> tuple[Array, Array]:
+        w, buffer = carry
+        gradient = normalized @ w + toward_mean
+        buffer = jnp.where(i == 0, gradient, momentum * buffer + gradient)
+        return simplex_projection(w - learning_rate * buffer), buffer
+
+    w, _ = jax.lax.fori_loop(0, num_steps, step, (start, jnp.zeros((k,), start.dtype)))
+    return w

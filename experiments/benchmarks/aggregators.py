@@ -35,6 +35,12 @@ SCHEMES: dict[str, Callable[[], covjax.Weighting]] = {
     "aligned_mtl": covjax.aligned_mtl,
     "upgrad": covjax.upgrad,
     "db_mtl": covjax.db_mtl,
+    "fairgrad": covjax.fairgrad,
+    "dualproj": covjax.dualproj,
+    "krum": lambda: covjax.krum(n_byzantine=0),  # any K ≥ 3 (the cost does not depend on f)
+    "sdmgrad": covjax.sdmgrad,
+    "modo": covjax.modo,
+    "cr_mogm(mgda)": lambda: covjax.cr_mogm(covjax.mgda()),
 }
 if hasattr(covjax, "mgda"):
     SCHEMES["mgda"] = covjax.mgda

@@ -235,6 +235,15 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
         "LR annealing, grad-norm form (all shared)",
     ),
     "ntk_weighting": (covjax.ntk_weighting, {"wrt": "trunk"}, "NTK weighting (all shared)"),
+    "fairgrad": (covjax.fairgrad, {"wrt": "trunk"}, "FairGrad (all shared)"),
+    "dualproj": (covjax.dualproj, {"wrt": "trunk"}, "DualProj (all shared)"),
+    "sdmgrad": (covjax.sdmgrad, {"wrt": "trunk"}, "SDMGrad (one batch's Gramian)"),
+    "modo": (covjax.modo, {"wrt": "trunk"}, "MoDo (one batch's Gramian)"),
+    "cr_mogm": (
+        lambda: covjax.cr_mogm(covjax.mgda()),
+        {"wrt": "trunk"},
+        "CR-MOGM of MGDA (all shared)",
+    ),
     "mgda_ub": (covjax.mgda, {"representation": trunk}, "MGDA-UB (representation)"),
     "mgda_ub_copies": (
         covjax.mgda,
