@@ -42,6 +42,7 @@ from covjax._src.softadapt import SoftAdaptState, softadapt
 from covjax._src.solvers import min_norm_solver
 from covjax._src.static import equal_weighting, static_weighting
 from covjax._src.step import WeightedLosses, value_and_grad
+from covjax._src.trimmed_mean import trimmed_mean
 from covjax._src.uncertainty import LearnedLogState, uncertainty_regularizer, uncertainty_weighting
 from covjax._src.upgrad import UPGradState, upgrad
 from covjax._src.wrappers import apply_if_accepted
@@ -106,6 +107,7 @@ __all__ = [
     "stateless",
     "static_weighting",
     "step_accepted",
+    "trimmed_mean",
     "uncertainty_regularizer",
     "uncertainty_weighting",
     "upgrad",

@@ -455,6 +455,7 @@ REQUIRED = {
     "multi_loss_rebalancing": {"steps_per_epoch": 8},
     "dwa": {"period": 2},
     "static_weighting": {"weights": jnp.ones(K)},
+    "trimmed_mean": {"trim": 1},
 }
 # The argument that a bare `"value"` in a table cell sets.
 BARE_OPTION = {"mgda": "normalization", "softadapt": "variant"}

@@ -225,6 +225,12 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
     "aligned_mtl": (covjax.aligned_mtl, {"wrt": "trunk"}, "Aligned-MTL (all shared)"),
     "upgrad": (covjax.upgrad, {"wrt": "trunk"}, "UPGrad (all shared)"),
     "mgda_ub": (covjax.mgda, {"representation": trunk}, "MGDA-UB (representation)"),
+    # Aggregators of the per-loss gradients themselves (covjax.JACOBIAN).
+    "trimmed_mean": (
+        lambda: covjax.trimmed_mean(0),  # every K here; the ranking costs the same for any trim
+        {"wrt": "trunk"},
+        "Trimmed mean (all shared)",
+    ),
     "mgda_ub_copies": (
         covjax.mgda,
         {"representation": trunk, "representation_copies": True},
