@@ -28,6 +28,7 @@ from covjax._src.db_mtl import DBMTLState, db_mtl
 from covjax._src.dwa import DwaState, dwa
 from covjax._src.famo import FamoState, famo
 from covjax._src.gls import gls
+from covjax._src.graddrop import GradDropState, graddrop
 from covjax._src.gradients import per_loss_gramian, per_loss_jacobian
 from covjax._src.gradnorm import GradNormState, gradnorm
 from covjax._src.gradvac import GradVacState, gradvac
@@ -59,6 +60,7 @@ __all__ = [
     "DBMTLState",
     "DwaState",
     "FamoState",
+    "GradDropState",
     "GradNormState",
     "GradVacState",
     "LearnedLogState",
@@ -85,6 +87,7 @@ __all__ = [
     "famo",
     "flatten_losses",
     "gls",
+    "graddrop",
     "gradnorm",
     "gradvac",
     "imtl_g",

@@ -43,6 +43,7 @@ if hasattr(covjax, "mgda"):
 # The aggregators of the per-loss gradients (trimmed mean, GradDrop, ConFIG, MoCo, ExcessMTL).
 SCHEMES |= {
     "trimmed_mean": lambda: covjax.trimmed_mean(trim=4),
+    "graddrop": covjax.graddrop,
 }
 
 

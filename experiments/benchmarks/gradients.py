@@ -231,6 +231,7 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
         {"wrt": "trunk"},
         "Trimmed mean (all shared)",
     ),
+    "graddrop": (covjax.graddrop, {"wrt": "trunk"}, "GradDrop (all shared)"),
     "mgda_ub_copies": (
         covjax.mgda,
         {"representation": trunk, "representation_copies": True},
