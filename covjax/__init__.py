@@ -23,6 +23,7 @@ from covjax._src.base import (
     weighted_sum,
 )
 from covjax._src.cagrad import CAGradState, cagrad
+from covjax._src.conflict_free import MConFIGState, conflict_free
 from covjax._src.cov import CovState, cov_weighting
 from covjax._src.db_mtl import DBMTLState, db_mtl
 from covjax._src.dwa import DwaState, dwa
@@ -66,6 +67,7 @@ __all__ = [
     "LearnedLogState",
     "LossStructure",
     "LsbState",
+    "MConFIGState",
     "NashMTLState",
     "PCGradState",
     "RandomState",
@@ -80,6 +82,7 @@ __all__ = [
     "aligned_mtl",
     "apply_if_accepted",
     "cagrad",
+    "conflict_free",
     "cov_weighting",
     "db_mtl",
     "dwa",

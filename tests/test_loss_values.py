@@ -95,6 +95,7 @@ CONFIGS: dict[str, tuple[Callable[..., covjax.Weighting], dict]] = {
     "aligned_mtl": (covjax.aligned_mtl, {}),
     "upgrad": (covjax.upgrad, {}),
     "db_mtl": (covjax.db_mtl, {}),
+    "conflict_free": (covjax.conflict_free, {}),
 }
 # Solvers whose scale behaviour is an identity of exact arithmetic: checked in float64
 # (their float32 solves on these Gramians, condition numbers up to ~1e4, lose ~1e-2).

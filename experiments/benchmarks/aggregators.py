@@ -44,6 +44,11 @@ if hasattr(covjax, "mgda"):
 SCHEMES |= {
     "trimmed_mean": lambda: covjax.trimmed_mean(trim=4),
     "graddrop": covjax.graddrop,
+    "conflict_free": covjax.conflict_free,
+}
+#: Schemes whose state holds vectors over the parameters: built for P = ``--dim``.
+PER_PARAMETER_SCHEMES: dict[str, Callable[[int], covjax.Weighting]] = {
+    "m_config": lambda dim: covjax.conflict_free(momentum=True, num_params=dim),
 }
 
 
@@ -106,7 +111,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--dim", type=int, default=2000, help="gradient dimension P")
-    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES))
+    names = [*SCHEMES, *PER_PARAMETER_SCHEMES]
+    parser.add_argument("--schemes", nargs="+", default=names, choices=names)
     args = parser.parse_args()
 
     jacobians = drifting_jacobians(args.losses, args.steps, args.dim)
@@ -119,7 +125,7 @@ def main() -> None:
     print("| scheme | ms / step (warm, state carried) | ms / step (cold) |")
     print("|---|---|---|")
     for name in args.schemes:
-        scheme = SCHEMES[name]()
+        scheme = SCHEMES[name]() if name in SCHEMES else PER_PARAMETER_SCHEMES[name](args.dim)
         inputs = jnp.asarray(jacobians) if covjax.JACOBIAN in scheme.requires else gramians
         warm = time_scheme(make_runner(scheme, cold=False), losses, inputs, args.repeats)
         cold = time_scheme(make_runner(scheme, cold=True), losses, inputs, args.repeats)

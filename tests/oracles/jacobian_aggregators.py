@@ -39,3 +39,38 @@ def graddrop(J: np.ndarray, uniform: np.ndarray, leak: np.ndarray | float = 0.0)
                 mask = 0.0
             direction[column] += (leak[i] + (1.0 - leak[i]) * mask) * values[i]
     return direction
+
+
+def config(J: np.ndarray, preference: np.ndarray | None = None) -> np.ndarray:
+    """Liu et al. 2024, Eq. 2: x = pinv(unit rows) t, u = x/‖x‖, d = (Σ_j g_j·u) u."""
+    k = J.shape[0]
+    preference = np.ones(k) if preference is None else np.asarray(preference, np.float64)
+    norms = np.linalg.norm(J, axis=1, keepdims=True)
+    units = np.divide(J, norms, out=np.zeros_like(J), where=norms > 0)
+    target = np.linalg.pinv(units) @ preference
+    if not np.any(target):
+        return np.zeros(J.shape[1])
+    unit = target / np.linalg.norm(target)
+    length = sum(J[j] @ unit for j in range(k))
+    return length * unit
+
+
+def m_config(
+    jacobians: list[np.ndarray], beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8
+) -> list[np.ndarray]:
+    """M-ConFIG (the authors' pseudo-momentum operator) fed every gradient at every step."""
+    k, p = jacobians[0].shape
+    momenta = np.zeros((k, p))
+    pseudo_momentum = np.zeros(p)
+    second = np.zeros(p)
+    directions = []
+    for t, J in enumerate(jacobians, start=1):
+        momenta = beta1 * momenta + (1 - beta1) * J
+        corrected = momenta / (1 - beta1**t)
+        final = config(corrected)
+        new_pseudo = final * (1 - beta1**t)
+        pseudo_gradient = (new_pseudo - beta1 * pseudo_momentum) / (1 - beta1)
+        pseudo_momentum = new_pseudo
+        second = beta2 * second + (1 - beta2) * pseudo_gradient**2
+        directions.append(final / (np.sqrt(second / (1 - beta2**t)) + eps))
+    return directions
