@@ -27,6 +27,7 @@ from covjax._src.conflict_free import MConFIGState, conflict_free
 from covjax._src.cov import CovState, cov_weighting
 from covjax._src.db_mtl import DBMTLState, db_mtl
 from covjax._src.dwa import DwaState, dwa
+from covjax._src.excess_mtl import ExcessMTLState, excess_mtl
 from covjax._src.famo import FamoState, famo
 from covjax._src.gls import gls
 from covjax._src.graddrop import GradDropState, graddrop
@@ -36,6 +37,7 @@ from covjax._src.gradvac import GradVacState, gradvac
 from covjax._src.imtl import imtl_g, imtl_l, imtl_l_regularizer
 from covjax._src.lsb import LsbState, RebalancingState, lsb, multi_loss_rebalancing
 from covjax._src.mgda import mgda
+from covjax._src.moco import MoCoState, moco
 from covjax._src.nash_mtl import NashMTLState, nash_mtl
 from covjax._src.pcgrad import PCGradState, pcgrad
 from covjax._src.relobralo import RelobraloState, relobralo
@@ -60,6 +62,7 @@ __all__ = [
     "CovState",
     "DBMTLState",
     "DwaState",
+    "ExcessMTLState",
     "FamoState",
     "GradDropState",
     "GradNormState",
@@ -68,6 +71,7 @@ __all__ = [
     "LossStructure",
     "LsbState",
     "MConFIGState",
+    "MoCoState",
     "NashMTLState",
     "PCGradState",
     "RandomState",
@@ -87,6 +91,7 @@ __all__ = [
     "db_mtl",
     "dwa",
     "equal_weighting",
+    "excess_mtl",
     "famo",
     "flatten_losses",
     "gls",
@@ -101,6 +106,7 @@ __all__ = [
     "make_weighting",
     "mgda",
     "min_norm_solver",
+    "moco",
     "multi_loss_rebalancing",
     "named",
     "nash_mtl",

@@ -457,6 +457,8 @@ REQUIRED = {
     "dwa": {"period": 2},
     "static_weighting": {"weights": jnp.ones(K)},
     "trimmed_mean": {"trim": 1},
+    "moco": {"num_params": 8},
+    "excess_mtl": {"num_params": 8},
 }
 # The argument that a bare `"value"` in a table cell sets.
 BARE_OPTION = {"mgda": "normalization", "softadapt": "variant"}

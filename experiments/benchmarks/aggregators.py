@@ -49,6 +49,8 @@ SCHEMES |= {
 #: Schemes whose state holds vectors over the parameters: built for P = ``--dim``.
 PER_PARAMETER_SCHEMES: dict[str, Callable[[int], covjax.Weighting]] = {
     "m_config": lambda dim: covjax.conflict_free(momentum=True, num_params=dim),
+    "moco": lambda dim: covjax.moco(num_params=dim),
+    "excess_mtl": lambda dim: covjax.excess_mtl(num_params=dim),
 }
 
 

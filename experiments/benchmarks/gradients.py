@@ -243,6 +243,16 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
         {"wrt": "trunk"},
         "M-ConFIG (all shared)",
     ),
+    "moco": (
+        lambda: covjax.moco(num_params=trunk_num_params()),
+        {"wrt": "trunk"},
+        "MoCo (all shared)",
+    ),
+    "excess_mtl": (
+        lambda: covjax.excess_mtl(num_params=trunk_num_params()),
+        {"wrt": "trunk"},
+        "ExcessMTL (all shared)",
+    ),
     "mgda_ub_copies": (
         covjax.mgda,
         {"representation": trunk, "representation_copies": True},

@@ -74,3 +74,50 @@ def m_config(
         second = beta2 * second + (1 - beta2) * pseudo_gradient**2
         directions.append(final / (np.sqrt(second / (1 - beta2**t)) + eps))
     return directions
+
+
+def moco(
+    jacobians: list[np.ndarray],
+    losses: list[np.ndarray],
+    beta: float = 0.5,
+    beta_sigma: float = 0.5,
+    gamma: float = 0.1,
+    gamma_sigma: float = 0.5,
+    rho: float = 0.0,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Fernando et al. 2023 as in the authors' shared code: (λ, d) after every step."""
+    k, p = jacobians[0].shape
+    tracked = np.zeros((k, p))
+    weights = np.full(k, 1.0 / k)
+    history = []
+    for t, (J, loss) in enumerate(zip(jacobians, losses, strict=True), start=1):
+        targets = np.stack([J[i] / (np.linalg.norm(J[i]) + 1e-8) * loss[i] for i in range(k)])
+        tracked = tracked - beta / t**beta_sigma * (tracked - targets)
+        logits = (
+            weights - gamma / t**gamma_sigma * (tracked @ tracked.T + rho * np.eye(k)) @ weights
+        )
+        weights = np.exp(logits - logits.max())
+        weights = weights / weights.sum()
+        history.append((weights.copy(), tracked.T @ weights))
+    return history
+
+
+def excess_mtl(jacobians: list[np.ndarray], robust_step_size: float = 1e-2) -> list[np.ndarray]:
+    """He et al. 2024 as in the authors' code: the loss weights used after every step."""
+    k, p = jacobians[0].shape
+    loss_weight = np.ones(k)
+    squared = np.zeros((k, p))
+    initial = None
+    used = []
+    for J in jacobians:
+        excess = np.zeros(k)
+        for i in range(k):
+            squared[i] += J[i] ** 2
+            excess[i] = J[i] * (1.0 / np.sqrt(squared[i] + 1e-7)) @ J[i]
+        if initial is None:
+            initial = excess
+        else:
+            loss_weight = loss_weight * np.exp(excess / initial * robust_step_size)
+            loss_weight = loss_weight / loss_weight.sum() * k
+        used.append(loss_weight.copy())
+    return used
