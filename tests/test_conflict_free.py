@@ -6,17 +6,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jacobian_scheme_cases import (
+    EPS32,
+    SHARED_PARAMS,
+    K,
+    P,
+    check_value_and_grad,
+    drifting_jacobians,
+    random_jacobian,
+    run_steps64,
+)
 from oracles import jacobian_aggregators as oracle
 
 import covjax
-
-K, P = 32, 300
-EPS32 = float(np.finfo(np.float32).eps)
-
-
-def random_jacobian(seed: int, k: int = K, p: int = P) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(k, p)) * 10.0 ** rng.uniform(-1, 1, size=(k, 1))
 
 
 def config_direction(J: np.ndarray, x64: bool = True, **kwargs) -> np.ndarray:
@@ -92,35 +94,17 @@ def test_config_vmaps_over_preference() -> None:
         assert_direction_close(swept[index] @ J, oracle.config(J, preference), 10 * 6 * EPS32)
 
 
-def m_config_directions(jacobians: list[np.ndarray], beta1=0.9) -> list[np.ndarray]:
-    scheme = covjax.conflict_free(momentum=True, num_params=jacobians[0].shape[1], beta1=beta1)
-    with jax.enable_x64(True):
-        losses = jnp.ones(jacobians[0].shape[0], jnp.float64)
-        state = scheme.init(losses)
-        update = jax.jit(scheme.update)
-        directions = []
-        for J in jacobians:
-            out, state = update(losses, state, jacobian=jnp.asarray(J))
-            directions.append(np.asarray(out.direction))
-    return directions
-
-
-def drifting(seed: int, steps: int, k: int = K, p: int = P) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    J = random_jacobian(seed, k, p)
-    return [J + 0.3 * rng.normal(size=J.shape) * np.abs(J).mean() for _ in range(steps)]
-
-
 def test_m_config_matches_oracle_in_float64() -> None:
-    jacobians = drifting(6, 4)
-    got = m_config_directions(jacobians)
+    jacobians = drifting_jacobians(6, 4)
+    scheme = covjax.conflict_free(momentum=True, num_params=P)
+    got = [out.direction for out in run_steps64(scheme, jacobians)[0]]
     for g, want in zip(got, oracle.m_config(jacobians), strict=True):
         # Adam-normalized directions are O(1) per coordinate; weights passed through float32.
         np.testing.assert_allclose(g, want, atol=K * EPS32 * 10 * np.abs(want).max())
 
 
 def test_m_config_vmaps_over_beta1() -> None:
-    jacobians = drifting(7, 2, k=4, p=10)
+    jacobians = drifting_jacobians(7, 2, k=4, p=10)
     scheme_for = lambda b: covjax.conflict_free(momentum=True, num_params=10, beta1=b)  # noqa: E731
 
     def last_direction(beta1):
@@ -154,3 +138,9 @@ def test_m_config_needs_num_params_and_checks_it() -> None:
     np.testing.assert_array_equal(out.direction, np.zeros(5))
     with pytest.raises(ValueError, match=r"preference has shape \(2,\)"):
         covjax.conflict_free(preference=jnp.ones(2)).init(jnp.ones(3))
+
+
+@pytest.mark.parametrize("momentum", [False, True])
+def test_value_and_grad_end_to_end(momentum: bool) -> None:
+    num_params = SHARED_PARAMS if momentum else None
+    check_value_and_grad(covjax.conflict_free(momentum=momentum, num_params=num_params))

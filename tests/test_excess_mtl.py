@@ -6,39 +6,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jacobian_scheme_cases import (
+    EPS32,
+    SHARED_PARAMS,
+    K,
+    P,
+    check_value_and_grad,
+    random_jacobian,
+    run_steps64,
+)
 from oracles import jacobian_aggregators as oracle
 
 import covjax
 
-K, P = 32, 300
-EPS32 = float(np.finfo(np.float32).eps)
 
-
-def drifting(seed: int, steps: int, k: int = K, p: int = P) -> list:
+def rescaled(seed: int, steps: int, k: int = K, p: int = P) -> list:
+    """Drifting Jacobians whose rows also change scale from step to step (moving the weights)."""
     rng = np.random.default_rng(seed)
-    J = rng.normal(size=(k, p)) * 10.0 ** rng.uniform(-1, 1, size=(k, 1))
+    J = random_jacobian(seed, k, p)
     return [
         J * rng.uniform(0.5, 2.0, size=(k, 1)) + 0.3 * rng.normal(size=J.shape) * np.abs(J).mean()
         for _ in range(steps)
     ]
 
 
-def run64(scheme: covjax.Weighting, jacobians: list) -> np.ndarray:
-    with jax.enable_x64(True):
-        losses = jnp.ones(jacobians[0].shape[0], jnp.float64)
-        state = scheme.init(losses)
-        update = jax.jit(scheme.update)
-        used = []
-        for J in jacobians:
-            weights, state = update(losses, state, jacobian=jnp.asarray(J))
-            used.append(np.asarray(weights, np.float64))
-    assert int(state.count) == len(jacobians)
-    return np.stack(used)
-
-
 @pytest.mark.parametrize("step_size", [1e-2, 0.5])
 def test_matches_oracle_in_float64(step_size: float) -> None:
-    jacobians = drifting(0, 12)
+    jacobians = rescaled(0, 12)
     got = run64(covjax.excess_mtl(num_params=P, robust_step_size=step_size), jacobians)
     want = np.stack(oracle.excess_mtl(jacobians, step_size))
     # float64 maths, the weights stored in float32.
@@ -48,7 +42,7 @@ def test_matches_oracle_in_float64(step_size: float) -> None:
 
 
 def test_weights_ignore_a_gradient_scale() -> None:
-    jacobians = drifting(1, 5, k=4, p=20)
+    jacobians = rescaled(1, 5, k=4, p=20)
     scaled = [J * np.array([[1.0], [8.0], [1.0], [1.0]]) for J in jacobians]
     plain = run64(covjax.excess_mtl(num_params=20, robust_step_size=0.5), jacobians)
     other = run64(covjax.excess_mtl(num_params=20, robust_step_size=0.5), scaled)
@@ -57,7 +51,7 @@ def test_weights_ignore_a_gradient_scale() -> None:
 
 
 def test_vmaps_over_step_size() -> None:
-    jacobians = drifting(2, 4, k=4, p=10)
+    jacobians = rescaled(2, 4, k=4, p=10)
     sizes = jnp.array([0.01, 0.1, 1.0])
 
     def final_weights(step_size):
@@ -90,3 +84,13 @@ def test_zero_first_gradient_and_rejected_step() -> None:
     assert not covjax.step_accepted(state, rejected)
     with pytest.raises(ValueError, match="has 4 columns"):
         scheme.update(losses, state, jacobian=jnp.ones((2, 4)))
+
+
+def run64(scheme: covjax.Weighting, jacobians: list) -> np.ndarray:
+    outputs, state = run_steps64(scheme, jacobians)
+    assert int(state.count) == len(jacobians)
+    return np.stack(outputs).astype(np.float64)
+
+
+def test_value_and_grad_end_to_end() -> None:
+    check_value_and_grad(covjax.excess_mtl(num_params=SHARED_PARAMS, robust_step_size=0.5), steps=3)

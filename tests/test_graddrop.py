@@ -6,30 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jacobian_scheme_cases import K, P, check_value_and_grad, random_jacobian, run_steps64
 from oracles import jacobian_aggregators as oracle
 
 import covjax
 from covjax._src.graddrop import uniform_draws
-
-K, P = 32, 300
-
-
-def random_jacobian(seed: int, k: int = K, p: int = P) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(k, p)) * 10.0 ** rng.uniform(-1, 1, size=(k, 1))
-
-
-def run64(scheme: covjax.Weighting, J: np.ndarray, steps: int = 1):
-    """Directions of ``steps`` updates on J in float64, the final state and weights."""
-    with jax.enable_x64(True):
-        losses = jnp.ones(J.shape[0], jnp.float64)
-        state = scheme.init(losses)
-        update = jax.jit(scheme.update)
-        directions = []
-        for _ in range(steps):
-            out, state = update(losses, state, jacobian=jnp.asarray(J))
-            directions.append(np.asarray(out.direction))
-    return directions, state, np.asarray(out.weights)
 
 
 @pytest.mark.parametrize(
@@ -37,7 +18,9 @@ def run64(scheme: covjax.Weighting, J: np.ndarray, steps: int = 1):
 )
 def test_matches_oracle_in_float64(leak) -> None:
     J = random_jacobian(1)
-    directions, state, weights = run64(covjax.graddrop(leak=leak, seed=4), J, steps=2)
+    outputs, state = run_steps64(covjax.graddrop(leak=leak, seed=4), [J, J])
+    directions = [out.direction for out in outputs]
+    weights = outputs[-1].weights
     key = jax.random.PRNGKey(4)
     for direction in directions:  # a new draw every step, from the key in the state
         with jax.enable_x64(True):
@@ -51,13 +34,13 @@ def test_matches_oracle_in_float64(leak) -> None:
 
 def test_full_leak_is_the_sum_and_agreeing_signs_pass() -> None:
     J = random_jacobian(2, k=4, p=9)
-    (direction,), *_ = run64(covjax.graddrop(leak=1.0), J)
+    direction = run_steps64(covjax.graddrop(leak=1.0), [J])[0][0].direction
     np.testing.assert_allclose(direction, J.sum(axis=0), rtol=1e-12)
     positive = np.abs(J)  # purity 1 everywhere: every component is kept
-    (direction,), *_ = run64(covjax.graddrop(), positive)
+    direction = run_steps64(covjax.graddrop(), [positive])[0][0].direction
     np.testing.assert_allclose(direction, positive.sum(axis=0), rtol=1e-12)
     dead = np.zeros((4, 9))
-    (direction,), *_ = run64(covjax.graddrop(), dead)
+    direction = run_steps64(covjax.graddrop(), [dead])[0][0].direction
     np.testing.assert_array_equal(direction, np.zeros(9))
 
 
@@ -106,3 +89,7 @@ def test_rejected_step_keeps_the_key() -> None:
 def test_leak_of_the_wrong_shape_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"leak has shape \(2,\).*\(3,\)"):
         covjax.graddrop(leak=jnp.ones(2)).init(jnp.ones(3))
+
+
+def test_value_and_grad_end_to_end() -> None:
+    check_value_and_grad(covjax.graddrop(leak=0.2, seed=3))

@@ -6,32 +6,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jacobian_scheme_cases import (
+    EPS32,
+    SHARED_PARAMS,
+    K,
+    P,
+    check_value_and_grad,
+    drifting_jacobians,
+    run_steps64,
+)
 from oracles import jacobian_aggregators as oracle
 
 import covjax
 
-K, P = 32, 300
-EPS32 = float(np.finfo(np.float32).eps)
 
-
-def drifting(seed: int, steps: int, k: int = K, p: int = P) -> tuple[list, list]:
-    """Jacobians around a fixed one on scales 10^±1, and positive losses."""
-    rng = np.random.default_rng(seed)
-    J = rng.normal(size=(k, p)) * 10.0 ** rng.uniform(-1, 1, size=(k, 1))
-    jacobians = [J + 0.3 * rng.normal(size=J.shape) * np.abs(J).mean() for _ in range(steps)]
-    return jacobians, [rng.uniform(0.1, 3.0, size=k) for _ in range(steps)]
-
-
-def run64(scheme: covjax.Weighting, jacobians: list, losses: list) -> list:
-    with jax.enable_x64(True):
-        state = scheme.init(jnp.asarray(losses[0]))
-        update = jax.jit(scheme.update)
-        history = []
-        for J, loss in zip(jacobians, losses, strict=True):
-            out, state = update(jnp.asarray(loss), state, jacobian=jnp.asarray(J))
-            history.append((np.asarray(out.weights, np.float64), np.asarray(out.direction)))
-    assert int(state.count) == len(jacobians)
-    return history
+def positive_losses(seed: int, steps: int, k: int = K) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed + 100)
+    return [rng.uniform(0.1, 3.0, size=k) for _ in range(steps)]
 
 
 @pytest.mark.parametrize(
@@ -40,11 +31,13 @@ def run64(scheme: covjax.Weighting, jacobians: list, losses: list) -> list:
     ids=["default", "other"],
 )
 def test_matches_oracle_in_float64(options: dict) -> None:
-    jacobians, losses = drifting(0, 5)
-    got = run64(covjax.moco(num_params=P, **options), jacobians, losses)
-    for (weights, direction), (want_weights, want_direction) in zip(
-        got, oracle.moco(jacobians, losses, **options), strict=True
+    jacobians, losses = drifting_jacobians(0, 5), positive_losses(0, 5)
+    outputs, state = run_steps64(covjax.moco(num_params=P, **options), jacobians, losses)
+    assert int(state.count) == 5
+    for out, (want_weights, want_direction) in zip(
+        outputs, oracle.moco(jacobians, losses, **options), strict=True
     ):
+        weights, direction = out.weights.astype(np.float64), out.direction
         # Weights are reported in float32; the direction is float64 throughout.
         np.testing.assert_allclose(weights, want_weights, rtol=4 * EPS32)
         np.testing.assert_allclose(direction, want_direction, rtol=1e-9, atol=1e-12)
@@ -52,7 +45,7 @@ def test_matches_oracle_in_float64(options: dict) -> None:
 
 
 def test_vmaps_over_gamma() -> None:
-    jacobians, losses = drifting(1, 3, k=4, p=10)
+    jacobians, losses = drifting_jacobians(1, 3, k=4, p=10), positive_losses(1, 3, k=4)
     gammas = jnp.array([0.05, 0.1, 1.0])
 
     def final_weights(gamma):
@@ -83,3 +76,7 @@ def test_zero_gradient_and_rejected_step() -> None:
         scheme.update(losses, state, jacobian=jnp.ones((3, 5)))
     with pytest.raises(ValueError, match="num_params must be P"):
         covjax.moco(num_params=0)
+
+
+def test_value_and_grad_end_to_end() -> None:
+    check_value_and_grad(covjax.moco(num_params=SHARED_PARAMS), steps=3)

@@ -6,16 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jacobian_scheme_cases import K, check_value_and_grad, random_jacobian
 from oracles import jacobian_aggregators as oracle
 
 import covjax
-
-K, P = 32, 300
-
-
-def random_jacobian(seed: int, k: int = K, p: int = P) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(k, p)) * 10.0 ** rng.uniform(-1, 1, size=(k, 1))
 
 
 @pytest.mark.parametrize("trim", [0, 1, 5, 15])
@@ -85,3 +79,7 @@ def test_ties_keep_exactly_k_minus_two_trim_values() -> None:
     losses = jnp.ones(4)
     out, _ = scheme.update(losses, scheme.init(losses), jacobian=jnp.asarray(J, jnp.float32))
     np.testing.assert_array_equal(out.direction, [1.0, 2.0])
+
+
+def test_value_and_grad_end_to_end() -> None:
+    check_value_and_grad(covjax.trimmed_mean(1))
