@@ -35,8 +35,9 @@ def excess_mtl(num_params: int, robust_step_size: float | Array = 1e-2) -> Weigh
     Weighs each task by its excess risk (its loss above the best it can
     reach) rather than its loss, so that tasks with label noise do not take
     over. The excess risk of task i is estimated by a second-order Taylor
-    bound with a diagonal (AdaGrad) Hessian approximation H_i = diag(√(Σ_s
-    g_i(s)² + 1e-7)) accumulated over the steps::
+    bound with a diagonal Hessian approximation (the empirical Fisher's
+    diagonal, accumulated over the steps as AdaGrad does),
+    H_i = diag(√(Σ_s g_i(s)² + 1e-7))::
 
         e_i = g_iᵀ H_i⁻¹ g_i,
         r_i = e_i / e_i(first step),
@@ -67,8 +68,8 @@ def excess_mtl(num_params: int, robust_step_size: float | Array = 1e-2) -> Weigh
     Cost: the Jacobian, O(K·P) per step; state (K, P) + 2 (K,).
 
     References:
-      He, Zhou, Ren & Chen, "Robust Multi-Task Learning with Excess Risks",
-      ICML 2024, https://arxiv.org/abs/2402.02009; authors' code,
+      He, Zhou, Zhang, Yun, Xu, Zeng, Chilimbi & Zhao, "Robust Multi-Task
+      Learning with Excess Risks", ICML 2024, https://arxiv.org/abs/2402.02009; authors' code,
       https://github.com/yifei-he/ExcessMTL; LibMTL ``ExcessMTL``,
       https://github.com/median-research-group/LibMTL.
     """
