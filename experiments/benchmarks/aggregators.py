@@ -42,7 +42,7 @@ if hasattr(covjax, "mgda"):
     SCHEMES["mgda"] = covjax.mgda
 # The aggregators of the per-loss gradients (trimmed mean, GradDrop, ConFIG, MoCo, ExcessMTL).
 SCHEMES |= {
-    "trimmed_mean": lambda: covjax.trimmed_mean(trim=4),
+    "trimmed_mean": lambda: covjax.trimmed_mean(trim=1),  # valid from K = 3 on
     "graddrop": covjax.graddrop,
     "conflict_free": covjax.conflict_free,
 }
