@@ -23,7 +23,9 @@ def test_matches_oracle_in_float64(trim: int) -> None:
         direction = np.asarray(out.direction)
         weights = np.asarray(out.weights)
     assert direction.dtype == np.float64
-    np.testing.assert_allclose(direction, oracle.trimmed_mean(J, trim), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        direction, oracle.trimmed_mean(J, trim), rtol=1e-12, atol=1e-13 * np.abs(J).max()
+    )
     np.testing.assert_array_equal(weights, np.full(K, 1.0 / K, np.float32))
     assert covjax.step_accepted(initial, state)
 
@@ -39,7 +41,9 @@ def test_no_trim_is_the_mean_and_one_outlier_is_removed() -> None:
     attacked = J.copy()
     attacked[3] = 1e30  # one arbitrary gradient
     out, _ = robust.update(losses, robust.init(losses), jacobian=attacked)
-    assert np.all(np.abs(out.direction) <= np.abs(J).max())
+    # The outlier never enters a sum: a few float32 roundings of the remaining entries.
+    want = oracle.trimmed_mean(attacked.astype(np.float64), 1)
+    np.testing.assert_allclose(out.direction, want, atol=8 * 1.2e-7 * np.abs(J).max())
 
 
 def test_vmaps_over_trim() -> None:

@@ -11,22 +11,48 @@ from covjax._src.base import DIRECTION, JACOBIAN, Weighting, make_weighting
 from covjax._src.gramian import uniform_weights
 
 
-def coordinate_ranks(jacobian: Array) -> Array:
-    """(K, P) int32: the rank of each entry within its column (0: the smallest; ties by row).
+def middle_sums(jacobian: Array, trim: int | Array, size: int) -> Array:
+    """(P,) per coordinate, the sum of the values left once the ``trim`` largest and the
+    ``trim`` smallest are removed (``size`` ≥ ``trim``: the static size of the buffers).
 
-    K passes of comparisons, O(K²·P) work in O(K·P) memory: on XLA:CPU this is
-    several times faster than sorting the columns (1.2 ms against 8 ms for a
-    32×2000 Jacobian) and, unlike ``lax.top_k``, it serves a traced ``trim``.
+    One pass over the rows (a scan; no K×P temporary, no column sort, which XLA:CPU does
+    slowly) keeps per coordinate the ``size`` largest values seen so far (sorted) and the
+    ``size`` smallest among the rest. A value pushed out of the first buffer can never
+    re-enter it (its entries only grow); pushed on out of the second, it can never be among
+    the smallest either: it is a middle value, and is added as it comes, so outliers never
+    enter the sum (no cancellation of a huge total). At the end, buffer entries beyond the
+    first ``trim`` are middle values too.
     """
-    k = jacobian.shape[0]
-    rows = jnp.arange(k)[:, None]
+    inf = jnp.asarray(jnp.inf, jacobian.dtype)
 
-    def count_below(rank: Array, j: Array) -> tuple[Array, None]:
-        row = jacobian[j]
-        below = (row < jacobian) | ((row == jacobian) & (j < rows))
-        return rank + below.astype(jnp.int32), None
+    def bubble(buffer: list[Array], value: Array, keep_larger: bool) -> tuple[list[Array], Array]:
+        kept = []
+        for entry in buffer:
+            if keep_larger:
+                kept.append(jnp.maximum(entry, value))
+                value = jnp.minimum(entry, value)
+            else:
+                kept.append(jnp.minimum(entry, value))
+                value = jnp.maximum(entry, value)
+        return kept, value
 
-    return jax.lax.scan(count_below, jnp.zeros(jacobian.shape, jnp.int32), jnp.arange(k))[0]
+    def add_row(carry: tuple, row: Array) -> tuple[tuple, None]:
+        middle, largest, smallest = carry
+        largest, pushed = bubble(list(largest), row, keep_larger=True)
+        # Nothing real pushed out yet (-inf): offer +inf, which the second buffer ignores.
+        pushed = jnp.where(pushed == -inf, inf, pushed)
+        smallest, pushed = bubble(list(smallest), pushed, keep_larger=False)
+        middle = middle + jnp.where(pushed == inf, 0.0, pushed)
+        return (middle, tuple(largest), tuple(smallest)), None
+
+    zeros = jnp.zeros_like(jacobian[0])
+    start = (zeros, (zeros - inf,) * size, (zeros + inf,) * size)
+    middle, largest, smallest = jax.lax.scan(add_row, start, jacobian)[0]
+    # With 2·size < K both buffers are full of real values by now.
+    for rank in range(size):
+        beyond_trim = rank >= trim
+        middle = middle + jnp.where(beyond_trim, largest[rank] + smallest[rank], 0.0)
+    return middle
 
 
 def trimmed_mean(trim: int | Array) -> Weighting:
@@ -53,8 +79,8 @@ def trimmed_mean(trim: int | Array) -> Weighting:
         (an int ≥ 0 with 2t + 1 ≤ K, checked at ``init``; it may also be a
         traced integer array, e.g. under ``jax.vmap``, and is then unchecked).
 
-    Cost: the rank of every entry in its coordinate (K passes over the K×P
-    Jacobian, :func:`coordinate_ranks`); no state.
+    Cost: one pass over the Jacobian's rows with 2t compare-and-swaps per
+    entry (:func:`middle_sums`; 2·⌊(K−1)/2⌋ for a traced ``trim``); no state.
 
     References:
       Yin, Chen, Ramchandran & Bartlett, "Byzantine-Robust Distributed
@@ -79,9 +105,9 @@ def trimmed_mean(trim: int | Array) -> Weighting:
     ) -> tuple[Array, optax.EmptyState, Array]:
         del count
         k = losses.shape[0]
-        rank = coordinate_ranks(jacobian)
-        kept = (rank >= trim) & (rank < k - trim)
-        direction = jnp.sum(jnp.where(kept, jacobian, 0.0), axis=0) / (k - 2 * trim)
+        # Buffers of ``trim`` values, or of the most any valid trim removes when it is traced.
+        size = trim if isinstance(trim, int) else (k - 1) // 2
+        direction = middle_sums(jacobian, trim, size) / (k - 2 * trim)
         return uniform_weights(k).astype(jacobian.dtype), state, direction
 
     return make_weighting(
