@@ -171,7 +171,7 @@ def gradient_subset(scheme: Scheme, task: Task) -> str | None:
     if scheme.gradient_target == "representation":
         return re.escape(REPRESENTATION) + "(/|$)"
     if scheme.gradient_target == "layer":
-        layer = "/".join((MODEL, *task.shared_layer()))  # type: ignore[attr-defined]
+        layer = "/".join((MODEL, *task.shared_layer()))
         return re.escape(layer) + "(/|$)"
     return None  # "parameters": all of them
 
@@ -229,19 +229,17 @@ class Trainer:
     ) -> tuple[dict[str, Array], nnx.State]:
         model = self.model(trainable[MODEL], rest)
         if REPRESENTATION in trainable:
-            task: Any = self.task
-            z, carry = task.representation(model, batch)
+            z, carry = self.task.representation(model, batch)
             z = jax.tree.map(jnp.add, z, trainable[REPRESENTATION])
-            losses = task.losses_from_representation(model, z, carry, batch)
+            losses = self.task.losses_from_representation(model, z, carry, batch)
         else:
             losses = self.task.losses(model, batch)
         _, _, new_rest = nnx.split(model, nnx.Param, ...)
         return losses, new_rest
 
     def _representation_offset(self, params: nnx.State, rest: nnx.State, batch: Batch) -> Any:
-        task: Any = self.task
         shapes = jax.eval_shape(
-            lambda p, r, b: task.representation(self.model(p, r), b)[0], params, rest, batch
+            lambda p, r, b: self.task.representation(self.model(p, r), b)[0], params, rest, batch
         )
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
@@ -400,9 +398,7 @@ def check_config(task: Task, config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"Unknown config.scheme {config.scheme!r}; known: {list(available_schemes())}."
         )
-    task_check = getattr(task, "check_config", None)
-    if task_check is not None:
-        task_check(config)
+    task.check_config(config)
 
 
 def train(
