@@ -23,15 +23,18 @@ from covjax._src.base import (
     weighted_sum,
 )
 from covjax._src.cagrad import CAGradState, cagrad
+from covjax._src.conflict_free import MConFIGState, conflict_free
 from covjax._src.cosmos import cosmos
 from covjax._src.cov import CovState, cov_weighting
 from covjax._src.cr_mogm import CRMOGMState, cr_mogm
 from covjax._src.db_mtl import DBMTLState, db_mtl
 from covjax._src.dualproj import DualProjState, dualproj
 from covjax._src.dwa import DwaState, dwa
+from covjax._src.excess_mtl import ExcessMTLState, excess_mtl
 from covjax._src.fairgrad import FairGradState, fairgrad
 from covjax._src.famo import FamoState, famo
 from covjax._src.gls import gls
+from covjax._src.graddrop import GradDropState, graddrop
 from covjax._src.gradients import per_loss_gramian, per_loss_jacobian
 from covjax._src.gradnorm import GradNormState, gradnorm
 from covjax._src.gradvac import GradVacState, gradvac
@@ -42,6 +45,7 @@ from covjax._src.lbpinn import lbpinn, lbpinn_regularizer
 from covjax._src.lr_annealing import AnnealingState, lr_annealing
 from covjax._src.lsb import LsbState, RebalancingState, lsb, multi_loss_rebalancing
 from covjax._src.mgda import mgda
+from covjax._src.moco import MoCoState, moco
 from covjax._src.modo import MoDoState, modo
 from covjax._src.nash_mtl import NashMTLState, nash_mtl
 from covjax._src.ntk_weighting import ntk_weighting
@@ -55,6 +59,7 @@ from covjax._src.solvers import min_norm_solver
 from covjax._src.static import equal_weighting, static_weighting
 from covjax._src.stch import StchState, stch
 from covjax._src.step import WeightedLosses, value_and_grad
+from covjax._src.trimmed_mean import trimmed_mean
 from covjax._src.uncertainty import LearnedLogState, uncertainty_regularizer, uncertainty_weighting
 from covjax._src.upgrad import UPGradState, upgrad
 from covjax._src.wrappers import apply_if_accepted
@@ -73,13 +78,17 @@ __all__ = [
     "DBMTLState",
     "DualProjState",
     "DwaState",
+    "ExcessMTLState",
     "FairGradState",
     "FamoState",
+    "GradDropState",
     "GradNormState",
     "GradVacState",
     "LearnedLogState",
     "LossStructure",
     "LsbState",
+    "MConFIGState",
+    "MoCoState",
     "MoDoState",
     "NashMTLState",
     "PCGradState",
@@ -97,6 +106,7 @@ __all__ = [
     "aligned_mtl",
     "apply_if_accepted",
     "cagrad",
+    "conflict_free",
     "cosmos",
     "cov_weighting",
     "cr_mogm",
@@ -105,10 +115,12 @@ __all__ = [
     "dualproj",
     "dwa",
     "equal_weighting",
+    "excess_mtl",
     "fairgrad",
     "famo",
     "flatten_losses",
     "gls",
+    "graddrop",
     "gradnorm",
     "gradvac",
     "imtl_g",
@@ -123,6 +135,7 @@ __all__ = [
     "make_weighting",
     "mgda",
     "min_norm_solver",
+    "moco",
     "modo",
     "multi_loss_rebalancing",
     "named",
@@ -140,6 +153,7 @@ __all__ = [
     "static_weighting",
     "stch",
     "step_accepted",
+    "trimmed_mean",
     "uncertainty_regularizer",
     "uncertainty_weighting",
     "upgrad",

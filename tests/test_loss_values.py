@@ -112,6 +112,7 @@ CONFIGS: dict[str, tuple[Callable[..., covjax.Weighting], dict]] = {
     "modo": (covjax.modo, {"gamma": 0.1}),
     "cr_mogm": (covjax.cr_mogm, {"weighting": covjax.upgrad()}),
     "cr_mogm_cov": (covjax.cr_mogm, {"weighting": covjax.cov_weighting()}),
+    "conflict_free": (covjax.conflict_free, {}),
 }
 # Solvers whose scale behaviour is an identity of exact arithmetic: checked in float64
 # (their float32 solves on these Gramians, condition numbers up to ~1e4, lose ~1e-2).
@@ -478,6 +479,9 @@ REQUIRED = {
     "static_weighting": {"weights": jnp.ones(K)},
     "krum": {"n_byzantine": 1},
     "cr_mogm": {"weighting": covjax.upgrad()},
+    "trimmed_mean": {"trim": 1},
+    "moco": {"num_params": 8},
+    "excess_mtl": {"num_params": 8},
 }
 # The argument that a bare `"value"` in a table cell sets.
 BARE_OPTION = {"mgda": "normalization", "softadapt": "variant"}

@@ -68,6 +68,11 @@ def init_params(num_losses: int, seed: int = 0, hidden: int = 512, inputs: int =
     }
 
 
+def trunk_num_params(hidden: int = 512, inputs: int = 256) -> int:
+    """P of the shared trunk of :func:`init_params` (what per-loss state is sized by)."""
+    return inputs * hidden + hidden + 2 * (hidden * hidden + hidden)
+
+
 def trunk(params: Params, x: jax.Array, labels: jax.Array) -> jax.Array:
     del labels
     for name in ("layer0", "layer1", "layer2"):
@@ -245,6 +250,29 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
         "CR-MOGM of MGDA (all shared)",
     ),
     "mgda_ub": (covjax.mgda, {"representation": trunk}, "MGDA-UB (representation)"),
+    # Aggregators of the per-loss gradients themselves (covjax.JACOBIAN).
+    "trimmed_mean": (
+        lambda: covjax.trimmed_mean(0),  # every K here; the ranking costs the same for any trim
+        {"wrt": "trunk"},
+        "Trimmed mean (all shared)",
+    ),
+    "graddrop": (covjax.graddrop, {"wrt": "trunk"}, "GradDrop (all shared)"),
+    "conflict_free": (covjax.conflict_free, {"wrt": "trunk"}, "ConFIG (all shared)"),
+    "m_config": (
+        lambda: covjax.conflict_free(momentum=True, num_params=trunk_num_params()),
+        {"wrt": "trunk"},
+        "M-ConFIG (all shared)",
+    ),
+    "moco": (
+        lambda: covjax.moco(num_params=trunk_num_params()),
+        {"wrt": "trunk"},
+        "MoCo (all shared)",
+    ),
+    "excess_mtl": (
+        lambda: covjax.excess_mtl(num_params=trunk_num_params()),
+        {"wrt": "trunk"},
+        "ExcessMTL (all shared)",
+    ),
     "mgda_ub_copies": (
         covjax.mgda,
         {"representation": trunk, "representation_copies": True},
