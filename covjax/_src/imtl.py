@@ -26,7 +26,14 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from covjax._src.base import GRAMIAN, Weighting, WeightingState, make_weighting, stateless
+from covjax._src.base import (
+    GRAMIAN,
+    AggregatorPromises,
+    Weighting,
+    WeightingState,
+    make_weighting,
+    stateless,
+)
 from covjax._src.gramian import normalized_gramian, uniform_weights
 from covjax._src.uncertainty import LearnedLogState
 
@@ -46,6 +53,12 @@ def imtl_g() -> Weighting:
     linearly dependent gradients) gives its minimum-norm solution rather than
     NaN. Dead losses get α_i = 0 (they have no direction to be impartial to);
     with every gradient zero the weights are uniform.
+
+    Promises: permutation-invariant only. The common projection p satisfies
+    p·Σ_i α_i‖g_i‖ = ‖d‖² with α of any sign, so p < 0 (every loss
+    increases) is possible (TorchJD marks IMTL-G conflicting too), and the
+    minimum-norm solution of a singular system can be d = 0 on gradients
+    that are not strongly stationary.
     """
 
     def weights_fn(losses: Array, gramian: Array | None) -> Array:
@@ -75,6 +88,10 @@ def imtl_g() -> Weighting:
         requires={GRAMIAN},
         weights_sum="1",
         loss_scale="compensated",
+        # The common projection p has p·Σ_i α_i‖g_i‖ = ‖d‖² with α of any sign, so p < 0
+        # (every loss increases) is possible; on rank-deficient J the minimum-norm
+        # solution may be d = 0 without 0 inside the hull.
+        promises=AggregatorPromises(permutation_invariant=True),
     )
 
 
