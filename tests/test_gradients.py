@@ -13,6 +13,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from precision import EPS32, assert_trees_close64, float64
@@ -327,3 +328,103 @@ def test_errors_are_clear() -> None:
         covjax.value_and_grad(heads, covjax.mgda(), representation="z")
     with pytest.raises(ValueError, match="has_aux"):
         gradients.per_loss_jacobian(loss_fn, PARAMS, X, Y, has_aux=True)
+
+
+# ------------------------------------------------- schemes that need the Jacobian or a direction
+
+
+def first_entry_weighting() -> covjax.Weighting:
+    """A JACOBIAN scheme whose weights are the first column of J: they show J's layout."""
+
+    def update_fn(losses, inner, count, jacobian):
+        del losses, count
+        return jacobian[:, 0], inner
+
+    return covjax.make_weighting(
+        lambda losses: optax.EmptyState(),
+        update_fn,
+        name="first_entry",
+        requires={covjax.JACOBIAN},
+    )
+
+
+def first_loss_direction() -> covjax.Weighting:
+    """A {JACOBIAN, DIRECTION} scheme: uniform weights, direction ∇L_0 + 2 ∇L_1."""
+
+    def update_fn(losses, inner, count, jacobian):
+        del count
+        k = losses.shape[0]
+        return jnp.full((k,), 1.0 / k), inner, jacobian[0] + 2.0 * jacobian[1]
+
+    return covjax.make_weighting(
+        lambda losses: optax.EmptyState(),
+        update_fn,
+        name="first_loss_direction",
+        requires={covjax.JACOBIAN, covjax.DIRECTION},
+    )
+
+
+@pytest.mark.parametrize("wrt", [None, "encoder"])
+def test_value_and_grad_hands_the_jacobian_to_the_scheme(wrt) -> None:
+    with jax.enable_x64(True):
+        params, x, y, loop = float64_case()
+        keys = sorted(loop[0]) if wrt is None else ["encoder/b", "encoder/w"]
+        scheme = first_entry_weighting()
+        step = jax.jit(covjax.value_and_grad(loss_fn, scheme, wrt=wrt))
+        out, grads = step(params, scheme.init(loss_fn(params, x, y)), x, y)
+        # Row i of J is ∇L_i over the selected leaves in jax.tree.leaves order
+        # (sorted dict keys): its first entry is that of the first selected leaf.
+        weights = np.array([out.weights[n] for n in NAMES])
+        first = np.array([np.ravel(g[keys[0]])[0] for g in loop])
+        # The float64 gradient entry is stored as a float32 weight: one rounding.
+        np.testing.assert_allclose(weights, first, rtol=EPS32, atol=0)
+        assert_trees_close64(flat(grads), expected_step(weights, params, x, y))
+
+
+def test_value_and_grad_uses_the_direction_for_the_selected_leaves() -> None:
+    with jax.enable_x64(True):
+        params, x, y, loop = float64_case()
+        scheme = first_loss_direction()
+        step = jax.jit(covjax.value_and_grad(loss_fn, scheme, wrt="encoder"))
+        out, grads = step(params, scheme.init(loss_fn(params, x, y)), x, y)
+        weights = np.array([out.weights[n] for n in NAMES])
+        np.testing.assert_array_equal(weights, np.float32(1.0 / K))
+        expected = expected_step(weights, params, x, y)  # the other leaves: ∇ Σ w_i L_i
+        for key in ("encoder/b", "encoder/w"):
+            expected[key] = loop[0][key] + 2.0 * loop[1][key]
+        assert_trees_close64(flat(grads), expected)
+        assert bool(out.accepted)
+
+
+def test_direction_scheme_on_nnx_module() -> None:
+    with jax.enable_x64(True):
+        _, x, y, _ = float64_case()
+        model = MultiHead(nnx.Rngs(0), dtype=jnp.float64)
+        reference = nnx.clone(model)
+        scheme = first_loss_direction()
+        step = covjax.value_and_grad(module_loss, scheme, wrt=nnx.PathContains("encoder"))
+        state = scheme.init(module_loss(nnx.clone(model), x, y))
+        out, grads = nnx.jit(step)(model, state, x, y)
+
+        def grad_of(weights):
+            def total(m):
+                losses = module_loss(m, x, y).values()
+                return sum(w * v for w, v in zip(weights, losses, strict=True))
+
+            return nnx.grad(total)(nnx.clone(reference))
+
+        # dict order of NAMES: depth, edges, normals (the losses' leaf order).
+        first, second = grad_of([1.0, 0.0, 0.0]), grad_of([0.0, 1.0, 0.0])
+        uniform = grad_of([float(out.weights[n]) for n in NAMES])  # 1/K stored in float32
+        for name in ("kernel", "bias"):
+            want = first["encoder"][name].value + 2.0 * second["encoder"][name].value
+            assert_trees_close64(grads["encoder"][name].value, np.asarray(want))
+        for index in range(K):
+            assert_trees_close64(
+                grads["heads"][index]["kernel"].value,
+                np.asarray(uniform["heads"][index]["kernel"].value),
+            )
+        # BatchNorm's running statistics were updated in place, once.
+        module_loss(reference, x, y)  # one forward pass in training mode
+        assert_trees_close64(model.norm.mean.value, np.asarray(reference.norm.mean.value))
+        assert not np.allclose(model.norm.mean.value, 0.0)

@@ -166,7 +166,7 @@ def _without_trailing_transposes(
     return jex_core.jaxpr_as_fun(rewritten)(one_hots)
 
 
-def _per_loss_rows(
+def per_loss_rows(
     vjp_fn: VjpFn,
     losses: Losses,
     mask: Sequence[bool],
@@ -240,9 +240,47 @@ def jacobian_from_vjp(
       dtype.
     """
     mask, names = select_leaves(params, wrt)
-    rows = _per_loss_rows(vjp_fn, losses, mask, chunk_size)
+    rows = per_loss_rows(vjp_fn, losses, mask, chunk_size)
     selected = [name for name, keep in zip(names, mask, strict=True) if keep]
     return dict(zip(selected, rows, strict=True))
+
+
+def flat_jacobian(rows: Sequence[Array]) -> Array:
+    """The (K, P) Jacobian: per-leaf (K, ...) rows flattened and concatenated in leaf order.
+
+    The layout of :data:`covjax.JACOBIAN` (float32 or wider).
+    """
+    if not rows:
+        raise ValueError("covjax: the Jacobian is empty.")
+    k = rows[0].shape[0]
+    dtype = jnp.promote_types(rows[0].dtype, jnp.float32)
+    return jnp.concatenate([row.reshape(k, -1).astype(dtype) for row in rows], axis=1)
+
+
+def replace_selected(tree: PyTree, mask: Sequence[bool], flat: Array) -> PyTree:
+    """``tree`` with its ``mask``-selected leaves replaced by consecutive slices of ``flat`` (P,).
+
+    The inverse of :func:`flat_jacobian`'s layout for one row: a DIRECTION
+    scheme's direction becomes the gradient of the selected leaves (each in
+    its leaf's shape and dtype).
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    sizes = [leaf.size for leaf, keep in zip(leaves, mask, strict=True) if keep]
+    if flat.shape != (sum(sizes),):
+        raise ValueError(
+            f"covjax: the direction has shape {flat.shape}, expected ({sum(sizes)},): one entry "
+            "per selected parameter."
+        )
+    offset = 0
+    replaced = []
+    for leaf, keep in zip(leaves, mask, strict=True):
+        if keep:
+            piece = flat[offset : offset + leaf.size]
+            replaced.append(piece.reshape(leaf.shape).astype(leaf.dtype))
+            offset += leaf.size
+        else:
+            replaced.append(leaf)
+    return jax.tree.unflatten(treedef, replaced)
 
 
 def gramian_of_jacobian(jacobian: Jacobian | Array) -> Array:
@@ -269,7 +307,7 @@ def gramian_from_vjp(
 ) -> Array:
     """The K×K Gramian of the per-loss gradients; arguments as :func:`jacobian_from_vjp`."""
     mask, _ = select_leaves(params, wrt)
-    rows = _per_loss_rows(vjp_fn, losses, mask, chunk_size, reorderable=[True] * sum(mask))
+    rows = per_loss_rows(vjp_fn, losses, mask, chunk_size, reorderable=[True] * sum(mask))
     return gramian_of_jacobian(rows)
 
 
@@ -312,7 +350,7 @@ def _grouped_gramian(
         pull_back = jax.linear_transpose(group_jvp, selected)
         group_losses = [loss_leaves[i] for i in group]
         # Not reorderable: every group's rows must keep the same axis order.
-        rows = _per_loss_rows(pull_back, group_losses, [True] * len(selected), chunk_size)
+        rows = per_loss_rows(pull_back, group_losses, [True] * len(selected), chunk_size)
         row_blocks.append(rows)
     dtype = jnp.promote_types(row_blocks[0][0].dtype, jnp.float32)
     highest = jax.lax.Precision.HIGHEST
@@ -505,7 +543,7 @@ def vjp_and_gramian(
         materialised = [keep and i not in taps for i, keep in enumerate(mask)]
         tapped_leaves = sorted(taps)  # a dict's pytree leaves come in key order
         reorderable = [True] * sum(materialised) + [False] * len(tapped_leaves)
-        rows = _per_loss_rows(
+        rows = per_loss_rows(
             tapped_vjp,
             losses,
             materialised + [True] * len(tapped_leaves),

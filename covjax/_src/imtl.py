@@ -59,6 +59,10 @@ def imtl_g() -> Weighting:
     increases) is possible (TorchJD marks IMTL-G conflicting too), and the
     minimum-norm solution of a singular system can be d = 0 on gradients
     that are not strongly stationary.
+
+    References:
+      Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, "Towards Impartial
+      Multi-task Learning", ICLR 2021, https://openreview.net/forum?id=IMPnRXEWpvr.
     """
 
     def weights_fn(losses: Array, gramian: Array | None) -> Array:
@@ -114,6 +118,10 @@ def imtl_l(
     first accepted step), the step reported as not accepted. (For L ≤ 0 the
     objective e^s L − s has no minimum in s: the weight e^s would grow
     without bound.)
+
+    References:
+      Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, "Towards Impartial
+      Multi-task Learning", ICLR 2021, https://openreview.net/forum?id=IMPnRXEWpvr.
     """
     optimizer = optax.adam(1e-4) if optimizer is None else optimizer
 

@@ -153,6 +153,13 @@ def mgda(
     normalization the weights found for g_i/n_i multiply the raw g_i). Not
     strongly stationary, by design of the method: d = 0 whenever 0 is anywhere
     in the hull (weakly stationary gradients), not only in its interior.
+
+    References:
+      Désidéri, "Multiple-gradient descent algorithm (MGDA) for
+      multiobjective optimization", C. R. Math. 350 (2012),
+      https://doi.org/10.1016/j.crma.2012.03.014; Sener & Koltun, "Multi-Task
+      Learning as Multi-Objective Optimization", NeurIPS 2018,
+      https://arxiv.org/abs/1810.04650.
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(

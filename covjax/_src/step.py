@@ -7,8 +7,16 @@ cotangent, which is exactly ∇ Σ stop_gradient(α_i) L_i.
 
 Gradient-based schemes (``covjax.GRAMIAN in scheme.requires``) additionally need the
 per-loss gradients; :mod:`covjax._src.gradients` computes them in one batched
-backward pass and hands the scheme their Gramian. The call looks the same, so
-switching scheme is a one-line change.
+backward pass and hands the scheme their Gramian. Schemes that need the
+per-loss gradients themselves (``covjax.JACOBIAN in scheme.requires``) get the
+K×P Jacobian J of the selected leaves (row i = ∇L_i, leaves flattened in
+``jax.tree.leaves`` order and concatenated); a ``covjax.DIRECTION`` scheme's
+direction d then replaces the gradient of those leaves, while its weights
+α weigh the losses for every other parameter::
+
+    grads[selected] = d,    grads[other] = ∇_other Σ α_i L_i.
+
+The call looks the same, so switching scheme is a one-line change.
 
 Works on plain parameter pytrees and on Flax NNX modules (gradients w.r.t. the
 module's ``nnx.Param`` variables; other variables, e.g. batch statistics,
@@ -27,7 +35,10 @@ from jax import Array
 from covjax._src import gradients
 from covjax._src import nnx_support as _nnx
 from covjax._src.base import (
+    DIRECTION,
     GRAMIAN,
+    JACOBIAN,
+    Aggregation,
     Losses,
     PyTree,
     Weighting,
@@ -93,7 +104,8 @@ def value_and_grad(
       scheme: any :class:`~covjax.Weighting`.
       has_aux: whether ``loss_fn`` returns ``(losses, aux)``.
       wrt: gradient-based schemes only: which parameters the per-loss
-        gradients (and so the Gramian) are taken with respect to (a path
+        gradients (and so the Gramian or the Jacobian; a DIRECTION scheme's
+        direction is their gradient) are taken with respect to (a path
         regex, a predicate, an NNX filter; see :mod:`covjax._src.gradients`).
         ``None`` means all (or all of z with ``representation``).
       chunk_size: gradient-based schemes only: how many per-loss gradients
@@ -126,7 +138,8 @@ def value_and_grad(
     Returns:
       A function with the signature above; ``grads`` has the structure of
       ``params`` (an ``nnx.State`` of the ``nnx.Param`` variables for a
-      module) and equals ∇ Σ α_i L_i.
+      module) and equals ∇ Σ α_i L_i (for a DIRECTION scheme, the
+      direction on the ``wrt`` leaves). ``WeightedLosses.weights`` are the α_i.
     """
     gradients._validate_chunk_size(chunk_size)
     if representation is not None and not callable(representation):
@@ -142,6 +155,13 @@ def value_and_grad(
     if representation_copies and representation is None:
         raise ValueError("covjax.value_and_grad: representation_copies needs a representation.")
     needs_gramian = GRAMIAN in scheme.requires
+    needs_jacobian = JACOBIAN in scheme.requires
+    gives_direction = DIRECTION in scheme.requires
+    if needs_jacobian and representation is not None:
+        raise ValueError(
+            "covjax.value_and_grad: a scheme that requires the JACOBIAN takes it w.r.t. "
+            "parameters (wrt=), not with representation=."
+        )
 
     def step(params: Any, state: WeightingState, *args: Any, **kwargs: Any):
         if _nnx.is_module(params):
@@ -173,7 +193,20 @@ def value_and_grad(
         with one, ``encode_fn(params)`` gives ``(z, encoder_aux)`` and
         ``head_fn(params, z, encoder_aux)`` gives ``(losses, aux)``.
         """
-        if encode_fn is None:
+        if encode_fn is None and needs_jacobian:
+            losses, vjp_fn, aux = jax.vjp(head_fn, params, has_aux=True)
+            mask, _ = gradients.select_leaves(params, wrt)
+            jacobian = gradients.flat_jacobian(
+                gradients.per_loss_rows(vjp_fn, losses, mask, chunk_size)
+            )
+            output, new_state = scheme.update(losses, state, jacobian=jacobian)
+            weights = jax.lax.stop_gradient(
+                output.weights if isinstance(output, Aggregation) else output
+            )
+            (grads,) = vjp_fn(_cotangent(weights, losses))
+            if gives_direction:
+                grads = gradients.replace_selected(grads, mask, output.direction)
+        elif encode_fn is None:
             if needs_gramian:
                 losses, vjp_fn, aux, gramian = gradients.vjp_and_gramian(
                     head_fn,
