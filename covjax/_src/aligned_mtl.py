@@ -7,8 +7,8 @@ from typing import Literal
 import jax.numpy as jnp
 from jax import Array
 
-from covjax._src.base import GRAMIAN, Weighting, stateless
-from covjax._src.gramian import normalized_gramian
+from covjax._src.base import GRAMIAN, AggregatorPromises, Weighting, stateless
+from covjax._src.gramian import normalized_gramian, positive_preference
 
 
 def aligned_mtl(
@@ -81,4 +81,10 @@ def aligned_mtl(
         requires={GRAMIAN},
         weights_sum="free",
         loss_scale="no",
+        # d = σ V_J U_Jᵀ t is 0 only when t ⊥ range(J), i.e. Jᵀt = 0: strongly stationary
+        # for t > 0. σ (the smallest singular value) makes d non-linear in the scales.
+        promises=AggregatorPromises(
+            permutation_invariant=task_weights is None,
+            strongly_stationary=positive_preference(task_weights),
+        ),
     )

@@ -226,6 +226,41 @@ class Aggregation(NamedTuple):
     direction: Array
 
 
+class AggregatorPromises(NamedTuple):
+    """What a scheme promises about its update direction d, as an aggregator of gradients.
+
+    The definitions are those of Quinton & Rey, "Jacobian Descent for
+    Multi-Objective Optimization" (2024, https://arxiv.org/abs/2406.16232),
+    and of TorchJD's property tests; J is the K×P matrix whose rows are the
+    per-loss gradients g_i, and d = A(J) = Σ_i w_i g_i (or a :data:`DIRECTION`
+    scheme's direction) the scheme's update from a fresh state. Every field
+    defaults to False: "not promised" (the property may still hold on some
+    inputs; the shared property suite only checks what is promised).
+
+    Attributes:
+      non_conflicting: J d ≥ 0: no loss increases to first order along d.
+      permutation_invariant: permuting the losses (the rows of J, and the
+        loss values with them) leaves d unchanged; the weights permute along.
+      linear_under_scaling: for positive per-loss factors c ∈ ℝ^K, A(diag(c) J)
+        is linear in c: A(diag(a·c + b·c′) J) = a·A(diag(c) J) + b·A(diag(c′) J)
+        for a, b > 0. In particular d(cJ) = c·d(J) for c > 0, and the update
+        neither ignores nor over-reacts to one loss's gradient scale.
+      strongly_stationary: d = 0 only when J is strongly stationary: some
+        strictly positive u has Jᵀu = 0 (0 lies in the relative interior of
+        the convex hull of the gradients). So a zero step never stops a
+        descent that some loss could still take without harming the others.
+    """
+
+    non_conflicting: bool = False
+    permutation_invariant: bool = False
+    linear_under_scaling: bool = False
+    strongly_stationary: bool = False
+
+
+#: The default declaration: nothing promised.
+NO_PROMISES: Final = AggregatorPromises()
+
+
 class WeightingProperties(NamedTuple):
     """What a user needs to know to switch to a scheme in one line.
 
@@ -243,11 +278,16 @@ class WeightingProperties(NamedTuple):
       positive_losses: whether every loss must be > 0 (above its minimum for
         FAMO): a step with a loss ≤ 0 is then rejected like a non-finite one.
         Otherwise any finite loss is accepted.
+      promises: the update direction's properties as an aggregator of the
+        per-loss gradients (:class:`AggregatorPromises`), checked for every
+        gradient scheme by one shared property suite and listed in the
+        README's promises table.
     """
 
     weights_sum: WeightsSum | None = None
     loss_scale: LossScale | None = None
     positive_losses: bool = False
+    promises: AggregatorPromises = NO_PROMISES
 
 
 class Weighting(NamedTuple):
@@ -283,6 +323,7 @@ def make_weighting(
     loss_minimum: float | Array = 0.0,
     weights_sum: WeightsSum | None = None,
     loss_scale: LossScale | None = None,
+    promises: AggregatorPromises = NO_PROMISES,
 ) -> Weighting:
     """Build a public :class:`Weighting` from flat-vector ``init_fn``/``update_fn``.
 
@@ -305,6 +346,8 @@ def make_weighting(
       loss_minimum: the bound of ``positive_losses`` (0; FAMO's known
         minima), a scalar or (K,), possibly traced.
       weights_sum, loss_scale: facts for :class:`WeightingProperties`.
+      promises: the aggregator properties the scheme guarantees
+        (:class:`AggregatorPromises`); the default promises nothing.
     """
     needs_jacobian = JACOBIAN in requires
     needs_gramian = GRAMIAN in requires and not needs_jacobian
@@ -315,7 +358,7 @@ def make_weighting(
         raise ValueError(
             f"covjax.{name}: require the GRAMIAN or the JACOBIAN, not both (J Jᵀ is one product)."
         )
-    properties = WeightingProperties(weights_sum, loss_scale, positive_losses)
+    properties = WeightingProperties(weights_sum, loss_scale, positive_losses, promises)
 
     def check_state(state: Any, vector: Array) -> None:
         if not isinstance(state, WeightingState):
@@ -434,6 +477,7 @@ def stateless(
     positive_losses: bool = False,
     weights_sum: WeightsSum | None = None,
     loss_scale: LossScale | None = None,
+    promises: AggregatorPromises = NO_PROMISES,
 ) -> Weighting:
     """A scheme that keeps no state of its own, as ``optax.stateless`` builds a transformation.
 
@@ -460,6 +504,7 @@ def stateless(
         positive_losses=positive_losses,
         weights_sum=weights_sum,
         loss_scale=loss_scale,
+        promises=promises,
     )
 
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from covjax._src.base import GRAMIAN, Weighting, make_weighting
+from covjax._src.base import GRAMIAN, AggregatorPromises, Weighting, make_weighting
 from covjax._src.gramian import normalized_gramian, uniform_weights
 from covjax._src.solvers import cagrad_dual, dual_cone_projections
 
@@ -133,4 +133,11 @@ def cagrad(c: float = 0.4, rescale: bool = True, max_iters: int = 30) -> Weighti
         requires={GRAMIAN},
         weights_sum="free",
         loss_scale="no",
+        # Non-conflicting for c ≥ 1 (the ball then reaches the dual cone); d = 0 only
+        # when g0 lies in the polar of the dual cone, −cone(g_i): Jᵀ(1/K + u) = 0, u ≥ 0.
+        promises=AggregatorPromises(
+            non_conflicting=not isinstance(c, jax.core.Tracer) and c >= 1.0,
+            permutation_invariant=True,
+            strongly_stationary=True,
+        ),
     )

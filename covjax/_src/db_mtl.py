@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax import Array
 
-from covjax._src.base import GRAMIAN, Weighting, make_weighting
+from covjax._src.base import GRAMIAN, AggregatorPromises, Weighting, make_weighting
 from covjax._src.gramian import DEAD_GRADIENT, normalized_gramian
 
 
@@ -87,4 +87,6 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, epsilon: float = 1e-8) ->
         positive_losses=True,
         weights_sum="free",
         loss_scale="compensated",
+        # Every weight is positive, so d = Σ w_i g_i = 0 only if Jᵀw = 0 with w > 0.
+        promises=AggregatorPromises(permutation_invariant=True, strongly_stationary=True),
     )

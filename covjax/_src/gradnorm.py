@@ -36,7 +36,7 @@ import optax
 from jax import Array
 
 from covjax._src import numerics
-from covjax._src.base import GRAMIAN, Weighting, make_weighting
+from covjax._src.base import GRAMIAN, AggregatorPromises, Weighting, make_weighting
 
 Form = Literal["reference", "paper"]
 
@@ -141,4 +141,7 @@ def gradnorm(
         positive_losses=True,
         weights_sum="K" if form == "paper" else "1",
         loss_scale="learned",
+        # A step's weights were learned at earlier steps: d is linear in this step's
+        # gradients. The clamp at 0 can zero a weight, so d = 0 proves nothing.
+        promises=AggregatorPromises(permutation_invariant=True, linear_under_scaling=True),
     )

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from covjax._src.base import GRAMIAN, Weighting, make_weighting
+from covjax._src.base import GRAMIAN, AggregatorPromises, Weighting, make_weighting
 from covjax._src.gramian import DEAD_GRADIENT, normalized_gramian, shuffled_orders
 
 
@@ -100,4 +100,7 @@ def gradvac(beta: float = 0.5, seed: int = 0) -> Weighting:
         requires={GRAMIAN},
         weights_sum="free",
         loss_scale="no",
+        # Cosines and the targets are scale-free and each adjustment is proportional to
+        # ‖g_i^PC‖; the random orders tie the result to the losses' order.
+        promises=AggregatorPromises(linear_under_scaling=True),
     )

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 #: A gradient whose norm is below this fraction of the largest one is treated as zero:
@@ -62,6 +63,19 @@ def live_gradients(gramian: Array) -> Array:
     """
     norms_sq = jnp.maximum(jnp.diagonal(gramian), 0.0)
     return norms_sq > DEAD_GRADIENT**2 * jnp.max(norms_sq)
+
+
+def positive_preference(task_weights: Array | None) -> bool:
+    """Whether preference weights are the default (None) or concrete and all > 0.
+
+    A scheme whose update is Σ_i t_i (something ≠ 0 unless Jᵀt = 0) is strongly
+    stationary only for t > 0; a traced t cannot be checked, so it promises nothing.
+    """
+    if task_weights is None:
+        return True
+    if isinstance(task_weights, jax.core.Tracer):
+        return False
+    return bool(np.all(np.asarray(task_weights) > 0))
 
 
 def uniform_weights(k: int) -> Array:

@@ -26,7 +26,13 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from covjax._src.base import GRAMIAN, Weighting, WeightingState, stateless
+from covjax._src.base import (
+    GRAMIAN,
+    AggregatorPromises,
+    Weighting,
+    WeightingState,
+    stateless,
+)
 from covjax._src.gramian import normalized_gramian, uniform_weights
 from covjax._src.uncertainty import LearnedLogState, learned_log_weighting
 
@@ -46,6 +52,12 @@ def imtl_g() -> Weighting:
     linearly dependent gradients) gives its minimum-norm solution rather than
     NaN. Dead losses get α_i = 0 (they have no direction to be impartial to);
     with every gradient zero the weights are uniform.
+
+    Promises: permutation-invariant only. The common projection p satisfies
+    p·Σ_i α_i‖g_i‖ = ‖d‖² with α of any sign, so p < 0 (every loss
+    increases) is possible (TorchJD marks IMTL-G conflicting too), and the
+    minimum-norm solution of a singular system can be d = 0 on gradients
+    that are not strongly stationary.
 
     References:
       Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, "Towards Impartial
@@ -79,6 +91,10 @@ def imtl_g() -> Weighting:
         requires={GRAMIAN},
         weights_sum="1",
         loss_scale="compensated",
+        # The common projection p has p·Σ_i α_i‖g_i‖ = ‖d‖² with α of any sign, so p < 0
+        # (every loss increases) is possible; on rank-deficient J the minimum-norm
+        # solution may be d = 0 without 0 inside the hull.
+        promises=AggregatorPromises(permutation_invariant=True),
     )
 
 

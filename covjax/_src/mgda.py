@@ -54,7 +54,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from covjax._src import numerics
-from covjax._src.base import GRAMIAN, Weighting, stateless
+from covjax._src.base import GRAMIAN, AggregatorPromises, Weighting, stateless
 from covjax._src.gramian import live_gradients
 from covjax._src.solvers import min_norm_solver
 
@@ -148,6 +148,12 @@ def mgda(
       A :class:`~covjax.Weighting` (``requires={covjax.GRAMIAN}``) whose weights
       are ≥ 0 and sum to 1.
 
+    Promises: permutation-invariant; non-conflicting with
+    ``normalization="none"`` (⟨g_i, d⟩ ≥ ‖d‖² at the min-norm point; with a
+    normalization the weights found for g_i/n_i multiply the raw g_i). Not
+    strongly stationary, by design of the method: d = 0 whenever 0 is anywhere
+    in the hull (weakly stationary gradients), not only in its interior.
+
     References:
       Désidéri, "Multiple-gradient descent algorithm (MGDA) for
       multiobjective optimization", C. R. Math. 350 (2012),
@@ -177,6 +183,13 @@ def mgda(
         weights_fn,
         name="mgda",
         requires={GRAMIAN},
+        # ⟨g_i, d⟩ ≥ ‖d‖² at the min-norm point d of the hull: for the raw gradients only
+        # (with a normalization the weights found for g_i/n_i multiply the raw g_i). Not
+        # strongly stationary: d = 0 as soon as 0 is anywhere in the hull (weakly
+        # stationary), e.g. on a single zero gradient.
+        promises=AggregatorPromises(
+            non_conflicting=normalization == "none", permutation_invariant=True
+        ),
         weights_sum="1",
         # g_i/‖g_i‖ and g_i/L_i are free of a loss's scale; g_i and g_i/(L_i‖g_i‖) are not.
         loss_scale="unchanged" if normalization in ("l2", "loss") else "no",

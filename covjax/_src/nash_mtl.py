@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from covjax._src.base import GRAMIAN, Weighting, make_weighting
+from covjax._src.base import GRAMIAN, AggregatorPromises, Weighting, make_weighting
 from covjax._src.gramian import normalized_gramian, uniform_weights
 from covjax._src.solvers import MAX_NASH_WEIGHT, NEWTON_CONVERGED, nash_bargaining
 
@@ -58,8 +58,17 @@ def nash_mtl(
         non-negative combination of the gradients vanishes (e.g. two exactly
         opposing gradients: the problem above is unbounded). When the plain
         solve does not converge, or gives α beyond 1e6 (in units of
-        1/rms‖g‖), it is redone with G + ridge·mean(diag G)·I, whose weights
-        are bounded by about 1/√ridge (instead of diverging).
+        1/rms‖g‖; 1/√(K·eps) ≈ 1e3 in float32, where the Gramian's rounding
+        outweighs the improvements 1/α it must resolve), it is redone with
+        G + r·mean(diag G)·I, r = max(ridge, 4·K·eps) (above that rounding),
+        whose weights are bounded by about 1/√r (instead of diverging).
+
+    Promises (``properties.promises``): permutation-invariant and strongly
+    stationary (d = 0 needs Jᵀ1 = 0, even with the ridge). Not promised
+    non-conflicting, although the paper's d is (⟨g_i, d⟩ = 1/α_i > 0): with
+    0 in the convex hull of the gradients there is no solution, and the
+    ridge's improvements 1/α_i − r·α_i can be slightly negative (by ≈ 1e-3 of
+    ‖g_i‖² on TorchJD's strongly stationary matrices).
       tol: stop when the squared Newton decrement λ² falls below this.
 
     Accuracy: the solve converges to float32 round-off, so α is exact to
@@ -95,11 +104,18 @@ def nash_mtl(
         # Dead losses are decoupled (identity rows): their α is discarded below.
         system = jnp.where(both, g.gramian, eye)
         alpha, decrement_sq = nash_bargaining(system, state.alpha, max_iters, tol)
-        solved = (decrement_sq < NEWTON_CONVERGED) & jnp.all(alpha < MAX_NASH_WEIGHT)
+        # (Gα)_i must resolve the improvements 1/α_i, but the rounded Gramian moves it
+        # by ≈ K·eps·α: beyond α = 1/√(K·eps) (≈ 1e3 in float32) the "solution" is the
+        # rounding's, e.g. on gradients with 0 inside their hull, where none exists.
+        eps = jnp.finfo(g.gramian.dtype).eps
+        credible = jnp.minimum(MAX_NASH_WEIGHT, 1.0 / jnp.sqrt(k * eps))
+        solved = (decrement_sq < NEWTON_CONVERGED) & jnp.all(alpha < credible)
+        # The ridge must dominate that rounding too (4·K·eps: 3e-6 in float32 at K = 6).
+        regularized = system + jnp.maximum(ridge, 4.0 * k * eps) * eye
         alpha = jax.lax.cond(
             solved,
             lambda: alpha,
-            lambda: nash_bargaining(system + ridge * eye, state.alpha, max_iters, tol)[0],
+            lambda: nash_bargaining(regularized, state.alpha, max_iters, tol)[0],
         )
         alpha = jnp.where(g.live, alpha, 0.0)
         if normalize_gramian:
@@ -122,4 +138,8 @@ def nash_mtl(
         requires={GRAMIAN},
         weights_sum="free",
         loss_scale="compensated",
+        # ⟨g_i, d⟩ = 1/α_i > 0 where a solution exists; on weakly stationary J (0 in the
+        # hull) none does and the ridge's answer may conflict by ridge·α_i (see `ridge`).
+        # d = 0 needs (G + rI)α = 1/α with Gα = 0, i.e. Jᵀ1 = 0: strongly stationary.
+        promises=AggregatorPromises(permutation_invariant=True, strongly_stationary=True),
     )

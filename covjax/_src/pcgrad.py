@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from covjax._src.base import GRAMIAN, Weighting, make_weighting
+from covjax._src.base import GRAMIAN, AggregatorPromises, Weighting, make_weighting
 from covjax._src.gramian import normalized_gramian, shuffled_orders
 
 
@@ -72,4 +72,8 @@ def pcgrad(seed: int = 0) -> Weighting:
         requires={GRAMIAN},
         weights_sum="free",
         loss_scale="no",
+        # Projections commute with positive scaling; the random visiting orders (drawn
+        # from the state) tie the result to the losses' order, and the projected
+        # gradients may still conflict with each other's originals for K > 2.
+        promises=AggregatorPromises(linear_under_scaling=True),
     )

@@ -17,7 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from covjax._src.base import Losses, PyTree, Weighting, WeightingState, flatten_losses, stateless
+from covjax._src.base import (
+    AggregatorPromises,
+    Losses,
+    PyTree,
+    Weighting,
+    WeightingState,
+    flatten_losses,
+    stateless,
+)
 
 
 def _is_concrete(x: Array) -> bool:
@@ -68,6 +76,13 @@ def static_weighting(weights: PyTree, normalize: bool = False) -> Weighting:
         name="static_weighting",
         weights_sum="1" if normalize else "free",
         loss_scale="unchanged",
+        # TorchJD's Constant: fixed weights (tied to the losses' order) make d linear
+        # in the gradients, and d = 0 only if Jᵀw = 0, strongly stationary for w > 0.
+        promises=AggregatorPromises(
+            linear_under_scaling=True,
+            strongly_stationary=_is_concrete(weight_vector)
+            and bool(np.all(np.asarray(weight_vector) > 0)),
+        ),
     )
 
     def init(losses: Losses) -> WeightingState:
@@ -95,4 +110,13 @@ def equal_weighting() -> Weighting:
         del gramian
         return jnp.full_like(losses, 1.0 / losses.shape[0])
 
-    return stateless(weights_fn, name="equal_weighting", weights_sum="1", loss_scale="unchanged")
+    return stateless(
+        weights_fn,
+        name="equal_weighting",
+        weights_sum="1",
+        loss_scale="unchanged",
+        # TorchJD's Mean: d = mean of the gradients, 0 only if Jᵀ(1/K) = 0.
+        promises=AggregatorPromises(
+            permutation_invariant=True, linear_under_scaling=True, strongly_stationary=True
+        ),
+    )

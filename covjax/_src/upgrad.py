@@ -7,8 +7,8 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax import Array
 
-from covjax._src.base import GRAMIAN, Weighting, make_weighting
-from covjax._src.gramian import normalized_gramian, uniform_weights
+from covjax._src.base import GRAMIAN, AggregatorPromises, Weighting, make_weighting
+from covjax._src.gramian import normalized_gramian, positive_preference, uniform_weights
 from covjax._src.solvers import dual_cone_projections
 
 
@@ -92,4 +92,12 @@ def upgrad(task_weights: Array | None = None) -> Weighting:
         requires={GRAMIAN},
         weights_sum="free",
         loss_scale="no",
+        # Quinton & Rey's Theorem 1; a preference other than the mean is tied to the
+        # losses' order, and one with a zero entry can ignore a loss.
+        promises=AggregatorPromises(
+            non_conflicting=True,
+            permutation_invariant=task_weights is None,
+            linear_under_scaling=True,
+            strongly_stationary=positive_preference(task_weights),
+        ),
     )
