@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax import Array
 
-from covjax._src.base import GRAMIAN, Weighting, make_weighting
+from covjax._src.base import GRAMIAN, AggregatorPromises, Weighting, make_weighting
 from covjax._src.gramian import normalized_gramian, uniform_weights
 from covjax._src.solvers import dual_cone_projections
 
@@ -89,4 +89,9 @@ def dualproj(pref_vector: Array | None = None) -> Weighting:
         requires={GRAMIAN},
         weights_sum="free",
         loss_scale="no",
+        # A projection onto the dual cone {d : J d ≥ 0} (TorchJD's DualProj); the
+        # mean preference is symmetric in the losses, another one is tied to their order.
+        promises=AggregatorPromises(
+            non_conflicting=True, permutation_invariant=pref_vector is None
+        ),
     )
