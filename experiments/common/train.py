@@ -49,6 +49,7 @@ from jax import Array
 from jax.sharding import Mesh
 
 import covjax
+from covjax._src.gradients import _engine_options as engine_options
 from experiments.common import checkpoints, logging_utils, sharding
 from experiments.common.config import ConfigError
 from experiments.common.data import check_data_config
@@ -254,10 +255,12 @@ class Trainer:
             kwargs.update(
                 wrt=self._wrt,
                 chunk_size=self.config.get("gradient_chunk_size", None),
-                group_losses=self.config.get("group_losses", True),
             )
         step = covjax.value_and_grad(self._objective, self.scheme.weighting, **kwargs)
-        result, grads = step(trainable, state.weighting, state.rest, batch)
+        # config.group_losses is a benchmark switch of the engine's cost model,
+        # read while this step is traced.
+        with engine_options(group_losses=self.config.get("group_losses", True)):
+            result, grads = step(trainable, state.weighting, state.rest, batch)
         updates, opt_state = self.optimizer.update(grads[MODEL], state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # A step covjax rejected changes nothing (covjax already kept the
