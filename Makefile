@@ -28,7 +28,9 @@ test: $(STAMP) lint
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --nbmake notebooks
 
 # The numerically sensitive tests under two other XLA:CPU configurations (one core; AVX2).
-NUMERIC_TESTS := tests/test_aggregators.py tests/test_gradnorm_mgda.py tests/test_loss_groups.py \
+NUMERIC_TESTS := tests/test_aggregators.py tests/test_pcgrad.py tests/test_gradvac.py tests/test_cagrad.py \
+	tests/test_imtl.py tests/test_nash_mtl.py tests/test_aligned_mtl.py tests/test_upgrad.py tests/test_db_mtl.py \
+	tests/test_solvers.py tests/test_gradnorm.py tests/test_mgda.py tests/test_loss_groups.py \
 	tests/test_factorized.py tests/test_gradients.py tests/test_loss_schemes.py tests/test_cov.py \
 	tests/test_base.py tests/test_sharding.py tests/test_loss_values.py tests/test_wrappers.py \
 	tests/test_solvers_vs_peers.py tests/test_conv.py

@@ -32,6 +32,12 @@ def aligned_mtl(
     Rank deficiency: eigenvalues below λ_max·K·eps(float32) are dropped
     (their directions get no weight), as in the authors' code; σ uses the
     kept ones. G = 0: weights t.
+
+    References:
+      Senushkin, Patakin, Kuznetsov & Konushin, "Independent Component
+      Alignment for Multi-Task Learning", CVPR 2023,
+      https://arxiv.org/abs/2305.19000; authors' code
+      https://github.com/SamsungLabs/MTL.
     """
     if scale not in ("min", "median", "rmse"):
         raise ValueError(

@@ -83,6 +83,11 @@ def cov_weighting(
     Losses may be any finite value (the guards above keep every weight in
     [0, 1]); a step with a non-finite loss is rejected — state unchanged,
     previous weights returned, the step reported as not accepted.
+
+    References:
+      Groenendijk, Karaoglu, Gevers & Mensink, "Multi-Loss Weighting with
+      Coefficient of Variations", WACV 2021, https://arxiv.org/abs/2009.01717;
+      authors' code https://github.com/rickgroen/cov-weighting.
     """
     if statistic not in ("ratio", "loss"):
         raise ValueError(

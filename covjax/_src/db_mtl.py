@@ -45,6 +45,11 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, epsilon: float = 1e-8) ->
     Losses must be positive (log L): a step with a loss ≤ 0 (or a non-finite
     one) is rejected — state unchanged, previous weights returned (uniform
     before the first accepted step), the step reported as not accepted.
+
+    References:
+      Lin, Ye, Xu, Shi & Kwok, "Dual-Balancing for Multi-Task Learning",
+      2023, https://arxiv.org/abs/2308.12029; LibMTL,
+      https://github.com/median-research-group/LibMTL.
     """
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"covjax.db_mtl: beta must lie in [0, 1), got {beta}")

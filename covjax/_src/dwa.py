@@ -51,6 +51,10 @@ def dwa(period: int, temperature: float | Array = 2.0) -> Weighting:
     Losses must be positive: a step with a loss ≤ 0 (or a non-finite one) is
     rejected — state unchanged, previous weights returned (uniform before the
     first accepted step), the step reported as not accepted.
+
+    References:
+      Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention",
+      CVPR 2019, https://arxiv.org/abs/1803.10704.
     """
     numerics.check_positive_int(period, "period", "dwa")
     if isinstance(temperature, int | float) and not temperature > 0:

@@ -86,6 +86,11 @@ def famo(
     Returns:
       A :class:`~covjax.Weighting` with positive weights that sum to 1, which
       compensate a loss's scale when ``min_losses`` is 0.
+
+    References:
+      Liu, Liang, Gong, Chen, Stone & Liu, "FAMO: Fast Adaptive Multitask
+      Optimization", NeurIPS 2023, https://arxiv.org/abs/2306.03792; authors'
+      code https://github.com/Cranial-XIX/FAMO.
     """
     if isinstance(epsilon, int | float) and not epsilon > 0:
         raise ValueError(f"covjax.famo: epsilon must be positive, got {epsilon}")

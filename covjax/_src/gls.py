@@ -40,6 +40,11 @@ def gls(epsilon: float = 1e-12) -> Weighting:
 
     Returns:
       A :class:`~covjax.Weighting` with positive, unnormalized weights.
+
+    References:
+      Chennupati, Sistu, Yogamani & Rawashdeh, "MultiNet++: Multi-Stream
+      Feature Aggregation and Geometric Loss Strategy for Multi-Task Learning",
+      CVPR Workshops 2019, https://arxiv.org/abs/1904.08492.
     """
     if not epsilon > 0:
         raise ValueError(f"covjax.gls: epsilon must be positive, got {epsilon}")

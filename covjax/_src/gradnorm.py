@@ -95,6 +95,11 @@ def gradnorm(
     rejected — state unchanged, previous weights returned (uniform before the
     first accepted step), the step reported as not accepted. (The training
     rates L_i/L_i(0) are ratios of losses.)
+
+    References:
+      Chen, Badrinarayanan, Lee & Rabinovich, "GradNorm: Gradient
+      Normalization for Adaptive Loss Balancing in Deep Multitask Networks",
+      ICML 2018, https://arxiv.org/abs/1711.02257.
     """
     if form not in ("reference", "paper"):
         raise ValueError(f"covjax.gradnorm: form must be 'reference' or 'paper', got {form!r}.")

@@ -44,6 +44,11 @@ def gradvac(beta: float = 0.5, seed: int = 0) -> Weighting:
     Degenerate cases: a pair with a dead gradient (or a vanished g_i^PC) is
     skipped and its target left unchanged; a target |φ̂| = 1 (√(1−φ̂²) = 0)
     makes no adjustment.
+
+    References:
+      Wang, Tsvetkov, Firat & Cao, "Gradient Vaccine: Investigating and
+      Improving Multi-task Optimization in Massively Multilingual Models",
+      ICLR 2021, https://arxiv.org/abs/2010.05874.
     """
     if not 0.0 < beta <= 1.0:
         raise ValueError(f"covjax.gradvac: beta must lie in (0, 1], got {beta}")

@@ -46,6 +46,10 @@ def imtl_g() -> Weighting:
     linearly dependent gradients) gives its minimum-norm solution rather than
     NaN. Dead losses get α_i = 0 (they have no direction to be impartial to);
     with every gradient zero the weights are uniform.
+
+    References:
+      Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, "Towards Impartial
+      Multi-task Learning", ICLR 2021, https://openreview.net/forum?id=IMPnRXEWpvr.
     """
 
     def weights_fn(losses: Array, gramian: Array | None) -> Array:
@@ -97,6 +101,10 @@ def imtl_l(
     first accepted step), the step reported as not accepted. (For L ≤ 0 the
     objective e^s L − s has no minimum in s: the weight e^s would grow
     without bound.)
+
+    References:
+      Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, "Towards Impartial
+      Multi-task Learning", ICLR 2021, https://openreview.net/forum?id=IMPnRXEWpvr.
     """
     optimizer = optax.adam(1e-4) if optimizer is None else optimizer
 

@@ -104,6 +104,12 @@ def lsb(
     Returns:
       A :class:`~covjax.Weighting` with positive, unnormalized weights that
       compensate a loss's scale from the end of the first period on.
+
+    References:
+      Lee, Lee & Kim, "Learning Multiple Pixelwise Tasks Based on Loss Scale
+      Balancing", ICCV 2021, pp. 5087–5096,
+      https://openaccess.thecvf.com/content/ICCV2021/html/Lee_Learning_Multiple_Pixelwise_Tasks_Based_on_Loss_Scale_Balancing_ICCV_2021_paper.html;
+      authors' code https://github.com/jaehanlee-mcl/LSB-MTL.
     """
     numerics.check_positive_int(period, "period", "lsb")
     numerics.check_positive_int(ramp_periods, "ramp_periods", "lsb")
@@ -211,6 +217,10 @@ def multi_loss_rebalancing(steps_per_epoch: int, rebalances_per_epoch: int = 4) 
     Returns:
       A :class:`~covjax.Weighting` with positive, unnormalized weights that
       compensate a loss's scale from the first event on.
+
+    References:
+      Lee & Kim, "Multi-Loss Rebalancing Algorithm for Monocular Depth
+      Estimation", ECCV 2020.
     """
     numerics.check_positive_int(steps_per_epoch, "steps_per_epoch", "multi_loss_rebalancing")
     numerics.check_positive_int(

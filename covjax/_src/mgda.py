@@ -147,6 +147,13 @@ def mgda(
     Returns:
       A :class:`~covjax.Weighting` (``requires={covjax.GRAMIAN}``) whose weights
       are ≥ 0 and sum to 1.
+
+    References:
+      Désidéri, "Multiple-gradient descent algorithm (MGDA) for
+      multiobjective optimization", C. R. Math. 350 (2012),
+      https://doi.org/10.1016/j.crma.2012.03.014; Sener & Koltun, "Multi-Task
+      Learning as Multi-Objective Optimization", NeurIPS 2018,
+      https://arxiv.org/abs/1810.04650.
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(

@@ -69,6 +69,12 @@ def nash_mtl(
     Dead losses get α_i = 0 (their utility cannot be improved); all dead:
     uniform. The authors' ``max_norm`` gradient clipping belongs to the
     optimiser (e.g. ``optax.clip_by_global_norm``) and is not applied here.
+
+    References:
+      Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya,
+      "Multi-Task Learning as a Bargaining Game", ICML 2022,
+      https://arxiv.org/abs/2202.01017; authors' code
+      https://github.com/AvivNavon/nash-mtl.
     """
     if max_iters < 1:
         raise ValueError(f"covjax.nash_mtl: max_iters must be ≥ 1, got {max_iters}")

@@ -34,6 +34,10 @@ def pcgrad(seed: int = 0) -> Weighting:
     Args:
       seed: seed of the PRNG key kept in the state (one permutation per loss
         per step, drawn from a key split every step).
+
+    References:
+      Yu, Kumar, Gupta, Levine, Hausman & Finn, "Gradient Surgery for
+      Multi-Task Learning", NeurIPS 2020, https://arxiv.org/abs/2001.06782.
     """
 
     def init_fn(losses: Array) -> PCGradState:

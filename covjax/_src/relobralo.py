@@ -62,6 +62,10 @@ def relobralo(
     Losses must be positive: a step with a loss ≤ 0 (or a non-finite one) is
     rejected — state unchanged, previous weights returned (uniform before the
     first accepted step), the step reported as not accepted.
+
+    References:
+      Bischof & Kraus, "Multi-Objective Loss Balancing for Physics-Informed
+      Deep Learning", 2021, https://arxiv.org/abs/2110.09813.
     """
     for value, what in ((alpha, "alpha"), (expected_rho, "expected_rho")):
         if isinstance(value, int | float) and not 0.0 <= value <= 1.0:

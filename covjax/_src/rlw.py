@@ -47,6 +47,11 @@ def rlw(seed: int | Array = 0, distribution: RlwDistribution = "normal") -> Weig
 
     Losses may be any finite value; a step with a non-finite loss is rejected —
     state unchanged, previous weights returned, the step reported as not accepted.
+
+    References:
+      Lin, Ye, Xu, Shi & Zhang, "Reasonable Effectiveness of Random
+      Weighting: A Litmus Test for Multi-Task Learning", TMLR 2022,
+      https://arxiv.org/abs/2111.10603.
     """
     if distribution not in ("normal", "uniform", "dirichlet"):
         raise ValueError(

@@ -55,6 +55,11 @@ def softadapt(
     with a non-finite loss is always rejected — state unchanged, previous
     weights returned (uniform before the first accepted step), the step
     reported as not accepted.
+
+    References:
+      Heydari, Thompson & Mehmood, "SoftAdapt: Techniques for Adaptive Loss
+      Weighting of Neural Networks with Multi-Part Loss Functions", 2019,
+      https://arxiv.org/abs/1912.12355.
     """
     if not isinstance(window, int) or isinstance(window, bool) or window < 2:
         raise ValueError(f"covjax.softadapt: window must be an integer ≥ 2, got {window!r}")

@@ -78,6 +78,11 @@ def uncertainty_weighting(
     first accepted step), the step reported as not accepted. (For L ≤ 0 the
     objective exp(−s) L + s has no minimum in s: the weight exp(−s) would
     grow without bound.)
+
+    References:
+      Kendall, Gal & Cipolla, "Multi-Task Learning Using Uncertainty to Weigh
+      Losses for Scene Geometry and Semantics", CVPR 2018,
+      https://arxiv.org/abs/1705.07115.
     """
     _check_form(form, "uncertainty_weighting")
     optimizer = optax.adam(1e-4) if optimizer is None else optimizer
