@@ -18,6 +18,11 @@ its products. Grouping is used only when there are 2 to ``max_groups`` groups
 and the estimate saves at least ``min_saving`` of the batched pass (each
 group adds a transposed program to compile). The result is the same Gramian,
 up to rounding.
+
+The same traced program also gives the plan's block-diagonal facts
+(:func:`loss_reach`: which losses depend on each differentiated leaf) and
+the copies of one value (:func:`find_copies`: leaves added, each once, to the
+same intermediate, as ``nnx.Module.perturb`` does per task).
 """
 
 from __future__ import annotations
