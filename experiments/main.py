@@ -26,7 +26,7 @@ import ml_collections
 from absl import flags
 
 from experiments.common import cli
-from experiments.depth import compare
+from experiments.depth import tables
 
 PAPER_SCHEMES = ("equal", "hand_tuned", "uncertainty", "gradnorm", "mgda_ub", "cov", "lsb")
 
@@ -49,7 +49,7 @@ def main(config: ml_collections.ConfigDict) -> None:
         flush=True,
     )
     start = time.perf_counter()
-    markdown = compare.compare(config, schemes, workdir, cli.seeds_from_flags(config))
+    markdown = tables.compare(config, schemes, workdir, cli.seeds_from_flags(config))
     results = Path(flags.FLAGS.results)
     shutil.copytree(markdown.parent, results, dirs_exist_ok=True)
     print(markdown.read_text())

@@ -15,20 +15,21 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 import pytest
+import toy_task
 import yaml
 
-from experiments.common import cli, data, logging_utils, report, schemes, toy_task
+from experiments.common import cli, data, logging_utils, report, schemes
 from experiments.common import train as common_train
 from experiments.common.config import DATA_SOURCE_OPTIONS, ConfigError
 from experiments.data import registry
-from experiments.depth import compare as depth_compare
 from experiments.depth import metrics as depth_metrics
+from experiments.depth import tables as depth_tables
 from experiments.depth import train as depth_train
 from experiments.depth.configs import cpu as depth_cpu
 from experiments.depth.configs import test as depth_test
-from experiments.multitask import compare as multitask_compare
 from experiments.multitask import metrics as multitask_metrics
-from experiments.segmentation import compare as segmentation_compare
+from experiments.multitask import tables as multitask_tables
+from experiments.segmentation import tables as segmentation_tables
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(
@@ -60,7 +61,7 @@ def test_documented_dotted_flags_set_the_fields() -> None:
         "--config.eval.crop=None",
     ]
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.depth.train", *overrides, "--show_config"],
+        [sys.executable, "-m", "experiments.depth.main", *overrides, "--show_config"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -76,7 +77,7 @@ def test_documented_dotted_flags_set_the_fields() -> None:
     assert shown.scheme_gradient_target.pcgrad == "representation"
     assert depth_train.eval_crop(shown) is None
     listed = subprocess.run(
-        [sys.executable, "-m", "experiments.depth.train", "--list_schemes"],
+        [sys.executable, "-m", "experiments.depth.main", "--list_schemes"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -181,7 +182,7 @@ def test_compare_tables_over_seeds() -> None:
     }
     untrained = [{**summaries["equal"][0], "num_images": 4}] * 2
     per_image = {"equal": [errors, errors], "cov": [better, errors]}
-    text = depth_compare.results_markdown(config, summaries, untrained, per_image, seeds=(0, 1))
+    text = depth_tables.results_markdown(config, summaries, untrained, per_image, seeds=(0, 1))
     assert "seeds 0, 1 (mean ± standard deviation over the seeds)" in text
     assert "| equal | 0.2000 ± 0.0000 |" in text
     # cov wins every image at seed 0 and ties at seed 1: 0.5 ± 0.71 straddles a tie.
@@ -191,16 +192,16 @@ def test_compare_tables_over_seeds() -> None:
         {"pixel_accuracy": 0.8, "mean_iou": 0.5},
         {"pixel_accuracy": 0.9, "mean_iou": 0.7},
     ]
-    (row,) = segmentation_compare.table_rows({"cov": per_seed}, 1e-3)
+    (row,) = segmentation_tables.table_rows({"cov": per_seed}, 1e-3)
     assert row["miou"] == report.over_seeds([0.5, 0.7])
-    assert segmentation_compare.table_rows({"cov": []}, 1e-3)[0]["miou"] is None
+    assert segmentation_tables.table_rows({"cov": []}, 1e-3)[0]["miou"] is None
 
     names = list(multitask_metrics.HIGHER_IS_BETTER)
     seed_rows = [
         [{"run": "equal", **dict.fromkeys(names, 1.0), "delta_m_equal": 0.0, "learned": "3/3"}],
         [{"run": "equal", **dict.fromkeys(names, 3.0), "delta_m_equal": 0.0, "learned": "2/3"}],
     ]
-    (combined,) = multitask_compare._rows_over_seeds(seed_rows)
+    (combined,) = multitask_tables._rows_over_seeds(seed_rows)
     assert combined["mean_iou"] == report.over_seeds([1.0, 3.0])
     assert combined["learned"] == "3/3, 2/3"
 
@@ -212,7 +213,8 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> Non
     command = [
         sys.executable,
         "-m",
-        "experiments.depth.train",
+        "experiments.depth.main",
+        "train",
         f"--config={REPO}/experiments/depth/configs/test.py",
         f"--workdir={workdir}",
         f"--config.data.data_dir={tmp_path / 'data'}",

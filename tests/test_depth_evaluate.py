@@ -1,4 +1,4 @@
-"""experiments.depth.evaluate on a fake KITTI as irregular as the real one.
+"""The depth evaluation (experiments.common.evaluate) on a fake KITTI as irregular as the real one.
 
 Mixed image sizes in one batch, a monodepth list naming ``.jpg`` files that are
 ``.png`` on disk, frames without ground truth, and a date whose calibration has
@@ -18,10 +18,11 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
+from flax import nnx
 
-from experiments.common import sharding
+from experiments.common import evaluate, sharding
 from experiments.common import train as common_train
-from experiments.depth import evaluate, metrics
+from experiments.depth import metrics
 from experiments.depth.configs import test as test_config
 from experiments.depth.train import DepthTask
 
@@ -39,7 +40,7 @@ def kitti_config(data: fake.FakeKitti, split_file: Path) -> ml_collections.Confi
 
 @pytest.fixture(scope="module")
 def untrained() -> common_train.Trainer:
-    """The untrained network of the test config (what evaluate_run(untrained=True) scores)."""
+    """The untrained network of the test config (what evaluate_untrained scores)."""
     return common_train.Trainer(DepthTask(), test_config.get_config(), sharding.make_mesh(1))
 
 
@@ -51,8 +52,8 @@ def expected_rows(
     """Per-image metrics computed one image at a time from the fake's own values."""
     from experiments.data import input_pipeline
 
-    params, rest = trainer.initial_variables()
-    predict = evaluate.make_predictor(trainer.graphdef, config.eval.post_process)
+    graphdef, state = nnx.split(trainer.model(*trainer.initial_variables()))
+    predict = evaluate.compiled_predictor(graphdef, DepthTask().predictor(config))
     # The network's input: the pipeline's resized left images (not under test
     # here), predicted in batches of 5 and 1 as the evaluation does (the same
     # compiled shapes; each image's prediction is independent of the others').
@@ -66,7 +67,7 @@ def expected_rows(
     )
     disparities = np.concatenate(
         [
-            np.asarray(predict(params, rest, jnp.asarray(images[start : start + 5])))
+            np.asarray(predict(state, jnp.asarray(images[start : start + 5])))
             for start in range(0, len(frames), 5)
         ]
     )
@@ -97,11 +98,11 @@ def test_untrained_evaluation_on_mixed_sizes_with_offset_calibration(
     assert sorted({round(f.doffs, 6) for f in scored}) == [0.0, 5.5]
 
     with caplog.at_level(logging.WARNING):
-        summary = evaluate.evaluate_run(config, tmp_path / "run", untrained=True)
+        summary = evaluate.evaluate_untrained(DepthTask(), config, tmp_path / "run")
     assert "3 of 9 frames have no improved ground truth" in caplog.text
     assert summary["num_images"] == len(scored) == 6
     out_dir = evaluate.eval_dir(tmp_path / "run", "test", untrained=True)
-    per_image = evaluate.load_per_image(out_dir)
+    per_image = metrics.load_per_image(out_dir)
     # float32 network outputs, float64 metrics: agreement to a few eps32.
     np.testing.assert_allclose(
         per_image, expected_rows(config, untrained, scored), rtol=1e-5, atol=1e-6
@@ -110,8 +111,8 @@ def test_untrained_evaluation_on_mixed_sizes_with_offset_calibration(
 
     # max_examples cuts the source, not a batch of padded targets.
     config.eval.max_examples = 3
-    params, rest = untrained.initial_variables()
-    first_three = evaluate.evaluate_state(config, untrained.graphdef, params, rest, "test")
+    model = untrained.model(*untrained.initial_variables())
+    first_three = evaluate.accumulate(DepthTask(), model, config, "test").per_image
     np.testing.assert_allclose(first_three, per_image[:3], rtol=1e-5, atol=1e-6)
 
 
@@ -123,6 +124,6 @@ def test_frames_without_ground_truth_kept_as_zeros_are_named(
     fake.write_kitti_split_eigen(split_file, data.frames[:3])  # frame 0 has no ground truth
     config = kitti_config(data, split_file)
     config.data.kitti.missing_depth = "zeros"
-    params, rest = untrained.initial_variables()
+    model = untrained.model(*untrained.initial_variables())
     with pytest.raises(ValueError, match=r"image 0 of 3: .*no pixel has valid ground truth"):
-        evaluate.evaluate_state(config, untrained.graphdef, params, rest, "test")
+        evaluate.accumulate(DepthTask(), model, config, "test")

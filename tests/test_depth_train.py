@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.depth import compare, evaluate, metrics
+from experiments.common import compare as common_compare
+from experiments.common import evaluate
+from experiments.depth import metrics, tables
 from experiments.depth.configs import cpu, paper
 from experiments.depth.configs import test as test_config
 
@@ -30,7 +32,7 @@ def test_win_rate_table_layout() -> None:
         "a": np.tile([0.1, 0.5, 3.0, 0.2, 0.9, 0.95, 0.99], (4, 1)),
         "b": np.tile([0.2, 0.6, 4.0, 0.3, 0.8, 0.90, 0.98], (4, 1)),
     }
-    table = compare.win_rate_table(per_image).strip().splitlines()
+    table = tables.win_rate_table(per_image).strip().splitlines()
     assert table[0] == "| A \\ B | a | b |"
     assert table[2] == "| a | – | 1.0000 |"
     assert table[3] == "| b | 0.0000 | – |"
@@ -41,17 +43,17 @@ def test_compare_trains_evaluates_and_reports_two_schemes(tmp_path: Path) -> Non
     config = test_config.get_config()
     config.data.data_dir = str(tmp_path / "tfds")
     schemes = ["equal", "cov"]
-    markdown = compare.compare(config, schemes, tmp_path / "work").read_text()
+    markdown = tables.compare(config, schemes, tmp_path / "work").read_text()
 
     results = tmp_path / "work" / "results"
     for scheme in schemes:
-        run = compare.run_dir(tmp_path / "work", scheme, config.seed)
+        run = common_compare.run_dir(tmp_path / "work", scheme, config.seed)
         summary = json.loads(
             (evaluate.eval_dir(run, "validation") / evaluate.SUMMARY_FILE).read_text()
         )
         assert summary["step"] == config.num_train_steps
         assert summary["num_images"] == config.data.synthetic.num_validation
-        per_image = evaluate.load_per_image(evaluate.eval_dir(run, "validation"))
+        per_image = metrics.load_per_image(evaluate.eval_dir(run, "validation"))
         assert per_image.shape == (config.data.synthetic.num_validation, 7)
         assert np.all(np.isfinite(per_image))
         np.testing.assert_allclose(
@@ -72,23 +74,29 @@ def test_compare_trains_evaluates_and_reports_two_schemes(tmp_path: Path) -> Non
     # A second call finds both runs finished and only rewrites the report.
     stamp = (
         (
-            evaluate.eval_dir(compare.run_dir(tmp_path / "work", "cov", config.seed), "validation")
+            evaluate.eval_dir(
+                common_compare.run_dir(tmp_path / "work", "cov", config.seed), "validation"
+            )
             / evaluate.SUMMARY_FILE
         )
         .stat()
         .st_mtime_ns
     )
-    compare.compare(config, schemes, tmp_path / "work")
+    tables.compare(config, schemes, tmp_path / "work")
     assert (
-        evaluate.eval_dir(compare.run_dir(tmp_path / "work", "cov", config.seed), "validation")
+        evaluate.eval_dir(
+            common_compare.run_dir(tmp_path / "work", "cov", config.seed), "validation"
+        )
         / evaluate.SUMMARY_FILE
     ).stat().st_mtime_ns == stamp
 
     # Other evaluation settings: the trained runs are evaluated again, not retrained.
     config.eval.post_process = False
-    compare.compare(config, schemes, tmp_path / "work")
+    tables.compare(config, schemes, tmp_path / "work")
     summary_path = (
-        evaluate.eval_dir(compare.run_dir(tmp_path / "work", "cov", config.seed), "validation")
+        evaluate.eval_dir(
+            common_compare.run_dir(tmp_path / "work", "cov", config.seed), "validation"
+        )
         / evaluate.SUMMARY_FILE
     )
     assert summary_path.stat().st_mtime_ns != stamp
@@ -97,4 +105,4 @@ def test_compare_trains_evaluates_and_reports_two_schemes(tmp_path: Path) -> Non
     # Changing the experiment under the same workdir is refused, not silently mixed.
     config.model.width = config.model.width * 2
     with pytest.raises(ValueError, match=r"different config .*model\.width"):
-        compare.compare(config, schemes, tmp_path / "work")
+        tables.compare(config, schemes, tmp_path / "work")

@@ -13,9 +13,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import toy_task
 
 import covjax
-from experiments.common import logging_utils, report, schemes, sharding, toy_task, train
+from experiments.common import logging_utils, report, schemes, sharding, train
 
 TASK = toy_task.ToyTask(num_losses=4, hidden=8)
 REPO = Path(__file__).resolve().parents[1]
@@ -171,7 +172,8 @@ def test_a_rejected_step_changes_nothing_and_is_counted(
 @pytest.mark.parametrize("name", sorted(schemes.SCHEMES))
 def test_registry_builds_and_steps_every_scheme(name: str) -> None:
     entry = schemes.SCHEMES[name]
-    assert hasattr(covjax, entry.constructor), f"covjax.{entry.constructor} is missing"
+    constructor = entry.constructor.__name__
+    assert getattr(covjax, constructor) is entry.constructor, f"covjax.{constructor} is missing"
     kwargs = {"static": {"weights": [0.1, 0.2, 0.3, 0.4]}}
     config = toy_task.toy_config(scheme=name, steps_per_epoch=4, scheme_kwargs=kwargs)
     mesh = sharding.make_mesh(1)
@@ -248,7 +250,7 @@ def test_representation_schemes_need_a_representation() -> None:
     )
     with pytest.raises(ValueError, match="defines no representation"):
         schemes.build_scheme(name, context)
-    with pytest.raises(ValueError, match="defines no shared_layer"):
+    with pytest.raises(ValueError, match=r"defines no .*shared_layer"):
         schemes.build_scheme("gradnorm", context)
 
 
@@ -256,7 +258,8 @@ _SHARDED_SCRIPT = textwrap.dedent(
     """
     import json, sys, tempfile
     import jax
-    from experiments.common import logging_utils, sharding, toy_task, train
+    import toy_task
+    from experiments.common import logging_utils, sharding, train
     assert jax.device_count() == 8, jax.devices()
     task = toy_task.ToyTask(num_losses=4, hidden=8)
     out = {}
@@ -281,7 +284,7 @@ def test_sharded_step_matches_one_device() -> None:
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "JAX_PLATFORMS": "cpu",
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": os.pathsep.join((str(REPO), str(REPO / "tests"))),
     }
     completed = subprocess.run(
         [sys.executable, "-c", _SHARDED_SCRIPT, *names],

@@ -284,7 +284,7 @@ def test_readme_launches_on_two_processes_resume_and_equal_one_process(tmp_path:
 
     def one_process(workdir: Path, data_dir: Path) -> list[str]:
         return [
-            sys.executable, "-m", "experiments.depth.train", f"--config={TEST_CONFIG}",
+            sys.executable, "-m", "experiments.depth.main", "train", f"--config={TEST_CONFIG}",
             f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
         ]  # fmt: skip
 

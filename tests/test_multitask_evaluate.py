@@ -1,4 +1,4 @@
-"""experiments.multitask.evaluate on a fake NYUv2 with the real set's holes and void labels."""
+"""The multi-task evaluation on a fake NYUv2 with the real set's holes and void labels."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments.multitask import evaluate, train
+from experiments.common import evaluate
+from experiments.multitask import train
 from experiments.multitask.configs import test as test_config
 
 
@@ -26,14 +27,19 @@ def test_evaluation_skips_depth_holes_zero_normals_and_unlabelled_pixels(tmp_pat
     config.model.num_classes = 13
     config.eval.batch_size = 2
     model = train.create_model(config, nnx.Rngs(0))
-    summary = evaluate.evaluate(model, config)
+    task = train.make_task(config)
+    summary = evaluate.accumulate(task, model, config).summary()
 
     # The evaluation's input: uint8 images as float32 in [0, 1], in batches of 2 and 1.
     stored = [np.clip(np.rint(e.image * 255), 0, 255).astype(np.uint8) for e in examples["val"]]
     images = np.stack(stored).astype(np.float32) * np.float32(1 / 255)
-    predict = evaluate.make_predict_fn(model)
-    outputs = [predict(images[:2]), predict(images[2:])]
-    labels, depth, normals = (np.concatenate(parts) for parts in zip(*outputs, strict=True))
+    graphdef, state = nnx.split(model)
+    predict = evaluate.compiled_predictor(graphdef, task.predictor(config))
+    outputs = [predict(state, images[:2]), predict(state, images[2:])]
+    labels, depth, normals = (
+        np.concatenate([output[key] for output in outputs])
+        for key in ("labels", "depth", "normals")
+    )
     truth = np.stack([e.depth[..., 0] for e in examples["val"]]).astype(np.float64)
     valid = truth > 0
     assert (~valid).sum() == 3 * 5  # a pixel and a 2×2 Kinect hole per image (see the fake)

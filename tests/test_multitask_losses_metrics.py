@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.common import schemes
 from experiments.multitask import losses, metrics
 from experiments.multitask.models import MultiTaskOutputs
 
@@ -66,9 +67,10 @@ def test_multitask_losses_names_and_errors() -> None:
 
 def test_static_weights() -> None:
     assert losses.equal_weights() == pytest.approx({t: 1 / 3 for t in losses.TASKS})
-    assert losses.single_task_weights("depth") == {"segmentation": 0, "depth": 1, "normals": 0}
-    with pytest.raises(ValueError, match="Unknown task"):
-        losses.single_task_weights("edges")
+    single = schemes.single_weights("depth", losses.TASKS)
+    assert single == {"segmentation": 0, "depth": 1, "normals": 0}
+    with pytest.raises(ValueError, match="unknown loss"):
+        schemes.single_weights("edges", losses.TASKS)
 
 
 # -- metrics ------------------------------------------------------------------
@@ -127,12 +129,12 @@ def test_accumulator_over_batches_equals_one_batch() -> None:
         "normals": rng.normal(size=(4, 3, 5, 3)),
     }
     whole = metrics.MultiTaskMetrics(4)
-    whole.add(targets, **predictions)
+    whole.add(targets, predictions)
     split = metrics.MultiTaskMetrics(4)
     for part in (slice(0, 1), slice(1, 4)):
         split.add(
             {k: v[part] for k, v in targets.items()},
-            **{k: v[part] for k, v in predictions.items()},
+            {k: v[part] for k, v in predictions.items()},
         )
     assert split.summary() == pytest.approx(whole.summary(), rel=1e-6)
     assert set(whole.summary()) == set(metrics.HIGHER_IS_BETTER)

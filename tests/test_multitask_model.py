@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 from precision import network_rtol
 
-from experiments.common.task import RepresentationTask, SharedLayerTask
+from experiments.common.task import EvaluatedTask, Task
 from experiments.multitask import models, train
 from experiments.multitask.configs import test as test_config
 
@@ -61,8 +61,8 @@ def test_shared_layer_exists_and_every_loss_depends_on_it() -> None:
     config = test_config.get_config()
     config.model.num_classes = CLASSES
     task = train.MultiTaskTask()
-    assert isinstance(task, RepresentationTask)
-    assert isinstance(task, SharedLayerTask)
+    assert isinstance(task, Task)
+    assert isinstance(task, EvaluatedTask)
     model = task.create_model(config, nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     rng = np.random.default_rng(0)

@@ -19,7 +19,7 @@ wrote). Each command is the documented one with these changes only:
 
 The tools without a config run as documented on the same fake root:
 ``experiments.data.synthetic`` with tiny split sizes, and
-``experiments.segmentation.pretrained`` on a fake torchvision ResNet-50
+``experiments.common.backbones`` on a fake torchvision ResNet-50
 checkpoint (tests/fake_torchvision.py), its ``convert`` reading the ``.pth``
 through a stand-in for ``torch`` (tests/fake_torch: PyTorch is no dependency).
 
@@ -64,7 +64,7 @@ TIMEOUT_S = 900
 #: Commands without a config file: their own tiny sizes.
 TOOLS = {
     "experiments.data.synthetic": ("--num_train=8", "--num_validation=4", "--num_test=4"),
-    "experiments.segmentation.pretrained": (),
+    "experiments.common.backbones": (),
 }
 FAKE_TORCH = Path(__file__).resolve().parent / "fake_torch"
 
@@ -92,18 +92,26 @@ def bash_blocks(readme: str) -> list[tuple[str, list[str]]]:
 BLOCKS = [block for readme in READMES for block in bash_blocks(readme)]
 
 
+def program(words: list[str]) -> tuple[str, str | None]:
+    """``(module, command)`` of ``python -m MODULE [COMMAND] --flags``: an experiment's
+    ``main`` takes a command (train, evaluate, compare) before its flags."""
+    module = words[2]
+    is_experiment_main = module.endswith(".main") and module != "experiments.main"
+    return module, words[3] if is_experiment_main and len(words) > 3 else None
+
+
 def test_the_readmes_have_commands() -> None:
-    names = {command.split()[2] for _, commands in BLOCKS for command in commands}
-    for module in (
-        "experiments.main",
-        "experiments.depth.train",
-        "experiments.depth.evaluate",
-        "experiments.data.synthetic",
-        "experiments.segmentation.pretrained",
+    names = {program(command.split()) for _, commands in BLOCKS for command in commands}
+    for name in (
+        ("experiments.main", None),
+        ("experiments.depth.main", "train"),
+        ("experiments.depth.main", "evaluate"),
+        ("experiments.data.synthetic", None),
+        ("experiments.common.backbones", None),
     ):
-        assert module in names
+        assert name in names
     for experiment in ("segmentation", "multitask"):
-        assert f"experiments.{experiment}.compare" in names
+        assert (f"experiments.{experiment}.main", "compare") in names
 
 
 @pytest.fixture(scope="session")
@@ -134,10 +142,14 @@ def rewrite(command: str, root: Path) -> list[str]:
     """The documented command as run here (see the module docstring)."""
     words = shlex.split(command)
     assert words[0] in ("python", ".venv/bin/python") and words[1] == "-m", command
-    module = words[2]
+    module, subcommand = program(words)
     experiment = "depth" if module == "experiments.main" else module.split(".")[1]
+    command_words = [subcommand] if subcommand else []
+    first_flag = 3 + len(command_words)
     # Absolute /tmp and /data paths, and the main job's relative results/ folders.
-    arguments = [re.sub(r"(?<==)/?(tmp|data|results)/", f"{root}/\\1/", word) for word in words[3:]]
+    arguments = [
+        re.sub(r"(?<==)/?(tmp|data|results)/", f"{root}/\\1/", word) for word in words[first_flag:]
+    ]
     if module in TOOLS:
         return [sys.executable, "-m", module, *arguments, *TOOLS[module]]
     config_path = next(
@@ -168,11 +180,18 @@ def rewrite(command: str, root: Path) -> list[str]:
             if not any(word.startswith(f"{flag}=") for word in own):
                 extra.append(f"{flag}={root / default}")
     given = {word.split("=", 1)[0] for word in own}
-    if module in ("experiments.main", "experiments.depth.compare") and "--schemes" not in given:
+    depth_compare = (module, subcommand) == ("experiments.depth.main", "compare")
+    if (module == "experiments.main" or depth_compare) and "--schemes" not in given:
         extra.append("--schemes=equal,cov")
-    if module == "experiments.segmentation.compare" and "--runs" not in given:
+    if (module, subcommand) == (
+        "experiments.segmentation.main",
+        "compare",
+    ) and "--runs" not in given:
         extra.append("--runs=cov")
-    return [sys.executable, "-m", module, f"--config={test_config}", *kept, *own, *extra]
+    return [
+        sys.executable, "-m", module, *command_words, f"--config={test_config}", *kept, *own,
+        *extra,
+    ]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -188,7 +207,7 @@ def test_documented_commands_run(name: str, commands: list[str], layout: Path) -
     for command in commands:
         argv = rewrite(command, layout)
         command_env = env
-        if argv[2] == "experiments.segmentation.pretrained":
+        if argv[2] == "experiments.common.backbones":
             path = os.pathsep.join(filter(None, [str(FAKE_TORCH), env.get("PYTHONPATH")]))
             command_env = {**env, "PYTHONPATH": path}
         start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""experiments.segmentation.evaluate on a fake PASCAL Context whose images all differ in size."""
+"""The segmentation evaluation on a fake PASCAL Context whose images all differ in size."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 from flax import nnx
 
+from experiments.common import evaluate
 from experiments.data import input_pipeline
-from experiments.segmentation import evaluate, train
+from experiments.segmentation import train
 from experiments.segmentation.configs import test as test_config
 
 
@@ -32,7 +33,7 @@ def test_evaluation_of_mixed_sizes_at_the_network_resolution(pascal) -> None:
     config, images = pascal
     assert len({image.label.shape for image in images["val"]}) == 2
     model = train.create_model(config, nnx.Rngs(0))
-    matrix = evaluate.evaluate(model, config)
+    matrix = evaluate.accumulate(train.make_task(config), model, config).confusion.matrix
     # Labels are resized to the network's 32×64 by nearest neighbour (class ids are
     # never interpolated): every labelled pixel of the resized maps is counted once.
     labelled = 0
@@ -53,6 +54,10 @@ def test_training_batches_of_mixed_sizes(pascal) -> None:
     assert len({image.label.shape for image in images["train"]}) == 3
     config = config.copy_and_resolve_references()
     config.data.train_split = "train"
-    batch = next(train.train_batches(config, start_step=0, process_index=0, process_count=1))
+    batch = next(
+        train.make_task(config).train_batches(
+            config, start_step=0, process_index=0, process_count=1
+        )
+    )
     assert batch["left"].shape == (2, config.image_height, config.image_width, 3)
     assert batch["semantic"].shape == (2, config.image_height, config.image_width)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.common import schemes
 from experiments.segmentation import losses, metrics
 
 IGNORE = 255
@@ -85,9 +86,9 @@ def test_hand_tuned_and_single_loss_weights() -> None:
     np.testing.assert_allclose(
         [weights["ce"], weights["se"], weights["aux"]], [1 / 1.4, 0.2 / 1.4, 0.2 / 1.4]
     )
-    assert losses.single_loss_weights("aux") == {"ce": 0.0, "se": 0.0, "aux": 1.0}
+    assert schemes.single_weights("aux", losses.LOSS_NAMES) == {"ce": 0.0, "se": 0.0, "aux": 1.0}
     with pytest.raises(ValueError, match="unknown loss"):
-        losses.single_loss_weights("dice")
+        schemes.single_weights("dice", losses.LOSS_NAMES)
 
 
 LABELS = np.array([[0, 0, 1, 1], [2, 2, 1, IGNORE]])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from experiments.common import backbones
 from experiments.segmentation import models
 
 HEIGHT, WIDTH = 32, 64
@@ -83,7 +84,7 @@ def test_stages_three_and_four_are_dilated_not_strided(backbone: str) -> None:
 
 def test_paper_backbone_has_torchvision_resnet50_size() -> None:
     # Build abstractly: the full ResNet-50 is too big to initialise in a unit test.
-    backbone = nnx.eval_shape(lambda: models.DilatedResNet("resnet50", rngs=nnx.Rngs(0)))
+    backbone = nnx.eval_shape(lambda: backbones.DilatedResNet("resnet50", rngs=nnx.Rngs(0)))
     params = nnx.state(backbone, nnx.Param)
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     assert count == 23_508_032  # torchvision resnet50 without its fc layer

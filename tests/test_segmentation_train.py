@@ -14,9 +14,10 @@ from precision import network_rtol
 
 import covjax
 from covjax._src import gradients
+from experiments.common import evaluate
 from experiments.common import train as common_train
 from experiments.common.schemes import Scheme
-from experiments.segmentation import compare, evaluate, losses, train
+from experiments.segmentation import losses, tables, train
 from experiments.segmentation.configs import test as test_config
 
 
@@ -79,7 +80,7 @@ def test_shared_layer_is_a_stage3_kernel_all_losses_depend_on() -> None:
 def test_single_loss_becomes_a_one_hot_static_scheme() -> None:
     config = test_config.get_config()
     config.single_loss = "aux"
-    resolved = train.resolve_single_loss(config)
+    resolved = train.make_task(config).resolve_config(config)
     assert resolved.scheme == "hand_tuned"
     assert resolved.scheme_kwargs.hand_tuned.weights.to_dict() == {
         "ce": 0.0,
@@ -88,23 +89,24 @@ def test_single_loss_becomes_a_one_hot_static_scheme() -> None:
     }
     assert config.scheme == "cov"  # the caller's config is not modified
     with pytest.raises(ValueError, match="unknown runs"):
-        compare.parse_runs("cov,dice_only")
+        tables.parse_runs("cov,dice_only")
 
 
 @pytest.mark.slow
 def test_train_evaluate_compare_end_to_end(tmp_path: Path) -> None:
     config = test_config.get_config()
     config.data.data_dir = str(tmp_path / "tfds")
-    text = compare.compare(config, str(tmp_path / "runs"), ["cov"], show_progress=False)
-    run_dir = tmp_path / "runs" / "cov" / f"seed{config.seed}"
-    summary = evaluate.read_summary(str(run_dir), "validation")
+    report = tables.compare(config, tmp_path / "work", ["cov"], show_progress=False)
+    text = report.read_text()
+    run_dir = tmp_path / "work" / "runs" / "cov" / f"seed{config.seed}"
+    summary = evaluate.read_summary(run_dir, "validation")
     assert summary is not None and 0.0 <= summary["mean_iou"] <= 1.0
     matrix = np.load(run_dir / "eval_validation" / "confusion_matrix.npy")
     assert matrix.shape == (7, 7) and matrix.sum() == 4 * 32 * 64  # every pixel is labelled
-    assert (run_dir / "plots" / "weights.png").exists()
+    assert (tmp_path / "work" / "results" / "weights" / "cov_weights_by_group.png").exists()
     assert "CoV-Weighting" in text and "0.441" in text  # ours next to the paper's
     assert f"{summary['mean_iou']:.3f}" in text
     # Evaluating the checkpoint again reproduces the numbers of the training run.
-    again = evaluate.restore_and_evaluate(config, str(run_dir))
+    again = evaluate.restore_and_evaluate(train.make_task(config), config, run_dir)
     assert again["mean_iou"] == pytest.approx(summary["mean_iou"])
     assert again["pixel_accuracy"] == pytest.approx(summary["pixel_accuracy"])

@@ -1,4 +1,4 @@
-"""What every command-line entry point shares (train, evaluate, compare, ``experiments.main``).
+"""What every command-line entry point shares (each experiment's ``main``, ``experiments.main``).
 
 * ``--config`` (a config file, overridable with dotted flags such as
   ``--config.scheme_kwargs.cov.decay=0.99``), ``--show_config`` (print the
@@ -18,7 +18,7 @@ import importlib.util
 import logging as python_logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +101,46 @@ def run(main: Callable[[ml_collections.ConfigDict], None]) -> None:
 
     The other flags are read from ``absl.flags.FLAGS`` as usual.
     """
+    _run(lambda arguments: _no_arguments(arguments, main))
 
+
+def run_commands(commands: Mapping[str, Callable[[ml_collections.ConfigDict], None]]) -> None:
+    """:func:`run` for a program of several commands, named by its first argument
+    (``python -m experiments.depth.main train --config=...``)."""
+    _run(lambda arguments: _command(arguments, commands))
+
+
+def _no_arguments(
+    arguments: list[str], main: Callable[[ml_collections.ConfigDict], None]
+) -> Callable[[ml_collections.ConfigDict], None]:
+    if arguments:
+        raise app.UsageError(f"Unexpected arguments: {arguments}")
+    return main
+
+
+def _command(
+    arguments: list[str], commands: Mapping[str, Callable[[ml_collections.ConfigDict], None]]
+) -> Callable[[ml_collections.ConfigDict], None]:
+    if len(arguments) != 1 or arguments[0] not in commands:
+        raise app.UsageError(
+            f"Give one command of {', '.join(commands)} (got {arguments or 'none'}), "
+            f"e.g. `{sys.argv[0]} {next(iter(commands))} --config=... --workdir=...`."
+        )
+    return commands[arguments[0]]
+
+
+def require_workdir() -> str:
+    """``--workdir``, which every command of an experiment needs."""
+    workdir = flags.FLAGS.workdir
+    if workdir is None:
+        raise app.UsageError("--workdir is required.")
+    return workdir
+
+
+def _run(
+    main_for: Callable[[list[str]], Callable[[ml_collections.ConfigDict], None]],
+) -> None:
     def wrapped(argv: list[str]) -> None:
-        if len(argv) > 1:
-            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         if flags.FLAGS.list_schemes:
             from experiments.common.schemes import describe_schemes
 
@@ -116,6 +152,7 @@ def run(main: Callable[[ml_collections.ConfigDict], None]) -> None:
         if flags.FLAGS.show_config:
             print(config)
             return
+        main = main_for(argv[1:])
         workdir = flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else None
         quiet_logging(workdir)
         try:

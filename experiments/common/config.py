@@ -151,3 +151,54 @@ def machinery_defaults() -> ml_collections.ConfigDict:
     config.num_processes = ml_collections.config_dict.placeholder(int)
     config.process_id = ml_collections.config_dict.placeholder(int)
     return config
+
+
+def tiny_synthetic_data(config: ml_collections.ConfigDict) -> None:
+    """The dense tasks' test data: 8/4/4 synthetic scenes rendered at the network's 32×64."""
+    config.data.synthetic.update(height=32, width=64, num_train=8, num_validation=4, num_test=4)
+    config.data.shuffle_buffer = 8
+    config.update(image_height=32, image_width=64)
+
+
+def tiny_training(config: ml_collections.ConfigDict) -> None:
+    """The dense tasks' test run: 4 steps of batch 4 (epochs of 2), logged and saved every 2."""
+    config.update(learning_rate=1e-3, batch_size=4, steps_per_epoch=2, num_train_steps=4)
+    config.update(log_every_steps=2, checkpoint_every_steps=2)
+    config.eval.batch_size = 4
+
+
+def dense_data_defaults(sources: Sequence[str]) -> ml_collections.ConfigDict:
+    """``config.data`` of the dense (segmentation, multi-task) experiments.
+
+    The synthetic scenes (512 / 64 / 64) by default; training on ``"train"``
+    with the input pipeline's augmentation (horizontal flip, targets mirrored
+    with the image, and colour) from a 512-example shuffle buffer, the decoded
+    training examples kept in memory; evaluation on ``"validation"``; 255 is
+    the void label.
+    """
+    data = data_defaults(
+        "synthetic", sources, synthetic={"num_train": 512, "num_validation": 64, "num_test": 64}
+    )
+    data.update(train_split="train", eval_split="validation", augment=True, shuffle_buffer=512)
+    data.update(cache=True, ignore_label=255)
+    return data
+
+
+def eval_defaults() -> ml_collections.ConfigDict:
+    """``config.eval``: batches of 8, every example (``max_examples`` to score fewer)."""
+    section = ml_collections.ConfigDict()
+    section.batch_size = 8
+    section.max_examples = ml_collections.config_dict.placeholder(int)
+    return section
+
+
+def backbone_model_defaults() -> ml_collections.ConfigDict:
+    """``config.model``'s fields of a network on the shared dilated ResNet
+    (:mod:`experiments.common.backbones`): the synthetic scenes' 7 classes, a full-width
+    ResNet-50, trained from scratch unless ``pretrained`` names a converted checkpoint."""
+    model = ml_collections.ConfigDict()
+    model.update(num_classes=7, backbone="resnet50", width=1.0)
+    # Path of a converted torchvision ResNet checkpoint (.npz; see
+    # experiments/common/backbones.py); None = train from scratch.
+    model.pretrained = ml_collections.config_dict.placeholder(str)
+    return model

@@ -10,6 +10,7 @@ features they need.
 
 from __future__ import annotations
 
+import abc
 import inspect
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -111,3 +112,77 @@ def train_batches(
         shard_index=process_index,
     )
     return input_pipeline.as_numpy_iterator(batches.skip(start_step))
+
+
+def eval_batches(
+    config: ml_collections.ConfigDict, dataset: Any, **options: Any
+) -> Iterator[dict[str, np.ndarray]]:
+    """The evaluation batches of ``dataset`` at the network's size (``config.eval``'s batch
+    size, ``config.eval.max_examples`` examples at most; no augmentation).
+
+    ``options`` go to :func:`experiments.data.input_pipeline.make_eval_dataset`
+    (e.g. ``resize_targets=False`` to score at the ground truth's resolution).
+    """
+    from experiments.data import input_pipeline  # local: imports TensorFlow
+
+    max_examples = config.eval.get("max_examples", None)
+    if max_examples:
+        dataset = dataset.take(int(max_examples))  # the source, not a batch of padded targets
+    return input_pipeline.eval_iterator(
+        dataset,
+        batch_size=int(config.eval.batch_size),
+        height=int(config.image_height),
+        width=int(config.image_width),
+        **options,
+    )
+
+
+class DatasetTask(abc.ABC):
+    """The data side of a task that reads a source of the shared registry.
+
+    A task says which features of ``config.data``'s split it reads
+    (:meth:`load_split`); its training and evaluation batches follow from that
+    (:func:`train_batches`, :func:`eval_batches`), with these class settings.
+
+    Attributes:
+      train_keys: the features training keeps (before caching and augmentation;
+        None: all that :meth:`load_split` gives).
+      cache_train: keep the decoded training examples in memory
+        (``config.data.cache``, when set, decides instead).
+      resize_eval_targets: resize the evaluation targets to the network's size
+        (False: keep them at their native size, to score there).
+    """
+
+    train_keys: tuple[str, ...] | None = None
+    cache_train: bool = False
+    resize_eval_targets: bool = True
+
+    @abc.abstractmethod
+    def load_split(self, config: ml_collections.ConfigDict, split: str) -> Any:
+        """The ``tf.data.Dataset`` of ``split`` of ``config.data``, with the task's features."""
+
+    def train_batches(
+        self,
+        config: ml_collections.ConfigDict,
+        *,
+        start_step: int,
+        process_index: int,
+        process_count: int,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """This process's training batches from ``start_step`` (see :func:`train_batches`)."""
+        return train_batches(
+            config,
+            self.load_split(config, config.data.train_split),
+            start_step=start_step,
+            process_index=process_index,
+            process_count=process_count,
+            keys=self.train_keys,
+            cache=self.cache_train,
+        )
+
+    def eval_batches(
+        self, config: ml_collections.ConfigDict, split: str
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """The evaluation batches of ``split`` (see :func:`eval_batches`)."""
+        options = {} if self.resize_eval_targets else {"resize_targets": False}
+        return eval_batches(config, self.load_split(config, split), **options)

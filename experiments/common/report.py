@@ -180,24 +180,32 @@ def plot_weights(
 def plot_run_weights(
     workdir: str | Path, out_dir: str | Path, title: str, prefix: str = ""
 ) -> list[Path]:
-    """Weight plots of one run from its log, per loss group and per scale.
+    """Weight plots of one run from its log, per loss group and, when the losses have
+    scales (``"ssim/left/s2"``), per scale.
 
-    Writes ``<out_dir>/<prefix>weights_by_group.png`` and ``..._by_scale.png``.
+    Writes ``<out_dir>/<prefix>weights_by_group.png`` and ``..._by_scale.png``
+    (none when the log has no weights yet).
     """
     steps, series = logging_utils.weight_series(logging_utils.read_metrics(workdir))
+    if not steps:
+        return []
     out_dir = Path(out_dir)
-    return [
+    paths = [
         plot_weights(
             steps,
             series,
             out_dir / f"{prefix}weights_by_group.png",
             title=f"{title}: weights per loss group",
-        ),
-        plot_weights(
-            steps,
-            series,
-            out_dir / f"{prefix}weights_by_scale.png",
-            title=f"{title}: weights per scale",
-            group_by=scale_of,
-        ),
+        )
     ]
+    if any(scale_of(name) != "all" for name in series):
+        paths.append(
+            plot_weights(
+                steps,
+                series,
+                out_dir / f"{prefix}weights_by_scale.png",
+                title=f"{title}: weights per scale",
+                group_by=scale_of,
+            )
+        )
+    return paths

@@ -15,10 +15,10 @@ Hyper-parameters come from ``config.scheme_kwargs.<name>``: every registered
 scheme has a section there with the constructor's settable hyper-parameters
 and their defaults (:func:`hyperparameters`), so a run sets them with dotted
 flags, e.g. ``--config.scheme=cov_decay --config.scheme_kwargs.cov_decay.decay=0.95``
-(``python -m experiments.depth.train --list_schemes`` lists them). The
+(``python -m experiments.depth.main --list_schemes`` lists them). The
 gradient target comes from ``config.scheme_gradient_target.<name>`` if given.
-Constructors are looked up in :mod:`covjax` when a scheme is built, so a
-missing one is a clear error naming it.
+An entry names its covjax constructor itself, so a new covjax method joins
+the registry with one line.
 """
 
 from __future__ import annotations
@@ -27,17 +27,21 @@ import dataclasses
 import inspect
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import optax
 
 import covjax
-from experiments.common.task import Task, has_representation, has_shared_layer
+from experiments.common.task import Task
 
 GradientTarget = Literal["none", "parameters", "layer", "representation"]
 GRADIENT_TARGETS: tuple[str, ...] = ("none", "parameters", "layer", "representation")
+
+
+#: The members of :class:`~experiments.common.task.Task` the gradient targets use.
+_GRADIENT_MEMBERS = ("representation", "losses_from_representation", "shared_layer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +65,7 @@ class SchemeEntry:
     """How to build one named scheme.
 
     Attributes:
-      constructor: name of the :mod:`covjax` function.
+      constructor: the :mod:`covjax` function that builds the weighting.
       gradient_target: default gradient target (see the module docstring).
       defaults: ``context -> kwargs`` for the constructor taken from the
         experiment (the optimiser, the epoch length, the hand-tuned weights).
@@ -70,7 +74,7 @@ class SchemeEntry:
         constructor's defaults (e.g. ``decay=0.99`` for ``"cov_decay"``).
     """
 
-    constructor: str
+    constructor: Callable[..., covjax.Weighting]
     gradient_target: GradientTarget
     defaults: Callable[[SchemeContext], dict[str, Any]]
     description: str
@@ -95,72 +99,79 @@ def _hand_tuned(context: SchemeContext) -> dict[str, Any]:
 
 SCHEMES: dict[str, SchemeEntry] = {
     # Static baselines.
-    "equal": SchemeEntry("equal_weighting", "none", _none, "α_i = 1/K"),
+    "equal": SchemeEntry(covjax.equal_weighting, "none", _none, "α_i = 1/K"),
     "hand_tuned": SchemeEntry(
-        "static_weighting", "none", _hand_tuned, "the task's hand-tuned static weights"
+        covjax.static_weighting, "none", _hand_tuned, "the task's hand-tuned static weights"
     ),
     "static": SchemeEntry(
-        "static_weighting", "none", _none, "static weights given as scheme_kwargs.static.weights"
+        covjax.static_weighting,
+        "none",
+        _none,
+        "static weights given as scheme_kwargs.static.weights",
     ),
     # CoV-Weighting and its variants (paper Tables 2 and 7).
-    "cov": SchemeEntry("cov_weighting", "none", _none, "CoV-Weighting, full history"),
+    "cov": SchemeEntry(covjax.cov_weighting, "none", _none, "CoV-Weighting, full history"),
     "cov_decay": SchemeEntry(
-        "cov_weighting",
+        covjax.cov_weighting,
         "none",
         _none,
         "CoV-Weighting, EW statistics (t = 100)",
         fixed={"decay": 0.99},
     ),
     "cov_reference_decay": SchemeEntry(
-        "cov_weighting",
+        covjax.cov_weighting,
         "none",
         _none,
         "CoV-Weighting, the released code's decayed means with undecayed S",
         fixed={"decay": 0.99, "reference_decay": True},
     ),
     "cov_loss": SchemeEntry(
-        "cov_weighting", "none", _none, "CoV of L instead of L/μ_L", fixed={"statistic": "loss"}
+        covjax.cov_weighting,
+        "none",
+        _none,
+        "CoV of L instead of L/μ_L",
+        fixed={"statistic": "loss"},
     ),
     "cov_inverse": SchemeEntry(
-        "cov_weighting", "none", _none, "α ∝ μ/σ (paper Table 7)", fixed={"inverse": True}
+        covjax.cov_weighting, "none", _none, "α ∝ μ/σ (paper Table 7)", fixed={"inverse": True}
     ),
     # Learned and loss-statistics baselines.
     "uncertainty": SchemeEntry(
-        "uncertainty_weighting", "none", _same_optimizer, "Kendall et al. 2018, learned log σ²"
+        covjax.uncertainty_weighting, "none", _same_optimizer, "Kendall et al. 2018, learned log σ²"
     ),
-    "lsb": SchemeEntry("lsb", "none", _epoch_period, "loss scale balancing with difficulty"),
+    "lsb": SchemeEntry(covjax.lsb, "none", _epoch_period, "loss scale balancing with difficulty"),
     "lsb_no_difficulty": SchemeEntry(
-        "lsb",
+        covjax.lsb,
         "none",
         _epoch_period,
         "loss scale balancing only",
         fixed={"difficulty": False},
     ),
     "multi_loss_rebalancing": SchemeEntry(
-        "multi_loss_rebalancing",
+        covjax.multi_loss_rebalancing,
         "none",
         lambda context: {"steps_per_epoch": context.steps_per_epoch},
         "Lee & Kim 2020, 4 rebalances per epoch",
     ),
-    "dwa": SchemeEntry("dwa", "none", _epoch_period, "dynamic weight average, T = 2"),
-    "rlw": SchemeEntry("rlw", "none", _none, "random loss weighting"),
-    "gls": SchemeEntry("gls", "none", _none, "geometric loss strategy"),
-    "imtl_l": SchemeEntry("imtl_l", "none", _same_optimizer, "IMTL-L, learned loss scales"),
-    "famo": SchemeEntry("famo", "none", _none, "fast adaptive multitask optimisation"),
-    "softadapt": SchemeEntry("softadapt", "none", _none, "SoftAdapt"),
-    "relobralo": SchemeEntry("relobralo", "none", _none, "ReLoBRaLo"),
+    "dwa": SchemeEntry(covjax.dwa, "none", _epoch_period, "dynamic weight average, T = 2"),
+    "rlw": SchemeEntry(covjax.rlw, "none", _none, "random loss weighting"),
+    "gls": SchemeEntry(covjax.gls, "none", _none, "geometric loss strategy"),
+    "imtl_l": SchemeEntry(covjax.imtl_l, "none", _same_optimizer, "IMTL-L, learned loss scales"),
+    "famo": SchemeEntry(covjax.famo, "none", _none, "fast adaptive multitask optimisation"),
+    "softadapt": SchemeEntry(covjax.softadapt, "none", _none, "SoftAdapt"),
+    "relobralo": SchemeEntry(covjax.relobralo, "none", _none, "ReLoBRaLo"),
     # Gradient-based schemes.
-    "gradnorm": SchemeEntry("gradnorm", "layer", _none, "GradNorm at the shared layer"),
-    "mgda_ub": SchemeEntry("mgda", "representation", _none, "MGDA-UB on the representation"),
-    "mgda": SchemeEntry("mgda", "parameters", _none, "MGDA on all parameters"),
-    "pcgrad": SchemeEntry("pcgrad", "parameters", _none, "PCGrad"),
-    "cagrad": SchemeEntry("cagrad", "parameters", _none, "CAGrad, c = 0.4"),
-    "imtl_g": SchemeEntry("imtl_g", "parameters", _none, "IMTL-G"),
-    "nash_mtl": SchemeEntry("nash_mtl", "parameters", _none, "Nash-MTL"),
-    "aligned_mtl": SchemeEntry("aligned_mtl", "parameters", _none, "Aligned-MTL"),
-    "upgrad": SchemeEntry("upgrad", "parameters", _none, "UPGrad"),
-    "gradvac": SchemeEntry("gradvac", "parameters", _none, "GradVac"),
-    "db_mtl": SchemeEntry("db_mtl", "parameters", _none, "DB-MTL"),
+    "gradnorm": SchemeEntry(covjax.gradnorm, "layer", _none, "GradNorm at the shared layer"),
+    "mgda_ub": SchemeEntry(covjax.mgda, "representation", _none, "MGDA-UB on the representation"),
+    "mgda": SchemeEntry(covjax.mgda, "parameters", _none, "MGDA on all parameters"),
+    "pcgrad": SchemeEntry(covjax.pcgrad, "parameters", _none, "PCGrad"),
+    "cagrad": SchemeEntry(covjax.cagrad, "parameters", _none, "CAGrad, c = 0.4"),
+    "imtl_g": SchemeEntry(covjax.imtl_g, "parameters", _none, "IMTL-G"),
+    "nash_mtl": SchemeEntry(covjax.nash_mtl, "parameters", _none, "Nash-MTL"),
+    "aligned_mtl": SchemeEntry(covjax.aligned_mtl, "parameters", _none, "Aligned-MTL"),
+    "upgrad": SchemeEntry(covjax.upgrad, "parameters", _none, "UPGrad"),
+    "gradvac": SchemeEntry(covjax.gradvac, "parameters", _none, "GradVac"),
+    "db_mtl": SchemeEntry(covjax.db_mtl, "parameters", _none, "DB-MTL"),
 }
 
 
@@ -187,8 +198,8 @@ class Scheme:
 
 
 def available_schemes() -> tuple[str, ...]:
-    """Registered names whose covjax constructor exists in this installation."""
-    return tuple(name for name, entry in SCHEMES.items() if hasattr(covjax, entry.constructor))
+    """The registered scheme names, in the registry's order."""
+    return tuple(SCHEMES)
 
 
 def build_scheme(
@@ -216,11 +227,7 @@ def build_scheme(
     if name not in SCHEMES:
         raise ValueError(f"Unknown weighting scheme {name!r}; known schemes: {sorted(SCHEMES)}.")
     entry = SCHEMES[name]
-    constructor = getattr(covjax, entry.constructor, None)
-    if constructor is None:
-        raise NotImplementedError(
-            f"Scheme {name!r} needs covjax.{entry.constructor}, which this covjax lacks."
-        )
+    constructor = entry.constructor
     given = {key: value for key, value in dict(kwargs or {}).items() if value is not None}
     for key, value in given.items():
         if type(value) in (list, tuple):
@@ -231,7 +238,7 @@ def build_scheme(
         weighting = constructor(**arguments)
     except TypeError as error:
         raise ValueError(
-            f"Scheme {name!r}: covjax.{entry.constructor} rejected the arguments "
+            f"Scheme {name!r}: covjax.{constructor.__name__} rejected the arguments "
             f"{sorted(arguments)}: {error}"
         ) from error
     needs_gradients = covjax.GRAMIAN in weighting.requires
@@ -244,15 +251,11 @@ def build_scheme(
         target = "none"
     elif target == "none":
         raise ValueError(f"Scheme {name!r} needs per-loss gradients; pick a gradient target.")
-    if target == "representation" and not has_representation(context.task):
+    if target != "none" and not isinstance(context.task, Task):
+        missing = [member for member in _GRADIENT_MEMBERS if not hasattr(context.task, member)]
         raise ValueError(
-            f"Scheme {name!r} takes gradients w.r.t. the shared representation, but task "
-            f"{context.task.name!r} defines no representation()/losses_from_representation()."
-        )
-    if target == "layer" and not has_shared_layer(context.task):
-        raise ValueError(
-            f"Scheme {name!r} takes gradients at a shared layer, but task "
-            f"{context.task.name!r} defines no shared_layer()."
+            f"Scheme {name!r} takes per-loss gradients, but task {context.task.name!r} defines no "
+            f"{', '.join(missing)}: it does not implement experiments.common.task.Task."
         )
     return Scheme(name=name, weighting=weighting, gradient_target=target)  # type: ignore[arg-type]
 
@@ -324,7 +327,7 @@ def hyperparameters(name: str) -> tuple[Hyperparameter, ...]:
     ``None`` for those the experiment supplies, see :data:`FROM_EXPERIMENT`).
     """
     entry = SCHEMES[name]
-    constructor = getattr(covjax, entry.constructor)
+    constructor = entry.constructor
     hints = typing.get_type_hints(constructor)
     settable = []
     for parameter in inspect.signature(constructor).parameters.values():
@@ -351,7 +354,7 @@ def describe_schemes() -> str:
     for name in available_schemes():
         entry = SCHEMES[name]
         lines.append(
-            f"\n{name}: {entry.description} (covjax.{entry.constructor}; "
+            f"\n{name}: {entry.description} (covjax.{entry.constructor.__name__}; "
             f"per-loss gradients: {entry.gradient_target})"
         )
         for parameter in hyperparameters(name):
@@ -377,3 +380,35 @@ def with_static_weights(config: Any, weights: Mapping[str, float]) -> Any:
         config.scheme_kwargs.hand_tuned = ml_collections.ConfigDict()
     config.scheme_kwargs.hand_tuned.weights = dict(weights)
     return config
+
+
+def single_weights(name: str, loss_names: Sequence[str]) -> dict[str, float]:
+    """One-hot static weights that train on loss ``name`` alone (a single-loss baseline)."""
+    if name not in loss_names:
+        raise ValueError(f"unknown loss {name!r}; choose one of {tuple(loss_names)}.")
+    return {other: float(other == name) for other in loss_names}
+
+
+def resolve_single(config: Any, field: str, loss_names: Sequence[str]) -> Any:
+    """``config`` with ``config.<field>`` (a loss name, or unset) turned into the static
+    one-hot weighting it stands for (:func:`single_weights`); unset: ``config`` itself."""
+    name = config.get(field, None)
+    if not name:
+        return config
+    return with_static_weights(config, single_weights(name, loss_names))
+
+
+class SingleLossBaselines:
+    """``resolve_config`` of a task whose ``config.<single_field>`` names one of its
+    ``loss_names`` to train alone (:func:`resolve_single`): the single-loss baselines.
+
+    Attributes:
+      single_field: the config field (e.g. ``"single_loss"``).
+      loss_names: the task's losses.
+    """
+
+    single_field: str
+    loss_names: tuple[str, ...]
+
+    def resolve_config(self, config: Any) -> Any:
+        return resolve_single(config, self.single_field, self.loss_names)

@@ -174,7 +174,7 @@ def gradient_subset(scheme: Scheme, task: Task) -> Any:
     if scheme.gradient_target == "representation":
         return nnx.Perturbation
     if scheme.gradient_target == "layer":
-        layer = "/".join(task.shared_layer())  # type: ignore[attr-defined]
+        layer = "/".join(task.shared_layer())
         return re.escape(layer) + "(/|$)"
     return None  # "parameters": all of them
 
@@ -236,10 +236,9 @@ class Trainer:
 
     def _objective(self, model: nnx.Module, batch: Batch) -> dict[str, Array]:
         if self.scheme.gradient_target == "representation":
-            task: Any = self.task
-            z, carry = task.representation(model, batch)
+            z, carry = self.task.representation(model, batch)
             z = jax.tree_util.tree_map_with_path(functools.partial(_mark, model), z)
-            return task.losses_from_representation(model, z, carry, batch)
+            return self.task.losses_from_representation(model, z, carry, batch)
         return self.task.losses(model, batch)
 
     def _train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, StepMetrics]:
@@ -399,9 +398,7 @@ def check_config(task: Task, config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"Unknown config.scheme {config.scheme!r}; known: {list(available_schemes())}."
         )
-    task_check = getattr(task, "check_config", None)
-    if task_check is not None:
-        task_check(config)
+    task.check_config(config)
 
 
 def train(

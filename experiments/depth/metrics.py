@@ -27,7 +27,9 @@ per-image metrics are NumPy (float64); post-processing is JAX (batched, jittable
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import jax
@@ -291,3 +293,80 @@ def win_rate(per_image_a: np.ndarray, per_image_b: np.ndarray) -> float:
     better = METRIC_DIRECTION * (a - b) > 0
     wins = better.sum(axis=1) > len(METRIC_NAMES) // 2
     return float(wins.mean())
+
+
+#: The per-image rows an evaluation saves (for the win rates).
+PER_IMAGE_FILE = "per_image.csv"
+
+
+class DepthMetric:
+    """The per-image Eigen metrics of an evaluation, accumulated batch by batch.
+
+    Each batch's predicted disparities are scored against its own ground truth
+    at that ground truth's native size, with its own focal length, baseline
+    and principal-point offset (``doffs``, 0 where the source has none), so a
+    split of mixed image sizes (KITTI's Eigen test set) is evaluated like
+    monodepth's ``evaluate_kitti.py`` does.
+
+    Args:
+      min_depth, max_depth: the valid ground-truth range (metres).
+      crop: the Garg or Eigen crop of KITTI's Eigen split, or None.
+      source: the dataset's name, for the error messages.
+    """
+
+    def __init__(self, *, min_depth: float, max_depth: float, crop: Crop, source: str):
+        self.min_depth, self.max_depth, self.crop, self.source = min_depth, max_depth, crop, source
+        self._rows: list[np.ndarray] = []
+
+    def add(self, batch: Mapping[str, np.ndarray], predictions: np.ndarray) -> None:
+        """Score (B, h, w) predicted left disparities against the batch's ground truth."""
+        from experiments.data import input_pipeline  # local: imports TensorFlow
+
+        if "depth" not in batch:
+            raise ValueError(f"{self.source!r} has no depth ground truth to score.")
+        try:
+            rows = evaluate_disparities(
+                input_pipeline.native_targets(batch, "depth"),
+                np.asarray(predictions),
+                batch["focal"],
+                batch["baseline"],
+                doffs=batch.get("doffs", 0.0),
+                min_depth=self.min_depth,
+                max_depth=self.max_depth,
+                crop=self.crop,
+            )
+        except ValueError as error:
+            raise ValueError(
+                f"{self.source!r}, batch from example {len(self.per_image)}: {error} "
+                "(a frame without ground truth? KITTI skips them with missing_depth='skip')"
+            ) from None
+        self._rows.append(rows)
+
+    @property
+    def per_image(self) -> np.ndarray:
+        """(N, 7) per-image metrics so far, columns :data:`METRIC_NAMES`."""
+        if not self._rows:
+            return np.zeros((0, len(METRIC_NAMES)))
+        return np.concatenate(self._rows, axis=0)
+
+    def summary(self) -> dict[str, float]:
+        """Each metric averaged over the images, and their number."""
+        per_image = self.per_image
+        if not len(per_image):
+            raise ValueError(f"The evaluation split of {self.source!r} is empty.")
+        return {**mean_errors(per_image)._asdict(), "num_images": len(per_image)}
+
+    def save(self, directory: Path) -> None:
+        """Write ``per_image.csv`` (one row per image, for win rates)."""
+        with (directory / PER_IMAGE_FILE).open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", *METRIC_NAMES])
+            for index, row in enumerate(self.per_image):
+                writer.writerow([index, *(f"{value:.9g}" for value in row)])
+
+
+def load_per_image(directory: str | Path) -> np.ndarray:
+    """The (N, 7) per-image metrics saved by :meth:`DepthMetric.save`."""
+    with (Path(directory) / PER_IMAGE_FILE).open() as handle:
+        rows = list(csv.DictReader(handle))
+    return np.asarray([[float(row[name]) for name in METRIC_NAMES] for row in rows])

@@ -3,7 +3,7 @@
 With V the valid pixels of each target:
 
 * ``segmentation``: softmax cross-entropy averaged over the labelled pixels
-  (label ≠ ``ignore_label``), :func:`experiments.segmentation.losses.pixel_cross_entropy`;
+  (label ≠ ``ignore_label``), :func:`experiments.common.losses.pixel_cross_entropy`;
 * ``depth``: L1, ``(1/|V|) Σ_{p∈V} |d̂_p − d_p|`` with V = {d_p > 0} (0 marks
   unknown depth in the data contract);
 * ``normals``: ``1 − (1/|V|) Σ_{p∈V} ⟨n̂_p, n_p⟩`` (one minus the mean cosine
@@ -20,8 +20,8 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 from jax import Array
 
+from experiments.common.losses import pixel_cross_entropy
 from experiments.multitask.models import TASKS, MultiTaskOutputs
-from experiments.segmentation import losses as segmentation_losses
 
 
 def _check_shape(name: str, prediction: Array, target: Array) -> None:
@@ -34,7 +34,7 @@ def _check_shape(name: str, prediction: Array, target: Array) -> None:
 
 def segmentation_loss(logits: Array, labels: Array, ignore_label: int = 255) -> Array:
     """Mean cross-entropy of (B, H, W, C) logits over the labelled pixels of (B, H, W) labels."""
-    return segmentation_losses.pixel_cross_entropy(logits, labels, ignore_label)
+    return pixel_cross_entropy(logits, labels, ignore_label)
 
 
 def valid_depth(depth: Array) -> Array:
@@ -93,10 +93,3 @@ def multitask_losses(
 def equal_weights() -> dict[str, float]:
     """1/3 per task: the static weighting MTAN and LibMTL use as their baseline."""
     return {task: 1.0 / len(TASKS) for task in TASKS}
-
-
-def single_task_weights(task: str) -> dict[str, float]:
-    """One-hot static weights that train ``task`` alone (the single-task baselines)."""
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; choose one of {TASKS}.")
-    return {name: float(name == task) for name in TASKS}

@@ -5,7 +5,7 @@ Per task, as in MTAN (Liu et al. CVPR 2019) and LibMTL's NYUv2 benchmark:
 * segmentation, from the confusion matrix M (rows truth, columns prediction;
   ``ignore_label`` pixels not counted): ``mean_iou`` = mean over classes with a
   non-empty union of M_cc / (Σ_j M_cj + Σ_i M_ic − M_cc), ``pixel_accuracy`` =
-  Σ_c M_cc / Σ M (both from :mod:`experiments.segmentation.metrics`);
+  Σ_c M_cc / Σ M (both from :mod:`experiments.common.metrics`);
 * depth, over the pixels with a known depth d > 0: ``abs_error`` = mean |d̂ − d|
   (metres), ``rel_error`` = mean |d̂ − d| / d;
 * normals, over the pixels with a non-zero target normal: the angle
@@ -27,10 +27,11 @@ with h_m = 1 if higher is better for metric m (mIoU, accuracies), else 0
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
-from experiments.segmentation import metrics as segmentation_metrics
+from experiments.common import metrics as confusion_scores
 
 #: Angle thresholds (degrees) of the normals accuracies.
 ANGLE_THRESHOLDS: tuple[float, ...] = (11.25, 22.5, 30.0)
@@ -139,7 +140,7 @@ class MultiTaskMetrics:
 
         accumulator = MultiTaskMetrics(num_classes=13)
         for batch, predictions in ...:
-            accumulator.add(batch, labels=..., depth=..., normals=...)
+            accumulator.add(batch, {"labels": ..., "depth": ..., "normals": ...})
         accumulator.summary()  # {"mean_iou": ..., ..., "within_30": ...}
     """
 
@@ -154,35 +155,37 @@ class MultiTaskMetrics:
         self._depth_count = 0
         self._angles: list[np.ndarray] = []
 
-    def add(
-        self,
-        targets: Mapping[str, np.ndarray],
-        *,
-        labels: np.ndarray,
-        depth: np.ndarray,
-        normals: np.ndarray,
-    ) -> None:
-        """Add one batch: predicted class ids, depths (m) and normals against ``targets``."""
+    def add(self, targets: Mapping[str, np.ndarray], predictions: Mapping[str, np.ndarray]) -> None:
+        """Add one batch of predictions (``"labels"``: class ids, ``"depth"``: metres,
+        ``"normals"``) against ``targets``."""
         self.confusion += confusion_matrix(
-            targets["semantic"], labels, self.num_classes, self.ignore_label
+            targets["semantic"], predictions["labels"], self.num_classes, self.ignore_label
         )
-        absolute, relative, count = depth_error_sums(depth, targets["depth"])
+        absolute, relative, count = depth_error_sums(predictions["depth"], targets["depth"])
         self._absolute += absolute
         self._relative += relative
         self._depth_count += count
-        self._angles.append(angle_errors(normals, targets["normals"]).astype(np.float32))
+        angles = angle_errors(predictions["normals"], targets["normals"])
+        self._angles.append(angles.astype(np.float32))
 
     def summary(self) -> dict[str, float]:
-        """Every metric of :data:`HIGHER_IS_BETTER` (nan where a task had no valid pixel)."""
+        """Every metric of :data:`HIGHER_IS_BETTER` (nan where the depth or normals had no
+        valid pixel; an error when no pixel is labelled)."""
+        if self.confusion.sum() == 0:
+            raise ValueError("the evaluation split has no labelled pixel.")
         count = self._depth_count
         angles = np.concatenate(self._angles) if self._angles else np.zeros((0,))
         return {
-            "mean_iou": segmentation_metrics.mean_iou(self.confusion),
-            "pixel_accuracy": segmentation_metrics.pixel_accuracy(self.confusion),
+            "mean_iou": confusion_scores.mean_iou(self.confusion),
+            "pixel_accuracy": confusion_scores.pixel_accuracy(self.confusion),
             "abs_error": self._absolute / count if count else float("nan"),
             "rel_error": self._relative / count if count else float("nan"),
             **normals_summary(angles),
         }
+
+    def save(self, directory: Path) -> None:
+        """Nothing besides the summary: every metric is in it."""
+        del directory
 
 
 def delta_m(

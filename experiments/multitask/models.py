@@ -4,10 +4,10 @@ The network of the multi-task pixelwise experiment (the setting of LSB, Lee et
 al. ICCV 2021, and of MTAN/LibMTL on NYUv2): every task shares all of the
 network except a small head.
 
-* Encoder: the dilated ResNet of the segmentation experiment
-  (:class:`experiments.segmentation.models.DilatedResNet`, output stride 8,
+* Encoder: the dilated ResNet shared with the segmentation experiment
+  (:class:`experiments.common.backbones.DilatedResNet`, output stride 8,
   torchvision parameter names, so ImageNet weights load with
-  :func:`experiments.segmentation.pretrained.load_torchvision_backbone`);
+  :func:`experiments.common.backbones.load_torchvision_backbone`);
   a width multiplier and a ResNet-18 backbone make CPU-sized runs possible.
 * Shared decoder (DeepLabv3+-style): a 3×3 conv + BN + ReLU on stage 4 (1/8),
   bilinear ×2 upsampling, concatenation with a 1×1 projection of stage 1
@@ -43,8 +43,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import Array
 
-from experiments.common.conv import conv_general_dilated
-from experiments.segmentation import models as segmentation_models
+from experiments.common import backbones
 
 #: Parameter path of GradNorm's shared layer: the last conv of the shared decoder.
 SHARED_LAYER: tuple[str, ...] = ("decoder", "fuse", "conv", "kernel")
@@ -73,23 +72,8 @@ class ConvBNReLU(nnx.Module):
     """k×k conv (no bias, "same" padding) → batch norm → ReLU."""
 
     def __init__(self, in_features: int, out_features: int, kernel: int, *, rngs: nnx.Rngs):
-        pad = (kernel - 1) // 2
-        self.conv = nnx.Conv(
-            in_features,
-            out_features,
-            (kernel, kernel),
-            padding=((pad, pad), (pad, pad)),
-            conv_general_dilated=conv_general_dilated,
-            use_bias=False,
-            kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
-            rngs=rngs,
-        )
-        self.bn = nnx.BatchNorm(
-            out_features,
-            momentum=segmentation_models.BN_MOMENTUM,
-            epsilon=segmentation_models.BN_EPSILON,
-            rngs=rngs,
-        )
+        self.conv = backbones.conv(in_features, out_features, kernel, rngs=rngs)
+        self.bn = backbones.batch_norm(out_features, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
         return jax.nn.relu(self.bn(self.conv(x)))
@@ -147,7 +131,7 @@ class MultiTaskNet(nnx.Module):
         self,
         num_classes: int,
         *,
-        backbone: segmentation_models.Backbone = "resnet18",
+        backbone: backbones.Backbone = "resnet18",
         width: float = 1.0,
         decoder_features: int = 256,
         head_features: int = 128,
@@ -163,15 +147,15 @@ class MultiTaskNet(nnx.Module):
         self.num_classes = num_classes
         self.depth_scale = float(depth_scale)
         self.normalize_input = normalize_input
-        self.backbone = segmentation_models.DilatedResNet(
+        self.backbone = backbones.DilatedResNet(
             backbone, width=width, stage_sizes=stage_sizes, rngs=rngs
         )
         stage1_features = (
-            segmentation_models.scaled_channels(segmentation_models.STAGE_CHANNELS[0], width)
-            * segmentation_models.EXPANSION[self.backbone.block_type]
+            backbones.scaled_channels(backbones.STAGE_CHANNELS[0], width)
+            * backbones.EXPANSION[self.backbone.block_type]
         )
-        features = segmentation_models.scaled_channels(decoder_features, width)
-        hidden = segmentation_models.scaled_channels(head_features, width)
+        features = backbones.scaled_channels(decoder_features, width)
+        hidden = backbones.scaled_channels(head_features, width)
         self.representation_features = features
         self.decoder = SharedDecoder(
             self.backbone.stage4_features, stage1_features, features, rngs=rngs
@@ -179,19 +163,6 @@ class MultiTaskNet(nnx.Module):
         self.segmentation_head = DenseHead(features, hidden, num_classes, rngs=rngs)
         self.depth_head = DenseHead(features, hidden, 1, rngs=rngs)
         self.normals_head = DenseHead(features, hidden, 3, rngs=rngs)
-
-    def _backbone(self, images: Array) -> tuple[Array, Array]:
-        """Stage 1 (1/4) and stage 4 (1/8) of the dilated ResNet."""
-        backbone = self.backbone
-        x = jax.nn.relu(backbone.bn1(backbone.conv1(images)))
-        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        for block in backbone.layer1:
-            x = block(x)
-        stage1 = x
-        for layer in (backbone.layer2, backbone.layer3, backbone.layer4):
-            for block in layer:
-                x = block(x)
-        return stage1, x
 
     def features(self, images: Array) -> Array:
         """The shared representation z: (B, H/4, W/4, D), the decoder output before the heads."""
@@ -205,10 +176,11 @@ class MultiTaskNet(nnx.Module):
                 f"MultiTaskNet: image size {height}×{width} must be divisible by {OUTPUT_STRIDE}."
             )
         if self.normalize_input:
-            mean = jnp.asarray(segmentation_models.IMAGENET_MEAN)
-            std = jnp.asarray(segmentation_models.IMAGENET_STD)
+            mean = jnp.asarray(backbones.IMAGENET_MEAN)
+            std = jnp.asarray(backbones.IMAGENET_STD)
             images = (images - mean) / std
-        return self.decoder(*self._backbone(images))
+        stage1, _, stage4 = self.backbone.stages(images)
+        return self.decoder(stage1, stage4)
 
     def heads(self, representation: Array, height: int, width: int) -> MultiTaskOutputs:
         """The three task heads on z, upsampled to ``height × width``."""

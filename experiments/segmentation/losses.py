@@ -25,48 +25,12 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
+from experiments.common.losses import pixel_cross_entropy, valid_pixels
+
 #: The losses, in the order used by weightings, logs and tables.
 LOSS_NAMES: tuple[str, ...] = ("ce", "se", "aux")
 #: EncNet's training defaults (Zhang et al., 2018): CE 1, SE 0.2, AUX 0.2.
 ENCNET_LOSS_WEIGHTS: dict[str, float] = {"ce": 1.0, "se": 0.2, "aux": 0.2}
-
-
-def _check_labels(labels: Array, spatial: tuple[int, ...], what: str) -> None:
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"{what}: labels must be integer class ids, got dtype {labels.dtype}.")
-    if labels.shape != spatial:
-        raise ValueError(
-            f"{what}: labels have shape {labels.shape} but the logits need (B, H, W) = {spatial}."
-        )
-
-
-def valid_pixels(labels: Array, num_classes: int, ignore_label: int = 255) -> Array:
-    """Boolean mask of the pixels that carry a class in [0, num_classes)."""
-    return (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
-
-
-def pixel_cross_entropy(logits: Array, labels: Array, ignore_label: int = 255) -> Array:
-    """Mean softmax cross-entropy over the labelled pixels.
-
-    ``L = −(1/|V|) Σ_{p∈V} log softmax(z_p)[y_p]`` with V the pixels whose
-    label is a class id; 0 when a batch has no labelled pixel.
-
-    Args:
-      logits: (B, H, W, C).
-      labels: (B, H, W) integer class ids; ``ignore_label`` is skipped.
-      ignore_label: the void label (255 in PASCAL Context and our data).
-    """
-    if logits.ndim != 4:
-        raise ValueError(f"pixel_cross_entropy: logits must be (B, H, W, C), got {logits.shape}.")
-    _check_labels(labels, logits.shape[:3], "pixel_cross_entropy")
-    num_classes = logits.shape[-1]
-    valid = valid_pixels(labels, num_classes, ignore_label)
-    safe_labels = jnp.where(valid, labels, 0)
-    per_pixel = optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), safe_labels
-    )
-    count = jnp.sum(valid)
-    return jnp.sum(jnp.where(valid, per_pixel, 0.0)) / jnp.maximum(count, 1)
 
 
 def presence_targets(labels: Array, num_classes: int, ignore_label: int = 255) -> Array:
@@ -149,10 +113,3 @@ def normalized(weights: Mapping[str, float]) -> dict[str, float]:
 def hand_tuned_weights() -> dict[str, float]:
     """EncNet's CE 1, SE 0.2, AUX 0.2 normalized to sum 1: 5/7, 1/7, 1/7."""
     return normalized(ENCNET_LOSS_WEIGHTS)
-
-
-def single_loss_weights(name: str) -> dict[str, float]:
-    """One-hot weights that train on one loss only (the paper's single-loss rows)."""
-    if name not in LOSS_NAMES:
-        raise ValueError(f"single_loss_weights: unknown loss {name!r}; choose from {LOSS_NAMES}.")
-    return {other: float(other == name) for other in LOSS_NAMES}

@@ -14,15 +14,9 @@ EncNet's PASCAL Context evaluation does the same):
   are all real classes), so ``background_class=None``.
 
 With a ``background_class`` b, pixels whose *ground truth* is b are dropped
-(row b), and b is left out of the IoU average; a non-background pixel
-predicted as b still counts as an error. Then::
-
-    pACC = Σ_i M_ii / Σ_ij M_ij
-    IoU_c = M_cc / (Σ_j M_cj + Σ_i M_ic − M_cc)
-    mIoU = mean of IoU_c over the classes with a non-empty union
-
-Classes that neither occur nor are predicted are left out of the mean
-(mmseg's nan-mean), rather than counted as IoU 0 as PyTorch-Encoding does.
+and b is left out of the IoU average (the formulas, and the classes left out
+of the mean: :mod:`experiments.common.metrics`, shared with the multi-task
+experiment).
 """
 
 from __future__ import annotations
@@ -30,12 +24,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+
+from experiments.common.metrics import mean_iou, per_class_iou, pixel_accuracy
 
 
 def confusion_matrix(
@@ -67,47 +64,6 @@ def confusion_matrix(
 def predictions_from_logits(logits: Array) -> Array:
     """Per-pixel arg-max class of (B, H, W, C) logits."""
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-
-def _without_background(matrix: np.ndarray, background_class: int | None) -> np.ndarray:
-    matrix = np.asarray(matrix, np.int64)
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise ValueError(f"confusion matrix must be square (C, C), got shape {matrix.shape}.")
-    if background_class is None:
-        return matrix
-    if not 0 <= background_class < matrix.shape[0]:
-        raise ValueError(
-            f"background_class {background_class} is not a class of a {matrix.shape[0]}-class "
-            "confusion matrix."
-        )
-    matrix = matrix.copy()
-    matrix[background_class, :] = 0  # background ground truth is not evaluated
-    return matrix
-
-
-def pixel_accuracy(matrix: np.ndarray, background_class: int | None = None) -> float:
-    """Fraction of the evaluated pixels whose prediction is right (nan if there are none)."""
-    matrix = _without_background(matrix, background_class)
-    total = matrix.sum()
-    return float(np.trace(matrix) / total) if total > 0 else float("nan")
-
-
-def per_class_iou(matrix: np.ndarray, background_class: int | None = None) -> np.ndarray:
-    """(C,) IoU per class; nan for classes with an empty union and for the background."""
-    matrix = _without_background(matrix, background_class)
-    true_positive = np.diag(matrix).astype(np.float64)
-    union = matrix.sum(axis=0) + matrix.sum(axis=1) - true_positive
-    iou = np.full(matrix.shape[0], np.nan)
-    np.divide(true_positive, union, out=iou, where=union > 0)
-    if background_class is not None:
-        iou[background_class] = np.nan
-    return iou
-
-
-def mean_iou(matrix: np.ndarray, background_class: int | None = None) -> float:
-    """Mean IoU over the classes with a non-empty union, background excluded."""
-    iou = per_class_iou(matrix, background_class)
-    return float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float("nan")
 
 
 class ConfusionMatrix:
@@ -188,3 +144,48 @@ def save_confusion_matrix(
             indent=2,
         )
     return paths
+
+
+class SegmentationMetric:
+    """The evaluation of a segmentation network: the confusion matrix of its main head.
+
+    Args:
+      num_classes: C.
+      ignore_label: the void label of the targets (not counted).
+      background_class: excluded from pACC and mIoU (see the module docstring), or None.
+      class_names: the C names, for the saved matrix.
+      source: the dataset's name, for the error messages.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        ignore_label: int,
+        background_class: int | None,
+        class_names: Sequence[str],
+        source: str,
+    ):
+        self.confusion = ConfusionMatrix(num_classes, background_class)
+        self.ignore_label = ignore_label
+        self.class_names = list(class_names)
+        self.source = source
+
+    def add(self, batch: Mapping[str, np.ndarray], predictions: np.ndarray) -> None:
+        """Count (B, H, W) predicted class ids against the batch's ``"semantic"`` labels."""
+        self.confusion.add(
+            confusion_matrix(
+                batch["semantic"], predictions, self.confusion.num_classes, self.ignore_label
+            )
+        )
+
+    def summary(self) -> dict[str, float]:
+        if self.confusion.matrix.sum() == 0:
+            raise ValueError(f"The evaluation split of {self.source!r} has no labelled pixel.")
+        return self.confusion.summary()
+
+    def save(self, directory: Path) -> None:
+        """``confusion_matrix.npy|.csv`` and the per-class IoUs (:func:`save_confusion_matrix`)."""
+        save_confusion_matrix(
+            directory, self.confusion.matrix, self.class_names, self.confusion.background_class
+        )

@@ -3,10 +3,10 @@
 The network of the segmentation experiment of Groenendijk et al. (WACV 2021,
 Sec. 4.2, https://arxiv.org/abs/2009.01717):
 
-* a dilated ResNet backbone with output stride 8: stages 3 and 4 keep the
-  resolution of stage 2 and use dilation 2 and 4 instead of stride 2 (the
-  first block of a dilated stage uses the previous dilation, as torchvision's
-  ``replace_stride_with_dilation`` and PyTorch-Encoding do);
+* the dilated ResNet backbone with output stride 8
+  (:class:`experiments.common.backbones.DilatedResNet`, torchvision parameter
+  names, so ImageNet weights load with
+  :func:`experiments.common.backbones.load_torchvision_backbone`);
 * an EncHead on stage 4: 3×3 conv + BN + ReLU, then the Context Encoding
   Module (1×1 conv + BN + ReLU, the encoding layer, BN + ReLU, mean over the
   codewords ē; channel attention γ = sigmoid(W ē) with output ReLU(x + x·γ);
@@ -16,12 +16,6 @@ Sec. 4.2, https://arxiv.org/abs/2009.01717):
   1×1 conv);
 * both segmentation heads are upsampled bilinearly to the input size.
 
-The backbone's parameter names mirror torchvision's ResNet (``conv1``, ``bn1``,
-``layer1[0].conv1``, ``layer1[0].downsample.conv`` …) so that ImageNet weights
-converted from a torchvision checkpoint load by name (see ``pretrained.py``).
-Convolutions use PyTorch's explicit symmetric padding for the same reason
-(``"SAME"`` pads stride-2 convolutions asymmetrically).
-
 A width multiplier and a ResNet-18 (basic block) backbone make CPU-sized runs
 possible; ``width=1`` with ``backbone="resnet50"`` is the paper's network.
 Images are NHWC float32.
@@ -30,30 +24,22 @@ Images are NHWC float32.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import Array
 
-from experiments.common.conv import conv_general_dilated
-
-Backbone = Literal["resnet18", "resnet50"]
-
-#: Blocks per stage and block type of each backbone (He et al., CVPR 2016).
-BACKBONES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
-    "resnet18": ("basic", (2, 2, 2, 2)),
-    "resnet50": ("bottleneck", (3, 4, 6, 3)),
-}
-EXPANSION = {"basic": 1, "bottleneck": 4}
-STAGE_CHANNELS = (64, 128, 256, 512)
-#: PyTorch BatchNorm defaults (momentum 0.1 on the new value, ε = 1e-5).
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
-#: torchvision's ImageNet statistics: pretrained backbones expect (x − mean) / std.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from experiments.common.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Backbone,
+    DilatedResNet,
+    batch_norm,
+    conv,
+    scaled_channels,
+)
 
 
 class EncNetOutputs(NamedTuple):
@@ -68,199 +54,6 @@ class EncNetOutputs(NamedTuple):
     logits: Array
     aux_logits: Array
     se_logits: Array
-
-
-def scaled_channels(channels: int, width: float) -> int:
-    """``channels · width`` rounded, at least 1."""
-    return max(1, round(channels * width))
-
-
-def _conv(
-    in_features: int,
-    out_features: int,
-    kernel: int,
-    *,
-    rngs: nnx.Rngs,
-    stride: int = 1,
-    dilation: int = 1,
-    use_bias: bool = False,
-) -> nnx.Conv:
-    # PyTorch-style symmetric padding: dilation·(k−1)/2 on every side.
-    pad = dilation * (kernel - 1) // 2
-    return nnx.Conv(
-        in_features,
-        out_features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        kernel_dilation=(dilation, dilation),
-        conv_general_dilated=conv_general_dilated,
-        use_bias=use_bias,
-        kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
-        rngs=rngs,
-    )
-
-
-def _batch_norm(features: int, *, rngs: nnx.Rngs, axis: int = -1) -> nnx.BatchNorm:
-    return nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, axis=axis, rngs=rngs)
-
-
-class Downsample(nnx.Module):
-    """1×1 projection shortcut (torchvision's ``downsample.0`` conv and ``.1`` BN)."""
-
-    def __init__(self, in_features: int, out_features: int, stride: int, *, rngs: nnx.Rngs):
-        self.conv = _conv(in_features, out_features, 1, stride=stride, rngs=rngs)
-        self.bn = _batch_norm(out_features, rngs=rngs)
-
-    def __call__(self, x: Array) -> Array:
-        return self.bn(self.conv(x))
-
-
-class BasicBlock(nnx.Module):
-    """Two 3×3 convs with a residual connection (ResNet-18/34)."""
-
-    def __init__(
-        self,
-        in_features: int,
-        planes: int,
-        *,
-        stride: int,
-        dilation: int,
-        first_dilation: int,
-        rngs: nnx.Rngs,
-    ):
-        out_features = planes * EXPANSION["basic"]
-        self.conv1 = _conv(
-            in_features, planes, 3, stride=stride, dilation=first_dilation, rngs=rngs
-        )
-        self.bn1 = _batch_norm(planes, rngs=rngs)
-        self.conv2 = _conv(planes, out_features, 3, dilation=dilation, rngs=rngs)
-        self.bn2 = _batch_norm(out_features, rngs=rngs)
-        self.downsample = (
-            Downsample(in_features, out_features, stride, rngs=rngs)
-            if stride != 1 or in_features != out_features
-            else None
-        )
-
-    def __call__(self, x: Array) -> Array:
-        y = jax.nn.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return jax.nn.relu(y + shortcut)
-
-
-class Bottleneck(nnx.Module):
-    """1×1 → 3×3 (stride, dilation) → 1×1 ×4 with a residual (ResNet-50 v1.5, torchvision)."""
-
-    def __init__(
-        self,
-        in_features: int,
-        planes: int,
-        *,
-        stride: int,
-        dilation: int,
-        first_dilation: int,
-        rngs: nnx.Rngs,
-    ):
-        del dilation  # a bottleneck has a single 3×3 conv, dilated by first_dilation
-        out_features = planes * EXPANSION["bottleneck"]
-        self.conv1 = _conv(in_features, planes, 1, rngs=rngs)
-        self.bn1 = _batch_norm(planes, rngs=rngs)
-        self.conv2 = _conv(planes, planes, 3, stride=stride, dilation=first_dilation, rngs=rngs)
-        self.bn2 = _batch_norm(planes, rngs=rngs)
-        self.conv3 = _conv(planes, out_features, 1, rngs=rngs)
-        self.bn3 = _batch_norm(out_features, rngs=rngs)
-        self.downsample = (
-            Downsample(in_features, out_features, stride, rngs=rngs)
-            if stride != 1 or in_features != out_features
-            else None
-        )
-
-    def __call__(self, x: Array) -> Array:
-        y = jax.nn.relu(self.bn1(self.conv1(x)))
-        y = jax.nn.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return jax.nn.relu(y + shortcut)
-
-
-class DilatedResNet(nnx.Module):
-    """ResNet with output stride 8: stages 3 and 4 dilated by 2 and 4 instead of strided.
-
-    ``__call__`` returns the stage-3 and stage-4 feature maps, both at 1/8 of
-    the input resolution.
-    """
-
-    def __init__(
-        self,
-        backbone: Backbone = "resnet50",
-        *,
-        width: float = 1.0,
-        stage_sizes: Sequence[int] | None = None,
-        rngs: nnx.Rngs,
-    ):
-        if backbone not in BACKBONES:
-            raise ValueError(
-                f"EncNet: unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}."
-            )
-        if not width > 0:
-            raise ValueError(f"EncNet: width multiplier must be positive, got {width}.")
-        block_type, default_sizes = BACKBONES[backbone]
-        stage_sizes = tuple(default_sizes if stage_sizes is None else stage_sizes)
-        if len(stage_sizes) != 4 or any(int(n) < 1 for n in stage_sizes):
-            raise ValueError(
-                f"EncNet: stage_sizes must be 4 positive block counts, got {stage_sizes}."
-            )
-        self.block_type = block_type
-        self.stage_sizes = stage_sizes
-        block_cls = Bottleneck if block_type == "bottleneck" else BasicBlock
-        expansion = EXPANSION[block_type]
-        stem = scaled_channels(64, width)
-        self.conv1 = _conv(3, stem, 7, stride=2, rngs=rngs)
-        self.bn1 = _batch_norm(stem, rngs=rngs)
-        # (stride, dilation) per stage: output stride 8 (Yu & Koltun's dilated ResNet).
-        schedule = ((1, 1), (2, 1), (1, 2), (1, 4))
-        in_features = stem
-        previous_dilation = 1
-        stages = []
-        for planes, blocks, (stride, dilation) in zip(
-            STAGE_CHANNELS, stage_sizes, schedule, strict=True
-        ):
-            planes = scaled_channels(planes, width)
-            layer = []
-            for index in range(int(blocks)):
-                layer.append(
-                    block_cls(
-                        in_features,
-                        planes,
-                        stride=stride if index == 0 else 1,
-                        dilation=dilation,
-                        # The first block of a dilated stage keeps the previous
-                        # dilation (torchvision, PyTorch-Encoding).
-                        first_dilation=previous_dilation if index == 0 else dilation,
-                        rngs=rngs,
-                    )
-                )
-                in_features = planes * expansion
-            stages.append(nnx.List(layer))
-            previous_dilation = dilation
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.stage3_features = scaled_channels(STAGE_CHANNELS[2], width) * expansion
-        self.stage4_features = in_features
-
-    def __call__(self, images: Array) -> tuple[Array, Array]:
-        x = jax.nn.relu(self.bn1(self.conv1(images)))
-        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        for block in self.layer1:
-            x = block(x)
-        for block in self.layer2:
-            x = block(x)
-        for block in self.layer3:
-            x = block(x)
-        stage3 = x
-        for block in self.layer4:
-            x = block(x)
-        return stage3, x
 
 
 def encode(features: Array, codewords: Array, smoothing: Array) -> Array:
@@ -319,11 +112,11 @@ class ContextEncoding(nnx.Module):
     """Context Encoding Module: channel attention from a global encoding, plus the SE head."""
 
     def __init__(self, features: int, num_classes: int, num_codes: int, *, rngs: nnx.Rngs):
-        self.conv = _conv(features, features, 1, rngs=rngs)
-        self.bn = _batch_norm(features, rngs=rngs)
+        self.conv = conv(features, features, 1, rngs=rngs)
+        self.bn = batch_norm(features, rngs=rngs)
         self.encoding = Encoding(features, num_codes, rngs=rngs)
         # BatchNorm1d over the codeword axis of the (B, K, D) encodings.
-        self.encoding_bn = _batch_norm(num_codes, axis=1, rngs=rngs)
+        self.encoding_bn = batch_norm(num_codes, axis=1, rngs=rngs)
         self.attention = nnx.Linear(features, features, rngs=rngs)
         self.se_head = nnx.Linear(features, num_classes, rngs=rngs)
 
@@ -348,11 +141,11 @@ class EncHead(nnx.Module):
         *,
         rngs: nnx.Rngs,
     ):
-        self.conv = _conv(in_features, features, 3, rngs=rngs)
-        self.bn = _batch_norm(features, rngs=rngs)
+        self.conv = conv(in_features, features, 3, rngs=rngs)
+        self.bn = batch_norm(features, rngs=rngs)
         self.context = ContextEncoding(features, num_classes, num_codes, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        self.classifier = _conv(features, num_classes, 1, use_bias=True, rngs=rngs)
+        self.classifier = conv(features, num_classes, 1, use_bias=True, rngs=rngs)
 
     def __call__(self, x: Array) -> tuple[Array, Array]:
         x = jax.nn.relu(self.bn(self.conv(x)))
@@ -365,10 +158,10 @@ class FCNHead(nnx.Module):
 
     def __init__(self, in_features: int, num_classes: int, dropout: float, *, rngs: nnx.Rngs):
         inner = max(1, in_features // 4)
-        self.conv = _conv(in_features, inner, 3, rngs=rngs)
-        self.bn = _batch_norm(inner, rngs=rngs)
+        self.conv = conv(in_features, inner, 3, rngs=rngs)
+        self.bn = batch_norm(inner, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        self.classifier = _conv(inner, num_classes, 1, use_bias=True, rngs=rngs)
+        self.classifier = conv(inner, num_classes, 1, use_bias=True, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
         return self.classifier(self.dropout(jax.nn.relu(self.bn(self.conv(x)))))

@@ -22,17 +22,10 @@ from experiments.depth.configs import default
 
 def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
-    config.model.encoder = "resnet50"
-    config.model.width = 0.125
-    config.model.batch_norm = True
-    config.model.initial_disparity = 0.03
-    config.data.synthetic.num_train = 512
-    config.data.synthetic.num_validation = 64
+    config.model.update(encoder="resnet50", width=0.125, batch_norm=True, initial_disparity=0.03)
+    config.data.synthetic.update(num_train=512, num_validation=64)
     config.data.eval_split = "test"
     config.learning_rate = 1e-3  # the tiny network learns faster than 1e-4 allows in 800 steps
-    config.batch_size = 8
-    config.steps_per_epoch = 64
-    config.num_train_steps = 800
-    config.log_every_steps = 10
-    config.checkpoint_every_steps = 200
+    config.update(batch_size=8, steps_per_epoch=64, num_train_steps=800)
+    config.update(log_every_steps=10, checkpoint_every_steps=200)
     return config

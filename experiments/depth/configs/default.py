@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.common.config import data_defaults, machinery_defaults
+from experiments.common.config import data_defaults, eval_defaults, machinery_defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -41,9 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
     # weighting, logging, checkpoint and device fields: experiments.common.config.
 
     # Evaluation (monodepth's Eigen protocol): post-processed, depth clamped to [1e-3, 80] m.
-    config.eval = ml_collections.ConfigDict()
-    config.eval.batch_size = 8
-    config.eval.max_examples = ml_collections.config_dict.placeholder(int)
+    config.eval = eval_defaults()
     config.eval.post_process = True
     # "garg" or "eigen": the crops of KITTI's Eigen split (paper.py: "garg"); "none": all pixels.
     config.eval.crop = "none"

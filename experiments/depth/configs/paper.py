@@ -19,20 +19,12 @@ EPOCHS = 30
 
 def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
-    config.model.encoder = "resnet50"
-    config.model.width = 1.0
-    config.data.name = "kitti"
-    config.data.train_split = "train"
-    config.data.eval_split = "test"
-    config.data.shuffle_buffer = 2048
-    config.image_height = 256
-    config.image_width = 512
-    config.optimizer = "adam"
-    config.learning_rate = 1e-4
-    config.batch_size = 8
+    config.model.update(encoder="resnet50", width=1.0)
+    config.data.update(name="kitti", train_split="train", eval_split="test", shuffle_buffer=2048)
+    config.update(image_height=256, image_width=512)
+    config.update(optimizer="adam", learning_rate=1e-4, batch_size=8)
     config.steps_per_epoch = KITTI_EIGEN_TRAIN_PAIRS // config.batch_size
     config.num_train_steps = EPOCHS * config.steps_per_epoch
-    config.log_every_steps = 100
-    config.checkpoint_every_steps = 2000
+    config.update(log_every_steps=100, checkpoint_every_steps=2000)
     config.eval.crop = "garg"
     return config

@@ -15,15 +15,9 @@ from experiments.multitask.configs import default
 
 def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
-    config.model.backbone = "resnet18"
-    config.model.width = 0.25
-    config.model.stage_sizes = (1, 1, 1, 1)
+    config.model.update(backbone="resnet18", width=0.25, stage_sizes=(1, 1, 1, 1))
     config.model.decoder_features = 128  # × width = 32 channels
     config.model.head_features = 64  # × width = 16 channels
-    config.learning_rate = 2e-3
-    config.batch_size = 8
-    config.steps_per_epoch = 64
-    config.num_train_steps = 300
-    config.log_every_steps = 10
-    config.checkpoint_every_steps = 300
+    config.update(learning_rate=2e-3, batch_size=8, steps_per_epoch=64, num_train_steps=300)
+    config.update(log_every_steps=10, checkpoint_every_steps=300)
     return config

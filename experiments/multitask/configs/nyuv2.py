@@ -20,22 +20,12 @@ EPOCHS = 200
 
 def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
-    config.model.num_classes = 13
-    config.model.backbone = "resnet50"
-    config.model.width = 1.0
-    config.model.depth_scale = 1.0
-    config.data.name = "nyuv2"
-    config.data.train_split = "train"
-    config.data.eval_split = "val"
-    config.data.shuffle_buffer = NYUV2_TRAIN_IMAGES
-    config.data.cache = False
-    config.image_height = 288
-    config.image_width = 384
-    config.optimizer = "adam"
-    config.learning_rate = 1e-4
-    config.batch_size = 8
+    config.model.update(num_classes=13, backbone="resnet50", width=1.0, depth_scale=1.0)
+    config.data.update(name="nyuv2", train_split="train", eval_split="val")
+    config.data.update(shuffle_buffer=NYUV2_TRAIN_IMAGES, cache=False)
+    config.update(image_height=288, image_width=384)
+    config.update(optimizer="adam", learning_rate=1e-4, batch_size=8)
     config.steps_per_epoch = NYUV2_TRAIN_IMAGES // config.batch_size
     config.num_train_steps = EPOCHS * config.steps_per_epoch
-    config.log_every_steps = 50
-    config.checkpoint_every_steps = 2000
+    config.update(log_every_steps=50, checkpoint_every_steps=2000)
     return config

@@ -15,17 +15,9 @@ from experiments.segmentation.configs import default
 
 def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
-    config.model.backbone = "resnet18"
-    config.model.width = 0.25
-    config.model.num_codes = 32
+    config.model.update(backbone="resnet18", width=0.25, num_codes=32)
     config.model.head_features = 256  # × width = 64 channels
-    config.data.synthetic.num_train = 512
-    config.data.synthetic.num_validation = 64
-    config.optimizer = "adam"
-    config.learning_rate = 2e-3
-    config.batch_size = 8
-    config.steps_per_epoch = 64
-    config.num_train_steps = 400
-    config.log_every_steps = 10
-    config.checkpoint_every_steps = 200
+    config.data.synthetic.update(num_train=512, num_validation=64)
+    config.update(optimizer="adam", learning_rate=2e-3, batch_size=8, steps_per_epoch=64)
+    config.update(num_train_steps=400, log_every_steps=10, checkpoint_every_steps=200)
     return config

@@ -9,35 +9,25 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.common.config import data_defaults, machinery_defaults
+from experiments.common.config import (
+    backbone_model_defaults,
+    dense_data_defaults,
+    eval_defaults,
+    machinery_defaults,
+)
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = machinery_defaults()
 
     # EncNet (Zhang et al., CVPR 2018): experiments.segmentation.models.EncNet arguments.
-    config.model = ml_collections.ConfigDict()
-    config.model.num_classes = 7  # the synthetic scenes' classes
-    config.model.backbone = "resnet50"
-    config.model.width = 1.0
+    config.model = backbone_model_defaults()
     config.model.num_codes = 32
     config.model.head_features = 512
     config.model.dropout = 0.1
-    # Path of a converted torchvision checkpoint (.npz, see pretrained.py); None = scratch.
-    config.model.pretrained = ml_collections.config_dict.placeholder(str)
 
     # Data: a source of the shared registry (experiments.data.get_dataset).
-    config.data = data_defaults(
-        "synthetic",
-        ("synthetic", "pascal_context"),
-        synthetic={"num_train": 512, "num_validation": 64, "num_test": 64},
-    )
-    config.data.train_split = "train"
-    config.data.eval_split = "validation"
-    config.data.augment = True  # horizontal flip + colour (training only)
-    config.data.shuffle_buffer = 512
-    config.data.cache = True  # keep the decoded training examples in memory
-    config.data.ignore_label = 255
+    config.data = dense_data_defaults(("synthetic", "pascal_context"))
     # The class left out of pACC and mIoU (paper: "background pixels are ignored");
     # None for the synthetic scenes, whose classes are all real (see metrics.py).
     config.data.background_class = ml_collections.config_dict.placeholder(int)
@@ -53,7 +43,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 500
 
     # Evaluation: confusion matrix at the network's resolution.
-    config.eval = ml_collections.ConfigDict()
-    config.eval.batch_size = 8
-    config.eval.max_examples = ml_collections.config_dict.placeholder(int)
+    config.eval = eval_defaults()
     return config

@@ -4,7 +4,7 @@ EncNet with a dilated ResNet-50 (output stride 8), 32 codewords, an FCN
 auxiliary head; PASCAL Context with 59 classes (background ignored), SGD with
 learning rate 1e-4 for 40 epochs of the 4998 training images. The backbone
 should start from ImageNet weights: convert a torchvision ResNet-50 checkpoint
-(``python -m experiments.segmentation.pretrained convert ...``) and pass
+(``python -m experiments.common.backbones convert ...``) and pass
 ``--config.model.pretrained=resnet50.npz``; set ``--config.data.data_dir`` to
 the folder holding ``VOCdevkit``. Crop size and batch follow EncNet's PASCAL
 Context defaults (480×480, batch 16); images are resized to it, not cropped.
@@ -22,24 +22,14 @@ EPOCHS = 40
 
 def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
-    config.model.num_classes = 59
-    config.model.backbone = "resnet50"
-    config.model.width = 1.0
-    config.data.name = "pascal_context"
-    config.data.train_split = "train"
-    config.data.eval_split = "val"
-    config.data.shuffle_buffer = 2048
-    config.data.cache = False
+    config.model.update(num_classes=59, backbone="resnet50", width=1.0)
+    config.data.update(name="pascal_context", train_split="train", eval_split="val")
+    config.data.update(shuffle_buffer=2048, cache=False)
     config.data.background_class = None  # the reader maps background to 255
-    config.image_height = 480
-    config.image_width = 480
-    config.optimizer = "sgd"
-    config.learning_rate = 1e-4
-    config.momentum = 0.9
-    config.batch_size = 16
+    config.update(image_height=480, image_width=480)
+    config.update(optimizer="sgd", learning_rate=1e-4, momentum=0.9, batch_size=16)
     config.steps_per_epoch = PASCAL_CONTEXT_TRAIN_IMAGES // config.batch_size
     config.num_train_steps = EPOCHS * config.steps_per_epoch
-    config.log_every_steps = 50
-    config.checkpoint_every_steps = 2000
+    config.update(log_every_steps=50, checkpoint_every_steps=2000)
     config.eval.batch_size = 16
     return config

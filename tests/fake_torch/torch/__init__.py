@@ -1,4 +1,4 @@
-"""A stand-in for ``torch`` with only what ``experiments.segmentation.pretrained convert`` calls.
+"""A stand-in for ``torch`` with only what ``experiments.common.backbones convert`` calls.
 
 PyTorch is not a dependency of the project, so the README's ``convert`` command
 runs in the tests against this module (put first on ``PYTHONPATH``): ``load``

@@ -12,7 +12,7 @@ import pytest
 from fake_torchvision import fake_checkpoint, torchvision_resnet_shapes
 from flax import nnx
 
-from experiments.segmentation import models, pretrained
+from experiments.common import backbones
 
 
 @pytest.fixture(scope="module")
@@ -23,26 +23,26 @@ def resnet50_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @functools.cache
-def abstract_backbone(name: str, width: float = 1.0) -> models.DilatedResNet:
+def abstract_backbone(name: str, width: float = 1.0) -> backbones.DilatedResNet:
     # Shapes only: building the full-width network abstractly is fast, and a load
     # fills every one of its variables.
-    return nnx.eval_shape(lambda: models.DilatedResNet(name, width=width, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: backbones.DilatedResNet(name, width=width, rngs=nnx.Rngs(0)))
 
 
 @pytest.fixture(scope="module")
-def loaded_resnet50(resnet50_npz: Path) -> tuple[models.DilatedResNet, list[str]]:
-    backbone = nnx.eval_shape(lambda: models.DilatedResNet("resnet50", rngs=nnx.Rngs(0)))
-    return backbone, pretrained.load_torchvision_backbone(backbone, resnet50_npz)
+def loaded_resnet50(resnet50_npz: Path) -> tuple[backbones.DilatedResNet, list[str]]:
+    backbone = nnx.eval_shape(lambda: backbones.DilatedResNet("resnet50", rngs=nnx.Rngs(0)))
+    return backbone, backbones.load_torchvision_backbone(backbone, resnet50_npz)
 
 
 @pytest.mark.parametrize("depth", [18, 50])
 def test_every_backbone_variable_has_its_torchvision_name(depth: int) -> None:
     backbone = abstract_backbone(f"resnet{depth}")
-    entries = pretrained.torchvision_variables(backbone)
+    entries = backbones.torchvision_variables(backbone)
     expected = {
         name: shape
         for name, shape in torchvision_resnet_shapes(depth).items()
-        if not pretrained._is_unused(name)
+        if not backbones._is_unused(name)
     }
     assert set(entries) == set(expected)
     for name, (variable, is_kernel) in entries.items():
@@ -80,7 +80,7 @@ def test_load_resnet50_npz_transposes_and_maps_batch_norm(loaded_resnet50) -> No
 
 
 def test_check_command(resnet50_npz: Path, capsys) -> None:
-    assert pretrained.main(["check", "--npz", str(resnet50_npz), "--backbone", "resnet50"]) == 0
+    assert backbones.main(["check", "--npz", str(resnet50_npz), "--backbone", "resnet50"]) == 0
     assert "loaded 265 arrays" in capsys.readouterr().out
 
 
@@ -90,26 +90,26 @@ def test_mismatches_are_clear_errors_and_leave_the_model_untouched(
     narrow = abstract_backbone("resnet50", width=0.5)
     before = narrow.conv1.kernel.value
     with pytest.raises(ValueError, match=r"conv1.weight: .*width=1"):
-        pretrained.load_torchvision_backbone(narrow, resnet50_npz)
+        backbones.load_torchvision_backbone(narrow, resnet50_npz)
     assert narrow.conv1.kernel.value is before
     with pytest.raises(ValueError, match="weights the backbone does not have"):
-        pretrained.load_torchvision_backbone(abstract_backbone("resnet18"), resnet50_npz)
+        backbones.load_torchvision_backbone(abstract_backbone("resnet18"), resnet50_npz)
     backbone, _ = loaded_resnet50
     kernel = backbone.conv1.kernel.value
     partial = {k: v for k, v in fake_checkpoint(50).items() if not k.startswith("layer4.2.")}
     with pytest.raises(ValueError, match=r"lacks .* backbone weights"):
-        pretrained.load_torchvision_backbone(backbone, partial)
+        backbones.load_torchvision_backbone(backbone, partial)
     assert backbone.conv1.kernel.value is kernel
-    with pytest.raises(FileNotFoundError, match="pretrained convert"):
-        pretrained.load_torchvision_backbone(backbone, "missing.npz")
+    with pytest.raises(FileNotFoundError, match="backbones convert"):
+        backbones.load_torchvision_backbone(backbone, "missing.npz")
 
 
 def test_resnet18_checkpoint_with_extra_keys_needs_non_strict_load() -> None:
     arrays = dict(fake_checkpoint(18), **{"extra.weight": np.zeros(3, np.float32)})
-    backbone = nnx.eval_shape(lambda: models.DilatedResNet("resnet18", rngs=nnx.Rngs(0)))
+    backbone = nnx.eval_shape(lambda: backbones.DilatedResNet("resnet18", rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match=r"extra\.weight"):
-        pretrained.load_torchvision_backbone(backbone, arrays)
-    loaded = pretrained.load_torchvision_backbone(backbone, arrays, strict=False)
+        backbones.load_torchvision_backbone(backbone, arrays)
+    loaded = backbones.load_torchvision_backbone(backbone, arrays, strict=False)
     # stem 1 + 4, eight blocks of 2 convs + 2 × 4 BN arrays, three projections of 1 + 4.
     assert len(loaded) == 5 + 8 * 10 + 3 * 5
     np.testing.assert_array_equal(
@@ -120,13 +120,13 @@ def test_resnet18_checkpoint_with_extra_keys_needs_non_strict_load() -> None:
 
 def test_state_dict_to_numpy_unwraps_checkpoints() -> None:
     weights = {"module.conv1.weight": np.ones((2, 3, 1, 1), np.float32), "epoch": 3}
-    arrays = pretrained.state_dict_to_numpy({"state_dict": weights})
+    arrays = backbones.state_dict_to_numpy({"state_dict": weights})
     assert list(arrays) == ["conv1.weight"]
     with pytest.raises(ValueError, match="no tensors"):
-        pretrained.state_dict_to_numpy({"epoch": 3})
+        backbones.state_dict_to_numpy({"epoch": 3})
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch is installed")
 def test_convert_without_torch_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ImportError, match="needs PyTorch"):
-        pretrained.convert(str(tmp_path / "resnet50.pth"), str(tmp_path / "out.npz"))
+        backbones.convert(str(tmp_path / "resnet50.pth"), str(tmp_path / "out.npz"))

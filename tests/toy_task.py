@@ -1,4 +1,4 @@
-"""A tiny multi-loss regression task: the machinery's test bed and a minimal example.
+"""A tiny multi-loss regression task: the test bed of the shared machinery (a test fixture).
 
 A shared trunk (Linear → BatchNorm → tanh, the representation z) feeds K
 linear heads; head k regresses a fixed random linear function of the input,
@@ -56,21 +56,24 @@ class ToyTask:
     def names(self) -> tuple[str, ...]:
         return tuple(f"mse/t{k}" for k in range(self.num_losses))
 
-    def create_model(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    def check_config(self, config: ml_collections.ConfigDict) -> None:
+        del config  # every field is the machinery's
+
+    def create_model(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> ToyNet:
         del config
         return ToyNet(self.num_losses, self.hidden, rngs=rngs)
 
-    def representation(self, model: nnx.Module, batch: Batch) -> tuple[Array, None]:
-        return model.encode(batch["x"]), None  # type: ignore[operator]
+    def representation(self, model: ToyNet, batch: Batch) -> tuple[Array, None]:
+        return model.encode(batch["x"]), None
 
     def losses_from_representation(
-        self, model: nnx.Module, representation: Array, carry: None, batch: Batch
+        self, model: ToyNet, representation: Array, carry: None, batch: Batch
     ) -> Losses:
-        predictions = model.heads(representation)  # type: ignore[operator]
+        predictions = model.heads(representation)
         errors = jnp.mean((predictions - batch["y"]) ** 2, axis=0) * self._scales
         return {name: errors[k] for k, name in enumerate(self.names)}
 
-    def losses(self, model: nnx.Module, batch: Batch) -> Losses:
+    def losses(self, model: ToyNet, batch: Batch) -> Losses:
         return self.losses_from_representation(model, *self.representation(model, batch), batch)
 
     def shared_layer(self) -> ParamPath:
