@@ -46,7 +46,7 @@ TINY_RUNS = {
 def test_every_documented_benchmark_has_a_smoke_test() -> None:
     readme = (REPO / "README.md").read_text()
     documented = set(re.findall(r"python -m experiments\.benchmarks\.(\w+)", readme))
-    assert documented <= {"gradients", *TINY_RUNS}, documented
+    assert documented <= {"gradients", "suite", *TINY_RUNS}, documented
 
 
 @pytest.mark.parametrize("name", sorted(TINY_RUNS))
@@ -84,3 +84,22 @@ def test_gradients_benchmark_prints_every_table(
     floor_row = out.strip().splitlines()[-1].split("|")[1:-1]
     assert len(floor_row) == 6
     assert "(2 × 16384)" in floor_row[2]  # K rows of batch 32 × 512 representation entries
+
+
+def test_suite_collects_every_benchmark_into_one_table(tmp_path: Path) -> None:
+    output = tmp_path / "suite.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.benchmarks.suite", "--tiny", "--output", str(output)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = output.read_text().splitlines()
+    assert lines[2] == "| benchmark | table | row | cells |"
+    rows = [line for line in lines[4:] if line.startswith("| ")]
+    benchmarks = {row.split("|")[1].strip() for row in rows}
+    assert benchmarks == {"gradients", "aggregators", "weighting_overhead", "depth_throughput"}
+    assert all(len(row.split("|")) == 6 for row in rows)  # one table: four cells per row

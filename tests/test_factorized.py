@@ -8,6 +8,8 @@ summation orders instead.
 
 from __future__ import annotations
 
+from typing import Any
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -69,6 +71,12 @@ PARAMS = make_params()
 X, Y = make_batch()
 
 
+def per_loss_gramian_with(factorize, *args, **kwargs) -> jax.Array:
+    """The Gramian with the engine's (benchmark-only) factorize mode set."""
+    with gradients._engine_options(factorize=factorize):
+        return gradients.per_loss_gramian(*args, **kwargs)[1]
+
+
 def loop_gramian(params: dict, x: jax.Array, y: jax.Array, prefix: str = "") -> np.ndarray:
     rows = []
     for i in range(K):
@@ -112,9 +120,7 @@ def test_gramian_matches_loop(mode: str, wrt: str | None) -> None:
     with jax.enable_x64(True):
         params, x, y = float64((PARAMS, X, Y))
         expected = loop_gramian(params, x, y, prefix=wrt or "")
-        gramian_fn = lambda p: gradients.per_loss_gramian(  # noqa: E731
-            loss_fn, p, x, y, wrt=wrt, factorize=mode
-        )[1]
+        gramian_fn = lambda p: per_loss_gramian_with(mode, loss_fn, p, x, y, wrt=wrt)  # noqa: E731
         assert_trees_close64(jax.jit(gramian_fn)(params), expected)
 
 
@@ -124,13 +130,9 @@ def test_chunked_and_vmapped(chunk_size: int) -> None:
         params, x, y = float64((PARAMS, X, Y))
 
         def gramian(p: dict, x: jax.Array) -> jax.Array:
-            return gradients.per_loss_gramian(
-                loss_fn, p, x, y, factorize="always", chunk_size=chunk_size
-            )[1]
+            return per_loss_gramian_with("always", loss_fn, p, x, y, chunk_size=chunk_size)
 
-        reference = jax.jit(
-            lambda p, x: gradients.per_loss_gramian(loss_fn, p, x, y, factorize="never")[1]
-        )
+        reference = jax.jit(lambda p, x: per_loss_gramian_with("never", loss_fn, p, x, y))
         xs = jnp.stack([x, 2.0 * x])
         batched = jax.jit(jax.vmap(gramian, in_axes=(None, 0)))(params, xs)
         for i in range(2):
@@ -141,9 +143,7 @@ def test_low_precision_parameters() -> None:
     params = jax.tree.map(lambda leaf: leaf.astype(jnp.bfloat16), PARAMS)
 
     def gramian(mode: str) -> jax.Array:
-        return gradients.per_loss_gramian(
-            loss_fn, params, X.astype(jnp.bfloat16), Y, factorize=mode
-        )[1]
+        return per_loss_gramian_with(mode, loss_fn, params, X.astype(jnp.bfloat16), Y)
 
     tapped, plain = gramian("always"), gramian("never")
     assert tapped.dtype == jnp.float32
@@ -177,11 +177,12 @@ def test_value_and_grad_on_nnx_module_same_either_way(scheme: covjax.Weighting) 
         x, y = float64((X, Y))
         for mode in ("always", "never"):
             model = Net(nnx.Rngs(0), dtype=jnp.float64)
-            step = nnx.jit(covjax.value_and_grad(nnx_loss, scheme, wrt="trunk", factorize=mode))
-            state = scheme.init(jnp.ones(K))
-            for _ in range(3):
-                out, grads = step(model, state, x, y)
-                state = out.state
+            with gradients._engine_options(factorize=mode):
+                step = nnx.jit(covjax.value_and_grad(nnx_loss, scheme, wrt="trunk"))
+                state = scheme.init(jnp.ones(K))
+                for _ in range(3):
+                    out, grads = step(model, state, x, y)
+                    state = out.state
             results[mode] = (out.weights, grads, nnx.state(model, nnx.BatchStat))
     weights = results["always"][0]
     # The weights are stored in float32: float64 values that agree to ~1e-15 round alike
@@ -193,9 +194,9 @@ def test_value_and_grad_on_nnx_module_same_either_way(scheme: covjax.Weighting) 
 
 def test_bad_mode_is_named() -> None:
     with pytest.raises(ValueError, match="factorize must be one of"):
-        covjax.value_and_grad(loss_fn, covjax.mgda(), factorize="yes")
+        per_loss_gramian_with("yes", loss_fn, PARAMS, X, Y)
     with pytest.raises(ValueError, match="factorize must be one of"):
-        gradients.per_loss_gramian(loss_fn, PARAMS, X, Y, factorize=True)
+        per_loss_gramian_with(True, loss_fn, PARAMS, X, Y)
 
 
 # --- per-task copies of the representation (MGDA-UB in one head backward pass) ---
@@ -221,38 +222,54 @@ def heads_on_copies(params: dict, zs: jax.Array, x: jax.Array, y: jax.Array) -> 
     return jnp.mean((predictions - targets) ** 2, axis=0)
 
 
+def shared_loss(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+    """heads_shared on z marked by one zero leaf (the plain-pytree way to MGDA-UB)."""
+    return heads_shared(params, encoder(params, x, y) + params["representation"], x, y)
+
+
+def copies_loss(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+    """heads_on_copies with one zero leaf per head added to the same z: copies of z."""
+    z = encoder(params, x, y)
+    return heads_on_copies(params, jnp.stack([z + c for c in params["copies"]]), x, y)
+
+
+def marked(params: dict, x: jax.Array, y: jax.Array, copies: Any = None) -> dict:
+    """``params`` with the zero leaves of z: one, or one per entry of ``copies``."""
+    z = jnp.zeros_like(encoder(params, x, y))
+    if copies is None:
+        return {**params, "representation": z}
+    return {**params, "copies": jax.tree.map(lambda _: z, copies)}
+
+
+def unmarked(grads: dict) -> dict:
+    return {k: v for k, v in grads.items() if k not in ("representation", "copies")}
+
+
 @pytest.mark.parametrize("scheme", [covjax.mgda(normalization="l2"), covjax.pcgrad()])
 def test_representation_copies_match_shared_representation(scheme: covjax.Weighting) -> None:
     with jax.enable_x64(True):
         params, x, y = float64((PARAMS, X, Y))
         state = scheme.init(jnp.ones(K))
-        shared = jax.jit(covjax.value_and_grad(heads_shared, scheme, representation=encoder))
-        copies = jax.jit(
-            covjax.value_and_grad(
-                heads_on_copies, scheme, representation=encoder, representation_copies=True
-            )
-        )
-        out_shared, grads_shared = shared(params, state, x, y)
-        out_copies, grads_copies = copies(params, state, x, y)
+        shared = jax.jit(covjax.value_and_grad(shared_loss, scheme, wrt="representation"))
+        copies = jax.jit(covjax.value_and_grad(copies_loss, scheme, wrt="copies"))
+        out_shared, grads_shared = shared(marked(params, x, y), state, x, y)
+        out_copies, grads_copies = copies(marked(params, x, y, list(range(K))), state, x, y)
     # float32-stored weights of equal float64 values (see the nnx test above).
     np.testing.assert_allclose(out_copies.weights, out_shared.weights, rtol=EPS32)
-    assert_trees_close64(grads_copies, grads_shared)
+    assert_trees_close64(unmarked(grads_copies), unmarked(grads_shared))
     assert np.ptp(np.asarray(out_copies.weights)) > 1e-3
 
 
 def test_representation_copies_with_statistics_scheme() -> None:
     scheme = covjax.cov_weighting()
     state = scheme.init(jnp.ones(K))
-    shared = covjax.value_and_grad(heads_shared, scheme, representation=encoder)
-    copies = covjax.value_and_grad(
-        heads_on_copies, scheme, representation=encoder, representation_copies=True
+    shared = covjax.value_and_grad(shared_loss, scheme, wrt="representation")
+    copies = covjax.value_and_grad(copies_loss, scheme, wrt="copies")
+    out_shared, grads_shared = shared(marked(PARAMS, X, Y), state, X, Y)
+    out_copies, grads_copies = copies(marked(PARAMS, X, Y, list(range(K))), state, X, Y)
+    chex.assert_trees_all_close(
+        (out_copies, unmarked(grads_copies)), (out_shared, unmarked(grads_shared))
     )
-    chex.assert_trees_all_close(copies(PARAMS, state, X, Y), shared(PARAMS, state, X, Y))
-
-
-def test_representation_copies_need_a_representation() -> None:
-    with pytest.raises(ValueError, match="representation_copies needs a representation"):
-        covjax.value_and_grad(loss_fn, covjax.mgda(), representation_copies=True)
 
 
 def heads_by_name(params: dict, z: jax.Array, x: jax.Array, y: jax.Array) -> dict:
@@ -276,23 +293,102 @@ def heads_by_name_on_copies(params: dict, copies: dict, x: jax.Array, y: jax.Arr
     }
 
 
+def named_shared_loss(params: dict, x: jax.Array, y: jax.Array) -> dict:
+    return heads_by_name(params, encoder(params, x, y) + params["representation"], x, y)
+
+
+def named_copies_loss(params: dict, x: jax.Array, y: jax.Array) -> dict:
+    z = encoder(params, x, y)
+    copies = {name: z + copy for name, copy in params["copies"].items()}
+    return heads_by_name_on_copies(params, copies, x, y)
+
+
+def crossed_copies_loss(params: dict, x: jax.Array, y: jax.Array) -> dict:
+    """The depth head reads the mean of its copy and the edges copy: still z, but not private."""
+    z = encoder(params, x, y)
+    copies = {name: z + copy for name, copy in params["copies"].items()}
+    copies["depth"] = 0.5 * (copies["depth"] + copies["edges"])
+    return heads_by_name_on_copies(params, copies, x, y)
+
+
 @pytest.mark.parametrize("scheme", [covjax.mgda(normalization="l2"), covjax.equal_weighting()])
-def test_representation_copies_for_named_losses(scheme: covjax.Weighting) -> None:
+@pytest.mark.parametrize("copies_fn", [named_copies_loss, crossed_copies_loss])
+def test_representation_copies_for_named_losses(scheme: covjax.Weighting, copies_fn) -> None:
+    names = {"depth": 0, "edges": 0, "normals": 0}
     with jax.enable_x64(True):
         params, x, y = float64((PARAMS, X, Y))
         state = scheme.init(heads_by_name(params, encoder(params, x, y), x, y))
-        shared = jax.jit(covjax.value_and_grad(heads_by_name, scheme, representation=encoder))
-        copies = jax.jit(
-            covjax.value_and_grad(
-                heads_by_name_on_copies, scheme, representation=encoder, representation_copies=True
-            )
-        )
-        (out_shared, grads_shared), (out_copies, grads_copies) = [
-            step(params, state, x, y) for step in (shared, copies)
-        ]
+        shared = jax.jit(covjax.value_and_grad(named_shared_loss, scheme, wrt="representation"))
+        copies = jax.jit(covjax.value_and_grad(copies_fn, scheme, wrt="copies"))
+        out_shared, grads_shared = shared(marked(params, x, y), state, x, y)
+        out_copies, grads_copies = copies(marked(params, x, y, names), state, x, y)
     # float32-stored weights of equal float64 values (see the nnx test above).
     chex.assert_trees_all_close(out_copies.weights, out_shared.weights, rtol=EPS32)
-    assert_trees_close64(grads_copies, grads_shared)
+    assert_trees_close64(unmarked(grads_copies), unmarked(grads_shared))
+
+
+def plan_of(fn, params: dict, wrt: str) -> gradients.Plan:
+    target = gradients.differentiable(fn, params, (X, Y), {}, has_aux=False, wrt=wrt)
+    return gradients.prepare(target.fn, target.primal, target.selected).plan
+
+
+def test_private_copies_are_block_diagonal_and_shared_ones_are_not() -> None:
+    params = marked(PARAMS, X, Y, {"depth": 0, "edges": 0, "normals": 0})
+    names = gradients.select_leaves(params)[1]
+    private = plan_of(named_copies_loss, params, "copies")
+    # One copy per loss, each reached by its own loss only: one pull-back gives all three.
+    assert {names[i]: names_of(owner) for i, owner in private.owners.items()} == {
+        "copies/depth": "depth",
+        "copies/edges": "edges",
+        "copies/normals": "normals",
+    }
+    assert [tuple(names[i] for i in members) for members in private.copies] == [
+        ("copies/depth", "copies/edges", "copies/normals")
+    ]
+    crossed = plan_of(crossed_copies_loss, params, "copies")
+    # The edges copy is read by two losses: no longer private, so pulled back per loss.
+    assert sorted(names[i] for i in crossed.owners) == ["copies/depth", "copies/normals"]
+
+
+def names_of(owner: int) -> str:
+    return ("depth", "edges", "normals")[owner]  # covjax.loss_names order (sorted keys)
+
+
+class PerturbedNet(nnx.Module):
+    """A trunk and three heads; z marked once, or once per head (per-task copies)."""
+
+    def __init__(self, rngs: nnx.Rngs, per_task: bool) -> None:
+        self.trunk = nnx.Linear(5, 16, rngs=rngs)
+        self.norm = nnx.BatchNorm(16, rngs=rngs)
+        self.heads = nnx.List([nnx.Linear(16, 1, rngs=rngs) for _ in range(K)])
+        self.per_task = per_task
+
+    def __call__(self, x: jax.Array, y: jax.Array) -> dict:
+        z = jax.nn.relu(self.norm(self.trunk(x)))
+        if not self.per_task:
+            z = self.perturb("representation", z)
+        losses = {}
+        for name, head, target in zip(("a", "b", "c"), self.heads, (y, -y, y**2), strict=True):
+            z_task = self.perturb(f"representation/{name}", z) if self.per_task else z
+            losses[name] = jnp.mean((head(z_task)[:, 0] - target) ** 2)
+        return losses
+
+
+def test_per_task_perturbations_match_one_shared_perturbation() -> None:
+    x, y = jnp.mean(X, axis=1), Y
+    scheme = covjax.mgda()
+    results = []
+    for per_task in (False, True):
+        model = PerturbedNet(nnx.Rngs(0), per_task)
+        step = nnx.jit(covjax.value_and_grad(lambda m, x, y: m(x, y), scheme, wrt=nnx.Perturbation))
+        out, grads = step(model, scheme.init({"a": 0.0, "b": 0.0, "c": 0.0}), x, y)
+        results.append((out.weights, grads, nnx.state(model, nnx.BatchStat)))
+        # Only parameters come back, and the module gained no variables.
+        assert not jax.tree.leaves(nnx.state(model, nnx.Perturbation))
+    # Same float32 maths reduced in another order (one pull-back vs a batched one).
+    chex.assert_trees_all_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+    assert np.ptp(np.asarray(jax.tree.leaves(results[0][0]))) > 1e-3
+    assert not np.allclose(results[0][2]["norm"]["mean"].value, 0.0)  # statistics updated
 
 
 def test_product_of_two_parameters() -> None:
@@ -309,7 +405,6 @@ def test_product_of_two_parameters() -> None:
     with jax.enable_x64(True):
         params, x = float64((params, x))
         tapped, plain = (
-            gradients.per_loss_gramian(losses, params, x, factorize=mode)[1]
-            for mode in ("always", "never")
+            per_loss_gramian_with(mode, losses, params, x) for mode in ("always", "never")
         )
         assert_trees_close64(tapped, plain)

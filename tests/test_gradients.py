@@ -62,6 +62,19 @@ def loss_fn(params: dict, x: jax.Array, y: jax.Array) -> dict:
     return heads(params, encoder(params, x, y), x, y)
 
 
+def marked_loss(params: dict, x: jax.Array, y: jax.Array) -> dict:
+    """loss_fn with z marked for MGDA-UB by a zero leaf added to it (the plain-pytree way)."""
+    return heads(params, encoder(params, x, y) + params["representation"], x, y)
+
+
+def with_zero_representation(params: dict, x: jax.Array, y: jax.Array) -> dict:
+    return {**params, "representation": jnp.zeros_like(encoder(params, x, y))}
+
+
+def without_representation(grads: dict) -> dict:
+    return {key: value for key, value in grads.items() if key != "representation"}
+
+
 def flat(tree) -> dict[str, np.ndarray]:
     return {
         "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): np.asarray(leaf)
@@ -132,7 +145,10 @@ def test_representation_gradients() -> None:
         params, x, y, _ = float64_case()
         z = encoder(params, x, y)
         expected = [jax.grad(lambda rep, n=n: heads(params, rep, x, y)[n])(z) for n in NAMES]
-        _, jacobian, _ = gradients.per_loss_jacobian(heads, params, x, y, representation=encoder)
+        marked = with_zero_representation(params, x, y)
+        _, jacobian, _ = gradients.per_loss_jacobian(
+            marked_loss, marked, x, y, wrt="representation"
+        )
         assert list(jacobian) == ["representation"]
         assert_trees_close64(jacobian["representation"], np.stack(expected))
 
@@ -199,8 +215,10 @@ def test_value_and_grad_with_representation() -> None:
     scheme = covjax.mgda(normalization="l2")
     with jax.enable_x64(True):
         params, x, y, _ = float64_case()
-        step = jax.jit(covjax.value_and_grad(heads, scheme, representation=encoder))
-        out, grads = step(params, scheme.init(loss_fn(params, x, y)), x, y)
+        step = jax.jit(covjax.value_and_grad(marked_loss, scheme, wrt="representation"))
+        marked = with_zero_representation(params, x, y)
+        out, grads = step(marked, scheme.init(loss_fn(params, x, y)), x, y)
+        grads = without_representation(grads)
         z = encoder(params, x, y)
         rows = np.stack(
             [np.ravel(jax.grad(lambda rep, n=n: heads(params, rep, x, y)[n])(z)) for n in NAMES]
@@ -227,10 +245,10 @@ def test_value_and_grad_statistics_scheme_unchanged() -> None:
         np.testing.assert_array_equal(weights, np.float32(1.0 / K))
         assert_trees_close64(flat(grads), expected_step(weights, params, x, y))
         # A representation works for any scheme and gives the same step.
-        out2, grads2 = covjax.value_and_grad(heads, scheme, representation=encoder)(
-            params, scheme.init(loss_fn(params, x, y)), x, y
+        out2, grads2 = covjax.value_and_grad(marked_loss, scheme, wrt="representation")(
+            with_zero_representation(params, x, y), scheme.init(loss_fn(params, x, y)), x, y
         )
-        assert_trees_close64(grads2, grads)
+        assert_trees_close64(without_representation(grads2), grads)
         assert_trees_close64(out2.total, out.total)
 
 
@@ -255,11 +273,19 @@ def module_loss(model: MultiHead, x, y):
     return model.losses(model.encode(x), y)
 
 
+class PerturbedMultiHead(MultiHead):
+    """MultiHead with z marked for MGDA-UB, the Flax way."""
+
+    def encode(self, x: jax.Array) -> jax.Array:
+        return self.perturb("representation", super().encode(x))
+
+
 @pytest.mark.parametrize("mode", ["subset", "representation"])
 def test_value_and_grad_on_nnx_module(mode: str) -> None:
     with jax.enable_x64(True):
         _, x, y, _ = float64_case()
-        model = MultiHead(nnx.Rngs(0), dtype=jnp.float64)
+        model_type = MultiHead if mode == "subset" else PerturbedMultiHead
+        model = model_type(nnx.Rngs(0), dtype=jnp.float64)
         reference = nnx.clone(model)
         scheme = covjax.gradnorm(form="paper", learning_rate=0.1)
         if mode == "subset":
@@ -272,12 +298,8 @@ def test_value_and_grad_on_nnx_module(mode: str) -> None:
                 ]
             )
         else:
-            step = covjax.value_and_grad(
-                lambda m, z, x, y: m.losses(z, y),
-                scheme,
-                representation=lambda m, x, y: m.encode(x),
-            )
-        state = scheme.init(module_loss(nnx.clone(model), x, y))
+            step = covjax.value_and_grad(module_loss, scheme, wrt=nnx.Perturbation)
+        state = scheme.init(module_loss(MultiHead(nnx.Rngs(0), dtype=jnp.float64), x, y))
         out, grads = nnx.jit(step)(model, state, x, y)
 
         # GradNorm's first step uses w(0) = 1; its state holds the next weights,
@@ -288,7 +310,7 @@ def test_value_and_grad_on_nnx_module(mode: str) -> None:
                 for n in NAMES
             ]
         else:
-            z = nnx.clone(reference).encode(x)
+            z = MultiHead.encode(nnx.clone(reference), x)
             norms = [
                 np.linalg.norm(jax.grad(lambda rep, n=n: nnx.clone(reference).losses(rep, y)[n])(z))
                 for n in NAMES
@@ -306,7 +328,9 @@ def test_value_and_grad_on_nnx_module(mode: str) -> None:
         # Equal float64 maths; the learned weights are kept in float32 (one rounding).
         chex.assert_trees_all_close(out.state.inner.weights, expected_next, rtol=EPS32, atol=0)
 
-        expected_grads = nnx.grad(lambda m: sum(module_loss(m, x, y).values()))(reference)
+        expected_grads = nnx.grad(lambda m: sum(m.losses(MultiHead.encode(m, x), y).values()))(
+            reference
+        )
         assert_trees_close64(
             jax.tree.map(np.asarray, grads), jax.tree.map(np.asarray, expected_grads)
         )
@@ -324,8 +348,8 @@ def test_errors_are_clear() -> None:
         gradients.per_loss_jacobian(loss_fn, PARAMS, X, Y, chunk_size=0)
     with pytest.raises(ValueError, match="chunk_size"):
         covjax.value_and_grad(loss_fn, covjax.mgda(), chunk_size=-2)
-    with pytest.raises(TypeError, match="representation"):
-        covjax.value_and_grad(heads, covjax.mgda(), representation="z")
+    with pytest.raises(ValueError, match="gramian_examples"):
+        covjax.value_and_grad(loss_fn, covjax.mgda(), gramian_examples=0)
     with pytest.raises(ValueError, match="has_aux"):
         gradients.per_loss_jacobian(loss_fn, PARAMS, X, Y, has_aux=True)
 
@@ -428,3 +452,53 @@ def test_direction_scheme_on_nnx_module() -> None:
         module_loss(reference, x, y)  # one forward pass in training mode
         assert_trees_close64(model.norm.mean.value, np.asarray(reference.norm.mean.value))
         assert not np.allclose(model.norm.mean.value, 0.0)
+
+
+def test_gramian_from_the_first_examples() -> None:
+    with jax.enable_x64(True):
+        params, x, y, _ = float64_case()
+        scheme = covjax.mgda()
+        step = jax.jit(covjax.value_and_grad(loss_fn, scheme, wrt="encoder", gramian_examples=3))
+        out, grads = step(params, scheme.init(loss_fn(params, x, y)), x, y)
+        # The Gramian of the first 3 examples' losses; the step on the whole batch.
+        keys = ["encoder/b", "encoder/w"]
+        sub_batch = loop_gradients(loss_fn, params, x[:3], y[:3])
+        expected_weights = covjax.min_norm_solver(jnp.asarray(loop_gramian(sub_batch, keys)))
+        weights = np.array([out.weights[n] for n in NAMES])
+        # The float64 solves agree to ~cond·1e-13; the stored weights (≤ 1) are float32.
+        np.testing.assert_allclose(weights, expected_weights, rtol=0, atol=EPS32)
+        whole_batch = loop_gradients(loss_fn, params, x, y)
+        other = covjax.min_norm_solver(jnp.asarray(loop_gramian(whole_batch, keys)))
+        assert np.max(np.abs(weights - np.asarray(other))) > 1e-3  # a different estimate
+        assert_trees_close64(flat(grads), expected_step(weights, params, x, y))
+        losses = loss_fn(params, x, y)
+        assert_trees_close64(out.losses, losses)
+    with pytest.raises(ValueError, match="gramian_examples=9 but an argument has only 8"):
+        covjax.value_and_grad(loss_fn, scheme, gramian_examples=9)(
+            PARAMS, scheme.init(loss_fn(PARAMS, X, Y)), X, Y
+        )
+
+
+def test_gramian_examples_on_a_module_with_perturbations() -> None:
+    with jax.enable_x64(True):
+        _, x, y, _ = float64_case()
+        model = PerturbedMultiHead(nnx.Rngs(0), dtype=jnp.float64)
+        reference = nnx.clone(model)
+        scheme = covjax.mgda()
+        step = covjax.value_and_grad(module_loss, scheme, wrt=nnx.Perturbation, gramian_examples=2)
+        state = scheme.init({n: 0.0 for n in NAMES})
+        out, _ = nnx.jit(step)(model, state, x, y)
+        z = MultiHead.encode(nnx.clone(reference), x[:2])
+        rows = np.stack(
+            [
+                np.ravel(jax.grad(lambda rep, n=n: nnx.clone(reference).losses(rep, y[:2])[n])(z))
+                for n in NAMES
+            ]
+        )
+        expected = covjax.min_norm_solver(jnp.asarray(rows @ rows.T))
+        weights = np.array([out.weights[n] for n in NAMES])
+        # The float64 solves agree to ~cond·1e-13; the stored weights (≤ 1) are float32.
+        np.testing.assert_allclose(weights, expected, rtol=0, atol=EPS32)
+        # The statistics moved once, with the whole batch (not the sub-batch's forward pass).
+        MultiHead.encode(reference, x)
+        assert_trees_close64(model.norm.mean.value, np.asarray(reference.norm.mean.value))

@@ -61,6 +61,11 @@ def loss_fn(params: dict, images: jax.Array) -> dict:
     return heads(params, representation(params, images), images)
 
 
+def marked_loss(params: dict, images: jax.Array) -> dict:
+    """loss_fn with z marked by a zero leaf (the plain-pytree way to gradients w.r.t. z)."""
+    return heads(params, representation(params, images) + params["representation"], images)
+
+
 def images(seed: int = 1) -> jax.Array:
     return jax.random.uniform(jax.random.key(seed), (2, 8, 8, 2))
 
@@ -137,9 +142,8 @@ def test_grouped_gramian_matches_the_batched_engine_and_the_oracle(chunk_size) -
     fn = lambda p: loss_fn(p, x)  # noqa: E731
     expected = oracle_gramian(fn, params)
     for group in (True, False):
-        _, gramian, _ = gradients.per_loss_gramian(
-            loss_fn, params, x, chunk_size=chunk_size, group_losses=group
-        )
+        with gradients._engine_options(group_losses=group):
+            _, gramian, _ = gradients.per_loss_gramian(loss_fn, params, x, chunk_size=chunk_size)
         np.testing.assert_allclose(np.asarray(gramian), expected, rtol=2e-4, atol=1e-6)
 
 
@@ -147,21 +151,17 @@ def test_grouped_representation_gramian_matches_the_oracle() -> None:
     params, x = make_params(), images()
     z = representation(params, x)
     expected = oracle_gramian(lambda rep: heads(params, rep, x), z)
-    _, gramian, _ = gradients.per_loss_gramian(heads, params, x, representation=representation)
+    marked = {**params, "representation": jnp.zeros_like(z)}
+    _, gramian, _ = gradients.per_loss_gramian(marked_loss, marked, x, wrt="representation")
     np.testing.assert_allclose(np.asarray(gramian), expected, rtol=2e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("use_representation", [False, True])
 def test_value_and_grad_is_the_same_with_and_without_groups(use_representation: bool) -> None:
     params, x = make_params(), images()
-    fn, options = (
-        (heads, {"representation": representation})
-        if use_representation
-        else (
-            loss_fn,
-            {},
-        )
-    )
+    fn, options = (marked_loss, {"wrt": "representation"}) if use_representation else (loss_fn, {})
+    if use_representation:
+        params = {**params, "representation": jnp.zeros_like(representation(params, x))}
     scheme = covjax.mgda()
     results = []
     # An identity, so in float64: the float32 Gramians' reordered sums would otherwise reach
@@ -169,8 +169,9 @@ def test_value_and_grad_is_the_same_with_and_without_groups(use_representation: 
     with jax.enable_x64(True):
         params, x = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (params, x))
         for group in (True, False):
-            step = jax.jit(covjax.value_and_grad(fn, scheme, group_losses=group, **options))
-            results.append(step(params, scheme.init(loss_fn(params, x)), x))
+            with gradients._engine_options(group_losses=group):
+                step = jax.jit(covjax.value_and_grad(fn, scheme, **options))
+                results.append(step(params, scheme.init(loss_fn(params, x)), x))
     (out_a, grads_a), (out_b, grads_b) = results
     # Left: the weights' float32 rounding (one ulp), and that of Σ w_i ∇L_i.
     eps32 = float(np.finfo(np.float32).eps)
@@ -196,20 +197,21 @@ class TwoHeads(nnx.Module):
         return {"first": jnp.mean((first - y) ** 2), "second": jnp.mean((second + y) ** 2)}
 
 
+class MarkedTwoHeads(TwoHeads):
+    def __call__(self, x: jax.Array, y: jax.Array) -> dict:
+        return self.losses(self.perturb("representation", self.encode(x)), y)
+
+
 def test_nnx_module_heads_are_grouped_with_the_same_result() -> None:
     x = jax.random.normal(jax.random.key(0), (8, 3))
     y = jnp.sin(x[:, 0])
     scheme = covjax.mgda()
     results = []
     for group in (True, False):
-        model = TwoHeads(nnx.Rngs(0))
-        step = covjax.value_and_grad(
-            lambda m, z, x, y: m.losses(z, y),
-            scheme,
-            representation=lambda m, x, y: m.encode(x),
-            group_losses=group,
-        )
-        out, grads = nnx.jit(step)(model, scheme.init({"first": 0.0, "second": 0.0}), x, y)
+        model = MarkedTwoHeads(nnx.Rngs(0))
+        with gradients._engine_options(group_losses=group):
+            step = covjax.value_and_grad(lambda m, x, y: m(x, y), scheme, wrt=nnx.Perturbation)
+            out, grads = nnx.jit(step)(model, scheme.init({"first": 0.0, "second": 0.0}), x, y)
         results.append((out.weights, grads, nnx.state(model, nnx.BatchStat)))
     chex.assert_trees_all_close(results[0], results[1], rtol=1e-5, atol=1e-6)
     # Each loss reaches only its own head from z: two groups.

@@ -59,11 +59,11 @@ def test_shared_layer_is_a_stage3_kernel_all_losses_depend_on() -> None:
     task, model = task_and_model()
     path = task.shared_layer()
     assert path == ("backbone", "layer3", "0", "conv2", "kernel")  # basic blocks, 1 per stage
-    params = {common_train.MODEL: nnx.state(model, nnx.Param)}
+    params = nnx.state(model, nnx.Param)
     scheme = Scheme("gradnorm", covjax.equal_weighting(), gradient_target="layer")
     selected, names = gradients.select_leaves(params, common_train.gradient_subset(scheme, task))
     assert [name for name, keep in zip(names, selected, strict=True) if keep] == [
-        "model/backbone/layer3/0/conv2/kernel"
+        "backbone/layer3/0/conv2/kernel"
     ]
     # Each of CE, SE and AUX has a non-zero gradient at that kernel.
     graphdef, param_state, rest = nnx.split(model, nnx.Param, ...)

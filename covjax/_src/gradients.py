@@ -1,4 +1,4 @@
-"""Per-loss gradients in one batched backward pass, and their Gramian.
+"""Per-loss gradients from one plan: one trace, one batched backward pass, one reduction.
 
 Gradient-based schemes (MGDA, GradNorm, PCGrad, ...) need the K per-loss
 gradients g_i = ∇_θ L_i, or only their Gramian G_ij = ⟨g_i, g_j⟩. The K rows of
@@ -9,56 +9,68 @@ all::
     losses, vjp = jax.vjp(loss_fn, params)
     J = jax.vmap(vjp)(jnp.eye(K))          # never a Python loop of K grads
 
-``chunk_size`` bounds the memory of the batched backward (its activations'
-cotangents are K times those of a single backward): the K cotangents are run
-through :func:`jax.lax.map` ``chunk_size`` at a time (``1`` is sequential,
-``None`` all at once). The Gramian is summed leaf by leaf,
-G = Σ_leaves J_leaf J_leafᵀ, so the parameters are never concatenated.
-
-What the gradients are taken with respect to:
+What the gradients are taken with respect to (``wrt``):
 
 * all parameters (``wrt=None``);
-* a subset (``wrt=``): a regular expression matched (``re.match``) against
-  the ``"/"``-joined parameter path (so a plain prefix such as
+* a subset: a regular expression matched (``re.match``) against the
+  ``"/"``-joined parameter path (so a plain prefix such as
   ``"decoder/iconv4"`` works), a predicate ``(path: str, leaf) -> bool``, an
   NNX filter (``nnx.Param``, ``nnx.PathContains(...)``, ...) applied as NNX
   does to ``(path_tuple, variable)``, or a list/tuple of these (their union);
-* a shared intermediate representation z (MGDA-UB, Sener & Koltun 2018): split
-  the loss function in two, ``representation(params, *args) -> z`` and
-  ``loss_fn(params, z, *args) -> losses``. The per-loss gradients are then
-  ∂L_i/∂z, which need only a backward pass through the heads, and
-  :func:`covjax.value_and_grad` still updates the parameters with ONE weighted
-  backward pass through the whole network (heads, then encoder).
+* an intermediate feature map z (MGDA-UB, Sener & Koltun 2018): an
+  ``nnx.Module`` marks it with ``z = self.perturb("representation", z)`` and
+  ``wrt=nnx.Perturbation`` selects it (Flax's own mechanism for gradients of
+  intermediates); a plain pytree adds a zero leaf to it,
+  ``z = z + params["representation"]``, passes zeros of z's shape there and
+  selects it by path. Then ∂L_i/∂z needs only a backward pass through the
+  heads, and the parameters still get ONE weighted backward pass through the
+  whole network. Per-task copies (``self.perturb(f"representation/{task}",
+  z)`` in each head, or one zero leaf per task added to the same z) are
+  recognised as copies of z: the gradient w.r.t. z is the sum of theirs.
 
-Three ways to cut the cost further, all exact:
+The plan. The loss function is traced to a jaxpr once, and that one program
+decides, for every selected leaf:
 
-* Dense kernels are factorized (``factorize="auto"``, the default of
-  :func:`per_loss_gramian`, :func:`vjp_and_gramian` and
-  :func:`covjax.value_and_grad`): a kernel used once in a matrix product gets
-  its Gramian block from the layer input X and the per-loss output cotangents
-  Δ_i as Σ (X Xᵀ) ⊙ (Δ_i Δ_jᵀ), so the batched backward stops at the layer
-  outputs and the K per-loss weight gradients are never formed
-  (:mod:`covjax._src.factorized`; at K = 32 on LibMTL's MLP, 4–5× faster).
-* Per-task copies of the representation (``representation_copies=True`` in
-  :func:`covjax.value_and_grad`): when head i reads only copy i of z, ONE
-  backward pass of Σ L_i gives every ∂L_i/∂z (:func:`jacobian_from_copies`),
-  instead of a batched backward through all heads per loss.
-* Grouped pull-backs (``group_losses=True``, the default): losses (a pytree
-  of scalars) that reach different layers are pulled back group by group,
-  through the transpose of one linearisation restricted to the group's
-  outputs, which JAX prunes to the layers those losses reach
-  (:mod:`covjax._src.loss_groups`; monodepth's coarse scales skip the
-  full-resolution decoder: its GradNorm and MGDA-UB steps cost 2.7–2.9× less).
+* *block-diagonal*: a leaf (or a copy of z) that only one loss reaches has
+  per-loss gradients that are zero for every other loss, so ONE pull-back of
+  Σ_i L_i gives all of them (a task's own head, per-task copies of z: MGDA-UB
+  then costs about one extra pull-back through the heads);
+* *factorised*: a Dense-style kernel W, used once as an operand of a matrix
+  product y = X W, gets its Gramian block from the layer input X and the
+  per-loss output cotangents Δ_i as Σ (X Xᵀ) ⊙ (Δ_i Δ_jᵀ), so the batched
+  backward stops at the layer outputs and the K per-loss weight gradients
+  are never formed (:mod:`covjax._src.factorized`), where that is cheaper;
+* *materialised*: every other leaf gets its K per-loss gradients from the
+  batched backward pass;
 
-Under :func:`jax.jit`, gradients of unselected parameters are dead code and
-are not computed.
+and, for a pytree of scalar losses, which losses reach which layers: groups
+of losses that reach different layers (monodepth's scales, a task's own
+head) are pulled back separately, each through the transpose of one
+linearisation restricted to the group's outputs, which JAX prunes to the
+layers it reaches (:mod:`covjax._src.loss_groups`). Factorised kernels and
+groups combine. One reduction then forms the Gramian (or, for schemes that
+need them, the Jacobian's rows), and one place decides chunking:
+``chunk_size`` bounds the memory of the batched backward (its activations'
+cotangents are K times those of a single backward) by running the K
+cotangents through :func:`jax.lax.map` ``chunk_size`` at a time (``1`` is
+sequential, ``None`` all at once). Every choice gives the same result up to
+rounding. Under :func:`jax.jit`, gradients of unselected parameters are dead
+code and are not computed.
+
+References:
+  Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization",
+  NeurIPS 2018, https://arxiv.org/abs/1810.04650 (MGDA-UB).
+  Goodfellow, "Efficient Per-Example Gradient Computations", 2015,
+  https://arxiv.org/abs/1510.01799 (the factorised Dense Gramian).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import re
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +79,7 @@ from jax.extend import core as jex_core
 
 from covjax._src import factorized, loss_groups
 from covjax._src import nnx_support as _nnx
-from covjax._src.base import Losses, LossStructure, PyTree, flatten_losses, path_name
+from covjax._src.base import Losses, PyTree, flatten_losses, path_name
 
 #: Per-loss gradients: each selected leaf's path → its (K, *leaf.shape) gradients.
 Jacobian = dict[str, Array]
@@ -75,14 +87,53 @@ Jacobian = dict[str, Array]
 Selector = Any
 VjpFn = Callable[[Losses], tuple[PyTree, ...]]
 
-#: How Gramian blocks of Dense-style kernels are computed: see :func:`vjp_and_gramian`.
+#: How Gramian blocks of Dense-style kernels are computed (benchmarks only).
 Factorize = Literal["auto", "always", "never"]
 FACTORIZE_MODES: tuple[str, ...] = ("auto", "always", "never")
-
-#: Name of the Jacobian entry of an array-valued representation z.
-REPRESENTATION_KEY = "representation"
+#: What the per-loss gradients are reduced to.
+Output = Literal["gramian", "jacobian"]
 
 _VARIABLE_VALUE_KEY = jax.tree_util.GetAttrKey("value")
+
+
+@dataclasses.dataclass
+class _EngineOptions:
+    """The plan's cost-model switches: for benchmarks and tests, not for users.
+
+    ``factorize``: ``"auto"`` factorises a Dense-style kernel where the cost
+    model says it is cheaper, ``"always"`` wherever possible, ``"never"``
+    materialises every gradient. ``group_losses``: pull back groups of losses
+    that reach different layers separately where that is cheaper.
+    ``block_diagonal``: gradients of leaves that one loss reaches from one
+    pull-back of Σ L_i. All give the same result up to rounding.
+    """
+
+    factorize: Factorize = "auto"
+    group_losses: bool = True
+    block_diagonal: bool = True
+
+
+_OPTIONS = _EngineOptions()
+
+
+@contextlib.contextmanager
+def _engine_options(**changes: Any) -> Iterator[_EngineOptions]:
+    """Within the block, steps traced use ``changes`` (see :class:`_EngineOptions`)."""
+    unknown = set(changes) - {field.name for field in dataclasses.fields(_EngineOptions)}
+    if unknown:
+        raise TypeError(f"covjax: unknown engine options {sorted(unknown)}.")
+    if changes.get("factorize", "auto") not in FACTORIZE_MODES:
+        raise ValueError(
+            f"covjax: factorize must be one of {FACTORIZE_MODES}, got {changes['factorize']!r}."
+        )
+    saved = dataclasses.replace(_OPTIONS)
+    for name, value in changes.items():
+        setattr(_OPTIONS, name, value)
+    try:
+        yield _OPTIONS
+    finally:
+        for field in dataclasses.fields(_EngineOptions):
+            setattr(_OPTIONS, field.name, getattr(saved, field.name))
 
 
 def _to_predicate(selector: Selector) -> Callable[[jax.tree_util.KeyPath, Any], bool]:
@@ -103,16 +154,9 @@ def _to_predicate(selector: Selector) -> Callable[[jax.tree_util.KeyPath, Any], 
     )
 
 
-def select_leaves(params: PyTree, wrt: Selector = None) -> tuple[list[bool], list[str]]:
-    """Which of ``params``' array leaves ``wrt`` selects, and every leaf's path name.
-
-    Returns ``(mask, names)`` aligned with ``jax.tree.leaves(params)``.
-
-    Raises:
-      ValueError: ``params`` has no array leaves or ``wrt`` selects none of them
-        (the message lists the available paths).
-    """
-    nodes = jax.tree_util.tree_flatten_with_path(params, is_leaf=_nnx.is_variable)[0]
+def _selection(tree: PyTree, wrt: Selector) -> tuple[list[bool], list[str]]:
+    """``(mask, names)`` over ``tree``'s array leaves; ``wrt=None`` selects all."""
+    nodes = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_nnx.is_variable)[0]
     predicate = None if wrt is None else _to_predicate(wrt)
     mask: list[bool] = []
     names: list[str] = []
@@ -123,12 +167,29 @@ def select_leaves(params: PyTree, wrt: Selector = None) -> tuple[list[bool], lis
             # the leaf after the variable, as NNX does.
             sub_path = tuple(key for key in sub_path if key != _VARIABLE_VALUE_KEY)
             mask.append(chosen)
-            names.append(path_name(path + sub_path, REPRESENTATION_KEY))
+            names.append(path_name(path + sub_path, "params"))
+    return mask, names
+
+
+def _check_selection(mask: Sequence[bool], names: Sequence[str], wrt: Selector) -> None:
     if not mask:
         raise ValueError("covjax: the parameters have no array leaves to differentiate.")
     if not any(mask):
         shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
         raise ValueError(f"covjax: wrt={wrt!r} selects no parameter; the paths are: {shown}.")
+
+
+def select_leaves(params: PyTree, wrt: Selector = None) -> tuple[list[bool], list[str]]:
+    """Which of ``params``' array leaves ``wrt`` selects, and every leaf's path name.
+
+    Returns ``(mask, names)`` aligned with ``jax.tree.leaves(params)``.
+
+    Raises:
+      ValueError: ``params`` has no array leaves or ``wrt`` selects none of them
+        (the message lists the available paths).
+    """
+    mask, names = _selection(params, wrt)
+    _check_selection(mask, names, wrt)
     return mask, names
 
 
@@ -214,37 +275,6 @@ def per_loss_rows(
     return [leaf.reshape(num_chunks * chunk_size, *leaf.shape[2:])[:k] for leaf in chunked]
 
 
-def jacobian_from_vjp(
-    vjp_fn: VjpFn,
-    losses: Losses,
-    params: PyTree,
-    *,
-    wrt: Selector = None,
-    chunk_size: int | None = None,
-) -> Jacobian:
-    """Per-loss gradients from a VJP, in one batched backward pass.
-
-    Args:
-      vjp_fn: the pull-back returned by ``jax.vjp(f, params)`` where ``f``
-        returns ``losses`` (it returns a 1-tuple holding a pytree like ``params``).
-      losses: the primal output of ``f``: a 1-D array of K losses or a pytree
-        of K scalar losses.
-      params: the primal input of ``f`` (only its structure and paths are used).
-      wrt: which leaves to keep (module docstring); ``None`` keeps all.
-      chunk_size: how many cotangents go through the backward pass at once;
-        ``None`` means all K.
-
-    Returns:
-      ``{path: (K, *leaf.shape) array}`` for every selected leaf, row i being
-      ∇ L_i for the i-th loss of ``covjax.loss_names(losses)``, in the leaf's
-      dtype.
-    """
-    mask, names = select_leaves(params, wrt)
-    rows = per_loss_rows(vjp_fn, losses, mask, chunk_size)
-    selected = [name for name, keep in zip(names, mask, strict=True) if keep]
-    return dict(zip(selected, rows, strict=True))
-
-
 def flat_jacobian(rows: Sequence[Array]) -> Array:
     """The (K, P) Jacobian: per-leaf (K, ...) rows flattened and concatenated in leaf order.
 
@@ -297,163 +327,35 @@ def gramian_of_jacobian(jacobian: Jacobian | Array) -> Array:
     return gramian
 
 
-def gramian_from_vjp(
-    vjp_fn: VjpFn,
-    losses: Losses,
-    params: PyTree,
-    *,
-    wrt: Selector = None,
-    chunk_size: int | None = None,
-) -> Array:
-    """The K×K Gramian of the per-loss gradients; arguments as :func:`jacobian_from_vjp`."""
-    mask, _ = select_leaves(params, wrt)
-    rows = per_loss_rows(vjp_fn, losses, mask, chunk_size, reorderable=[True] * sum(mask))
-    return gramian_of_jacobian(rows)
+class Plan(NamedTuple):
+    """What one trace of the loss function decided (see the module docstring).
 
-
-def _grouped_gramian(
-    fn: Callable[[PyTree], Losses],
-    primal: PyTree,
-    groups: Sequence[tuple[int, ...]],
-    mask: Sequence[bool],
-    chunk_size: int | None,
-) -> Array:
-    """The Gramian with each group of losses pulled back through its own (pruned) transpose.
-
-    ``groups`` partitions the indices of ``fn``'s loss leaves
-    (:func:`covjax.loss_groups.find_groups`); block (a, b) of the Gramian is
-    Σ_leaves J_a J_bᵀ, and the blocks are put back in the losses' order.
+    Attributes:
+      num_losses: K.
+      selected: per primal leaf, whether its per-loss gradients are wanted.
+      owners: selected leaves that at most one loss reaches → that loss
+        (None: no loss reaches it, its gradients are zero): block-diagonal.
+      copies: sets of selected leaves that are copies of one value (added to
+        it), whose per-loss gradients are summed.
+      taps: factorised Dense-style kernels, by leaf.
+      groups: loss indices pulled back group by group, or None (one batch).
     """
-    # One linearisation w.r.t. the selected leaves only; each group's pull-back
-    # is the transpose of the JVP restricted to that group's outputs, which JAX
-    # prunes to the equations those outputs depend on (the other outputs'
-    # cotangents are symbolic zeros).
-    leaves, treedef = jax.tree.flatten(primal)
-    selected = [leaf for leaf, keep in zip(leaves, mask, strict=True) if keep]
 
-    def fn_of_selected(selected_leaves: list[Array]) -> Losses:
-        replacements = iter(selected_leaves)
-        full = [
-            next(replacements) if keep else leaf for leaf, keep in zip(leaves, mask, strict=True)
+    num_losses: int
+    selected: tuple[bool, ...]
+    owners: dict[int, int | None]
+    copies: tuple[tuple[int, ...], ...]
+    taps: dict[int, factorized.Tap]
+    groups: list[tuple[int, ...]] | None
+
+    @property
+    def batched(self) -> list[int]:
+        """The selected leaves whose rows come from the batched backward pass."""
+        return [
+            i
+            for i, keep in enumerate(self.selected)
+            if keep and i not in self.owners and i not in self.taps
         ]
-        return fn(jax.tree.unflatten(treedef, full))
-
-    losses, jvp_fn = jax.linearize(fn_of_selected, selected)
-    loss_leaves = jax.tree.leaves(losses)
-    row_blocks = []
-    for group in groups:
-
-        def group_jvp(tangent: list[Array], group: tuple[int, ...] = group) -> list[Array]:
-            outputs = jax.tree.leaves(jvp_fn(tangent))
-            return [outputs[i] for i in group]
-
-        pull_back = jax.linear_transpose(group_jvp, selected)
-        group_losses = [loss_leaves[i] for i in group]
-        # Not reorderable: every group's rows must keep the same axis order.
-        rows = per_loss_rows(pull_back, group_losses, [True] * len(selected), chunk_size)
-        row_blocks.append(rows)
-    dtype = jnp.promote_types(row_blocks[0][0].dtype, jnp.float32)
-    highest = jax.lax.Precision.HIGHEST
-
-    def block(rows_a: list[Array], rows_b: list[Array]) -> Array:
-        total = jnp.zeros((rows_a[0].shape[0], rows_b[0].shape[0]), dtype)
-        for leaf_a, leaf_b in zip(rows_a, rows_b, strict=True):
-            a = leaf_a.reshape(leaf_a.shape[0], -1).astype(dtype)
-            b = leaf_b.reshape(leaf_b.shape[0], -1).astype(dtype)
-            total = total + jnp.matmul(a, b.T, precision=highest)
-        return total
-
-    blocks = [[None] * len(groups) for _ in groups]
-    for a in range(len(groups)):
-        for b in range(a, len(groups)):
-            blocks[a][b] = block(row_blocks[a], row_blocks[b])
-            blocks[b][a] = blocks[a][b].T
-    permuted = jnp.block(blocks)
-    order = [i for group in groups for i in group]
-    inverse = [order.index(i) for i in range(len(order))]
-    return permuted[jnp.ix_(jnp.asarray(inverse), jnp.asarray(inverse))]
-
-
-def gramian_of_function(
-    fn: Callable[[PyTree], Losses],
-    primal: PyTree,
-    losses: Losses,
-    vjp_fn: VjpFn,
-    *,
-    wrt: Selector = None,
-    chunk_size: int | None = None,
-    group_losses: bool = True,
-    traced: Any = None,
-) -> Array:
-    """The Gramian of ``fn``'s per-loss gradients at ``primal``.
-
-    ``losses, vjp_fn = jax.vjp(fn, primal)``. With ``group_losses`` and a
-    pytree of scalar losses, losses that reach different parts of the network
-    are pulled back in separate groups where that is cheaper
-    (:mod:`covjax._src.loss_groups`); otherwise all K in one batched pass.
-    ``traced``: a ClosedJaxpr of ``fn`` over ``primal``'s leaves whose first
-    outputs are the loss leaves (e.g. one already traced with an aux output),
-    so that ``fn`` is not traced again.
-    """
-    mask, _ = select_leaves(primal, wrt)
-    groups = _loss_groups(fn, primal, losses, mask, traced) if group_losses else None
-    if groups is None:
-        return gramian_from_vjp(vjp_fn, losses, primal, wrt=wrt, chunk_size=chunk_size)
-    return _grouped_gramian(fn, primal, groups, mask, chunk_size)
-
-
-def _loss_groups(
-    fn: Callable[[PyTree], Losses],
-    primal: PyTree,
-    losses: Losses,
-    mask: Sequence[bool],
-    traced: Any = None,
-) -> list[tuple[int, ...]] | None:
-    leaves = jax.tree.leaves(losses)
-    if len(leaves) < 2 or any(jnp.ndim(leaf) != 0 for leaf in leaves):
-        return None  # a 1-D array of losses is one output: nothing to split
-    if traced is None:
-        traced, num_outputs = loss_groups.trace(fn, primal)
-        if num_outputs != len(leaves):
-            return None
-    if traced.effects:
-        return None
-    return loss_groups.find_groups(traced, mask, len(leaves))
-
-
-def representation_copies(z: PyTree, structure: LossStructure) -> PyTree:
-    """One copy of the representation z per loss, laid out like the losses.
-
-    For a 1-D array of K losses every leaf of z is stacked K times on a new
-    leading axis (loss i reads ``z[i]``); for a pytree of losses (e.g. a dict
-    by task) the copies form that same pytree, one z per loss (the depth loss
-    reads ``copies["depth"]``).
-    """
-    if structure.is_vector:
-        k = structure.num_losses
-        return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (k, *leaf.shape)), z)
-    return jax.tree_util.tree_unflatten(structure.treedef, [z] * structure.num_losses)
-
-
-def stacked_copy_gradients(per_copy_grads: PyTree, structure: LossStructure) -> PyTree:
-    """The cotangents of :func:`representation_copies` as z's structure with (K, ...) leaves."""
-    if structure.is_vector:
-        return per_copy_grads
-    per_loss = structure.treedef.flatten_up_to(per_copy_grads)
-    return jax.tree.map(lambda *rows: jnp.stack(rows), *per_loss)
-
-
-def jacobian_from_copies(per_copy_grads: PyTree, *, wrt: Selector = None) -> Jacobian:
-    """The per-loss gradients w.r.t. z, from ONE pull-back through per-task copies.
-
-    When loss i reads only its copy of z (:func:`representation_copies`),
-    pulling a cotangent of ones back to the copies gives copy i exactly
-    ∂L_i/∂z: stacked (:func:`stacked_copy_gradients`, leaves (K, ...)) they
-    are the Jacobian, and this selects their ``wrt`` leaves by path.
-    """
-    mask, names = select_leaves(per_copy_grads, wrt)
-    leaves = jax.tree.leaves(per_copy_grads)
-    return {name: leaf for name, leaf, keep in zip(names, leaves, mask, strict=True) if keep}
 
 
 def _num_losses(losses_shape: Any) -> int:
@@ -464,104 +366,261 @@ def _num_losses(losses_shape: Any) -> int:
     return len(leaves)
 
 
-def vjp_and_gramian(
-    fn: Callable[[PyTree], tuple[Losses, Any]],
-    params: PyTree,
-    *,
-    wrt: Selector = None,
-    chunk_size: int | None = None,
-    factorize: Factorize = "auto",
-    group_losses: bool = True,
-) -> tuple[Losses, VjpFn, Any, Callable[[], Array]]:
-    """One forward pass of ``fn(params) -> (losses, aux)``, ready for a Gramian and a VJP.
-
-    Returns ``(losses, vjp_fn, aux, gramian)``: ``vjp_fn(cotangent) ->
-    (grads,)`` as from ``jax.vjp``, and ``gramian()`` the K×K Gramian of the
-    per-loss gradients w.r.t. the ``wrt`` leaves, from one batched backward
-    pass. ``factorize``: ``"auto"`` gives each selected Dense-style kernel (a
-    leaf used once, as an operand of a matrix product) its Gramian block from
-    the layer input and the output cotangents (:mod:`covjax._src.factorized`),
-    never materialising its K per-loss gradients, where that is cheaper;
-    ``"always"`` wherever possible; ``"never"`` materialises every gradient.
-    ``group_losses``: without factorized kernels, pull back groups of losses
-    that reach different layers separately where that is cheaper
-    (:mod:`covjax._src.loss_groups`). The result is the same up to rounding.
-    """
-    if factorize not in FACTORIZE_MODES:
-        raise ValueError(f"covjax: factorize must be one of {FACTORIZE_MODES}, got {factorize!r}.")
-    mask, _ = select_leaves(params, wrt)
-    leaves, treedef = jax.tree.flatten(params)
+def make_plan(closed: Any, losses_shape: Any, selected: Sequence[bool], output: Output) -> Plan:
+    """The plan for ``closed``: a ClosedJaxpr over the primal's leaves, the losses' leaves first
+    among its outputs. ``output="jacobian"`` needs every row itself: nothing is factorised."""
+    k = _num_losses(losses_shape)
+    selected = tuple(selected)
+    loss_leaves = jax.tree.leaves(losses_shape)
+    scalar_losses = len(loss_leaves) == k and all(len(leaf.shape) == 0 for leaf in loss_leaves)
+    if closed.effects:  # side effects (prints, callbacks): every row materialised, one batch
+        return Plan(k, selected, {}, (), {}, None)
+    copies = tuple(loss_groups.find_copies(closed, selected))
+    owners: dict[int, int | None] = {}
+    if _OPTIONS.block_diagonal and scalar_losses:
+        reach = loss_groups.loss_reach(closed, k)
+        for i, keep in enumerate(selected):
+            if keep and reach[i].bit_count() <= 1:
+                owners[i] = reach[i].bit_length() - 1 if reach[i] else None
+    remaining = [keep and i not in owners for i, keep in enumerate(selected)]
     taps: dict[int, factorized.Tap] = {}
-    closed = None
-    # Only a matrix (or higher) can be a product's operand worth factorizing.
-    if factorize != "never" and any(
-        keep and jnp.ndim(leaf) >= 2 for keep, leaf in zip(mask, leaves, strict=True)
-    ):
+    if output == "gramian" and _OPTIONS.factorize != "never":
+        taps = factorized.find_taps(closed, remaining, k, always=_OPTIONS.factorize == "always")
+    groups = None
+    if _OPTIONS.group_losses and scalar_losses and any(remaining):
+        groups = loss_groups.find_groups(closed, remaining, k)
+    return Plan(k, selected, owners, copies, taps, groups)
 
-        def flat_fn(*flat_leaves: Array) -> Any:
-            return fn(jax.tree.unflatten(treedef, flat_leaves))
 
-        closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*leaves)
-        if not closed.effects:
-            losses_shape = out_shape[0] if isinstance(out_shape, tuple) else out_shape
-            taps = factorized.find_taps(
-                closed, mask, _num_losses(losses_shape), always=factorize == "always"
-            )
+class Prepared(NamedTuple):
+    """One forward pass under a plan, ready for the per-loss gradients and a weighted VJP.
 
-    if not taps:
-        losses, plain_vjp, aux = jax.vjp(fn, params, has_aux=True)
+    Attributes:
+      losses, aux: the loss function's outputs.
+      vjp_fn: ``vjp_fn(cotangent) -> (grads,)`` as from ``jax.vjp`` over the primal.
+      per_loss: ``per_loss()`` → ``[(leaf, rows)]``: each selected leaf's
+        (K, *leaf.shape) per-loss gradients in leaf order, copies of one value
+        merged under the first copy's index; what :func:`gramian` and
+        :func:`flat_jacobian` reduce. With factorised kernels use ``gramian``.
+      gramian: ``gramian()`` → the K×K Gramian of the selected leaves.
+      plan: the plan.
+    """
 
-        def plain_gramian() -> Array:
-            return gramian_of_function(
-                lambda p: fn(p)[0],
-                params,
-                losses,
-                plain_vjp,
-                wrt=wrt,
-                chunk_size=chunk_size,
-                group_losses=group_losses,
-                traced=closed,  # its outputs are (losses, aux): the losses come first
-            )
+    losses: Losses
+    vjp_fn: VjpFn
+    aux: Any
+    per_loss: Callable[[], list[tuple[int, Array]]]
+    gramian: Callable[[], Array]
+    plan: Plan
 
-        return losses, plain_vjp, aux, plain_gramian
 
-    run = factorized.tapped_function(closed, taps)
+def prepare(
+    fn: Callable[[PyTree], tuple[Losses, Any]],
+    primal: PyTree,
+    selected: Sequence[bool],
+    *,
+    chunk_size: int | None = None,
+    output: Output = "gramian",
+) -> Prepared:
+    """Trace ``fn(primal) -> (losses, aux)`` once, plan, and run its forward pass.
+
+    ``selected`` is aligned with ``jax.tree.leaves(primal)``.
+    """
+    _validate_chunk_size(chunk_size)
+    leaves, treedef = jax.tree.flatten(primal)
+
+    def flat_fn(*flat_leaves: Array) -> Any:
+        return fn(jax.tree.unflatten(treedef, flat_leaves))
+
+    closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*leaves)
     out_tree = jax.tree.structure(out_shape)
+    plan = make_plan(closed, out_shape[0], selected, output)
+    run = factorized.tapped_function(closed, plan.taps)
 
-    def tapped(p: PyTree, perturbations: dict[int, Array]) -> tuple[Losses, Any]:
+    def forward(p: PyTree, perturbations: dict[int, Array]) -> tuple[Losses, Any]:
+        """``fn`` with a zero perturbation on each tap's output (the cotangent there is Δ_i)."""
+        if not plan.taps:
+            losses, aux = fn(p)
+            return losses, (aux, {})
         outputs, layer_inputs = run(jax.tree.leaves(p), perturbations)
         losses, aux = jax.tree.unflatten(out_tree, outputs)
         return losses, (aux, layer_inputs)
 
-    perturbations = factorized.zero_perturbations(taps)
-    losses, tapped_vjp, (aux, layer_inputs) = jax.vjp(tapped, params, perturbations, has_aux=True)
+    perturbations = factorized.zero_perturbations(plan.taps)
+    losses, full_vjp, (aux, layer_inputs) = jax.vjp(forward, primal, perturbations, has_aux=True)
 
     def vjp_fn(cotangent: Losses) -> tuple[PyTree]:
-        return (tapped_vjp(cotangent)[0],)
+        return (full_vjp(cotangent)[0],)
+
+    def rows(reorderable: bool) -> tuple[dict[int, Array], dict[int, Array], dict[int, Array]]:
+        return _rows(
+            plan, leaves, treedef, forward, perturbations, losses, full_vjp, chunk_size, reorderable
+        )
+
+    def per_loss() -> list[tuple[int, Array]]:
+        if plan.taps:
+            raise ValueError("covjax: factorised kernels have no rows; reduce with gramian().")
+        dense, owned, _ = rows(reorderable=False)
+        return _merged_rows(plan, leaves, dense, owned)
 
     def gramian() -> Array:
-        materialised = [keep and i not in taps for i, keep in enumerate(mask)]
-        tapped_leaves = sorted(taps)  # a dict's pytree leaves come in key order
-        reorderable = [True] * sum(materialised) + [False] * len(tapped_leaves)
-        rows = per_loss_rows(
-            tapped_vjp,
-            losses,
-            materialised + [True] * len(tapped_leaves),
-            chunk_size,
-            reorderable,
-        )
-        num_materialised = sum(materialised)
-        k = rows[0].shape[0]
-        total = (
-            gramian_of_jacobian(rows[:num_materialised])
-            if num_materialised
-            else jnp.zeros((k, k), jnp.float32)
-        )
-        for leaf, deltas in zip(tapped_leaves, rows[num_materialised:], strict=True):
-            total = total + factorized.tap_gramian(taps[leaf], layer_inputs[leaf], deltas)
-        return total
+        dense, owned, deltas = rows(reorderable=True)
+        return _gramian(plan, leaves, dense, owned, deltas, layer_inputs)
 
-    return losses, vjp_fn, aux, gramian
+    return Prepared(losses, vjp_fn, aux, per_loss, gramian, plan)
+
+
+def _copy_sets(plan: Plan) -> dict[int, tuple[int, ...]]:
+    return {member: members for members in plan.copies for member in members}
+
+
+def _rows(
+    plan: Plan,
+    leaves: Sequence[Array],
+    treedef: Any,
+    forward: Callable[[PyTree, dict[int, Array]], tuple[Losses, Any]],
+    perturbations: dict[int, Array],
+    losses: Losses,
+    full_vjp: Callable[[Losses], tuple[PyTree, dict[int, Array]]],
+    chunk_size: int | None,
+    reorderable: bool,
+) -> tuple[dict[int, Array], dict[int, Array], dict[int, Array]]:
+    """``(dense, owned, deltas)``: batched rows by leaf, one-loss gradients, taps' Δ_i.
+
+    ``reorderable``: the non-K axes of batched rows may come permuted (enough
+    for a Gramian, cheaper), except for copies (summed with each other).
+    """
+    owned: dict[int, Array] = {}
+    if any(owner is not None for owner in plan.owners.values()):
+        # Block-diagonal: ONE pull-back of Σ L_i; a leaf that only L_i reaches gets ∇L_i.
+        (grads, _) = full_vjp(jax.tree.map(jnp.ones_like, losses))
+        grad_leaves = jax.tree.leaves(grads)
+        owned = {i: grad_leaves[i] for i, owner in plan.owners.items() if owner is not None}
+    batched = plan.batched
+    tapped = sorted(plan.taps)  # a dict's pytree leaves come in key order
+    if not batched and not tapped:
+        return {}, owned, {}
+    copies = _copy_sets(plan)
+    if plan.groups is None:
+        wanted = set(batched)
+        mask = [i in wanted for i in range(len(leaves))] + [True] * len(tapped)
+        flags = [reorderable and i not in copies for i in batched] + [False] * len(tapped)
+        rows = per_loss_rows(full_vjp, losses, mask, chunk_size, flags)
+    else:
+        rows = _grouped_rows(plan, leaves, treedef, forward, perturbations, losses, chunk_size)
+    dense = dict(zip(batched, rows[: len(batched)], strict=True))
+    deltas = dict(zip(tapped, rows[len(batched) :], strict=True))
+    return dense, owned, deltas
+
+
+def _grouped_rows(
+    plan: Plan,
+    leaves: Sequence[Array],
+    treedef: Any,
+    forward: Callable[[PyTree, dict[int, Array]], tuple[Losses, Any]],
+    perturbations: dict[int, Array],
+    losses: Losses,
+    chunk_size: int | None,
+) -> list[Array]:
+    """The batched rows, each group of losses pulled back through its own (pruned) transpose.
+
+    One linearisation w.r.t. the batched leaves and the taps' perturbations;
+    a group's pull-back is the transpose of the JVP restricted to its outputs,
+    which JAX prunes to the equations those outputs depend on (the other
+    outputs' cotangents are symbolic zeros). Rows come back in loss order.
+    """
+    batched, tapped = plan.batched, sorted(plan.taps)
+    values = [leaves[i] for i in batched] + [perturbations[t] for t in tapped]
+
+    def of_values(new_values: list[Array]) -> list[Array]:
+        full = list(leaves)
+        for i, value in zip(batched, new_values, strict=False):
+            full[i] = value
+        new_perturbations = dict(zip(tapped, new_values[len(batched) :], strict=True))
+        return jax.tree.leaves(forward(jax.tree.unflatten(treedef, full), new_perturbations)[0])
+
+    _, jvp_fn = jax.linearize(of_values, values)
+    loss_leaves = jax.tree.leaves(losses)
+    blocks = []
+    for group in plan.groups or ():
+
+        def group_jvp(tangent: list[Array], group: tuple[int, ...] = group) -> list[Array]:
+            outputs = jvp_fn(tangent)
+            return [outputs[i] for i in group]
+
+        pull_back = jax.linear_transpose(group_jvp, values)
+        group_losses = [loss_leaves[i] for i in group]
+        blocks.append(per_loss_rows(pull_back, group_losses, [True] * len(values), chunk_size))
+    order = [i for group in plan.groups or () for i in group]
+    inverse = jnp.asarray([order.index(i) for i in range(len(order))])
+    return [jnp.concatenate([block[j] for block in blocks])[inverse] for j in range(len(values))]
+
+
+def _dense(plan: Plan, leaves: Sequence[Array], dense: dict, owned: dict, i: int) -> Array:
+    """Leaf i's (K, ...) rows: batched, or one loss's gradient in its row and zeros elsewhere."""
+    if i in dense:
+        return dense[i]
+    rows = jnp.zeros((plan.num_losses, *leaves[i].shape), leaves[i].dtype)
+    owner = plan.owners[i]
+    return rows if owner is None else rows.at[owner].set(owned[i])
+
+
+def _merged_rows(
+    plan: Plan, leaves: Sequence[Array], dense: dict, owned: dict
+) -> list[tuple[int, Array]]:
+    """``[(leaf, rows)]`` in leaf order; the rows of copies of one value summed at the first."""
+    copies = _copy_sets(plan)
+    merged = []
+    for i, keep in enumerate(plan.selected):
+        if not keep or i in plan.taps or (i in copies and copies[i][0] != i):
+            continue
+        members = copies.get(i, (i,))
+        private = [m for m in members if plan.owners.get(m) is not None]
+        rows = None
+        if len(private) > 1:
+            # Copies that one loss each reaches: their gradients ARE rows; one scatter.
+            owners = jnp.asarray([plan.owners[m] for m in private])
+            stacked = jnp.stack([owned[m] for m in private])
+            rows = jnp.zeros((plan.num_losses, *stacked.shape[1:]), stacked.dtype)
+            rows = rows.at[owners].add(stacked)
+            members = tuple(m for m in members if m not in private)
+        for member in members:
+            member_rows = _dense(plan, leaves, dense, owned, member)
+            rows = member_rows if rows is None else rows + member_rows
+        merged.append((i, rows))
+    return merged
+
+
+def _gramian(
+    plan: Plan,
+    leaves: Sequence[Array],
+    dense: dict[int, Array],
+    owned: dict[int, Array],
+    deltas: dict[int, Array],
+    layer_inputs: dict[int, Array],
+) -> Array:
+    """The one reduction: G = Σ_blocks of every kind (see the module docstring)."""
+    k = plan.num_losses
+    selected = [leaves[i] for i, keep in enumerate(plan.selected) if keep]
+    dtype = jnp.promote_types(selected[0].dtype, jnp.float32)
+    gramian = jnp.zeros((k, k), dtype)
+    copies = _copy_sets(plan)
+    for i, tap in plan.taps.items():
+        gramian = gramian + factorized.tap_gramian(tap, layer_inputs[i], deltas[i]).astype(dtype)
+    # A leaf that one loss reaches adds only ‖∇L_i‖² to G_ii.
+    for i, gradient in owned.items():
+        if i not in copies:
+            flat = gradient.ravel().astype(dtype)
+            norm = jnp.dot(flat, flat, precision=jax.lax.Precision.HIGHEST)
+            gramian = gramian.at[plan.owners[i], plan.owners[i]].add(norm)
+    rows = [
+        row
+        for i, row in _merged_rows(plan, leaves, dense, owned)
+        if i not in plan.taps and (i in copies or i in dense)
+    ]
+    if rows:
+        gramian = gramian + gramian_of_jacobian(rows).astype(dtype)
+    return gramian
 
 
 def split_output(output: Any, has_aux: bool) -> tuple[Losses, Any]:
@@ -601,43 +660,86 @@ def _is_scalar(value: Any) -> bool:
     return not isinstance(value, dict | list | tuple) and jnp.ndim(value) == 0
 
 
-def _as_pytree(params: Any) -> tuple[PyTree, Callable[[PyTree], Any]]:
-    """``(primal, model)``: an NNX module's ``nnx.Param`` state and how to rebuild it."""
-    if _nnx.is_module(params):
-        nnx = _nnx.nnx()
-        graphdef, param_state, rest = nnx.split(params, nnx.Param, ...)
-        return param_state, lambda p: nnx.merge(graphdef, p, rest, copy=True)
-    return params, lambda p: p
+class Differentiable(NamedTuple):
+    """A loss function ready for :func:`prepare`.
+
+    Attributes:
+      fn: ``fn(primal) -> (losses, (aux, new_rest))``.
+      primal: the parameters (and, for an ``nnx.Module``, its perturbations).
+      selected: ``wrt``'s mask over ``jax.tree.leaves(primal)``.
+      names: every leaf's path name, aligned with ``selected``.
+      grads_of: the parameters' gradients out of the primal's gradients.
+      finish: ``finish(new_rest)``: updates an ``nnx.Module``'s other variables
+        (batch statistics...) in place; a no-op for a pytree.
+    """
+
+    fn: Callable[[PyTree], tuple[Losses, Any]]
+    primal: PyTree
+    selected: list[bool]
+    names: list[str]
+    grads_of: Callable[[PyTree], PyTree]
+    finish: Callable[[Any], None]
 
 
-def _differentiable(
+def differentiable(
     loss_fn: Callable[..., Any],
     params: Any,
     args: Sequence[Any],
     kwargs: dict[str, Any],
+    *,
     has_aux: bool,
-    representation: Callable[..., Any] | None,
-) -> tuple[Losses, VjpFn, PyTree, Any, Callable[[PyTree], Losses]]:
-    """``(losses, vjp_fn, primal, aux, fn)``: the differentiated ``fn(primal) -> losses``.
+    wrt: Selector,
+    needs_selection: bool = True,
+) -> Differentiable:
+    """``loss_fn(params, *args, **kwargs)`` as a function of a pytree, with ``wrt``'s selection.
 
-    ``primal`` is the parameters, or z with a ``representation``.
+    For an ``nnx.Module`` the primal is ``(its nnx.Param state, its
+    perturbations)``: the ``self.perturb(name, z)`` calls of ``loss_fn`` are
+    found by one abstract evaluation (when ``wrt`` is given), each gets a zero
+    of z's shape, and ``loss_fn`` always runs under ``nnx.capture`` so that
+    ``perturb`` adds them (and leaves the module unchanged otherwise).
     """
-    params, model = _as_pytree(params)
-
-    if representation is None:
+    if not _nnx.is_module(params):
 
         def fn(p: PyTree) -> tuple[Losses, Any]:
-            return split_output(loss_fn(model(p), *args, **kwargs), has_aux)
+            losses, aux = split_output(loss_fn(p, *args, **kwargs), has_aux)
+            return losses, (aux, None)
 
-        primal = params
-    else:
-        primal = representation(model(params), *args, **kwargs)
+        mask, names = _selection(params, wrt) if needs_selection else ([], [])
+        if needs_selection:
+            _check_selection(mask, names, wrt)
+        return Differentiable(fn, params, mask, names, lambda grads: grads, lambda rest: None)
 
-        def fn(rep: PyTree) -> tuple[Losses, Any]:
-            return split_output(loss_fn(model(params), rep, *args, **kwargs), has_aux)
+    nnx = _nnx.nnx()
+    module = params
+    graphdef, param_state, rest = nnx.split(module, nnx.Param, ...)
+    perturbations = (
+        _nnx.find_perturbations(graphdef, param_state, rest, loss_fn, args, kwargs)
+        if needs_selection and wrt is not None
+        else nnx.State({})
+    )
 
-    losses, vjp_fn, aux = jax.vjp(fn, primal, has_aux=True)
-    return losses, vjp_fn, primal, aux, lambda x: fn(x)[0]
+    def module_fn(primal: tuple[PyTree, PyTree]) -> tuple[Losses, Any]:
+        output, new_rest = _nnx.call(graphdef, *primal, rest, loss_fn, args, kwargs)
+        losses, aux = split_output(output, has_aux)
+        return losses, (aux, new_rest)
+
+    mask: list[bool] = []
+    names: list[str] = []
+    if needs_selection:
+        for part in (param_state, perturbations):
+            part_mask, part_names = _selection(part, wrt)
+            mask += part_mask
+            names += part_names
+        _check_selection(mask, names, wrt)
+    return Differentiable(
+        module_fn,
+        (param_state, perturbations),
+        mask,
+        names,
+        lambda grads: grads[0],
+        lambda new_rest: nnx.update(module, new_rest),
+    )
 
 
 def per_loss_jacobian(
@@ -647,35 +749,49 @@ def per_loss_jacobian(
     wrt: Selector = None,
     chunk_size: int | None = None,
     has_aux: bool = False,
-    representation: Callable[..., Any] | None = None,
     **kwargs: Any,
 ) -> tuple[Losses, Jacobian, Any]:
     """The K losses and their per-loss gradients, from one batched backward pass.
 
     Args:
       loss_fn: ``loss_fn(params, *args, **kwargs) -> losses`` (or
-        ``(losses, aux)`` with ``has_aux``); with ``representation``,
-        ``loss_fn(params, z, *args, **kwargs)``. ``params`` may be a pytree or
-        an ``nnx.Module`` (then its ``nnx.Param`` variables are differentiated;
-        other variables are not updated).
+        ``(losses, aux)`` with ``has_aux``). ``params`` may be a pytree or an
+        ``nnx.Module`` (then its ``nnx.Param`` variables, and with
+        ``wrt=nnx.Perturbation`` its perturbations, are differentiated; other
+        variables are not updated).
       params: the parameters.
-      *args, **kwargs: passed on to ``loss_fn`` (and ``representation``).
-      wrt: which parameters (module docstring); with ``representation``, which
-        leaves of z.
+      *args, **kwargs: passed on to ``loss_fn``.
+      wrt: which parameters or intermediates (module docstring).
       chunk_size: cotangents per backward pass (memory bound); ``None``: all K.
       has_aux: whether ``loss_fn`` returns ``(losses, aux)``.
-      representation: ``representation(params, *args, **kwargs) -> z``; the
-        gradients are then taken w.r.t. z (MGDA-UB).
 
     Returns:
-      ``(losses, jacobian, aux)`` with ``jacobian = {path: (K, *shape)}``; an
-      array-valued z has the single key ``"representation"``.
+      ``(losses, jacobian, aux)`` with ``jacobian = {path: (K, *shape)}``; the
+      copies of one value (module docstring) share the entry of their common
+      path prefix (``"representation"`` for ``"representation/depth"``, ...).
     """
-    losses, vjp_fn, primal, aux, _ = _differentiable(
-        loss_fn, params, args, kwargs, has_aux, representation
-    )
-    jacobian = jacobian_from_vjp(vjp_fn, losses, primal, wrt=wrt, chunk_size=chunk_size)
-    return losses, jacobian, aux
+    target = differentiable(loss_fn, params, args, kwargs, has_aux=has_aux, wrt=wrt)
+    with _engine_options(factorize="never"):
+        prepared = prepare(
+            target.fn, target.primal, target.selected, chunk_size=chunk_size, output="jacobian"
+        )
+    copies = _copy_sets(prepared.plan)
+    jacobian = {}
+    for i, rows in prepared.per_loss():
+        members = copies.get(i, (i,))
+        jacobian[_common_prefix([target.names[m] for m in members])] = rows
+    return prepared.losses, jacobian, prepared.aux[0]
+
+
+def _common_prefix(names: Sequence[str]) -> str:
+    """The longest common ``"/"``-prefix of path names (the name itself when alone)."""
+    parts = [name.split("/") for name in names]
+    common = []
+    for pieces in zip(*parts, strict=False):
+        if len(set(pieces)) != 1:
+            break
+        common.append(pieces[0])
+    return "/".join(common) or names[0]
 
 
 def per_loss_gramian(
@@ -685,42 +801,13 @@ def per_loss_gramian(
     wrt: Selector = None,
     chunk_size: int | None = None,
     has_aux: bool = False,
-    representation: Callable[..., Any] | None = None,
-    factorize: Factorize = "auto",
-    group_losses: bool = True,
     **kwargs: Any,
 ) -> tuple[Losses, Array, Any]:
     """``(losses, gramian, aux)``: :func:`per_loss_jacobian`'s J reduced to G = J Jᵀ (K×K).
 
-    ``factorize``: see :func:`vjp_and_gramian` (Dense kernels' blocks from
-    layer inputs and output cotangents; parameters only, not z).
-    ``group_losses``: see :func:`gramian_of_function`.
+    Dense-style kernels' blocks come from their layer inputs and output
+    cotangents where that is cheaper (module docstring); same result.
     """
-    if representation is None:
-        params, model = _as_pytree(params)
-
-        def fn(p: PyTree) -> tuple[Losses, Any]:
-            return split_output(loss_fn(model(p), *args, **kwargs), has_aux)
-
-        losses, _, aux, gramian = vjp_and_gramian(
-            fn,
-            params,
-            wrt=wrt,
-            chunk_size=chunk_size,
-            factorize=factorize,
-            group_losses=group_losses,
-        )
-        return losses, gramian(), aux
-    losses, head_vjp, z, aux, heads = _differentiable(
-        loss_fn, params, args, kwargs, has_aux, representation
-    )
-    gramian = gramian_of_function(
-        heads,
-        z,
-        losses,
-        head_vjp,
-        wrt=wrt,
-        chunk_size=chunk_size,
-        group_losses=group_losses,
-    )
-    return losses, gramian, aux
+    target = differentiable(loss_fn, params, args, kwargs, has_aux=has_aux, wrt=wrt)
+    prepared = prepare(target.fn, target.primal, target.selected, chunk_size=chunk_size)
+    return prepared.losses, prepared.gramian(), prepared.aux[0]

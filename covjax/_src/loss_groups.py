@@ -18,6 +18,11 @@ its products. Grouping is used only when there are 2 to ``max_groups`` groups
 and the estimate saves at least ``min_saving`` of the batched pass (each
 group adds a transposed program to compile). The result is the same Gramian,
 up to rounding.
+
+The same traced program also gives the plan's block-diagonal facts
+(:func:`loss_reach`: which losses depend on each differentiated leaf) and
+the copies of one value (:func:`find_copies`: leaves added, each once, to the
+same intermediate, as ``nnx.Module.perturb`` does per task).
 """
 
 from __future__ import annotations
@@ -138,3 +143,68 @@ def trace(fn: Any, primal: Any) -> tuple[Any, int]:
 
     closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*leaves)
     return closed, len(out_shape)
+
+
+def loss_reach(closed: Any, num_losses: int) -> list[int]:
+    """Per invar of ``closed``, the bit mask of the losses that depend on it.
+
+    Bit i is set when the i-th of the first ``num_losses`` outvars depends on
+    the invar. A walk backwards over the equations; one with sub-programs
+    counts as one unit (each of its outputs depends on all its inputs).
+    """
+    jaxpr = closed.jaxpr
+    reached: dict[Any, int] = {}
+    for index, var in enumerate(jaxpr.outvars[:num_losses]):
+        if isinstance(var, jex_core.Var):
+            reached[var] = reached.get(var, 0) | (1 << index)
+    for eqn in reversed(jaxpr.eqns):
+        bits = 0
+        for var in eqn.outvars:
+            bits |= reached.get(var, 0)
+        if not bits:
+            continue
+        for var in eqn.invars:
+            if isinstance(var, jex_core.Var):
+                reached[var] = reached.get(var, 0) | bits
+    return [reached.get(var, 0) for var in jaxpr.invars]
+
+
+def find_copies(closed: Any, selected: Sequence[bool]) -> list[tuple[int, ...]]:
+    """Sets of ≥ 2 selected invars that are added, each once, to one same value.
+
+    ``z + p_a`` and ``z + p_b`` (``nnx.Module.perturb`` of one feature map
+    under two names, or zero offsets of a plain pytree): ``p_a`` and ``p_b``
+    are copies of z, so the gradient w.r.t. z is the sum of theirs.
+    An invar qualifies only when that addition (same shape and dtype as z, no
+    broadcasting) is its only use.
+    """
+    jaxpr = closed.jaxpr
+    candidates = {var: i for i, var in enumerate(jaxpr.invars) if selected[i]}
+    uses: dict[int, int] = dict.fromkeys(candidates.values(), 0)
+    added_to: dict[int, Any] = {}
+
+    def count(var: Any) -> None:
+        if isinstance(var, jex_core.Var) and var in candidates:
+            uses[candidates[var]] += 1
+
+    for eqn in jaxpr.eqns:
+        for var in eqn.invars:
+            count(var)
+        if eqn.primitive is jax.lax.add_p and len(eqn.invars) == 2:
+            for mine, other in (eqn.invars, eqn.invars[::-1]):
+                if (
+                    isinstance(mine, jex_core.Var)
+                    and mine in candidates
+                    and isinstance(other, jex_core.Var)
+                    and other not in candidates
+                    and other.aval.shape == mine.aval.shape == eqn.outvars[0].aval.shape
+                    and other.aval.dtype == mine.aval.dtype
+                ):
+                    added_to[candidates[mine]] = other
+    for var in jaxpr.outvars:
+        count(var)
+    by_value: dict[Any, list[int]] = {}
+    for leaf, value in added_to.items():
+        if uses[leaf] == 1:
+            by_value.setdefault(value, []).append(leaf)
+    return [tuple(sorted(leaves)) for leaves in by_value.values() if len(leaves) >= 2]

@@ -68,3 +68,44 @@ def _raw_key(key: Any) -> Any:
         if hasattr(key, attribute):
             return getattr(key, attribute)
     return key
+
+
+def call(
+    graphdef: Any,
+    params: Any,
+    perturbations: Any,
+    rest: Any,
+    fn: Callable[..., Any],
+    args: Any,
+    kwargs: dict[str, Any],
+) -> tuple[Any, Any]:
+    """``fn(module, *args, **kwargs)`` on a merged copy, with the given perturbations added.
+
+    Returns ``(output, new_rest)``: the module's non-parameter variables after
+    the call (batch statistics...). ``fn`` runs under ``nnx.capture`` so that
+    each ``module.perturb(name, z)`` returns z plus the perturbation of that
+    name (z itself when there is none) without adding variables to the module.
+    """
+    flax_nnx = nnx()
+    model = flax_nnx.merge(graphdef, params, rest, copy=True)
+    output = flax_nnx.capture(fn, init=perturbations or None)(model, *args, **kwargs)
+    return output, flax_nnx.split(model, flax_nnx.Param, ...)[2]
+
+
+def find_perturbations(
+    graphdef: Any,
+    params: Any,
+    rest: Any,
+    fn: Callable[..., Any],
+    args: Any,
+    kwargs: dict[str, Any],
+) -> Any:
+    """Zero ``nnx.Perturbation`` state for each ``perturb`` call of ``fn`` (abstract evaluation)."""
+    flax_nnx = nnx()
+
+    def perturbations(params: Any, rest: Any) -> Any:
+        model = flax_nnx.merge(graphdef, params, rest, copy=True)
+        return flax_nnx.capture(fn, flax_nnx.Perturbation)(model, *args, **kwargs)[1]
+
+    shapes = jax.eval_shape(perturbations, params, rest)
+    return jax.tree.map(lambda shape: jax.numpy.zeros(shape.shape, shape.dtype), shapes)

@@ -18,7 +18,8 @@ batch 8); ``paper`` is ``configs/paper.py`` (ResNet-50MD, 256×512, batch 8);
 ``test`` is ``configs/test.py`` (a smoke run, no meaningful timing).
 ``--schemes=hand_tuned,mgda_ub,mgda_ub:ungrouped`` also times a gradient scheme
 with its 32 per-loss pull-backs in one batch instead of grouped by the layers
-each loss reaches (:mod:`covjax._src.loss_groups`).
+each loss reaches (:mod:`covjax._src.loss_groups`); ``mgda_ub:one_image`` with
+its Gramian estimated from the batch's first image (the reference's convention).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ SIZES = ("cpu", "paper", "ref_small", "test")
 #: ``scheme:ungrouped`` times a gradient scheme with all 32 losses in one batched
 #: backward pass (``config.group_losses = False``) instead of grouped by scale.
 UNGROUPED = "ungrouped"
+#: ``scheme:one_image`` estimates the Gramian from the batch's first image only
+#: (``config.gramian_examples = 1``, the reference MGDA-UB's convention).
+ONE_IMAGE = "one_image"
 
 
 def size_config(size: str) -> ml_collections.ConfigDict:
@@ -71,9 +75,13 @@ def prepare(config: ml_collections.ConfigDict, scheme: str) -> tuple[Callable[[]
     """``(run one step, compile seconds)`` for ``scheme``'s train step on a fixed batch."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.scheme, _, variant = scheme.partition(":")
-    if variant not in ("", UNGROUPED):
-        raise ValueError(f"Unknown scheme variant {variant!r} in {scheme!r}; try :{UNGROUPED}.")
+    if variant not in ("", UNGROUPED, ONE_IMAGE):
+        raise ValueError(
+            f"Unknown scheme variant {variant!r} in {scheme!r}; try :{UNGROUPED} or :{ONE_IMAGE}."
+        )
     config.group_losses = variant != UNGROUPED
+    if variant == ONE_IMAGE:
+        config.gramian_examples = 1
     mesh = sharding.make_mesh()
     trainer = Trainer(DepthTask(), config, mesh)
     batch = sharding.shard_batch(random_batch(config), mesh)

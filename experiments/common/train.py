@@ -21,7 +21,8 @@ saves a checkpoint of it and raises :class:`TrainingInterrupted` (a
 
 Config fields read here (see ``experiments/depth/configs/default.py``):
 ``seed, num_train_steps, batch_size, optimizer, learning_rate, momentum,
-scheme, scheme_kwargs, scheme_gradient_target, gradient_chunk_size, group_losses,
+scheme, scheme_kwargs, scheme_gradient_target, gradient_chunk_size, gramian_examples,
+group_losses,
 steps_per_epoch, log_every_steps, checkpoint_every_steps,
 max_checkpoints_to_keep, num_devices, distributed, coordinator_address,
 num_processes, process_id``.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import re
 import signal
 import threading
@@ -49,13 +51,14 @@ from jax import Array
 from jax.sharding import Mesh
 
 import covjax
+from covjax._src.gradients import _engine_options as engine_options
 from experiments.common import checkpoints, logging_utils, sharding
 from experiments.common.config import ConfigError
 from experiments.common.data import check_data_config
 from experiments.common.schemes import Scheme, SchemeContext, available_schemes, build_scheme
 from experiments.common.task import Batch, Task
 
-MODEL = "model"
+#: The name under which the step marks the shared representation z (``perturb``).
 REPRESENTATION = "representation"
 
 
@@ -157,23 +160,30 @@ def scheme_from_config(
     return build_scheme(name, context, kwargs, targets_by_scheme.get(name, None))
 
 
-def gradient_subset(scheme: Scheme, task: Task) -> str | None:
-    """The ``wrt`` of covjax's per-loss gradients for ``scheme``'s target (a path regex).
+def gradient_subset(scheme: Scheme, task: Task) -> Any:
+    """The ``wrt`` of covjax's per-loss gradients for ``scheme``'s target.
 
-    The differentiated pytree is ``{"model": params}`` plus, for the
-    representation target, ``{"representation": zeros like z}``: a zero offset
-    added to z, whose gradient is the gradient w.r.t. z. Under jit only the
-    heads' backward pass is run K times for it, and the final update still is
-    one weighted backward pass through the whole network. (covjax's own
-    ``representation=`` mode does the same, but its encoder cannot return
-    updated batch statistics; the offset keeps one forward pass that does.)
+    The representation target is ``nnx.Perturbation``: the step marks z with
+    ``model.perturb("representation", z)`` (Flax's mechanism for gradients
+    of intermediates), so the per-loss gradients are ∂L_i/∂z: under jit only
+    the heads' backward pass runs K times for them, the update is still one
+    weighted backward pass through the whole network, and batch statistics
+    update as in a normal step. The layer target is that layer's path regex;
+    the parameters target is None (all of them).
     """
     if scheme.gradient_target == "representation":
-        return re.escape(REPRESENTATION) + "(/|$)"
+        return nnx.Perturbation
     if scheme.gradient_target == "layer":
-        layer = "/".join((MODEL, *task.shared_layer()))
+        layer = "/".join(task.shared_layer())
         return re.escape(layer) + "(/|$)"
     return None  # "parameters": all of them
+
+
+def _mark(model: nnx.Module, path: jax.tree_util.KeyPath, leaf: Array) -> Array:
+    """``leaf`` of z marked as a target of the per-loss gradients (one ``perturb`` per array:
+    Flax adds the perturbation with ``+``, which would concatenate a tuple)."""
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
+    return model.perturb(f"{REPRESENTATION}/{name}" if name else REPRESENTATION, leaf)
 
 
 @dataclasses.dataclass
@@ -224,39 +234,29 @@ class Trainer:
     def _losses_only(self, params: nnx.State, rest: nnx.State, batch: Batch) -> dict[str, Array]:
         return self.task.losses(self.model(params, rest), batch)
 
-    def _objective(
-        self, trainable: dict[str, Any], rest: nnx.State, batch: Batch
-    ) -> tuple[dict[str, Array], nnx.State]:
-        model = self.model(trainable[MODEL], rest)
-        if REPRESENTATION in trainable:
+    def _objective(self, model: nnx.Module, batch: Batch) -> dict[str, Array]:
+        if self.scheme.gradient_target == "representation":
             z, carry = self.task.representation(model, batch)
-            z = jax.tree.map(jnp.add, z, trainable[REPRESENTATION])
-            losses = self.task.losses_from_representation(model, z, carry, batch)
-        else:
-            losses = self.task.losses(model, batch)
-        _, _, new_rest = nnx.split(model, nnx.Param, ...)
-        return losses, new_rest
-
-    def _representation_offset(self, params: nnx.State, rest: nnx.State, batch: Batch) -> Any:
-        shapes = jax.eval_shape(
-            lambda p, r, b: self.task.representation(self.model(p, r), b)[0], params, rest, batch
-        )
-        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            z = jax.tree_util.tree_map_with_path(functools.partial(_mark, model), z)
+            return self.task.losses_from_representation(model, z, carry, batch)
+        return self.task.losses(model, batch)
 
     def _train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, StepMetrics]:
-        trainable: dict[str, Any] = {MODEL: state.params}
-        if self.scheme.gradient_target == "representation":
-            trainable[REPRESENTATION] = self._representation_offset(state.params, state.rest, batch)
-        kwargs: dict[str, Any] = {"has_aux": True}
+        kwargs: dict[str, Any] = {}
         if self.scheme.needs_gradients:
             kwargs.update(
                 wrt=self._wrt,
                 chunk_size=self.config.get("gradient_chunk_size", None),
-                group_losses=self.config.get("group_losses", True),
+                gramian_examples=self.config.get("gramian_examples", None),
             )
         step = covjax.value_and_grad(self._objective, self.scheme.weighting, **kwargs)
-        result, grads = step(trainable, state.weighting, state.rest, batch)
-        updates, opt_state = self.optimizer.update(grads[MODEL], state.opt_state, state.params)
+        model = self.model(state.params, state.rest)
+        # config.group_losses is a benchmark switch of the engine's cost model,
+        # read while this step is traced.
+        with engine_options(group_losses=self.config.get("group_losses", True)):
+            result, grads = step(model, state.weighting, batch)
+        new_rest = nnx.split(model, nnx.Param, ...)[2]  # batch statistics after the step
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # A step covjax rejected changes nothing (covjax already kept the
         # weighting state); the step counter still advances so the data
@@ -268,7 +268,7 @@ class Trainer:
             step=state.step + 1,
             skipped_steps=skipped_steps,
             params=keep(params, state.params),
-            rest=keep(result.aux, state.rest),
+            rest=keep(new_rest, state.rest),
             opt_state=keep(opt_state, state.opt_state),
             weighting=result.state,
         )

@@ -42,10 +42,10 @@ Parameter paths (for the gradient-based schemes):
 * MGDA-UB's shared representation is the ``iconv4`` feature map:
   ``model.encode(left)`` returns ``(iconv4, skips)`` and
   ``model.decode_from_iconv4(iconv4, skips)`` the disparities, so that
-  ``model(left) == model.decode_from_iconv4(*model.encode(left))``. With
-  ``covjax.value_and_grad(head, scheme, representation=lambda m, l, r:
-  m.encode(l), wrt="0")`` the per-loss gradients are taken w.r.t. z[0], the
-  ``iconv4`` map (z[1], the skips, is left out of the Gramian).
+  ``model(left) == model.decode_from_iconv4(*model.encode(left))``. The
+  trainer marks the ``iconv4`` map with ``model.perturb("representation",
+  iconv4)`` between the two and takes the per-loss gradients with
+  ``wrt=nnx.Perturbation`` (the skips are left out of the Gramian).
 
 Images are NHWC, H and W divisible by 64 (the encoder downsamples six times).
 """
