@@ -659,7 +659,8 @@ def per_loss_jacobian(
         an ``nnx.Module`` (then its ``nnx.Param`` variables are differentiated;
         other variables are not updated).
       params: the parameters.
-      *args, **kwargs: passed on to ``loss_fn`` (and ``representation``).
+      *args: passed on to ``loss_fn`` (and ``representation``).
+      **kwargs: passed on to ``loss_fn`` (and ``representation``).
       wrt: which parameters (module docstring); with ``representation``, which
         leaves of z.
       chunk_size: cotangents per backward pass (memory bound); ``None``: all K.
