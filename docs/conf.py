@@ -19,7 +19,7 @@ import covjax  # noqa: E402
 
 project = "covjax"
 author = "covjax authors"
-copyright = "covjax authors"  # noqa: A001 (Sphinx's setting name)
+copyright = "covjax authors"
 release = covjax.__version__
 version = release
 
