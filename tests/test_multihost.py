@@ -57,7 +57,8 @@ def readme_blocks() -> list[str]:
     for number, line in enumerate(lines):
         if line.strip() != MARKER:
             continue
-        assert lines[number + 1].startswith("```"), f"{MULTI_HOST_GUIDE.name} line {number + 2}: no block"
+        where = f"{MULTI_HOST_GUIDE.name} line {number + 2}"
+        assert lines[number + 1].startswith("```"), f"{where}: no block"
         end = lines.index("```", number + 2)
         blocks.append("\n".join(lines[number + 2 : end]))
     return blocks
