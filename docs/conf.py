@@ -15,6 +15,8 @@ DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent))  # this checkout's covjax, not an installed copy
 sys.path.insert(0, str(DOCS / "_ext"))
 
+from sphinx.application import Sphinx  # noqa: E402
+
 import covjax  # noqa: E402
 
 project = "covjax"
@@ -60,3 +62,21 @@ nb_merge_streams = True
 html_theme = "furo"
 html_title = f"covjax {release}"
 html_static_path: list[str] = []
+
+
+def check_notebook_plots(app: Sphinx, exception: Exception | None) -> None:
+    """Every executed notebook's page shows at least one plot (its figures became images)."""
+    if exception is not None or app.builder.name != "html":
+        return
+    notebooks = sorted(name for name in app.env.found_docs if name.startswith("notebooks/"))
+    without_plots = [
+        name
+        for name in notebooks
+        if "<img" not in (Path(app.outdir) / f"{name}.html").read_text(encoding="utf-8")
+    ]
+    if without_plots:
+        raise RuntimeError(f"docs: these notebooks rendered no plot: {without_plots}")
+
+
+def setup(app: Sphinx) -> None:
+    app.connect("build-finished", check_notebook_plots)
