@@ -11,11 +11,11 @@ import os
 import sys
 from pathlib import Path
 
+from sphinx.application import Sphinx
+
 DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent))  # this checkout's covjax, not an installed copy
 sys.path.insert(0, str(DOCS / "_ext"))
-
-from sphinx.application import Sphinx  # noqa: E402
 
 import covjax  # noqa: E402
 
