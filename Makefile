@@ -1,18 +1,19 @@
 # covjax: the two commands of the README.
 #   make demo  -- create .venv, install, run the main job on the embedded synthetic data
-#   make test  -- create .venv, install, lint, run every test and notebook
+#   make test  -- create .venv, install, lint, run every test, build the docs (runs the notebooks)
+#   make docs  -- build the documentation site into docs/_build/html (executes the notebooks)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test test-numerics lint bench clean
+.PHONY: install demo test test-numerics lint bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,9 +24,14 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# The docs build executes the three notebooks: a failing cell fails it, so this is their test.
 test: $(STAMP) lint
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --nbmake notebooks
+	$(MAKE) docs
+
+# A fresh environment (-E) every time, so every page's warnings show (and fail) on every build.
+docs: $(STAMP)
+	$(PY) -m sphinx -b html -E -W --keep-going -q docs docs/_build/html
 
 # The numerically sensitive tests under two other XLA:CPU configurations (one core; AVX2).
 NUMERIC_TESTS := tests/test_aggregators.py tests/test_pcgrad.py tests/test_gradvac.py tests/test_cagrad.py \
@@ -42,4 +48,4 @@ bench: $(STAMP)
 	$(PY) -m experiments.benchmarks.weighting_overhead
 
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) results .pytest_cache docs/_build docs/api

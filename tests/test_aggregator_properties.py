@@ -1,4 +1,4 @@
-"""One property suite for every gradient aggregator, and the README's promises table.
+"""One property suite for every gradient aggregator, and the promises table of docs/schemes.md.
 
 Every public scheme that needs the per-loss gradients (``GRAMIAN`` or ``JACOBIAN`` in
 ``requires``, found in ``covjax.__all__``, so a new scheme joins when it is exported),
@@ -20,7 +20,7 @@ training. Schemes are jitted once per K and precision and run from a fresh
 state: a stateful scheme's promise is about every step, and its first is checked here.
 All matrices have K = 6 rows but one (K = 1), so each scheme compiles four programs.
 
-Regenerate the README table with ``python tests/test_aggregator_properties.py``.
+Regenerate the table of docs/schemes.md with ``python tests/test_aggregator_properties.py``.
 """
 
 from __future__ import annotations
@@ -535,9 +535,9 @@ def test_torchjd_recorded_values(name, arguments, J, post, want) -> None:
 
 
 # ---------------------------------------------------------------------------
-# The README's promises table is generated from the declarations.
+# The docs' promises table (docs/schemes.md) is generated from the declarations.
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+SCHEME_PAGE = Path(__file__).resolve().parents[1] / "docs" / "schemes.md"
 PROMISE_COLUMNS = {
     "non-conflicting": "non_conflicting",
     "permutation-invariant": "permutation_invariant",
@@ -547,7 +547,7 @@ PROMISE_COLUMNS = {
 
 
 def promises_table() -> str:
-    """The README's promises table, one row per configuration of the suite."""
+    """The promises table of docs/schemes.md, one row per configuration of the suite."""
     header = "| scheme | " + " | ".join(PROMISE_COLUMNS) + " |"
     lines = [header, "|---" * (len(PROMISE_COLUMNS) + 1) + "|"]
     for config in CONFIGS:
@@ -558,14 +558,15 @@ def promises_table() -> str:
 
 
 def readme_promises_table() -> str:
-    text = README.read_text()
+    text = SCHEME_PAGE.read_text()
     start = text.index("| scheme | non-conflicting |")
     return text[start : text.index("\n\n", start)]
 
 
 def test_readme_promises_table_is_generated_from_the_declarations() -> None:
     assert readme_promises_table() == promises_table(), (
-        "regenerate the README's promises table with `python tests/test_aggregator_properties.py`"
+        "regenerate the promises table of docs/schemes.md with "
+        "`python tests/test_aggregator_properties.py`"
     )
 
 

@@ -1,6 +1,6 @@
 """Smoke tests: the benchmark scripts run end to end and print their tables (no timings).
 
-Every benchmark the README documents runs here with tiny sizes, through its own
+Every benchmark the README or the docs document runs here with tiny sizes, through its own
 command-line parsing; ``test_every_documented_benchmark_has_a_smoke_test`` keeps the
 list complete.
 """
@@ -44,8 +44,10 @@ TINY_RUNS = {
 
 
 def test_every_documented_benchmark_has_a_smoke_test() -> None:
-    readme = (REPO / "README.md").read_text()
-    documented = set(re.findall(r"python -m experiments\.benchmarks\.(\w+)", readme))
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
+    documented = set(re.findall(r"python -m experiments\.benchmarks\.(\w+)", text))
+    assert documented, "no benchmark documented"
     assert documented <= {"gradients", "suite", *TINY_RUNS}, documented
 
 

@@ -1,6 +1,6 @@
-"""Multi-process runs: launched as the README says, they equal one process.
+"""Multi-process runs: launched as the multi-host guide says, they equal one process.
 
-The README's two launch blocks ("GPUs, TPUs and several hosts") are run as
+The two launch blocks of docs/guides/multi_host.md are run as
 written, with the tiny test config, a fresh data directory, a free port and a
 temporary workdir substituted: two processes on 127.0.0.1 with explicit flags
 train 2 steps (and checkpoint), then the SLURM block, through a stand-in
@@ -38,6 +38,7 @@ import pytest
 from experiments.common import cli
 
 REPO = Path(__file__).resolve().parents[1]
+MULTI_HOST_GUIDE = REPO / "docs" / "guides" / "multi_host.md"
 HERE = Path(__file__).resolve().parent
 MARKER = "<!-- covered by tests/test_multihost.py -->"
 TEST_CONFIG = "experiments/depth/configs/test.py"
@@ -50,13 +51,14 @@ SLURM_PORTS = range(65536 - 4096, 65536)
 
 
 def readme_blocks() -> list[str]:
-    """The bodies of the README's fenced blocks that carry this file's marker."""
-    lines = (REPO / "README.md").read_text().splitlines()
+    """The bodies of the multi-host guide's fenced blocks that carry this file's marker."""
+    lines = MULTI_HOST_GUIDE.read_text().splitlines()
     blocks = []
     for number, line in enumerate(lines):
         if line.strip() != MARKER:
             continue
-        assert lines[number + 1].startswith("```"), f"README line {number + 2}: no block"
+        where = f"{MULTI_HOST_GUIDE.name} line {number + 2}"
+        assert lines[number + 1].startswith("```"), f"{where}: no block"
         end = lines.index("```", number + 2)
         blocks.append("\n".join(lines[number + 2 : end]))
     return blocks
@@ -80,7 +82,7 @@ def substitute(argv: list[str], replacements: dict[str, str]) -> list[str]:
             token = token.replace(old, new)
         out.append(token)
     for old in replacements:
-        assert any(old in token for token in argv), f"{old!r} not in the README command {argv}"
+        assert any(old in token for token in argv), f"{old!r} not in the guide's command {argv}"
     return out
 
 
@@ -265,10 +267,10 @@ def assert_same_state(got: dict[str, np.ndarray], want: dict[str, np.ndarray], l
 
 @pytest.mark.slow
 def test_readme_launches_on_two_processes_resume_and_equal_one_process(tmp_path: Path) -> None:
-    """The README's launches train as one process does, also when resumed with another count.
+    """The guide's launches train as one process does, also when resumed with another count.
 
-    Two processes (the README's explicit block) train 2 of the test config's
-    4 steps from a fresh data directory and checkpoint; the README's SLURM
+    Two processes (the guide's explicit block) train 2 of the test config's
+    4 steps from a fresh data directory and checkpoint; the guide's SLURM
     block (through tests/fake_srun.py) resumes them to step 4, and one plain
     process resumes a copy of the same checkpoint to step 4; both must end
     where one process training all 4 steps on the same global batches ends.

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pathlib
-import re
 
 import pytest
+from markdown_blocks import python_blocks
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+BLOCKS = python_blocks(README)
 
 
 def test_readme_has_code_blocks() -> None:

@@ -1,6 +1,8 @@
 """Every shell command of the READMEs runs, as a real subprocess, on tiny configs and fake data.
 
-Each ```bash block of README.md and of the experiments' READMEs is split into
+Each ```bash block of README.md, of the docs pages that hold the experiments'
+commands (docs/experiments.md, docs/guides/multi_host.md) and of the
+experiments' READMEs is split into
 commands, which run in order (a block's ``evaluate`` reads what its ``train``
 wrote). Each command is the documented one with these changes only:
 
@@ -46,7 +48,13 @@ from experiments.common import cli
 from experiments.common.schemes import available_schemes
 
 REPO = Path(__file__).resolve().parents[1]
-READMES = ("README.md", "experiments/segmentation/README.md", "experiments/multitask/README.md")
+READMES = (
+    "README.md",
+    "docs/experiments.md",
+    "docs/guides/multi_host.md",
+    "experiments/segmentation/README.md",
+    "experiments/multitask/README.md",
+)
 COVERED_ELSEWHERE = "<!-- covered by tests/test_multihost.py -->"
 SKIPPED_COMMANDS = ("make demo", "make test")
 #: Documented config fields kept when the config file becomes test.py.

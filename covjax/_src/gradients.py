@@ -760,7 +760,8 @@ def per_loss_jacobian(
         ``wrt=nnx.Perturbation`` its perturbations, are differentiated; other
         variables are not updated).
       params: the parameters.
-      *args, **kwargs: passed on to ``loss_fn``.
+      *args: passed on to ``loss_fn``.
+      **kwargs: passed on to ``loss_fn``.
       wrt: which parameters or intermediates (module docstring).
       chunk_size: cotangents per backward pass (memory bound); ``None``: all K.
       has_aux: whether ``loss_fn`` returns ``(losses, aux)``.

@@ -82,7 +82,7 @@ def gradnorm(
 
     Args:
       alpha: the restoring force α (γ in the CoV-Weighting paper); 1.5.
-      form: ``"reference"`` (w(0) = 1/K, mean of |G − C|, Σw = 1; the
+      form: ``"reference"`` (w(0) = 1/K, mean of ``|G − C|``, Σw = 1; the
         CoV-Weighting authors' code) or ``"paper"`` (w(0) = 1, sum, Σw = K).
       learning_rate: learning rate of w's Adam (0.025 in the reference).
       optimizer: any optax optimiser for w instead of ``adam(learning_rate)``.

@@ -42,7 +42,7 @@ def gradvac(beta: float = 0.5, seed: int = 0) -> Weighting:
       seed: seed of the PRNG key kept in the state.
 
     Degenerate cases: a pair with a dead gradient (or a vanished g_i^PC) is
-    skipped and its target left unchanged; a target |φ̂| = 1 (√(1−φ̂²) = 0)
+    skipped and its target left unchanged; a target ``|φ̂| = 1`` (√(1−φ̂²) = 0)
     makes no adjustment.
 
     References:

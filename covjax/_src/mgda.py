@@ -13,13 +13,13 @@ see :mod:`covjax._src.gradients`.
 
 Solver (:func:`min_norm_solver`), all in-graph (``lax.while_loop``):
 
+0. (with ``refine``) if the minimiser over the whole support, one KKT solve,
+   is ≥ 0, it is α* and nothing else runs (common when K is large);
 1. the best pair: the exact two-vector solution (Sener & Koltun's Algorithm 1)
    for every pair i < j, keeping the smallest norm;
 2. Frank–Wolfe from there with the exact line search between the iterate and
    the best vertex (Sener & Koltun's Algorithm 2; ``max_iters`` 250 and a stop
    when the step moves α by less than ``tol`` in ℓ1, as the reference);
-0. (with ``refine``) if the minimiser over the whole support, one KKT solve,
-   is ≥ 0, it is α* and nothing else runs (common when K is large);
 3. Frank–Wolfe converges sublinearly on some faces, so it is finished by an
    exact primal active-set method: on the current support S the KKT system
    ``[G_SS 1; 1ᵀ 0][α_S; ν] = [0; 1]`` is solved (pseudo-inverse, so parallel
