@@ -172,6 +172,34 @@ SCHEMES: dict[str, SchemeEntry] = {
     "upgrad": SchemeEntry(covjax.upgrad, "parameters", _none, "UPGrad"),
     "gradvac": SchemeEntry(covjax.gradvac, "parameters", _none, "GradVac"),
     "db_mtl": SchemeEntry(covjax.db_mtl, "parameters", _none, "DB-MTL"),
+    "fairgrad": SchemeEntry(covjax.fairgrad, "parameters", _none, "FairGrad, α = 1"),
+    "dualproj": SchemeEntry(covjax.dualproj, "parameters", _none, "DualProj"),
+    "krum": SchemeEntry(
+        covjax.krum, "parameters", _none, "Krum, one Byzantine loss", fixed={"n_byzantine": 1}
+    ),
+    "cr_mogm": SchemeEntry(
+        covjax.cr_mogm,
+        "parameters",
+        _none,
+        "CR-MOGM, moving average of UPGrad's weights",
+        fixed={"weighting": covjax.upgrad()},
+    ),
+    "conflict_free": SchemeEntry(covjax.conflict_free, "parameters", _none, "ConFIG"),
+    "graddrop": SchemeEntry(covjax.graddrop, "parameters", _none, "GradDrop"),
+    "trimmed_mean": SchemeEntry(
+        covjax.trimmed_mean, "parameters", _none, "coordinate-wise trimmed mean", fixed={"trim": 1}
+    ),
+    "lr_annealing": SchemeEntry(
+        covjax.lr_annealing, "parameters", _none, "learning-rate annealing (PINN balancer)"
+    ),
+    "ntk_weighting": SchemeEntry(
+        covjax.ntk_weighting, "parameters", _none, "NTK-trace weighting (PINN balancer)"
+    ),
+    # Loss scalarizations and learned weights: loss values only.
+    "stch": SchemeEntry(covjax.stch, "none", _none, "smooth Tchebycheff scalarization"),
+    "pbi": SchemeEntry(covjax.pbi, "none", _none, "penalty-based boundary intersection"),
+    "cosmos": SchemeEntry(covjax.cosmos, "none", _none, "COSMOS scalarization"),
+    "lbpinn": SchemeEntry(covjax.lbpinn, "none", _same_optimizer, "LB-PINN, learned weights"),
 }
 
 
@@ -194,7 +222,7 @@ class Scheme:
 
     @property
     def needs_gradients(self) -> bool:
-        return covjax.GRAMIAN in self.weighting.requires
+        return bool(self.weighting.requires & {covjax.GRAMIAN, covjax.JACOBIAN})
 
 
 def available_schemes() -> tuple[str, ...]:
@@ -241,7 +269,7 @@ def build_scheme(
             f"Scheme {name!r}: covjax.{constructor.__name__} rejected the arguments "
             f"{sorted(arguments)}: {error}"
         ) from error
-    needs_gradients = covjax.GRAMIAN in weighting.requires
+    needs_gradients = bool(weighting.requires & {covjax.GRAMIAN, covjax.JACOBIAN})
     target = gradient_target or entry.gradient_target
     if target not in GRADIENT_TARGETS:
         raise ValueError(
