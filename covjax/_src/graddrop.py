@@ -71,7 +71,7 @@ def graddrop(
 
     The gradient combination of the paper's Algorithm 1 (lines 10–15), as
     TorchJD's ``GradDrop``: per parameter coordinate p, the sign purity
-    P_p = ½ (1 + Σ_i g_ip / Σ_i |g_ip|) ∈ [0, 1] and one uniform draw U_p::
+    P_p = ½ (1 + Σ_i g_ip / Σ_i abs(g_ip)) ∈ [0, 1] and one uniform draw U_p::
 
         M_ip = [f(P_p) > U_p]·[g_ip > 0] + [f(P_p) < U_p]·[g_ip < 0]
         d_p  = Σ_i (ℓ_i + (1 − ℓ_i) M_ip) g_ip

@@ -62,6 +62,7 @@ def nash_mtl(
         outweighs the improvements 1/α it must resolve), it is redone with
         G + r·mean(diag G)·I, r = max(ridge, 4·K·eps) (above that rounding),
         whose weights are bounded by about 1/√r (instead of diverging).
+      tol: stop when the squared Newton decrement λ² falls below this.
 
     Promises (``properties.promises``): permutation-invariant and strongly
     stationary (d = 0 needs Jᵀ1 = 0, even with the ridge). Not promised
@@ -69,7 +70,6 @@ def nash_mtl(
     0 in the convex hull of the gradients there is no solution, and the
     ridge's improvements 1/α_i − r·α_i can be slightly negative (by ≈ 1e-3 of
     ‖g_i‖² on TorchJD's strongly stationary matrices).
-      tol: stop when the squared Newton decrement λ² falls below this.
 
     Accuracy: the solve converges to float32 round-off, so α is exact to
     about cond(G)·eps(float32) relative (1e-6 for well-conditioned gradients,
