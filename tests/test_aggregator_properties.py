@@ -347,7 +347,9 @@ ids = lambda config: config.label  # noqa: E731
 # The properties.
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
+# The structure and degenerate-input checks run in float32, the precision of real use
+# (float64 programs are compiled only for the promises below: the suite's cost is compiling).
+@pytest.mark.parametrize("precision", ["float32"])
 @pytest.mark.parametrize("config", CONFIGS, ids=ids)
 def test_expected_structure(config: Config, precision: str) -> None:
     """Every scheme: d has one entry per parameter and is finite, on every typical matrix."""
@@ -359,7 +361,7 @@ def test_expected_structure(config: Config, precision: str) -> None:
         assert result.accepted, (name, result)
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("precision", ["float32"])
 @pytest.mark.parametrize("config", CONFIGS, ids=ids)
 def test_weights_are_finite_on_degenerate_inputs(config: Config, precision: str) -> None:
     """Every scheme: at scales 1e-15 … 1e15, on zero, single, parallel and opposing gradients,
