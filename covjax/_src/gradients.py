@@ -681,6 +681,17 @@ class Differentiable(NamedTuple):
     finish: Callable[[Any], None]
 
 
+def _may_select_perturbations(wrt: Any) -> bool:
+    """Whether ``wrt`` can select ``nnx.Perturbation`` variables: only then is the loss traced
+    under ``nnx.capture`` to find them (a path regex selects parameters only; capture also
+    breaks ``nnx.Dict`` containers of submodules in flax 0.12)."""
+    if wrt is None or isinstance(wrt, str):
+        return False
+    if isinstance(wrt, (list, tuple)):
+        return any(_may_select_perturbations(item) for item in wrt)
+    return True
+
+
 def differentiable(
     loss_fn: Callable[..., Any],
     params: Any,
@@ -715,7 +726,7 @@ def differentiable(
     graphdef, param_state, rest = nnx.split(module, nnx.Param, ...)
     perturbations = (
         _nnx.find_perturbations(graphdef, param_state, rest, loss_fn, args, kwargs)
-        if needs_selection and wrt is not None
+        if needs_selection and _may_select_perturbations(wrt)
         else nnx.State({})
     )
 

@@ -82,14 +82,21 @@ def call(
     """``fn(module, *args, **kwargs)`` on a merged copy, with the given perturbations added.
 
     Returns ``(output, new_rest)``: the module's non-parameter variables after
-    the call (batch statistics...). ``fn`` runs under ``nnx.capture`` so that
-    each ``module.perturb(name, z)`` returns z plus the perturbation of that
-    name (z itself when there is none) without adding variables to the module.
+    the call (batch statistics...). With perturbations, ``fn`` runs under
+    ``nnx.capture`` so that each ``module.perturb(name, z)`` returns z plus the
+    perturbation of that name; without, a ``perturb`` call returns z plus zero.
+    Perturbation variables are never part of the returned state.
     """
     flax_nnx = nnx()
     model = flax_nnx.merge(graphdef, params, rest, copy=True)
-    output = flax_nnx.capture(fn, init=perturbations or None)(model, *args, **kwargs)
-    return output, flax_nnx.split(model, flax_nnx.Param, ...)[2]
+    if perturbations:
+        output = flax_nnx.capture(fn, init=perturbations)(model, *args, **kwargs)
+    else:
+        # Nothing to add: no capture (under it, flax 0.12 breaks ``nnx.Dict`` containers
+        # of submodules). A ``perturb`` call then creates a zero Perturbation variable on
+        # this copy only, which the returned state leaves out.
+        output = fn(model, *args, **kwargs)
+    return output, flax_nnx.split(model, flax_nnx.Param, flax_nnx.Perturbation, ...)[3]
 
 
 def find_perturbations(
