@@ -7,12 +7,9 @@ gives the per-step variant)::
 
 with α = 1 during the first two periods. Σ α = K.
 
-All three look only at loss values (one backward pass per step) and turn the
-relative change of each loss into softmax weights. Ratios and logarithms of
-losses need positive losses: DWA, ReLoBRaLo and SoftAdapt's
-``"loss_weighted"`` variant reject a step with a loss ≤ 0 like a non-finite
-one (state unchanged, previous weights returned); SoftAdapt's slopes accept
-any finite losses. Every softmax is max-shifted.
+Loss values only (one backward pass per step). The ratios need positive
+losses: a step with a loss ≤ 0 is rejected like a non-finite one (state
+unchanged, previous weights returned). The softmax is max-shifted.
 """
 
 from __future__ import annotations

@@ -9,12 +9,9 @@ a = 0 at t = 1 (λ = λ̂(1, 0)). ρ is drawn from the PRNG key in the state:
 ``key, sub = jax.random.split(key); ρ = jax.random.bernoulli(sub, E[ρ])`` at
 every step t ≥ 2. Σ λ = K.
 
-All three look only at loss values (one backward pass per step) and turn the
-relative change of each loss into softmax weights. Ratios and logarithms of
-losses need positive losses: DWA, ReLoBRaLo and SoftAdapt's
-``"loss_weighted"`` variant reject a step with a loss ≤ 0 like a non-finite
-one (state unchanged, previous weights returned); SoftAdapt's slopes accept
-any finite losses. Every softmax is max-shifted.
+Loss values only (one backward pass per step). The ratios need positive
+losses: a step with a loss ≤ 0 is rejected like a non-finite one (state
+unchanged, previous weights returned). Every softmax is max-shifted.
 """
 
 from __future__ import annotations

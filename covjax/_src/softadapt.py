@@ -7,12 +7,11 @@ slope of L_i over the last n recorded values, (L_i(t) − L_i(t−n+1))/(n−1):
 
 equal weights 1/K until n values are recorded. Σ α = 1.
 
-All three look only at loss values (one backward pass per step) and turn the
-relative change of each loss into softmax weights. Ratios and logarithms of
-losses need positive losses: DWA, ReLoBRaLo and SoftAdapt's
-``"loss_weighted"`` variant reject a step with a loss ≤ 0 like a non-finite
-one (state unchanged, previous weights returned); SoftAdapt's slopes accept
-any finite losses. Every softmax is max-shifted.
+Loss values only (one backward pass per step). The ``"loss_weighted"``
+variant multiplies by loss values and needs positive losses (a step with a
+loss ≤ 0 is rejected like a non-finite one: state unchanged, previous weights
+returned); the slopes of the other variants accept any finite losses. The
+softmax is max-shifted.
 """
 
 from __future__ import annotations
