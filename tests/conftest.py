@@ -1,12 +1,40 @@
-"""Shared pytest configuration: CPU only, quiet TensorFlow, deterministic hypothesis."""
+"""Shared pytest configuration: CPU only, quiet TensorFlow, deterministic hypothesis,
+one persistent XLA compilation cache for the session."""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-from hypothesis import settings
+# The experiments' tests compile the same tiny networks again and again, in
+# process and in the subprocesses of the documented commands, and compiling is
+# most of their time: one persistent compilation cache for the whole session,
+# shared by the xdist workers (they inherit this environment) and by every
+# subprocess a test starts. Set JAX_COMPILATION_CACHE_DIR to keep one between runs.
+_SESSION_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="covjax-tests-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
+
+import jax  # noqa: E402  (after the environment above, which jax reads on import)
+from hypothesis import settings  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 settings.register_profile("covjax", max_examples=25, deadline=None, derandomize=True)
 settings.load_profile("covjax")
+
+
+def pytest_unconfigure(config: object) -> None:
+    if _SESSION_CACHE is not None:  # only the process that made it (xdist's controller)
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: object, items: list) -> None:
+    """The end-to-end runs (``slow``) first: started early, the longest tests overlap
+    with the many short ones on the other worker instead of running alone at the end.
+    The order is deterministic, as xdist requires of every worker's collection."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -13,8 +13,9 @@ wrote). Each command is the documented one with these changes only:
   directory, where ``/data/kitti_raw`` and ``/data/splits`` are a fake KITTI
   layout (tests/fake_datasets.py) in the documented format;
 * synthetic data is generated once per session into one shared directory,
-  and the commands share one persistent JAX compilation cache (most of them
-  compile the same tiny networks);
+  and the commands share the session's persistent JAX compilation cache
+  (tests/conftest.py; most of them compile the same tiny networks), caching
+  every program however quickly it compiled;
 * ``--schemes`` lists are cut to their first two names (every name is
   checked against the registry), a command relying on the default list
   gets ``--schemes=equal,cov``, and segmentation's ``compare`` trains one run.
@@ -136,7 +137,6 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with (root / "data" / "resnet50.pth").open("wb") as handle:  # read by the fake torch.load
         np.savez(handle, **fake_checkpoint(50))
     (root / "synthetic").mkdir()
-    (root / "jax_cache").mkdir()
     return root
 
 
@@ -208,7 +208,6 @@ def test_documented_commands_run(name: str, commands: list[str], layout: Path) -
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
-        "JAX_COMPILATION_CACHE_DIR": str(layout / "jax_cache"),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
