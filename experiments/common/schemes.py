@@ -53,11 +53,17 @@ class SchemeContext:
       optimizer: the network's optimiser; uncertainty weighting trains its
         log-variances with the same optimiser and learning rate (as the CoV paper's reference code).
       steps_per_epoch: the period of LSB, DWA and multi-loss rebalancing.
+      parameter_count: ``target -> P``, how many numbers the per-loss gradients
+        of a gradient target have (the per-loss Jacobian's columns): the size of
+        the state of the schemes that keep a vector over the parameters per loss
+        (MoCo, M-ConFIG, ExcessMTL; :attr:`SchemeEntry.sized`). ``None`` where
+        no model is built; those schemes then need ``num_params`` given.
     """
 
     task: Task
     optimizer: optax.GradientTransformation
     steps_per_epoch: int
+    parameter_count: Callable[[GradientTarget], int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +78,8 @@ class SchemeEntry:
       description: one line for the docs and ``--list_schemes``.
       fixed: hyper-parameters that make this entry differ from the
         constructor's defaults (e.g. ``decay=0.99`` for ``"cov_decay"``).
+      sized: the constructor's ``num_params`` is P of the scheme's gradient
+        target, from :attr:`SchemeContext.parameter_count` unless given.
     """
 
     constructor: Callable[..., covjax.Weighting]
@@ -79,6 +87,7 @@ class SchemeEntry:
     defaults: Callable[[SchemeContext], dict[str, Any]]
     description: str
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    sized: bool = False
 
 
 def _none(_: SchemeContext) -> dict[str, Any]:
@@ -184,7 +193,33 @@ SCHEMES: dict[str, SchemeEntry] = {
         "CR-MOGM, moving average of UPGrad's weights",
         fixed={"weighting": covjax.upgrad()},
     ),
+    "pcd": SchemeEntry(
+        covjax.pcd, "parameters", _none, "priority-constrained descent, the first loss primary"
+    ),
     "conflict_free": SchemeEntry(covjax.conflict_free, "parameters", _none, "ConFIG"),
+    "m_config": SchemeEntry(
+        covjax.conflict_free,
+        "parameters",
+        _none,
+        "M-ConFIG, per-loss momenta",
+        fixed={"momentum": True},
+        sized=True,
+    ),
+    "moco": SchemeEntry(
+        covjax.moco, "parameters", _none, "MoCo, tracked gradient estimates", sized=True
+    ),
+    "excess_mtl": SchemeEntry(
+        covjax.excess_mtl, "parameters", _none, "ExcessMTL, excess-risk weights", sized=True
+    ),
+    # Stochastic MGDA variants fed the step's own Gramian (their deterministic form,
+    # help(covjax.sdmgrad)): the step has one batch, not the two independent ones
+    # whose cross-Gramian (covjax.cross_gramian) their stochastic form needs.
+    "sdmgrad": SchemeEntry(
+        covjax.sdmgrad, "parameters", _none, "SDMGrad, deterministic (the step's Gramian)"
+    ),
+    "modo": SchemeEntry(
+        covjax.modo, "parameters", _none, "MoDo, deterministic (the step's Gramian)"
+    ),
     "graddrop": SchemeEntry(covjax.graddrop, "parameters", _none, "GradDrop"),
     "trimmed_mean": SchemeEntry(
         covjax.trimmed_mean, "parameters", _none, "coordinate-wise trimmed mean", fixed={"trim": 1}
@@ -256,12 +291,24 @@ def build_scheme(
         raise ValueError(f"Unknown weighting scheme {name!r}; known schemes: {sorted(SCHEMES)}.")
     entry = SCHEMES[name]
     constructor = entry.constructor
+    target = gradient_target or entry.gradient_target
+    if target not in GRADIENT_TARGETS:
+        raise ValueError(
+            f"Scheme {name!r}: gradient target {target!r} is not one of {GRADIENT_TARGETS}."
+        )
     given = {key: value for key, value in dict(kwargs or {}).items() if value is not None}
     for key, value in given.items():
         if type(value) in (list, tuple):
             # A config tuple of K values (weights, priors), in the order of the task's losses.
             given[key] = np.asarray(value, np.float32)
     arguments = {**entry.defaults(context), **entry.fixed, **given}
+    if entry.sized and "num_params" not in given:
+        if context.parameter_count is None:
+            raise ValueError(
+                f"Scheme {name!r} keeps a vector over the parameters per loss: give "
+                f"scheme_kwargs.{name}.num_params, or a context with the model's parameter_count."
+            )
+        arguments["num_params"] = context.parameter_count(target)  # type: ignore[arg-type]
     try:
         weighting = constructor(**arguments)
     except TypeError as error:
@@ -270,11 +317,6 @@ def build_scheme(
             f"{sorted(arguments)}: {error}"
         ) from error
     needs_gradients = bool(weighting.requires & {covjax.GRAMIAN, covjax.JACOBIAN})
-    target = gradient_target or entry.gradient_target
-    if target not in GRADIENT_TARGETS:
-        raise ValueError(
-            f"Scheme {name!r}: gradient target {target!r} is not one of {GRADIENT_TARGETS}."
-        )
     if not needs_gradients:
         target = "none"
     elif target == "none":
@@ -294,6 +336,7 @@ FROM_EXPERIMENT: dict[str, str] = {
     "period": "config.steps_per_epoch",
     "steps_per_epoch": "config.steps_per_epoch",
     "weights": "the task's hand-tuned weights",
+    "num_params": "the size of the gradient target",
 }
 #: Not settable from a config: the network's optimiser is passed in.
 NOT_CONFIGURABLE = frozenset({"optimizer"})
@@ -369,6 +412,8 @@ def hyperparameters(name: str) -> tuple[Hyperparameter, ...]:
         unset = "None"
         if required:
             unset = "required" if entry.defaults is _none else FROM_EXPERIMENT[parameter.name]
+        if entry.sized and parameter.name == "num_params":
+            unset = FROM_EXPERIMENT[parameter.name]
         settable.append(Hyperparameter(parameter.name, field_type, default, choices, unset))
     return tuple(settable)
 

@@ -52,10 +52,17 @@ from jax.sharding import Mesh
 
 import covjax
 from covjax._src.gradients import _engine_options as engine_options
+from covjax._src.gradients import select_leaves
 from experiments.common import checkpoints, logging_utils, sharding
 from experiments.common.config import ConfigError
 from experiments.common.data import check_data_config
-from experiments.common.schemes import Scheme, SchemeContext, available_schemes, build_scheme
+from experiments.common.schemes import (
+    GradientTarget,
+    Scheme,
+    SchemeContext,
+    available_schemes,
+    build_scheme,
+)
 from experiments.common.task import Batch, Task
 
 #: The name under which the step marks the shared representation z (``perturb``).
@@ -138,11 +145,16 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def scheme_from_config(
-    config: ml_collections.ConfigDict, task: Task, optimizer: optax.GradientTransformation
+    config: ml_collections.ConfigDict,
+    task: Task,
+    optimizer: optax.GradientTransformation,
+    parameter_count: Callable[[GradientTarget], int] | None = None,
 ) -> Scheme:
     """Build ``config.scheme`` with its hyper-parameters from ``config.scheme_kwargs.<scheme>``.
 
-    Unset (``None``) hyper-parameters keep the registry's and the constructor's defaults.
+    Unset (``None``) hyper-parameters keep the registry's and the constructor's defaults;
+    ``parameter_count`` sizes the schemes that keep a vector over the parameters
+    (:attr:`~experiments.common.schemes.SchemeContext.parameter_count`).
     """
     name = config.scheme
     kwargs_by_scheme = config.get("scheme_kwargs", None) or {}
@@ -155,13 +167,21 @@ def scheme_from_config(
             f"config.scheme_kwargs.{name} must be a section of hyper-parameters, got {kwargs!r}."
         )
     context = SchemeContext(
-        task=task, optimizer=optimizer, steps_per_epoch=int(config.steps_per_epoch)
+        task=task,
+        optimizer=optimizer,
+        steps_per_epoch=int(config.steps_per_epoch),
+        parameter_count=parameter_count,
     )
     return build_scheme(name, context, kwargs, targets_by_scheme.get(name, None))
 
 
 def gradient_subset(scheme: Scheme, task: Task) -> Any:
-    """The ``wrt`` of covjax's per-loss gradients for ``scheme``'s target.
+    """The ``wrt`` of covjax's per-loss gradients for ``scheme``'s target (see below)."""
+    return target_subset(scheme.gradient_target, task)
+
+
+def target_subset(target: str, task: Task) -> Any:
+    """The ``wrt`` of covjax's per-loss gradients for a gradient ``target``.
 
     The representation target is ``nnx.Perturbation``: the step marks z with
     ``model.perturb("representation", z)`` (Flax's mechanism for gradients
@@ -171,9 +191,9 @@ def gradient_subset(scheme: Scheme, task: Task) -> Any:
     update as in a normal step. The layer target is that layer's path regex;
     the parameters target is None (all of them).
     """
-    if scheme.gradient_target == "representation":
+    if target == "representation":
         return nnx.Perturbation
-    if scheme.gradient_target == "layer":
+    if target == "layer":
         layer = "/".join(task.shared_layer())
         return re.escape(layer) + "(/|$)"
     return None  # "parameters": all of them
@@ -202,9 +222,11 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.optimizer = make_optimizer(self.config)
-        self.scheme = scheme_from_config(self.config, self.task, self.optimizer)
         self.graphdef, params, rest = self._create_model()
         self._initial_params, self._initial_rest = params, rest
+        self.scheme = scheme_from_config(
+            self.config, self.task, self.optimizer, self._parameter_count
+        )
         self._wrt = gradient_subset(self.scheme, self.task)
         self._replicated = sharding.replicated(self.mesh)
         self._step_fn: Callable[..., tuple[TrainState, StepMetrics]] | None = None
@@ -225,6 +247,19 @@ class Trainer:
         graphdef, _, _ = nnx.split(nnx.eval_shape(create), nnx.Param, ...)
         params, rest = jax.jit(lambda: nnx.split(create(), nnx.Param, ...)[1:])()
         return graphdef, params, rest
+
+    def _parameter_count(self, target: GradientTarget) -> int:
+        """P of a parameter target: the size of the parameters its per-loss gradients cover."""
+        if target == "representation":
+            raise ValueError(
+                f"Scheme {self.config.scheme!r} keeps a vector per loss over what its gradients "
+                "are taken of, and the representation's size depends on the batch: use the "
+                "'parameters' or 'layer' target, or give scheme_kwargs.<scheme>.num_params."
+            )
+        params = self._initial_params
+        mask, _ = select_leaves(params, target_subset(target, self.task))
+        leaves = jax.tree.leaves(params)
+        return sum(int(np.size(leaf)) for leaf, chosen in zip(leaves, mask, strict=True) if chosen)
 
     # -- the pure functions -------------------------------------------------
 
