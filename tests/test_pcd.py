@@ -65,6 +65,23 @@ def test_pcd_matches_the_oracle_at_k32(tau, beta: float) -> None:
     assert_directions_close(directions(weights, gramians), want, gramians, 1e-5)
 
 
+def test_pcd_warm_start_on_a_drifting_trace_gives_the_oracle() -> None:
+    """Gradients drifting by 5% per step, as between training steps: each solve starts from
+    the previous active set (some of it stale), and gives the cold solution."""
+    rng = np.random.default_rng(11)
+    jacobian = rng.normal(size=(16, 48)) * 10.0 ** rng.uniform(-1, 1, size=(16, 1))
+    gramians = []
+    for _ in range(6):
+        jacobian = jacobian + 0.05 * rng.normal(size=jacobian.shape) * np.linalg.norm(
+            jacobian, axis=1, keepdims=True
+        ) / np.sqrt(48)
+        gramians.append(jacobian @ jacobian.T)
+    want = oracle.pcd(gramians, 0.1, 0.9, 1e-8)
+    weights = run(covjax.pcd(0.1, 0.9), gramians)
+    assert all(np.count_nonzero(w[1:]) > 2 for w in weights)
+    assert_directions_close(directions(weights, gramians), want, gramians, 1e-5)
+
+
 @pytest.mark.parametrize("seed", [3, 4])
 @pytest.mark.parametrize("k", [2, 3, 8])
 def test_pcd_matches_the_oracle_at_small_k(seed: int, k: int) -> None:

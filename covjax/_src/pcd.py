@@ -17,9 +17,11 @@ ZERO_DIRECTION = 10.0
 
 
 class PCDState(NamedTuple):
-    """The exponential moving average of each ‖g_i‖² (K,), not bias-corrected (0 at init)."""
+    """The exponential moving average of each ‖g_i‖² (K,), not bias-corrected (0 at init),
+    and the active constraints (K,) bool (entry 0, the primary loss, always False; a warm start)."""
 
     squared_norms: Array
+    active: Array
 
 
 def _concrete(value: float | Array) -> bool:
@@ -57,7 +59,8 @@ def pcd(
     secondary block of the normalized Gramian G̃ = diag(s) G diag(s),
     b_j = τ_j G̃_jj − G̃_j1), solved exactly on the Gramian by Goldfarb &
     Idnani's dual active-set method (:func:`priority_constrained_qp`, on G̃
-    divided by its largest diagonal entry, which leaves μ unchanged).
+    divided by its largest diagonal entry, which leaves μ unchanged),
+    warm-started from the previous step's active constraints.
 
     Special cases:
 
@@ -90,8 +93,10 @@ def pcd(
     Concrete values are checked at construction (and τ's length against K
     when ``init`` or ``update`` is traced).
 
-    State: the moving average v (K,) of ‖g_i‖²; the bias correction uses the
-    count of accepted steps, so a rejected step leaves both unchanged.
+    State: the moving average v (K,) of ‖g_i‖² and the last active set (a
+    warm start, which changes the cost, not the solution); the bias
+    correction uses the count of accepted steps, so a rejected step leaves
+    all of them unchanged.
 
     Deviations: TorchJD's ``PCD`` (0.18) returns NaN weights on a
     non-finite input (and leaves its moving average unchanged); covjax
@@ -140,7 +145,7 @@ def pcd(
 
     def init_fn(losses: Array) -> PCDState:
         check_tau(losses.shape[0])
-        return PCDState(jnp.zeros_like(losses))
+        return PCDState(jnp.zeros_like(losses), jnp.zeros(losses.shape, bool))
 
     def update_fn(
         losses: Array, state: PCDState, count: Array, gramian: Array | None
@@ -158,17 +163,18 @@ def pcd(
         scales = jnp.where(
             denominators > 0, 1.0 / jnp.where(denominators > 0, denominators, 1.0), 0.0
         )
-        new_state = PCDState(average.astype(state.squared_norms.dtype))
+        average = average.astype(state.squared_norms.dtype)
         primary_norm = jnp.sqrt(squared_norms[0])
         if k == 1:
-            return jnp.where(primary_norm > 0, 1.0, 0.0)[None].astype(dtype), new_state
+            weight = jnp.where(primary_norm > 0, 1.0, 0.0)[None].astype(dtype)
+            return weight, PCDState(average, state.active)
 
         normalized = gramian * scales[:, None] * scales[None, :]
         top = jnp.max(jnp.diagonal(normalized))
         live = (primary_norm > 0) & (top > 0)
         unit = normalized / jnp.where(live, top, 1.0)
         taus = jnp.broadcast_to(jnp.asarray(tau, dtype), (k - 1,))
-        multipliers, _ = priority_constrained_qp(unit, taus)
+        multipliers, _, active = priority_constrained_qp(unit, taus, state.active[1:])
         solved = jnp.concatenate([jnp.ones((1,), dtype), multipliers])
         # A failed solve (never observed) falls back like infeasible constraints: d = g_1.
         solved = jnp.where(
@@ -180,7 +186,8 @@ def pcd(
         # ‖d̃‖ = √(top · direction_sq): d = Σ solved_i s_i g_i · ‖g_1‖/‖d̃‖.
         factor = primary_norm / (jnp.sqrt(top) * jnp.sqrt(jnp.where(nonzero, direction_sq, 1.0)))
         weights = jnp.where(live & nonzero, solved * scales * factor, 0.0)
-        return weights, new_state
+        active = jnp.concatenate([jnp.zeros((1,), bool), active & live])
+        return weights, PCDState(average, active)
 
     return make_weighting(
         init_fn,

@@ -704,8 +704,8 @@ class _DualActiveSet(NamedTuple):
 
 
 def priority_constrained_qp(
-    gramian: Array, taus: Array, max_iters: int | None = None
-) -> tuple[Array, Array]:
+    gramian: Array, taus: Array, guess: Array | None = None, max_iters: int | None = None
+) -> tuple[Array, Array, Array]:
     """PCD's projection ``argmin_d ½‖d − g_1‖²  s.t.  ⟨g_j, d⟩ ≥ τ_j ‖g_j‖²  (j ≥ 2)``.
 
     ``gramian`` is the K×K Gramian of g_1 … g_K (g_1 the primary, scaled to an
@@ -732,9 +732,15 @@ def priority_constrained_qp(
     10·K + 10; about K iterations are used) only guards against cycling by
     round-off: the iterate reached is then returned.
 
+    Warm start: ``guess`` (K − 1,) bool, e.g. the previous step's active set,
+    is shrunk until the multipliers that meet its constraints with equality
+    are positive (a valid start of the dual method), and the method goes on
+    from there (a couple of solves when the active set barely changes). Should
+    that run not end, or end infeasible, it is redone from μ = 0.
+
     Returns:
-      (K − 1,) multipliers μ ≥ 0 (zero where infeasible), and whether the
-      constraints are feasible.
+      (K − 1,) multipliers μ ≥ 0 (zero where infeasible), whether the
+      constraints are feasible, and the final active set (K − 1,) bool.
     """
     n = taus.shape[0]
     dtype = gramian.dtype
@@ -791,13 +797,43 @@ def priority_constrained_qp(
             ~infeasible,
         )
 
-    start = _DualActiveSet(
-        jnp.zeros((n,), dtype),
-        jnp.zeros((n,), bool),
-        jnp.array(-1, jnp.int32),
-        jnp.zeros((), jnp.int32),
-        jnp.array(False),
-        jnp.array(True),
-    )
-    result = jax.lax.while_loop(lambda s: (s.iteration < max_iters) & ~s.done, body, start)
-    return jnp.where(result.feasible, result.multipliers, 0.0), result.feasible
+    def run(multipliers: Array, active: Array) -> _DualActiveSet:
+        start = _DualActiveSet(
+            multipliers,
+            active,
+            jnp.array(-1, jnp.int32),
+            jnp.zeros((), jnp.int32),
+            jnp.array(False),
+            jnp.array(True),
+        )
+        return jax.lax.while_loop(lambda s: (s.iteration < max_iters) & ~s.done, body, start)
+
+    def cold() -> _DualActiveSet:
+        return run(jnp.zeros((n,), dtype), jnp.zeros((n,), bool))
+
+    if guess is None:
+        result = cold()
+    else:
+
+        def tight(mask: Array) -> Array:
+            """The multipliers that meet the constraints of ``mask`` with equality."""
+            block = jnp.where(mask[:, None] & mask[None, :], secondary, eye)
+            return jnp.where(mask, jnp.linalg.solve(block, jnp.where(mask, target, 0.0)), 0.0)
+
+        def shrinking(carry: tuple[Array, Array, Array]) -> Array:
+            mask, multipliers, count = carry
+            return jnp.any(mask & ~(multipliers > 0)) & (count < n)
+
+        def shrink(carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+            mask, multipliers, count = carry
+            mask = mask & (multipliers > 0)
+            return mask, tight(mask), count + 1
+
+        mask, multipliers, _ = jax.lax.while_loop(
+            shrinking, shrink, (guess, tight(guess), jnp.zeros((), jnp.int32))
+        )
+        mask = mask & (multipliers > 0) & jnp.all(jnp.isfinite(multipliers))
+        warm = run(jnp.where(mask, multipliers, 0.0), mask)
+        result = jax.lax.cond(warm.done & warm.feasible, lambda: warm, cold)
+    feasible = result.feasible
+    return jnp.where(feasible, result.multipliers, 0.0), feasible, result.active & feasible
