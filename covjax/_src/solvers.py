@@ -8,6 +8,7 @@ the Nash-MTL bargaining Newton iteration. Each works on a K×K Gramian
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -89,24 +90,33 @@ def _lawson_hanson(
         x = jnp.where(passive, jnp.maximum(s, 0.0), 0.0)
         return _LawsonHanson(x, passive, state.iteration + 1)
 
-    # Warm start: shrink the guessed passive set until its solution is
+    # Warm start: the guessed passive set shrunk until its solution is
     # positive, which gives the feasible start (x_P > 0, x_Z = 0) LH needs.
-    def infeasible(carry: tuple[Array, Array, Array]) -> Array:
-        passive, s, count = carry
-        return jnp.any(passive & (s <= 0)) & (count < k)
-
-    def shrink(carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
-        passive, s, count = carry
-        passive = passive & (s > 0)
-        return passive, solve_on(passive), count + 1
-
-    passive, s, _ = jax.lax.while_loop(
-        infeasible, shrink, (passive, solve_on(passive), jnp.zeros((), jnp.int32))
-    )
-    passive = passive & (s > 0)
-    start = _LawsonHanson(jnp.where(passive, s, 0.0), passive, jnp.zeros((), jnp.int32))
+    passive, s = _shrink_to_positive(solve_on, passive)
+    start = _LawsonHanson(s, passive, jnp.zeros((), jnp.int32))
     result = jax.lax.while_loop(outer_cond, outer_body, start)
     return result.x, result.passive
+
+
+def _shrink_to_positive(solve_on: Callable[[Array], Array], guess: Array) -> tuple[Array, Array]:
+    """A warm start of an active-set method: ``guess`` (bool) shrunk until ``solve_on`` of it
+    is positive on it (at most one shrink per entry); (the support, the solution on it, 0
+    elsewhere)."""
+
+    def shrinking(carry: tuple[Array, Array, Array]) -> Array:
+        support, solution, count = carry
+        return jnp.any(support & ~(solution > 0)) & (count < guess.shape[0])
+
+    def shrink(carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+        support, solution, count = carry
+        support = support & (solution > 0)
+        return support, solve_on(support), count + 1
+
+    support, solution, _ = jax.lax.while_loop(
+        shrinking, shrink, (guess, solve_on(guess), jnp.zeros((), jnp.int32))
+    )
+    support = support & (solution > 0)
+    return support, jnp.where(support, solution, 0.0)
 
 
 #: Ridge of the dual-cone projections in units of K·eps·G_jj (see
@@ -820,19 +830,8 @@ def priority_constrained_qp(
             block = jnp.where(mask[:, None] & mask[None, :], secondary, eye)
             return jnp.where(mask, jnp.linalg.solve(block, jnp.where(mask, target, 0.0)), 0.0)
 
-        def shrinking(carry: tuple[Array, Array, Array]) -> Array:
-            mask, multipliers, count = carry
-            return jnp.any(mask & ~(multipliers > 0)) & (count < n)
-
-        def shrink(carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
-            mask, multipliers, count = carry
-            mask = mask & (multipliers > 0)
-            return mask, tight(mask), count + 1
-
-        mask, multipliers, _ = jax.lax.while_loop(
-            shrinking, shrink, (guess, tight(guess), jnp.zeros((), jnp.int32))
-        )
-        mask = mask & (multipliers > 0) & jnp.all(jnp.isfinite(multipliers))
+        mask, multipliers = _shrink_to_positive(tight, guess)
+        mask = mask & jnp.all(jnp.isfinite(multipliers))
         warm = run(jnp.where(mask, multipliers, 0.0), mask)
         result = jax.lax.cond(warm.done & warm.feasible, lambda: warm, cold)
     feasible = result.feasible
