@@ -80,6 +80,9 @@ class SchemeEntry:
         constructor's defaults (e.g. ``decay=0.99`` for ``"cov_decay"``).
       sized: the constructor's ``num_params`` is P of the scheme's gradient
         target, from :attr:`SchemeContext.parameter_count` unless given.
+      cross_batches: the scheme's ``gramian=`` is the cross-Gramian of two
+        independent batches (SDMGrad, MoDo): the step feeds it that of the two
+        halves of its batch (:attr:`Scheme.cross_batches`).
     """
 
     constructor: Callable[..., covjax.Weighting]
@@ -88,6 +91,7 @@ class SchemeEntry:
     description: str
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     sized: bool = False
+    cross_batches: bool = False
 
 
 def _none(_: SchemeContext) -> dict[str, Any]:
@@ -211,14 +215,20 @@ SCHEMES: dict[str, SchemeEntry] = {
     "excess_mtl": SchemeEntry(
         covjax.excess_mtl, "parameters", _none, "ExcessMTL, excess-risk weights", sized=True
     ),
-    # Stochastic MGDA variants fed the step's own Gramian (their deterministic form,
-    # help(covjax.sdmgrad)): the step has one batch, not the two independent ones
-    # whose cross-Gramian (covjax.cross_gramian) their stochastic form needs.
+    # Stochastic MGDA: the cross-Gramian of the two halves of the step's batch.
     "sdmgrad": SchemeEntry(
-        covjax.sdmgrad, "parameters", _none, "SDMGrad, deterministic (the step's Gramian)"
+        covjax.sdmgrad,
+        "parameters",
+        _none,
+        "SDMGrad, the cross-Gramian of the batch's halves",
+        cross_batches=True,
     ),
     "modo": SchemeEntry(
-        covjax.modo, "parameters", _none, "MoDo, deterministic (the step's Gramian)"
+        covjax.modo,
+        "parameters",
+        _none,
+        "MoDo, the cross-Gramian of the batch's halves",
+        cross_batches=True,
     ),
     "graddrop": SchemeEntry(covjax.graddrop, "parameters", _none, "GradDrop"),
     "trimmed_mean": SchemeEntry(
@@ -249,11 +259,21 @@ def register_scheme(name: str, entry: SchemeEntry, *, overwrite: bool = False) -
 
 @dataclasses.dataclass(frozen=True)
 class Scheme:
-    """A built scheme: the covjax weighting and what its gradients are taken of."""
+    """A built scheme: the covjax weighting and what its gradients are taken of.
+
+    ``cross_batches``: ``update``'s ``gramian=`` is the cross-Gramian
+    C = J(ξ) J(ξ')ᵀ of the per-loss gradients on two independent batches
+    (:func:`covjax.cross_gramian`; SDMGrad, MoDo), not the Gramian of one. The
+    train step takes ξ and ξ' as the first and second half of its batch (their
+    examples are independent draws), and the weights multiply the whole
+    batch's losses. (The papers weigh a third independent batch; these halves
+    are part of it, as in a step of the usual size.)
+    """
 
     name: str
     weighting: covjax.Weighting
     gradient_target: GradientTarget
+    cross_batches: bool = False
 
     @property
     def needs_gradients(self) -> bool:
@@ -327,7 +347,17 @@ def build_scheme(
             f"Scheme {name!r} takes per-loss gradients, but task {context.task.name!r} defines no "
             f"{', '.join(missing)}: it does not implement experiments.common.task.Task."
         )
-    return Scheme(name=name, weighting=weighting, gradient_target=target)  # type: ignore[arg-type]
+    if entry.cross_batches and target == "representation":
+        raise ValueError(
+            f"Scheme {name!r} takes the cross-Gramian of two half batches, whose representations "
+            "are different variables: use the 'parameters' or 'layer' target."
+        )
+    return Scheme(
+        name=name,
+        weighting=weighting,
+        gradient_target=target,  # type: ignore[arg-type]
+        cross_batches=entry.cross_batches,
+    )
 
 
 #: Constructor arguments the experiment supplies (:class:`SchemeContext`), and what
