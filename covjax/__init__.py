@@ -51,6 +51,7 @@ from covjax._src.modo import MoDoState, modo
 from covjax._src.nash_mtl import NashMTLState, nash_mtl
 from covjax._src.ntk_weighting import ntk_weighting
 from covjax._src.pbi import pbi
+from covjax._src.pcd import PCDState, pcd
 from covjax._src.pcgrad import PCGradState, pcgrad
 from covjax._src.relobralo import RelobraloState, relobralo
 from covjax._src.rlw import RandomState, rlw
@@ -93,6 +94,7 @@ __all__ = [
     "MoCoState",
     "MoDoState",
     "NashMTLState",
+    "PCDState",
     "PCGradState",
     "RandomState",
     "RebalancingState",
@@ -144,6 +146,7 @@ __all__ = [
     "nash_mtl",
     "ntk_weighting",
     "pbi",
+    "pcd",
     "pcgrad",
     "per_loss_gramian",
     "per_loss_jacobian",

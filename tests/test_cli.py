@@ -112,6 +112,7 @@ def test_every_config_declares_every_schemes_defaults(path: str) -> None:
         task=toy_task.ToyTask(),
         optimizer=common_train.make_optimizer(config),
         steps_per_epoch=64,  # test.py's 2 steps are too few for multi-loss rebalancing
+        parameter_count=lambda target: 8,  # MoCo, M-ConFIG, ExcessMTL: P-vectors per loss
     )
     for name in schemes.available_schemes():
         kwargs = config.scheme_kwargs[name].to_dict()

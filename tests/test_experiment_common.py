@@ -196,6 +196,34 @@ def test_registry_builds_and_steps_every_scheme(name: str) -> None:
         np.testing.assert_allclose(weights, weights[0])
 
 
+def test_sdmgrad_takes_the_cross_gramian_of_the_batch_halves() -> None:
+    """The step's weights are SDMGrad's on C = J(first half) J(second half)ᵀ, computed here
+    from covjax's public functions, and differ from those on the whole batch's Gramian."""
+    config = toy_task.toy_config(scheme="sdmgrad")
+    mesh = sharding.make_mesh(1)
+    trainer = train.Trainer(TASK, config, mesh)
+    assert trainer.scheme.cross_batches
+    batch = next(TASK.train_batches(config, start_step=0, process_index=0, process_count=1))
+    state = trainer.init_state(sharding.shard_batch(batch, mesh))
+    halves = [{key: value[:4] for key, value in batch.items()}]
+    halves.append({key: value[4:] for key, value in batch.items()})
+    jacobians = [
+        covjax.per_loss_jacobian(TASK.losses, trainer.model_from_state(state), half)[1]
+        for half in halves
+    ]
+    losses = TASK.losses(trainer.model_from_state(state), batch)
+    scheme = trainer.scheme.weighting
+    want, _ = scheme.update(losses, scheme.init(losses), gramian=covjax.cross_gramian(*jacobians))
+    whole = covjax.per_loss_gramian(TASK.losses, trainer.model_from_state(state), batch)[1]
+    one_batch, _ = scheme.update(losses, scheme.init(losses), gramian=whole)
+    _, metrics = trainer.train_step(state, sharding.shard_batch(batch, mesh))
+    got = np.asarray([metrics.weights[name] for name in TASK.names])
+    want = np.asarray([want[name] for name in TASK.names])
+    # Both float32 on the same Gramian up to summation order: a few ulps of weights ≤ 1.
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert np.abs(got - np.asarray([one_batch[name] for name in TASK.names])).max() > 1e-4
+
+
 def test_bad_configurations_are_named() -> None:
     context = schemes.SchemeContext(
         task=TASK, optimizer=train.make_optimizer(toy_task.toy_config()), steps_per_epoch=2

@@ -111,6 +111,7 @@ CONFIGS: dict[str, tuple[Callable[..., covjax.Weighting], dict]] = {
     "sdmgrad": (covjax.sdmgrad, {}),
     "modo": (covjax.modo, {"gamma": 0.1}),
     "cr_mogm": (covjax.cr_mogm, {"weighting": covjax.upgrad()}),
+    "pcd": (covjax.pcd, {"tau": 0.3}),
     "conflict_free": (covjax.conflict_free, {}),
 }
 # Solvers whose scale behaviour is an identity of exact arithmetic: checked in float64

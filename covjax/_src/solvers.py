@@ -8,6 +8,7 @@ the Nash-MTL bargaining Newton iteration. Each works on a K×K Gramian
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -89,24 +90,33 @@ def _lawson_hanson(
         x = jnp.where(passive, jnp.maximum(s, 0.0), 0.0)
         return _LawsonHanson(x, passive, state.iteration + 1)
 
-    # Warm start: shrink the guessed passive set until its solution is
+    # Warm start: the guessed passive set shrunk until its solution is
     # positive, which gives the feasible start (x_P > 0, x_Z = 0) LH needs.
-    def infeasible(carry: tuple[Array, Array, Array]) -> Array:
-        passive, s, count = carry
-        return jnp.any(passive & (s <= 0)) & (count < k)
-
-    def shrink(carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
-        passive, s, count = carry
-        passive = passive & (s > 0)
-        return passive, solve_on(passive), count + 1
-
-    passive, s, _ = jax.lax.while_loop(
-        infeasible, shrink, (passive, solve_on(passive), jnp.zeros((), jnp.int32))
-    )
-    passive = passive & (s > 0)
-    start = _LawsonHanson(jnp.where(passive, s, 0.0), passive, jnp.zeros((), jnp.int32))
+    passive, s = _shrink_to_positive(solve_on, passive)
+    start = _LawsonHanson(s, passive, jnp.zeros((), jnp.int32))
     result = jax.lax.while_loop(outer_cond, outer_body, start)
     return result.x, result.passive
+
+
+def _shrink_to_positive(solve_on: Callable[[Array], Array], guess: Array) -> tuple[Array, Array]:
+    """A warm start of an active-set method: ``guess`` (bool) shrunk until ``solve_on`` of it
+    is positive on it (at most one shrink per entry); (the support, the solution on it, 0
+    elsewhere)."""
+
+    def shrinking(carry: tuple[Array, Array, Array]) -> Array:
+        support, solution, count = carry
+        return jnp.any(support & ~(solution > 0)) & (count < guess.shape[0])
+
+    def shrink(carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+        support, solution, count = carry
+        support = support & (solution > 0)
+        return support, solve_on(support), count + 1
+
+    support, solution, _ = jax.lax.while_loop(
+        shrinking, shrink, (guess, solve_on(guess), jnp.zeros((), jnp.int32))
+    )
+    support = support & (solution > 0)
+    return support, jnp.where(support, solution, 0.0)
 
 
 #: Ridge of the dual-cone projections in units of K·eps·G_jj (see
@@ -692,3 +702,137 @@ def sdmgrad_weights(
 
     w, _ = jax.lax.fori_loop(0, num_steps, step, (start, jnp.zeros((k,), start.dtype)))
     return w
+
+
+class _DualActiveSet(NamedTuple):
+    multipliers: Array
+    active: Array
+    pending: Array  # the constraint being added (−1: none)
+    iteration: Array
+    done: Array
+    feasible: Array
+
+
+def priority_constrained_qp(
+    gramian: Array, taus: Array, guess: Array | None = None, max_iters: int | None = None
+) -> tuple[Array, Array, Array]:
+    """PCD's projection ``argmin_d ½‖d − g_1‖²  s.t.  ⟨g_j, d⟩ ≥ τ_j ‖g_j‖²  (j ≥ 2)``.
+
+    ``gramian`` is the K×K Gramian of g_1 … g_K (g_1 the primary, scaled to an
+    O(1) diagonal), ``taus`` the (K − 1,) fractions τ_j. The solution is
+    d = g_1 + Σ_{j≥2} μ_j g_j with μ ≥ 0 the multipliers of the constraints,
+    the solution of the dual box QP ``min_{μ≥0} ½ μᵀG_s μ − bᵀμ`` (G_s the
+    secondary block of G, b_j = τ_j G_jj − G_j1), so it needs inner products
+    only.
+
+    Solver: the dual active-set method of Goldfarb & Idnani (1983) for an
+    identity Hessian. From μ = 0 (d = g_1) it adds the most violated
+    constraint p by a step along z = g_p − Σ_{j active} r_j g_j (the part of
+    g_p orthogonal to the active gradients, r from one masked solve on the
+    active block), dropping an active constraint whose multiplier reaches 0
+    first; the dual objective increases at every step, so no active set
+    repeats, and each solution is exact (no ridge). The constraints are
+    infeasible exactly when a violated g_p lies in the span of the active
+    gradients (z = 0) with no multiplier to decrease: d = 0 of
+    Σ μ_j g_j = 0, μ ≥ 0, would have to satisfy τ_j‖g_j‖² ≤ 0. z counts as 0
+    below ``10·eps`` (floored at 1e-9) of ‖g_p‖² squared-norm relative, where
+    the Gramian's own rounding can make dependent gradients look independent
+    (with huge multipliers). A constraint counts as met up to the round-off
+    of its slack, 4·K·eps·max_j G_jj·(1 + Σμ). ``max_iters`` (default
+    10·K + 10; about K iterations are used) only guards against cycling by
+    round-off: the iterate reached is then returned.
+
+    Warm start: ``guess`` (K − 1,) bool, e.g. the previous step's active set,
+    is shrunk until the multipliers that meet its constraints with equality
+    are positive (a valid start of the dual method), and the method goes on
+    from there (a couple of solves when the active set barely changes). Should
+    that run not end, or end infeasible, it is redone from μ = 0.
+
+    Returns:
+      (K − 1,) multipliers μ ≥ 0 (zero where infeasible), whether the
+      constraints are feasible, and the final active set (K − 1,) bool.
+    """
+    n = taus.shape[0]
+    dtype = gramian.dtype
+    eps = jnp.finfo(dtype).eps
+    max_iters = 10 * (n + 1) + 10 if max_iters is None else max_iters
+    secondary = gramian[1:, 1:]
+    diagonal = jnp.maximum(jnp.diagonal(secondary), 0.0)
+    # b_j > 0 exactly where d = g_1 violates constraint j.
+    target = taus * diagonal - gramian[1:, 0]
+    roundoff = 4.0 * (n + 1) * eps * jnp.maximum(jnp.max(jnp.diagonal(gramian)), numerics.TINY)
+    dependence = jnp.maximum(10.0 * eps, 1e-9)
+    eye = jnp.eye(n, dtype=dtype)
+    indices = jnp.arange(n)
+
+    def body(s: _DualActiveSet) -> _DualActiveSet:
+        slacks = secondary @ s.multipliers - target
+        inactive_slacks = jnp.where(s.active, jnp.inf, slacks)
+        candidate = jnp.argmin(inactive_slacks)
+        has_pending = s.pending >= 0
+        p = jnp.where(has_pending, s.pending, candidate)
+        tol = roundoff * (1.0 + jnp.sum(s.multipliers))
+        optimal = ~has_pending & (inactive_slacks[candidate] >= -tol)
+
+        column = secondary[:, p]
+        block = jnp.where(s.active[:, None] & s.active[None, :], secondary, eye)
+        r = jnp.where(s.active, jnp.linalg.solve(block, jnp.where(s.active, column, 0.0)), 0.0)
+        orthogonal_sq = diagonal[p] - column @ r  # ‖z‖²
+        shrinking = s.active & (r > 0)
+        ratios = jnp.where(shrinking, s.multipliers / jnp.where(shrinking, r, 1.0), jnp.inf)
+        leaving = jnp.argmin(ratios)
+        partial_step = ratios[leaving]
+        independent = orthogonal_sq > dependence * diagonal[p]
+        full_step = jnp.where(
+            independent,
+            jnp.maximum(-slacks[p], 0.0) / jnp.where(independent, orthogonal_sq, 1.0),
+            jnp.inf,
+        )
+        step = jnp.minimum(partial_step, full_step)
+        infeasible = ~optimal & ~jnp.isfinite(step)
+        move = ~optimal & ~infeasible
+        step = jnp.where(move, step, 0.0)
+        multipliers = jnp.where(s.active, s.multipliers - step * r, s.multipliers)
+        multipliers = multipliers.at[p].add(step)
+        adding = full_step <= partial_step
+        leaving_mask = indices == leaving
+        multipliers = jnp.where(~adding & leaving_mask, 0.0, jnp.maximum(multipliers, 0.0))
+        active = jnp.where(adding, s.active | (indices == p), s.active & ~leaving_mask)
+        return _DualActiveSet(
+            jnp.where(move, multipliers, s.multipliers),
+            jnp.where(move, active, s.active),
+            jnp.where(move & ~adding, p, -1).astype(jnp.int32),
+            s.iteration + 1,
+            optimal | infeasible,
+            ~infeasible,
+        )
+
+    def run(multipliers: Array, active: Array) -> _DualActiveSet:
+        start = _DualActiveSet(
+            multipliers,
+            active,
+            jnp.array(-1, jnp.int32),
+            jnp.zeros((), jnp.int32),
+            jnp.array(False),
+            jnp.array(True),
+        )
+        return jax.lax.while_loop(lambda s: (s.iteration < max_iters) & ~s.done, body, start)
+
+    def cold() -> _DualActiveSet:
+        return run(jnp.zeros((n,), dtype), jnp.zeros((n,), bool))
+
+    if guess is None:
+        result = cold()
+    else:
+
+        def tight(mask: Array) -> Array:
+            """The multipliers that meet the constraints of ``mask`` with equality."""
+            block = jnp.where(mask[:, None] & mask[None, :], secondary, eye)
+            return jnp.where(mask, jnp.linalg.solve(block, jnp.where(mask, target, 0.0)), 0.0)
+
+        mask, multipliers = _shrink_to_positive(tight, guess)
+        mask = mask & jnp.all(jnp.isfinite(multipliers))
+        warm = run(jnp.where(mask, multipliers, 0.0), mask)
+        result = jax.lax.cond(warm.done & warm.feasible, lambda: warm, cold)
+    feasible = result.feasible
+    return jnp.where(feasible, result.multipliers, 0.0), feasible, result.active & feasible

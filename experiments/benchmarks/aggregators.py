@@ -42,6 +42,7 @@ SCHEMES: dict[str, Callable[[], covjax.Weighting]] = {
     "krum": lambda: covjax.krum(n_byzantine=0),  # any K ≥ 3 (the cost does not depend on f)
     "sdmgrad": covjax.sdmgrad,
     "modo": covjax.modo,
+    "pcd": covjax.pcd,
     "cr_mogm(mgda)": lambda: covjax.cr_mogm(covjax.mgda()),
 }
 if hasattr(covjax, "mgda"):

@@ -281,6 +281,7 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
     "dualproj": (covjax.dualproj, {"wrt": "trunk"}, "DualProj (all shared)"),
     "sdmgrad": (covjax.sdmgrad, {"wrt": "trunk"}, "SDMGrad (one batch's Gramian)"),
     "modo": (covjax.modo, {"wrt": "trunk"}, "MoDo (one batch's Gramian)"),
+    "pcd": (covjax.pcd, {"wrt": "trunk"}, "PCD (all shared, the first loss primary)"),
     "cr_mogm": (
         lambda: covjax.cr_mogm(covjax.mgda()),
         {"wrt": "trunk"},

@@ -53,11 +53,17 @@ class SchemeContext:
       optimizer: the network's optimiser; uncertainty weighting trains its
         log-variances with the same optimiser and learning rate (as the CoV paper's reference code).
       steps_per_epoch: the period of LSB, DWA and multi-loss rebalancing.
+      parameter_count: ``target -> P``, how many numbers the per-loss gradients
+        of a gradient target have (the per-loss Jacobian's columns): the size of
+        the state of the schemes that keep a vector over the parameters per loss
+        (MoCo, M-ConFIG, ExcessMTL; :attr:`SchemeEntry.sized`). ``None`` where
+        no model is built; those schemes then need ``num_params`` given.
     """
 
     task: Task
     optimizer: optax.GradientTransformation
     steps_per_epoch: int
+    parameter_count: Callable[[GradientTarget], int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +78,11 @@ class SchemeEntry:
       description: one line for the docs and ``--list_schemes``.
       fixed: hyper-parameters that make this entry differ from the
         constructor's defaults (e.g. ``decay=0.99`` for ``"cov_decay"``).
+      sized: the constructor's ``num_params`` is P of the scheme's gradient
+        target, from :attr:`SchemeContext.parameter_count` unless given.
+      cross_batches: the scheme's ``gramian=`` is the cross-Gramian of two
+        independent batches (SDMGrad, MoDo): the step feeds it that of the two
+        halves of its batch (:attr:`Scheme.cross_batches`).
     """
 
     constructor: Callable[..., covjax.Weighting]
@@ -79,6 +90,8 @@ class SchemeEntry:
     defaults: Callable[[SchemeContext], dict[str, Any]]
     description: str
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    sized: bool = False
+    cross_batches: bool = False
 
 
 def _none(_: SchemeContext) -> dict[str, Any]:
@@ -184,7 +197,39 @@ SCHEMES: dict[str, SchemeEntry] = {
         "CR-MOGM, moving average of UPGrad's weights",
         fixed={"weighting": covjax.upgrad()},
     ),
+    "pcd": SchemeEntry(
+        covjax.pcd, "parameters", _none, "priority-constrained descent, the first loss primary"
+    ),
     "conflict_free": SchemeEntry(covjax.conflict_free, "parameters", _none, "ConFIG"),
+    "m_config": SchemeEntry(
+        covjax.conflict_free,
+        "parameters",
+        _none,
+        "M-ConFIG, per-loss momenta",
+        fixed={"momentum": True},
+        sized=True,
+    ),
+    "moco": SchemeEntry(
+        covjax.moco, "parameters", _none, "MoCo, tracked gradient estimates", sized=True
+    ),
+    "excess_mtl": SchemeEntry(
+        covjax.excess_mtl, "parameters", _none, "ExcessMTL, excess-risk weights", sized=True
+    ),
+    # Stochastic MGDA: the cross-Gramian of the two halves of the step's batch.
+    "sdmgrad": SchemeEntry(
+        covjax.sdmgrad,
+        "parameters",
+        _none,
+        "SDMGrad, the cross-Gramian of the batch's halves",
+        cross_batches=True,
+    ),
+    "modo": SchemeEntry(
+        covjax.modo,
+        "parameters",
+        _none,
+        "MoDo, the cross-Gramian of the batch's halves",
+        cross_batches=True,
+    ),
     "graddrop": SchemeEntry(covjax.graddrop, "parameters", _none, "GradDrop"),
     "trimmed_mean": SchemeEntry(
         covjax.trimmed_mean, "parameters", _none, "coordinate-wise trimmed mean", fixed={"trim": 1}
@@ -214,11 +259,21 @@ def register_scheme(name: str, entry: SchemeEntry, *, overwrite: bool = False) -
 
 @dataclasses.dataclass(frozen=True)
 class Scheme:
-    """A built scheme: the covjax weighting and what its gradients are taken of."""
+    """A built scheme: the covjax weighting and what its gradients are taken of.
+
+    ``cross_batches``: ``update``'s ``gramian=`` is the cross-Gramian
+    C = J(ξ) J(ξ')ᵀ of the per-loss gradients on two independent batches
+    (:func:`covjax.cross_gramian`; SDMGrad, MoDo), not the Gramian of one. The
+    train step takes ξ and ξ' as the first and second half of its batch (their
+    examples are independent draws), and the weights multiply the whole
+    batch's losses. (The papers weigh a third independent batch; these halves
+    are part of it, as in a step of the usual size.)
+    """
 
     name: str
     weighting: covjax.Weighting
     gradient_target: GradientTarget
+    cross_batches: bool = False
 
     @property
     def needs_gradients(self) -> bool:
@@ -256,12 +311,24 @@ def build_scheme(
         raise ValueError(f"Unknown weighting scheme {name!r}; known schemes: {sorted(SCHEMES)}.")
     entry = SCHEMES[name]
     constructor = entry.constructor
+    target = gradient_target or entry.gradient_target
+    if target not in GRADIENT_TARGETS:
+        raise ValueError(
+            f"Scheme {name!r}: gradient target {target!r} is not one of {GRADIENT_TARGETS}."
+        )
     given = {key: value for key, value in dict(kwargs or {}).items() if value is not None}
     for key, value in given.items():
         if type(value) in (list, tuple):
             # A config tuple of K values (weights, priors), in the order of the task's losses.
             given[key] = np.asarray(value, np.float32)
     arguments = {**entry.defaults(context), **entry.fixed, **given}
+    if entry.sized and "num_params" not in given:
+        if context.parameter_count is None:
+            raise ValueError(
+                f"Scheme {name!r} keeps a vector over the parameters per loss: give "
+                f"scheme_kwargs.{name}.num_params, or a context with the model's parameter_count."
+            )
+        arguments["num_params"] = context.parameter_count(target)  # type: ignore[arg-type]
     try:
         weighting = constructor(**arguments)
     except TypeError as error:
@@ -270,11 +337,6 @@ def build_scheme(
             f"{sorted(arguments)}: {error}"
         ) from error
     needs_gradients = bool(weighting.requires & {covjax.GRAMIAN, covjax.JACOBIAN})
-    target = gradient_target or entry.gradient_target
-    if target not in GRADIENT_TARGETS:
-        raise ValueError(
-            f"Scheme {name!r}: gradient target {target!r} is not one of {GRADIENT_TARGETS}."
-        )
     if not needs_gradients:
         target = "none"
     elif target == "none":
@@ -285,7 +347,17 @@ def build_scheme(
             f"Scheme {name!r} takes per-loss gradients, but task {context.task.name!r} defines no "
             f"{', '.join(missing)}: it does not implement experiments.common.task.Task."
         )
-    return Scheme(name=name, weighting=weighting, gradient_target=target)  # type: ignore[arg-type]
+    if entry.cross_batches and target == "representation":
+        raise ValueError(
+            f"Scheme {name!r} takes the cross-Gramian of two half batches, whose representations "
+            "are different variables: use the 'parameters' or 'layer' target."
+        )
+    return Scheme(
+        name=name,
+        weighting=weighting,
+        gradient_target=target,  # type: ignore[arg-type]
+        cross_batches=entry.cross_batches,
+    )
 
 
 #: Constructor arguments the experiment supplies (:class:`SchemeContext`), and what
@@ -294,6 +366,7 @@ FROM_EXPERIMENT: dict[str, str] = {
     "period": "config.steps_per_epoch",
     "steps_per_epoch": "config.steps_per_epoch",
     "weights": "the task's hand-tuned weights",
+    "num_params": "the size of the gradient target",
 }
 #: Not settable from a config: the network's optimiser is passed in.
 NOT_CONFIGURABLE = frozenset({"optimizer"})
@@ -369,6 +442,8 @@ def hyperparameters(name: str) -> tuple[Hyperparameter, ...]:
         unset = "None"
         if required:
             unset = "required" if entry.defaults is _none else FROM_EXPERIMENT[parameter.name]
+        if entry.sized and parameter.name == "num_params":
+            unset = FROM_EXPERIMENT[parameter.name]
         settable.append(Hyperparameter(parameter.name, field_type, default, choices, unset))
     return tuple(settable)
 

@@ -52,10 +52,17 @@ from jax.sharding import Mesh
 
 import covjax
 from covjax._src.gradients import _engine_options as engine_options
+from covjax._src.gradients import select_leaves
 from experiments.common import checkpoints, logging_utils, sharding
 from experiments.common.config import ConfigError
 from experiments.common.data import check_data_config
-from experiments.common.schemes import Scheme, SchemeContext, available_schemes, build_scheme
+from experiments.common.schemes import (
+    GradientTarget,
+    Scheme,
+    SchemeContext,
+    available_schemes,
+    build_scheme,
+)
 from experiments.common.task import Batch, Task
 
 #: The name under which the step marks the shared representation z (``perturb``).
@@ -138,11 +145,16 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def scheme_from_config(
-    config: ml_collections.ConfigDict, task: Task, optimizer: optax.GradientTransformation
+    config: ml_collections.ConfigDict,
+    task: Task,
+    optimizer: optax.GradientTransformation,
+    parameter_count: Callable[[GradientTarget], int] | None = None,
 ) -> Scheme:
     """Build ``config.scheme`` with its hyper-parameters from ``config.scheme_kwargs.<scheme>``.
 
-    Unset (``None``) hyper-parameters keep the registry's and the constructor's defaults.
+    Unset (``None``) hyper-parameters keep the registry's and the constructor's defaults;
+    ``parameter_count`` sizes the schemes that keep a vector over the parameters
+    (:attr:`~experiments.common.schemes.SchemeContext.parameter_count`).
     """
     name = config.scheme
     kwargs_by_scheme = config.get("scheme_kwargs", None) or {}
@@ -155,13 +167,21 @@ def scheme_from_config(
             f"config.scheme_kwargs.{name} must be a section of hyper-parameters, got {kwargs!r}."
         )
     context = SchemeContext(
-        task=task, optimizer=optimizer, steps_per_epoch=int(config.steps_per_epoch)
+        task=task,
+        optimizer=optimizer,
+        steps_per_epoch=int(config.steps_per_epoch),
+        parameter_count=parameter_count,
     )
     return build_scheme(name, context, kwargs, targets_by_scheme.get(name, None))
 
 
 def gradient_subset(scheme: Scheme, task: Task) -> Any:
-    """The ``wrt`` of covjax's per-loss gradients for ``scheme``'s target.
+    """The ``wrt`` of covjax's per-loss gradients for ``scheme``'s target (see below)."""
+    return target_subset(scheme.gradient_target, task)
+
+
+def target_subset(target: str, task: Task) -> Any:
+    """The ``wrt`` of covjax's per-loss gradients for a gradient ``target``.
 
     The representation target is ``nnx.Perturbation``: the step marks z with
     ``model.perturb("representation", z)`` (Flax's mechanism for gradients
@@ -171,9 +191,9 @@ def gradient_subset(scheme: Scheme, task: Task) -> Any:
     update as in a normal step. The layer target is that layer's path regex;
     the parameters target is None (all of them).
     """
-    if scheme.gradient_target == "representation":
+    if target == "representation":
         return nnx.Perturbation
-    if scheme.gradient_target == "layer":
+    if target == "layer":
         layer = "/".join(task.shared_layer())
         return re.escape(layer) + "(/|$)"
     return None  # "parameters": all of them
@@ -202,9 +222,11 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.optimizer = make_optimizer(self.config)
-        self.scheme = scheme_from_config(self.config, self.task, self.optimizer)
         self.graphdef, params, rest = self._create_model()
         self._initial_params, self._initial_rest = params, rest
+        self.scheme = scheme_from_config(
+            self.config, self.task, self.optimizer, self._parameter_count
+        )
         self._wrt = gradient_subset(self.scheme, self.task)
         self._replicated = sharding.replicated(self.mesh)
         self._step_fn: Callable[..., tuple[TrainState, StepMetrics]] | None = None
@@ -226,6 +248,19 @@ class Trainer:
         params, rest = jax.jit(lambda: nnx.split(create(), nnx.Param, ...)[1:])()
         return graphdef, params, rest
 
+    def _parameter_count(self, target: GradientTarget) -> int:
+        """P of a parameter target: the size of the parameters its per-loss gradients cover."""
+        if target == "representation":
+            raise ValueError(
+                f"Scheme {self.config.scheme!r} keeps a vector per loss over what its gradients "
+                "are taken of, and the representation's size depends on the batch: use the "
+                "'parameters' or 'layer' target, or give scheme_kwargs.<scheme>.num_params."
+            )
+        params = self._initial_params
+        mask, _ = select_leaves(params, target_subset(target, self.task))
+        leaves = jax.tree.leaves(params)
+        return sum(int(np.size(leaf)) for leaf, chosen in zip(leaves, mask, strict=True) if chosen)
+
     # -- the pure functions -------------------------------------------------
 
     def model(self, params: nnx.State, rest: nnx.State) -> nnx.Module:
@@ -241,16 +276,51 @@ class Trainer:
             return self.task.losses_from_representation(model, z, carry, batch)
         return self.task.losses(model, batch)
 
+    def _cross_fed(self, model: nnx.Module, batch: Batch) -> covjax.Weighting:
+        """The scheme as a loss-only weighting whose ``gramian=`` is bound to the
+        cross-Gramian of the per-loss gradients on the two halves of ``batch``
+        (:attr:`~experiments.common.schemes.Scheme.cross_batches`); the model's
+        other variables are not updated by these gradients."""
+        sizes = {np.shape(leaf)[0] for leaf in jax.tree.leaves(batch) if np.ndim(leaf)}
+        if len(sizes) != 1 or (size := sizes.pop()) < 2:
+            raise ValueError(
+                f"Scheme {self.scheme.name!r} splits the batch into two halves: it needs one "
+                f"batch size of at least 2, got leading sizes {sorted(sizes)}."
+            )
+        half = size // 2
+
+        def part(index: int) -> Batch:
+            cut = slice(index * half, (index + 1) * half)
+            return jax.tree.map(lambda leaf: leaf[cut] if np.ndim(leaf) else leaf, batch)
+
+        chunk_size = self.config.get("gradient_chunk_size", None)
+        jacobians = [
+            covjax.per_loss_jacobian(
+                self._objective, model, part(index), wrt=self._wrt, chunk_size=chunk_size
+            )[1]
+            for index in (0, 1)
+        ]
+        cross = covjax.cross_gramian(*jacobians)
+        weighting = self.scheme.weighting
+
+        def update(losses: Any, weighting_state: Any, **_: Any) -> Any:
+            return weighting.update(losses, weighting_state, gramian=cross)
+
+        return weighting._replace(update=update, requires=frozenset())
+
     def _train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, StepMetrics]:
         kwargs: dict[str, Any] = {}
-        if self.scheme.needs_gradients:
+        model = self.model(state.params, state.rest)
+        weighting = self.scheme.weighting
+        if self.scheme.cross_batches:
+            weighting = self._cross_fed(model, batch)
+        elif self.scheme.needs_gradients:
             kwargs.update(
                 wrt=self._wrt,
                 chunk_size=self.config.get("gradient_chunk_size", None),
                 gramian_examples=self.config.get("gramian_examples", None),
             )
-        step = covjax.value_and_grad(self._objective, self.scheme.weighting, **kwargs)
-        model = self.model(state.params, state.rest)
+        step = covjax.value_and_grad(self._objective, weighting, **kwargs)
         # config.group_losses is a benchmark switch of the engine's cost model,
         # read while this step is traced.
         with engine_options(group_losses=self.config.get("group_losses", True)):

@@ -120,6 +120,62 @@ def modo(
     )
 
 
+def pcd(
+    gramians: list[np.ndarray], tau: float | np.ndarray, beta: float, eps: float
+) -> list[np.ndarray]:
+    """Varam & AlHajri 2026, PCD, on explicit gradients (the rows of ``gradients_of(G)``): per
+    step, v ← βv + (1 − β)‖g_i‖², s_i = 1/√(v/(1 − β^t) + eps), g̃_i = s_i g_i, then the
+    primal QP min ½‖d − g̃_1‖² s.t. ⟨g̃_j, d⟩ ≥ τ_j‖g̃_j‖² (j ≥ 2) by SciPy's SLSQP, its
+    feasibility decided by a linear program (infeasible: d̃ = g̃_1), and d = ‖g_1‖ d̃/‖d̃‖
+    (0 when g_1 = 0). Returns each step's direction, in the coordinates of
+    ``gradients_of`` of that step's Gramian (SLSQP's active set, solved exactly by its KKT
+    system and checked: multipliers ≥ 0, every constraint met)."""
+    average = np.zeros(len(gramians[0]))
+    directions = []
+    for step, gramian in enumerate(gramians, start=1):
+        jacobian = gradients_of(gramian)
+        squared = np.sum(jacobian**2, axis=1)
+        average = beta * average + (1.0 - beta) * squared
+        normalized = jacobian / np.sqrt(average / (1.0 - beta**step) + eps)[:, None]
+        primary, secondary = normalized[0], normalized[1:]
+        taus = np.broadcast_to(tau, (len(secondary),))
+        bounds = taus * np.sum(secondary**2, axis=1)
+        feasible = optimize.linprog(
+            np.zeros(len(primary)), A_ub=-secondary, b_ub=-bounds, bounds=(None, None)
+        )
+        if squared[0] == 0.0:
+            directions.append(np.zeros(len(primary)))
+            continue
+        if feasible.status == 2:
+            solution = primary
+        else:
+            result = optimize.minimize(
+                lambda d: 0.5 * np.sum((d - primary) ** 2),
+                feasible.x,
+                jac=lambda d: d - primary,
+                constraints=[
+                    {
+                        "type": "ineq",
+                        "fun": lambda d: secondary @ d - bounds,
+                        "jac": lambda d: secondary,
+                    }
+                ],
+                method="SLSQP",
+                options={"ftol": 1e-15, "maxiter": 1000},
+            )
+            # SLSQP finds the active set; the KKT system on it gives the exact solution
+            # (status 8: its line search stalled at round-off, the iterate is optimal).
+            assert result.status in (0, 8), result.message
+            active = secondary @ result.x - bounds <= 1e-7 * max(1.0, np.abs(bounds).max())
+            rows = secondary[active]
+            multipliers = np.linalg.lstsq(rows @ rows.T, bounds[active] - rows @ primary)[0]
+            solution = primary + rows.T @ multipliers
+            assert np.all(multipliers >= -1e-9), multipliers
+            assert np.all(secondary @ solution - bounds >= -1e-9 * max(1.0, np.abs(bounds).max()))
+        directions.append(np.sqrt(squared[0]) * solution / np.linalg.norm(solution))
+    return directions
+
+
 def cr_mogm(raw: list[np.ndarray], alpha: float, initial: np.ndarray | None) -> list[np.ndarray]:
     """Zhou et al. 2022: λ_k = α λ_{k−1} + (1 − α) λ̂_k from λ_0 (λ̂_1 when not given)."""
     smoothed, previous = [], raw[0] if initial is None else initial
