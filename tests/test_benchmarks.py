@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fast_compile import fast_compile_env
 
 from experiments.benchmarks import gradients
 
@@ -60,6 +61,7 @@ def test_benchmark_runs_and_prints_its_table(name: str) -> None:
         text=True,
         timeout=600,
         check=False,
+        env=fast_compile_env(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     table_rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
@@ -100,6 +102,7 @@ def test_suite_collects_the_benchmarks_into_one_table(tmp_path: Path) -> None:
         text=True,
         timeout=900,
         check=False,
+        env=fast_compile_env(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = output.read_text().splitlines()

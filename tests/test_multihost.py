@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fast_compile import FAST_COMPILE_FLAGS
 
 from experiments.common import cli
 
@@ -214,10 +215,8 @@ def process_env(tmp_path: Path) -> dict[str, str]:
     }
     env.update(
         JAX_PLATFORMS="cpu",
-        # One CPU device per process; less LLVM optimisation: a third less
-        # compile time, and every run compared is compiled alike.
-        XLA_FLAGS="--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
-        " --xla_llvm_disable_expensive_passes=true",
+        # One CPU device per process, compiled fast; every run compared is compiled alike.
+        XLA_FLAGS=f"--xla_force_host_platform_device_count=1 {FAST_COMPILE_FLAGS}",
         TF_CPP_MIN_LOG_LEVEL="3",
         PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])]),
         # The one-process resume runs the programs the reference compiled (a

@@ -15,7 +15,8 @@ wrote). Each command is the documented one with these changes only:
 * synthetic data is generated once per session into one shared directory,
   and the commands share the session's persistent JAX compilation cache
   (tests/conftest.py; most of them compile the same tiny networks), caching
-  every program however quickly it compiled;
+  every program however quickly it compiled, and compile with less LLVM
+  optimisation (tests/fast_compile.py: they only have to run);
 * ``--schemes`` lists are cut to their first two names (every name is
   checked against the registry), a command relying on the default list
   gets ``--schemes=equal,cov``, and segmentation's ``compare`` trains one run.
@@ -44,6 +45,7 @@ import numpy as np
 import pytest
 from fake_datasets import make_fake_kitti, write_kitti_split_eigen, write_kitti_split_monodepth
 from fake_torchvision import fake_checkpoint
+from fast_compile import fast_compile_env
 
 from experiments.common import cli
 from experiments.common.schemes import available_schemes
@@ -205,12 +207,11 @@ def rewrite(command: str, root: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name,commands", BLOCKS, ids=[name for name, _ in BLOCKS])
 def test_documented_commands_run(name: str, commands: list[str], layout: Path) -> None:
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
+    env = fast_compile_env(
+        PYTHONUNBUFFERED="1",
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     for command in commands:
         argv = rewrite(command, layout)
         command_env = env
