@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.benchmarks import gradients
+from experiments.benchmarks import gradients, libmtl_reference
 
 REPO = Path(__file__).resolve().parents[1]
 #: The benchmarks run by a subprocess below, with tiny sizes.
@@ -48,7 +48,7 @@ def test_every_documented_benchmark_has_a_smoke_test() -> None:
     text = "\n".join(page.read_text() for page in pages)
     documented = set(re.findall(r"python -m experiments\.benchmarks\.(\w+)", text))
     assert documented, "no benchmark documented"
-    assert documented <= {"gradients", "suite", *TINY_RUNS}, documented
+    assert documented <= {"gradients", "suite", "libmtl_reference", *TINY_RUNS}, documented
 
 
 @pytest.mark.parametrize("name", sorted(TINY_RUNS))
@@ -86,6 +86,21 @@ def test_gradients_benchmark_prints_every_table(
     floor_row = out.strip().splitlines()[-1].split("|")[1:-1]
     assert len(floor_row) == 6
     assert "(2 × 16384)" in floor_row[2]  # K rows of batch 32 × 512 representation entries
+
+
+def test_libmtl_reference_without_libmtl_says_how_to_run_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PyTorch and LibMTL are optional: without a LibMTL checkout the benchmark exits 0."""
+    assert libmtl_reference.main(["--libmtl", str(tmp_path)]) == 0  # an empty folder
+    out = capsys.readouterr().out
+    assert out.startswith("Skipped: ")
+    assert "python -m experiments.benchmarks.libmtl_reference --libmtl" in out
+
+
+def test_libmtl_reference_names_covjax_configurations_of_the_gradients_benchmark() -> None:
+    for reference in libmtl_reference.REFERENCES.values():
+        assert reference.ours in gradients.STEP_CONFIGURATIONS
 
 
 def test_suite_collects_the_benchmarks_into_one_table(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -31,3 +32,24 @@ def interleaved_times(
             jax.block_until_ready(out)
             times[name].append((time.perf_counter() - start) / steps)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def median_interval(samples: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(low, median, high)``: the sample median and a distribution-free interval for it.
+
+    The interval is ``[x_(j), x_(n+1-j)]`` of the sorted samples with the
+    largest j whose binomial coverage 1 − 2·P(Bin(n, ½) < j) is at least
+    ``confidence`` (it holds for any continuous distribution of independent
+    samples); with too few samples for that coverage it is their whole range.
+    """
+    ordered = sorted(samples)
+    n = len(ordered)
+    below = 0.0  # P(Bin(n, 1/2) < j)
+    j = 1
+    while True:
+        below += math.comb(n, j - 1) / 2**n
+        if j >= n + 1 - j or 1 - 2 * below < confidence:
+            break
+        j += 1
+    j = max(j - 1, 1)
+    return ordered[j - 1], statistics.median(ordered), ordered[n - j]
