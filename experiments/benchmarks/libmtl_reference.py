@@ -32,7 +32,7 @@ PyTorch and LibMTL are not dependencies of covjax. To run this::
     git clone https://github.com/median-research-group/LibMTL /tmp/LibMTL
     python -m experiments.benchmarks.libmtl_reference --libmtl /tmp/LibMTL
 
-(``--ks 2 8``, ``--schemes mgda pcgrad``, ``--rounds``, ``--steps`` make it
+(``--ks 2 8``, ``--schemes mgda pcgrad``, ``--rounds``, ``--window`` make it
 shorter). Without them it says so and exits with status 0.
 """
 
@@ -45,6 +45,7 @@ import importlib.util
 import io
 import os
 import sys
+import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -245,7 +246,7 @@ def libmtl_runner(
 
 
 def measure(
-    libmtl: LibMTL, names: list[str], ks: list[int], batch: int, rounds: int, steps: int
+    libmtl: LibMTL, names: list[str], ks: list[int], batch: int, rounds: int, window: float
 ) -> dict[int, dict[str, float]]:
     """Seconds per step, per K, of ``ours:``/``libmtl:`` + each name, static and EW included."""
     results = {}
@@ -261,9 +262,24 @@ def measure(
             runners[f"libmtl:{name}"] = libmtl_runner(libmtl, reference.libmtl, k, batch, reference)
         for run in runners.values():  # compilation, first-step set-up (Nash-MTL's problem)
             jax.block_until_ready(run())
-        results[k] = interleaved_times(runners, rounds, steps, warm_up=False)
+        results[k] = interleaved_times(runners, rounds, calibrate(runners, window), warm_up=False)
         print(f"K = {k} measured", file=sys.stderr, flush=True)
     return results
+
+
+def calibrate(runners: dict[str, Callable[[], Any]], window: float) -> dict[str, int]:
+    """Steps per round for each runner: enough to fill ``window`` seconds (at least one).
+
+    covjax's step takes milliseconds and LibMTL's up to seconds: a few
+    milliseconds' window would measure the scheduler's time slices on a
+    shared machine rather than the step.
+    """
+    steps = {}
+    for name, run in runners.items():
+        start = time.perf_counter()
+        jax.block_until_ready(run())
+        steps[name] = max(1, round(window / (time.perf_counter() - start)))
+    return steps
 
 
 def target_met(name: str, times: dict[int, dict[str, float]]) -> str:
@@ -286,7 +302,7 @@ def quotient(name: str, t: dict[str, float]) -> float:
 
 
 def print_table(
-    names: list[str], times: dict[int, dict[str, float]], batch: int, rounds: int, steps: int
+    names: list[str], times: dict[int, dict[str, float]], batch: int, rounds: int, window: float
 ) -> None:
     ks = list(times)
     torch = sys.modules["torch"]
@@ -294,7 +310,8 @@ def print_table(
         f"\nFull train step, LibMTL's HPS MLP, batch {batch}: covjax (JAX {jax.__version__}, "
         f"{jax.devices()[0].platform}) ratio to its static step, LibMTL (PyTorch "
         f"{torch.__version__}, {torch.get_num_threads()} threads) ratio to its EW step, and "
-        f"covjax / LibMTL; median of {rounds} interleaved rounds × {steps} steps"
+        f"covjax / LibMTL; median of {rounds} interleaved rounds, each step repeated to fill "
+        f"about {window} s per round"
     )
     header = "| scheme (LibMTL) | " + " | ".join(
         f"K = {k} covjax | K = {k} LibMTL | K = {k} covjax / LibMTL" for k in ks
@@ -327,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", type=int, nargs="+", default=[2, 8, 32])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument(
+        "--window", type=float, default=0.2, help="seconds each runner runs per round (≥ 1 step)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--schemes", nargs="+", default=list(REFERENCES), choices=list(REFERENCES))
     args = parser.parse_args(argv)
@@ -337,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     libmtl.torch.set_num_threads(args.threads)
     print(f"LibMTL from {libmtl.root}")
-    times = measure(libmtl, args.schemes, args.ks, args.batch, args.rounds, args.steps)
-    print_table(args.schemes, times, args.batch, args.rounds, args.steps)
+    times = measure(libmtl, args.schemes, args.ks, args.batch, args.rounds, args.window)
+    print_table(args.schemes, times, args.batch, args.rounds, args.window)
     return 0
 
 

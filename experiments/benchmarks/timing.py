@@ -12,14 +12,20 @@ import jax
 
 
 def interleaved_times(
-    runners: dict[str, Callable[[], Any]], rounds: int, steps: int, warm_up: bool = True
+    runners: dict[str, Callable[[], Any]],
+    rounds: int,
+    steps: int | dict[str, int],
+    warm_up: bool = True,
 ) -> dict[str, float]:
     """Median seconds per call of each runner over ``rounds`` interleaved rounds of ``steps``.
 
     Interleaving makes machine noise hit every runner alike, so their ratios
-    are fair. ``warm_up`` first calls each runner once (compilation); pass
-    False when the caller already did.
+    are fair. ``steps`` may differ by runner (a dict by name), e.g. to give
+    fast and slow runners windows of similar length. ``warm_up`` first calls
+    each runner once (compilation); pass False when the caller already did.
     """
+    if isinstance(steps, int):
+        steps = dict.fromkeys(runners, steps)
     if warm_up:
         for run in runners.values():
             jax.block_until_ready(run())
@@ -27,10 +33,10 @@ def interleaved_times(
     for _ in range(rounds):
         for name, run in runners.items():
             start = time.perf_counter()
-            for _ in range(steps):
+            for _ in range(steps[name]):
                 out = run()
             jax.block_until_ready(out)
-            times[name].append((time.perf_counter() - start) / steps)
+            times[name].append((time.perf_counter() - start) / steps[name])
     return {name: statistics.median(values) for name, values in times.items()}
 
 
