@@ -11,8 +11,14 @@ against covjax's static step, and LibMTL's step (its ``HPS`` model with the
 weighting mixed in, as its ``Trainer`` builds it; forward, ``zero_grad``,
 the weighting's ``backward``, ``Adam.step``) against LibMTL's ``EW``. It
 prints both ratios and their quotient: the target is a quotient of at most
-0.5 at K ≥ 8 for the gradient schemes, and a covjax ratio of at most 1.01
-for the loss-only ones.
+0.5 at K ≥ 8 for the gradient schemes. The loss-only schemes are listed
+for contrast; their goal, at most 1.01× static, is below this benchmark's
+noise (:mod:`experiments.benchmarks.weighting_overhead` measures it).
+Each runner repeats its step to fill a time window per round (covjax's
+steps take milliseconds, LibMTL's up to seconds). PyTorch runs on
+``--threads`` threads (2) with ``OMP_WAIT_POLICY=PASSIVE`` unless set
+otherwise (on a shared machine spinning OpenMP threads slow its small
+operations down 10-80×).
 
 LibMTL's conventions are kept (``Trainer.train_singlelevel``): per-loss
 gradients over all shared parameters (``rep_grad=False``; GradDrop, which
@@ -283,10 +289,10 @@ def calibrate(runners: dict[str, Callable[[], Any]], window: float) -> dict[str,
 
 
 def target_met(name: str, times: dict[int, dict[str, float]]) -> str:
-    reference = REFERENCES[name]
-    if reference.loss_only:
-        worst = max(t[f"ours:{name}"] / t["ours:static"] for t in times.values())
-        return f"{'met' if worst <= TARGET_LOSS_ONLY else 'missed'} (≤ {TARGET_LOSS_ONLY}× static)"
+    """Whether covjax's ratio is at most half of LibMTL's at every K ≥ 8 measured."""
+    if REFERENCES[name].loss_only:
+        # A few per cent, below this benchmark's noise: weighting_overhead measures it.
+        return f"loss-only: ≤ {TARGET_LOSS_ONLY}× static (weighting_overhead)"
     quotients = [quotient(name, t) for k, t in times.items() if k >= 8]
     if not quotients:
         return "—"
