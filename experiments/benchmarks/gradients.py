@@ -241,7 +241,35 @@ def make_train_step(
     return run
 
 
-#: name → (scheme constructor, value_and_grad options, description).
+def make_cross_gramian_step(
+    scheme: covjax.Weighting, wrt: str
+) -> Callable[..., tuple[Params, optax.OptState, covjax.WeightingState, jax.Array]]:
+    """The jitted step of SDMGrad and MoDo with stochastic gradients, as their papers run them.
+
+    The weights come from the cross-Gramian of the per-loss gradients of two
+    more batches (``cross_gramian``: the per-loss gradients of both are
+    materialised) and weigh the losses of the step's own batch.
+    """
+    optimizer = optax.adam(1e-3)
+
+    def train_step(params, opt_state, weighting_state, x, labels, *cross_batches):
+        jacobians = [
+            covjax.per_loss_jacobian(loss_fn, params, *batch, wrt=wrt)[1] for batch in cross_batches
+        ]
+        losses, pull_back = jax.vjp(lambda p: loss_fn(p, x, labels), params)
+        weights, weighting_state = scheme.update(
+            losses, weighting_state, gramian=covjax.cross_gramian(*jacobians)
+        )
+        (grads,) = pull_back(weights.astype(losses.dtype))
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        total = jnp.sum(weights * losses)
+        return optax.apply_updates(params, updates), opt_state, weighting_state, total
+
+    return jax.jit(train_step)
+
+
+#: name → (scheme constructor, value_and_grad options, description); the option
+#: ``"cross_batches": n`` runs :func:`make_cross_gramian_step` on n more batches.
 STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]] = {
     "static": (static_weighting, {}, "static (baseline)"),
     "gradnorm": (covjax.gradnorm, {"wrt": "trunk/layer2/w"}, "GradNorm (last trunk layer)"),
@@ -275,6 +303,16 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
     "dualproj": (covjax.dualproj, {"wrt": "trunk"}, "DualProj (all shared)"),
     "sdmgrad": (covjax.sdmgrad, {"wrt": "trunk"}, "SDMGrad (one batch's Gramian)"),
     "modo": (covjax.modo, {"wrt": "trunk"}, "MoDo (one batch's Gramian)"),
+    "sdmgrad_three_batches": (
+        covjax.sdmgrad,
+        {"wrt": "trunk", "cross_batches": 2},
+        "SDMGrad (cross-Gramian of two more batches)",
+    ),
+    "modo_three_batches": (
+        covjax.modo,
+        {"wrt": "trunk", "cross_batches": 2},
+        "MoDo (cross-Gramian of two more batches)",
+    ),
     "cr_mogm": (
         lambda: covjax.cr_mogm(covjax.mgda()),
         {"wrt": "trunk"},
@@ -337,10 +375,17 @@ def step_runner(
     loss = options.get("loss", "plain")
     losses = LOSS_FUNCTIONS[loss](with_marks(params, x, labels, loss), x, labels)
     state = [params, optax.adam(1e-3).init(params), scheme.init(losses)]
-    train_step = make_train_step(scheme, **options)
+    cross_batches = [
+        make_batch(num_losses, x.shape[0], seed=2 + i)
+        for i in range(options.get("cross_batches", 0))
+    ]
+    if cross_batches:
+        train_step = make_cross_gramian_step(scheme, options["wrt"])
+    else:
+        train_step = make_train_step(scheme, **options)
 
     def run() -> jax.Array:
-        state[0], state[1], state[2], total = train_step(*state, x, labels)
+        state[0], state[1], state[2], total = train_step(*state, x, labels, *cross_batches)
         return total
 
     return run

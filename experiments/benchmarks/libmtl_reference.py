@@ -23,8 +23,9 @@ operations down 10-80×).
 LibMTL's conventions are kept (``Trainer.train_singlelevel``): per-loss
 gradients over all shared parameters (``rep_grad=False``; GradDrop, which
 LibMTL runs on the representation only, with ``rep_grad=True``); SDMGrad
-and MoDo forward three batches and take 3K per-loss gradients per step (the
-covjax rows use one batch's Gramian); FAMO runs its extra no-grad forward
+and MoDo forward three batches and take 3K per-loss gradients per step
+(covjax's rows too: the cross-Gramian of two batches' per-loss gradients
+weighs a third batch's losses); FAMO runs its extra no-grad forward
 pass after the step to update its logits; the hyper-parameters are the
 defaults of LibMTL's ``config.py``. The epoch counter is set past every
 warm-up (GradNorm, DWA, STCH) so that each weighting runs its own branch
@@ -98,8 +99,8 @@ REFERENCES: dict[str, Reference] = {
     "excess_mtl": Reference("ExcessMTL", "excess_mtl"),
     "moco": Reference("MoCo", "moco"),
     "graddrop": Reference("GradDrop", "graddrop", rep_grad=True, note="on the representation"),
-    "sdmgrad": Reference("SDMGrad", "sdmgrad", batches=3, note="3 batches, 3K gradients"),
-    "modo": Reference("MoDo", "modo", batches=3, note="3 batches, 3K gradients"),
+    "sdmgrad": Reference("SDMGrad", "sdmgrad_three_batches", batches=3, note="3 batches"),
+    "modo": Reference("MoDo", "modo_three_batches", batches=3, note="3 batches"),
     "uncertainty": Reference("UW", "uncertainty", loss_only=True),
     "dwa": Reference("DWA", "dwa", loss_only=True),
     "rlw": Reference("RLW", "rlw", loss_only=True),
