@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: The benchmarks run by a subprocess below, with tiny sizes.
 TINY_RUNS = {
     "weighting_overhead": [
+        "--clock=cpu",
         "--rounds=1",
         "--steps=1",
         "--batch=2",

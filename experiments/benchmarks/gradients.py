@@ -16,12 +16,13 @@ Four tables, for K = 2, 8, 32 by default:
    trunk layer, and GradNorm, MGDA, PCGrad, CAGrad, Nash-MTL, IMTL-G,
    Aligned-MTL, UPGrad, GradVac, DB-MTL and the other Gramian and Jacobian
    schemes over all shared parameters (Dense Gramians factorized, and MGDA
-   once more with the per-loss gradients materialised), MGDA-UB on the trunk's output z (marked
-   by a zero leaf added to it; plain, and with one zero leaf per task, whose
-   gradients the engine's block-diagonal plan takes from one pull-back), and
-   the loss-statistics schemes LibMTL also has (UW, DWA, RLW, GLS, STCH,
-   FAMO) for contrast. Timed in interleaved rounds so that machine noise
-   hits every scheme alike.
+   once more with the per-loss gradients materialised; SDMGrad and MoDo also
+   with the cross-Gramian of two more batches, as their papers), MGDA-UB on
+   the trunk's output z (marked by a zero leaf added to it; plain, and with
+   one zero leaf per task, whose gradients the engine's block-diagonal plan
+   takes from one pull-back), and the loss-statistics schemes LibMTL also
+   has (UW, DWA, RLW, GLS, STCH, FAMO) for contrast. Timed in interleaved
+   rounds so that machine noise hits every scheme alike.
 3. :func:`covjax.min_norm_solver` alone for K = 32.
 4. MGDA-UB's floor at K = 32: a static step plus forming the K
    representation gradients, their Gramian and the solve, each timed alone —
