@@ -10,15 +10,19 @@ Four tables, for K = 2, 8, 32 by default:
    calls, both inside one ``jax.jit`` (XLA shares the forward pass; the K
    backward passes stay separate), and against K separately jitted calls.
 2. The full jitted train step (forward, weighting, backward, Adam) of every
-   gradient scheme relative to static weights, next to LibMTL's ratios for the
-   same model (measured on the same kind of machine): GradNorm at the last
-   trunk layer, MGDA, PCGrad,
-   CAGrad, Nash-MTL, IMTL-G, Aligned-MTL and UPGrad over all shared
-   parameters (Dense Gramians factorized, and MGDA once more with the
-   per-loss gradients materialised), MGDA-UB on the trunk's output z (marked
-   by a zero leaf added to it; plain, and with one zero leaf per task, whose
-   gradients the engine's block-diagonal plan takes from one pull-back). Timed
-   in interleaved rounds so that machine noise hits every scheme alike.
+   gradient scheme relative to static weights (LibMTL's ratios for the same
+   model, measured side by side in one process, come from
+   :mod:`experiments.benchmarks.libmtl_reference`): GradNorm at the last
+   trunk layer, and GradNorm, MGDA, PCGrad, CAGrad, Nash-MTL, IMTL-G,
+   Aligned-MTL, UPGrad, GradVac, DB-MTL and the other Gramian and Jacobian
+   schemes over all shared parameters (Dense Gramians factorized, and MGDA
+   once more with the per-loss gradients materialised; SDMGrad and MoDo also
+   with the cross-Gramian of two more batches, as their papers), MGDA-UB on
+   the trunk's output z (marked by a zero leaf added to it; plain, and with
+   one zero leaf per task, whose gradients the engine's block-diagonal plan
+   takes from one pull-back), and the loss-statistics schemes LibMTL also
+   has (UW, DWA, RLW, GLS, STCH, FAMO) for contrast. Timed in interleaved
+   rounds so that machine noise hits every scheme alike.
 3. :func:`covjax.min_norm_solver` alone for K = 32.
 4. MGDA-UB's floor at K = 32: a static step plus forming the K
    representation gradients, their Gramian and the solve, each timed alone —
@@ -238,22 +242,52 @@ def make_train_step(
     return run
 
 
-#: LibMTL's step-time ratios to equal weighting for this MLP at K = 2, 8, 32,
-#: measured on the same kind of 2-core machine with PyTorch; the target is half of them.
-LIBMTL_RATIOS: dict[str, tuple[float, float, float]] = {
-    "gradnorm": (2.8, 8.7, 26.3),
-    "mgda": (2.2, 7.7, 23.3),
-    "pcgrad": (1.9, 6.9, 33.5),
-    "cagrad": (2.6, 6.3, 27.3),
-    "nash_mtl": (6.9, 13.1, 26.5),
-    "imtl_g": (2.5, 10.0, 30.6),
-    "aligned_mtl": (2.0, 5.5, 17.8),
-}
+def two_batch_losses(params: Params, x: jax.Array, labels: jax.Array) -> jax.Array:
+    """(2K,) losses: :func:`loss_fn` on each half of a batch of two batches, stacked."""
+    z = trunk(params, x, labels)
+    half = x.shape[0] // 2
+    return jnp.concatenate(
+        [heads(params, z[:half], x, labels[:, :half]), heads(params, z[half:], x, labels[:, half:])]
+    )
 
-#: name → (scheme constructor, value_and_grad options, description).
+
+def make_cross_gramian_step(
+    scheme: covjax.Weighting, wrt: str
+) -> Callable[..., tuple[Params, optax.OptState, covjax.WeightingState, jax.Array]]:
+    """The jitted step of SDMGrad and MoDo with stochastic gradients, as their papers run them.
+
+    The weights come from the cross-Gramian C = J(ξ) J(ξ')ᵀ of the per-loss
+    gradients of two more batches and weigh the losses of the step's own
+    batch. C is the off-diagonal block of the 2K×2K Gramian of both batches'
+    losses from one forward pass over the two batches together, so the
+    engine's factorized Gramian applies (the per-loss gradients are never
+    formed).
+    """
+    optimizer = optax.adam(1e-3)
+
+    def train_step(params, opt_state, weighting_state, x, labels, batch_a, batch_b):
+        both_x = jnp.concatenate([batch_a[0], batch_b[0]])
+        both_labels = jnp.concatenate([batch_a[1], batch_b[1]], axis=1)
+        num_losses = labels.shape[0]
+        gramian = covjax.per_loss_gramian(two_batch_losses, params, both_x, both_labels, wrt=wrt)[1]
+        losses, pull_back = jax.vjp(lambda p: loss_fn(p, x, labels), params)
+        weights, weighting_state = scheme.update(
+            losses, weighting_state, gramian=gramian[:num_losses, num_losses:]
+        )
+        (grads,) = pull_back(weights.astype(losses.dtype))
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        total = jnp.sum(weights * losses)
+        return optax.apply_updates(params, updates), opt_state, weighting_state, total
+
+    return jax.jit(train_step)
+
+
+#: name → (scheme constructor, value_and_grad options, description); the option
+#: ``"cross_batches": 2`` runs :func:`make_cross_gramian_step` on two more batches.
 STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]] = {
     "static": (static_weighting, {}, "static (baseline)"),
     "gradnorm": (covjax.gradnorm, {"wrt": "trunk/layer2/w"}, "GradNorm (last trunk layer)"),
+    "gradnorm_shared": (covjax.gradnorm, {"wrt": "trunk"}, "GradNorm (all shared)"),
     "mgda": (covjax.mgda, {"wrt": "trunk"}, "MGDA (all shared)"),
     "mgda_materialised": (
         covjax.mgda,
@@ -266,6 +300,8 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
     "imtl_g": (covjax.imtl_g, {"wrt": "trunk"}, "IMTL-G (all shared)"),
     "aligned_mtl": (covjax.aligned_mtl, {"wrt": "trunk"}, "Aligned-MTL (all shared)"),
     "upgrad": (covjax.upgrad, {"wrt": "trunk"}, "UPGrad (all shared)"),
+    "gradvac": (covjax.gradvac, {"wrt": "trunk"}, "GradVac (all shared)"),
+    "db_mtl": (covjax.db_mtl, {"wrt": "trunk"}, "DB-MTL (all shared)"),
     "lr_annealing": (
         covjax.lr_annealing,
         {"wrt": "trunk"},
@@ -282,6 +318,16 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
     "sdmgrad": (covjax.sdmgrad, {"wrt": "trunk"}, "SDMGrad (one batch's Gramian)"),
     "modo": (covjax.modo, {"wrt": "trunk"}, "MoDo (one batch's Gramian)"),
     "pcd": (covjax.pcd, {"wrt": "trunk"}, "PCD (all shared, the first loss primary)"),
+    "sdmgrad_three_batches": (
+        covjax.sdmgrad,
+        {"wrt": "trunk", "cross_batches": 2},
+        "SDMGrad (cross-Gramian of two more batches)",
+    ),
+    "modo_three_batches": (
+        covjax.modo,
+        {"wrt": "trunk", "cross_batches": 2},
+        "MoDo (cross-Gramian of two more batches)",
+    ),
     "cr_mogm": (
         lambda: covjax.cr_mogm(covjax.mgda()),
         {"wrt": "trunk"},
@@ -320,37 +366,57 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
         {"loss": "copies", "wrt": "copies"},
         "MGDA-UB (per-task copies of the representation)",
     ),
+    # Loss-statistics schemes (no per-loss gradients), beside LibMTL's in libmtl_reference.
+    "uncertainty": (covjax.uncertainty_weighting, {}, "Uncertainty weighting (loss-only)"),
+    "dwa": (lambda: covjax.dwa(period=10), {}, "DWA (loss-only, 10-step periods)"),
+    "rlw": (covjax.rlw, {}, "RLW (loss-only)"),
+    "gls": (covjax.gls, {}, "GLS (loss-only)"),
+    "stch": (covjax.stch, {}, "STCH (loss-only)"),
+    "famo": (covjax.famo, {}, "FAMO (loss-only)"),
 }
+
+
+def step_runner(
+    name: str,
+    num_losses: int,
+    x: jax.Array,
+    labels: jax.Array,
+    configurations: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]] | None = None,
+) -> Callable[[], jax.Array]:
+    """One train step of configuration ``name`` per call, on fixed data, carrying its state."""
+    make_scheme, options, _ = (configurations or STEP_CONFIGURATIONS)[name]
+    scheme = make_scheme()
+    params = init_params(num_losses)
+    loss = options.get("loss", "plain")
+    losses = LOSS_FUNCTIONS[loss](with_marks(params, x, labels, loss), x, labels)
+    state = [params, optax.adam(1e-3).init(params), scheme.init(losses)]
+    cross_batches = [
+        make_batch(num_losses, x.shape[0], seed=2 + i)
+        for i in range(options.get("cross_batches", 0))
+    ]
+    if cross_batches:
+        train_step = make_cross_gramian_step(scheme, options["wrt"])
+    else:
+        train_step = make_train_step(scheme, **options)
+
+    def run() -> jax.Array:
+        state[0], state[1], state[2], total = train_step(*state, x, labels, *cross_batches)
+        return total
+
+    return run
 
 
 def step_table(ks: list[int], batch: int, rounds: int, steps: int, names: list[str]) -> None:
     print(
         f"\n2. Full train step (forward, weighting, backward, Adam), batch {batch}; "
-        f"ratio to static weights, median of {rounds} interleaved rounds × {steps} steps; "
-        "LibMTL's ratio (measured) in brackets"
+        f"ratio to static weights, median of {rounds} interleaved rounds × {steps} steps "
+        "(LibMTL's, side by side: experiments.benchmarks.libmtl_reference)"
     )
     ratios: dict[str, list[float]] = {name: [] for name in names}
     base_ms = []
     for k in ks:
         x, labels = make_batch(k, batch)
-        runners = {}
-        for name in ["static", *names]:
-            make_scheme, options, _ = STEP_CONFIGURATIONS[name]
-            scheme = make_scheme()
-            params = init_params(k)
-            losses = LOSS_FUNCTIONS[options.get("loss", "plain")](
-                with_marks(params, x, labels, options.get("loss", "plain")), x, labels
-            )
-            state = [params, optax.adam(1e-3).init(params), scheme.init(losses), None]
-            train_step = make_train_step(scheme, **options)
-
-            def run(train_step=train_step, state=state) -> jax.Array:
-                state[0], state[1], state[2], total = train_step(
-                    state[0], state[1], state[2], x, labels
-                )
-                return total
-
-            runners[name] = run
+        runners = {name: step_runner(name, k, x, labels) for name in ["static", *names]}
         t = interleaved_times(runners, rounds, steps)
         base_ms.append(1e3 * t["static"])
         for name in names:
@@ -359,11 +425,8 @@ def step_table(ks: list[int], batch: int, rounds: int, steps: int, names: list[s
     print("|---|" + "---|" * len(ks))
     print("| static, ms per step | " + " | ".join(f"{ms:.2f}" for ms in base_ms) + " |")
     for name in names:
-        cells = []
-        for k, ratio in zip(ks, ratios[name], strict=True):
-            reference = dict(zip((2, 8, 32), LIBMTL_RATIOS.get(name, ()), strict=False)).get(k)
-            cells.append(f"{ratio:.2f}" + (f" ({reference})" if reference else ""))
-        print(f"| {STEP_CONFIGURATIONS[name][2]} | " + " | ".join(cells) + " |")
+        cells = " | ".join(f"{ratio:.2f}" for ratio in ratios[name])
+        print(f"| {STEP_CONFIGURATIONS[name][2]} | {cells} |")
 
 
 def solver_table(k: int, rounds: int, steps: int) -> None:
@@ -408,21 +471,10 @@ def mgda_ub_floor_table(k: int, batch: int, rounds: int, steps: int) -> None:
         **STEP_CONFIGURATIONS,
         "static_copies": (static_weighting, {"loss": "copies"}, "static (per-task heads)"),
     }
-    runners = {}
-    for name in ("static", "static_copies", "mgda_ub_copies"):
-        make_scheme, options, _ = configurations[name]
-        scheme = make_scheme()
-        train_step = make_train_step(scheme, **options)
-        losses = LOSS_FUNCTIONS[options.get("loss", "plain")](
-            with_marks(params, x, labels, options.get("loss", "plain")), x, labels
-        )
-        state = [params, optax.adam(1e-3).init(params), scheme.init(losses)]
-
-        def run(train_step=train_step, state=state) -> jax.Array:
-            state[0], state[1], state[2], total = train_step(*state, x, labels)
-            return total
-
-        runners[name] = run
+    runners = {
+        name: step_runner(name, k, x, labels, configurations)
+        for name in ("static", "static_copies", "mgda_ub_copies")
+    }
     runners["rows"] = lambda: rows_fn(output_cotangents, params["heads"]["w"])
     runners["gramian"] = lambda: gramian_fn(jacobian)
     runners["solve"] = lambda: solve(gramian)
