@@ -3,7 +3,7 @@
 Trains a small multi-head network for a few steps with MGDA (gradients w.r.t.
 all parameters; Gramians factorized and materialised), with GradNorm (w.r.t.
 one shared layer) and with MGDA-UB over separate two-layer heads whose losses
-are pulled back in groups (covjax.loss_groups), once with the
+are pulled back in groups (covjax._src.program), once with the
 batch sharded over a ``Mesh`` of all devices (parameters and weighting state
 replicated) and once on a single device, and prints the largest differences in
 weights and parameters as JSON.

@@ -263,3 +263,36 @@ def test_direction_scheme_contract() -> None:
         scheme.update(losses, state, jacobian=jacobian[:2])
     with pytest.raises(ValueError, match="must also require the JACOBIAN"):
         covjax.make_weighting(lambda x: (), lambda *a: a, name="x", requires={covjax.DIRECTION})
+
+
+#: Every per-loss-gradient scheme, for a 3×4 Jacobian.
+JACOBIAN_SCHEMES = {
+    "trimmed_mean": lambda: covjax.trimmed_mean(1),
+    "graddrop": covjax.graddrop,
+    "m_config": lambda: covjax.conflict_free(momentum=True, num_params=4),
+    "moco": lambda: covjax.moco(num_params=4),
+    "excess_mtl": lambda: covjax.excess_mtl(num_params=4),
+    "lr_annealing": covjax.lr_annealing,
+    "cr_mogm": lambda: covjax.cr_mogm(covjax.excess_mtl(num_params=4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(JACOBIAN_SCHEMES))
+def test_non_finite_jacobian_never_reaches_the_state(name: str) -> None:
+    # The Jacobian reaches the scheme uncleaned (no K×P copy): a rejected step must still
+    # leave every state leaf as it was, and the next step must be the one without it.
+    scheme = JACOBIAN_SCHEMES[name]()
+    assert covjax.JACOBIAN in scheme.requires
+    losses = jnp.array([1.0, 2.0, 3.0])
+    jacobian = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)), jnp.float32)
+    update = jax.jit(scheme.update)
+    _, state = update(losses, scheme.init(losses), jacobian=jacobian)
+    expected = update(losses, state, jacobian=2.0 * jacobian)
+    for bad in (jnp.nan, jnp.inf):
+        out, rejected = update(losses, state, jacobian=jacobian.at[1, 2].set(bad))
+        assert not covjax.step_accepted(state, rejected)
+        jax.tree.map(np.testing.assert_array_equal, rejected, state)
+        if isinstance(out, covjax.Aggregation):
+            np.testing.assert_array_equal(out.direction, np.zeros(4))
+        after = update(losses, rejected, jacobian=2.0 * jacobian)
+        jax.tree.map(np.testing.assert_array_equal, after, expected)

@@ -19,7 +19,7 @@ from flax import nnx
 from precision import EPS32, assert_trees_close64, float64
 
 import covjax
-from covjax._src import factorized, gradients
+from covjax._src import factorized, gradients, program
 
 K = 3
 
@@ -99,7 +99,8 @@ def traced_taps(wrt: str | None = None, always: bool = True) -> set[str]:
     leaves, treedef = jax.tree.flatten(PARAMS)
     mask, names = gradients.select_leaves(PARAMS, wrt)
     closed = jax.make_jaxpr(lambda *ls: loss_fn(jax.tree.unflatten(treedef, ls), X, Y))(*leaves)
-    return {names[leaf] for leaf in factorized.find_taps(closed, mask, K, always=always)}
+    traced = program.walk(closed, mask, num_losses=1)  # one output: the (K,) losses
+    return {names[leaf] for leaf in factorized.find_taps(traced, mask, K, always=always)}
 
 
 def test_taps_are_the_single_use_products() -> None:

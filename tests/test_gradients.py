@@ -502,3 +502,41 @@ def test_gramian_examples_on_a_module_with_perturbations() -> None:
         # The statistics moved once, with the whole batch (not the sub-batch's forward pass).
         MultiHead.encode(reference, x)
         assert_trees_close64(model.norm.mean.value, np.asarray(reference.norm.mean.value))
+
+
+class PerturbedDictHeads(PerturbedMultiHead):
+    """PerturbedMultiHead with its heads in an ``nnx.Dict`` (the quickstart notebook's layout)."""
+
+    def __init__(self, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32) -> None:
+        super().__init__(rngs, dtype)
+        self.heads = nnx.Dict(dict(zip(NAMES, self.heads, strict=True)))
+
+    def losses(self, z: jax.Array, y: jax.Array) -> dict:
+        return {n: jnp.mean((head(z) - y) ** 2) for n, head in self.heads.items()}
+
+
+def test_perturbation_with_heads_in_an_nnx_dict() -> None:
+    # Under nnx.capture flax 0.12 adds an entry to every nnx.Dict of submodules, so iterating
+    # the heads would fail: the perturbations are added without it.
+    with jax.enable_x64(True):
+        _, x, y, _ = float64_case()
+        model = PerturbedDictHeads(nnx.Rngs(0), dtype=jnp.float64)
+        reference = nnx.clone(model)
+        z = MultiHead.encode(nnx.clone(reference), x)
+        rows = np.stack(
+            [
+                np.ravel(jax.grad(lambda rep, n=n: nnx.clone(reference).losses(rep, y)[n])(z))
+                for n in NAMES
+            ]
+        )
+        _, gramian, _ = covjax.per_loss_gramian(module_loss, model, x, y, wrt=nnx.Perturbation)
+        assert_trees_close64(gramian, rows @ rows.T)
+        scheme = covjax.mgda()
+        step = covjax.value_and_grad(module_loss, scheme, wrt=nnx.Perturbation)
+        out, _ = nnx.jit(step)(model, scheme.init({n: 0.0 for n in NAMES}), x, y)
+        expected = covjax.min_norm_solver(jnp.asarray(rows @ rows.T))
+        weights = np.array([out.weights[n] for n in NAMES])
+        # The float64 solves agree to ~cond·1e-13; the stored weights (≤ 1) are float32.
+        np.testing.assert_allclose(weights, expected, rtol=0, atol=EPS32)
+        assert np.ptp(weights) > 1e-3  # not trivially uniform
+        assert not jax.tree.leaves(nnx.state(model, nnx.Perturbation))  # no variable added

@@ -1,4 +1,4 @@
-"""Grouped pull-backs (covjax.loss_groups) against the one-batch engine and a float64 loop.
+"""Grouped pull-backs (loss groups) against the one-batch engine and a float64 loop.
 
 The network below has a shared trunk, a coarse branch (one conv) and a fine
 branch (two convs and a matrix product, on a bigger map), and its losses are a
@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 import covjax
-from covjax._src import gradients, loss_groups
+from covjax._src import gradients, program
 
 
 def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -70,6 +70,15 @@ def images(seed: int = 1) -> jax.Array:
     return jax.random.uniform(jax.random.key(seed), (2, 8, 8, 2))
 
 
+def trace(fn, primal) -> program.TracedProgram:
+    """The walked program of ``fn`` (which returns losses), every leaf selected."""
+    leaves, treedef = jax.tree.flatten(primal)
+    closed, out_shape = jax.make_jaxpr(
+        lambda *flat: jax.tree.leaves(fn(jax.tree.unflatten(treedef, flat))), return_shape=True
+    )(*leaves)
+    return program.walk(closed, [True] * len(leaves), len(out_shape))
+
+
 def oracle_gramian(fn, primal) -> np.ndarray:
     """Gramian of a Python loop of jax.grad, one loss at a time, reduced in float64 NumPy."""
     names = covjax.loss_names(fn(primal))
@@ -83,8 +92,8 @@ def oracle_gramian(fn, primal) -> np.ndarray:
 
 def test_groups_follow_the_branches_each_loss_reaches() -> None:
     params, x = make_params(), images()
-    closed, num_losses = loss_groups.trace(lambda p: loss_fn(p, x), params)
-    groups = loss_groups.find_groups(closed, [True] * len(jax.tree.leaves(params)), num_losses)
+    traced = trace(lambda p: loss_fn(p, x), params)
+    groups = traced.groups([True] * len(jax.tree.leaves(params)))
     # Leaves in key order: both, coarse/a, coarse/b, fine/a, fine/b.
     assert groups is not None
     assert sorted(groups) == [(0,), (1, 2), (3, 4)]
@@ -97,14 +106,14 @@ def test_no_groups_when_every_loss_reaches_everything_or_saving_is_small() -> No
     def stacked(p: dict) -> jax.Array:  # one output: nothing to split
         return jnp.stack(jax.tree.leaves(loss_fn(p, x)))
 
-    closed, num = loss_groups.trace(stacked, params)
-    assert num == 1 and loss_groups.find_groups(closed, mask, num) is None
-    closed, num = loss_groups.trace(lambda p: loss_fn(p, x), params)
-    assert loss_groups.find_groups(closed, mask, num, min_saving=0.99) is None
-    assert loss_groups.find_groups(closed, mask, num, max_groups=2) is None
+    traced = trace(stacked, params)
+    assert len(traced.loss_leaves) == 1 and traced.groups(mask) is None
+    traced = trace(lambda p: loss_fn(p, x), params)
+    assert traced.groups(mask, min_saving=0.99) is None
+    assert traced.groups(mask, max_groups=2) is None
     # Only the coarse kernel differentiated: the fine losses have no backward pass at all.
     only_coarse = [name == "coarse" for name in sorted(params)]
-    assert sorted(loss_groups.find_groups(closed, only_coarse, num)) == [(0, 1, 2), (3, 4)]
+    assert sorted(traced.groups(only_coarse)) == [(0, 1, 2), (3, 4)]
 
 
 def test_no_groups_when_a_shared_trunk_dominates() -> None:
@@ -119,21 +128,21 @@ def test_no_groups_when_a_shared_trunk_dominates() -> None:
         h = jnp.tanh(x @ p["trunk"])
         return {f"task{i}": jnp.mean(h @ p["heads"][:, i]) for i in range(3)}
 
-    closed, num = loss_groups.trace(fn, {"heads": tiny_heads, "trunk": trunk})
+    traced = trace(fn, {"heads": tiny_heads, "trunk": trunk})
     # Three groups (one head each), but the shared 32×64×64 product is in every cone.
-    assert loss_groups.find_groups(closed, [True, True], num) is None
+    assert traced.groups([True, True]) is None
     # Differentiating the heads alone, the groups do pay.
-    assert sorted(loss_groups.find_groups(closed, [True, False], num)) == [(0,), (1,), (2,)]
+    assert sorted(traced.groups([True, False])) == [(0,), (1,), (2,)]
 
 
 def test_equation_cost_counts_multiply_adds() -> None:
     x, w = jnp.ones((4, 8, 8, 3)), jnp.ones((3, 3, 3, 5))
     (eqn,) = jax.make_jaxpr(conv)(x, w).jaxpr.eqns
-    assert loss_groups.equation_cost(eqn) == 4 * 8 * 8 * 5 * (3 * 3 * 3)
+    assert program.equation_cost(eqn) == 4 * 8 * 8 * 5 * (3 * 3 * 3)
     (eqn,) = jax.make_jaxpr(jnp.matmul)(jnp.ones((6, 7)), jnp.ones((7, 2))).jaxpr.eqns
-    assert loss_groups.equation_cost(eqn) == 6 * 2 * 7
+    assert program.equation_cost(eqn) == 6 * 2 * 7
     nested = jax.make_jaxpr(jax.jit(jnp.matmul))(jnp.ones((6, 7)), jnp.ones((7, 2)))
-    assert loss_groups.equation_cost(nested.jaxpr.eqns[0]) == 6 * 2 * 7
+    assert program.equation_cost(nested.jaxpr.eqns[0]) == 6 * 2 * 7
 
 
 @pytest.mark.parametrize("chunk_size", [None, 2])
@@ -217,5 +226,5 @@ def test_nnx_module_heads_are_grouped_with_the_same_result() -> None:
     # Each loss reaches only its own head from z: two groups.
     model = TwoHeads(nnx.Rngs(0))
     z = model.encode(x)
-    closed, num = loss_groups.trace(lambda rep: model.losses(rep, y), z)
-    assert sorted(loss_groups.find_groups(closed, [True], num)) == [(0,), (1,)]
+    traced = trace(lambda rep: model.losses(rep, y), z)
+    assert sorted(traced.groups([True])) == [(0,), (1,)]

@@ -335,7 +335,9 @@ def make_weighting(
         (K, K) for a :data:`GRAMIAN` scheme, the Jacobian (K, P) for a
         :data:`JACOBIAN` scheme, else None; a :data:`DIRECTION` scheme returns
         ``(weights (K,), inner_state, direction (P,))``. Its results are used
-        only for accepted steps (finite inputs, positive losses where required).
+        only for accepted steps (finite inputs, positive losses where required);
+        on the others it gets harmless losses and Gramian but the Jacobian as
+        given (maybe non-finite), so no loop over it may run without a cap.
       name: the scheme's name, used in error messages.
       requires: ``{GRAMIAN}`` for schemes that need the Gramian of the per-loss
         gradients; ``{JACOBIAN}`` for the per-loss gradients themselves,
@@ -442,10 +444,10 @@ def make_weighting(
                     f"covjax.{name}: jacobian has shape {jacobian.shape}, expected ({k}, P): "
                     "one flattened gradient per loss."
                 )
-            jacobian = jacobian.astype(jnp.promote_types(jacobian.dtype, jnp.float32))
-            jacobian_finite = jnp.all(jnp.isfinite(jacobian))
-            finite = finite & jacobian_finite
-            gradients = jnp.where(jacobian_finite, jacobian, jnp.zeros_like(jacobian))
+            gradients = jacobian.astype(jnp.promote_types(jacobian.dtype, jnp.float32))
+            # Passed on as it is, unlike the Gramian: cleaning it would copy all K×P entries
+            # each step, and what a non-finite one yields is discarded with the step.
+            finite = finite & jnp.all(jnp.isfinite(gradients))
         outputs = update_fn(safe_vector, state.inner, state.count, gradients)
         new_weights, new_inner = outputs[:2]
         new_weights = new_weights.astype(state.weights.dtype)

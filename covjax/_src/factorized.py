@@ -16,8 +16,9 @@ multiply-adds per layer. The Δ_i themselves still come from one batched
 backward pass (:mod:`covjax._src.gradients`), now stopping at the layer outputs:
 the K per-loss weight gradients are never formed.
 
-How the layers are found: the loss function is traced to a jaxpr once, and
-every ``dot_general`` whose operand is a selected parameter leaf used nowhere
+How the layers are found: from the uses of each selected leaf that the one
+walk over the traced program collects (:mod:`covjax._src.program`), every
+``dot_general`` whose operand is a selected parameter leaf used nowhere
 else (directly or through a transpose, reshape or dtype cast; no batch
 dimension on the parameter's side) becomes a *tap*. The function is then
 re-evaluated from its jaxpr with a zero perturbation added to each tap's
@@ -43,10 +44,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.extend import core as jex_core
 
-_JIT_PRIMITIVE_NAMES = ("jit", "pjit")
-#: Ops that only re-lay a parameter out (``W.T``, a dtype cast, a reshape): its
-#: Gramian block is unchanged, so the product they feed can still be tapped.
-_LAYOUT_PRIMITIVES = (jax.lax.transpose_p, jax.lax.convert_element_type_p, jax.lax.reshape_p)
+from covjax._src import program
 
 
 class Tap(NamedTuple):
@@ -75,71 +73,8 @@ class Tap(NamedTuple):
         return n, c, math.prod(self.out_shape) // n
 
 
-def _jit_body(eqn: Any) -> Any | None:
-    """The ClosedJaxpr of a nested ``jit`` equation, else None."""
-    if eqn.primitive.name in _JIT_PRIMITIVE_NAMES:
-        body = eqn.params.get("jaxpr")
-        if isinstance(body, jex_core.ClosedJaxpr):
-            return body
-    return None
-
-
 def _read(env: dict[Any, Any], atom: Any) -> Any:
     return atom.val if isinstance(atom, jex_core.Literal) else env[atom]
-
-
-class _Use(NamedTuple):
-    eqn: Any
-    operand: int  # 0: lhs, 1: rhs
-
-
-def _find_uses(jaxpr: Any, leaf_of: dict[Any, int], uses: dict[int, list[_Use | None]]) -> None:
-    """Record every use of a tracked parameter var; ``None`` marks a use that cannot be tapped.
-
-    Mirrors :func:`_evaluate`: a nested ``jit`` receiving a tracked var is
-    walked into (it will be inlined), any other equation is opaque.
-    """
-    for eqn in jaxpr.eqns:
-        tracked = [
-            (position, leaf_of[var])
-            for position, var in enumerate(eqn.invars)
-            if isinstance(var, jex_core.Var) and var in leaf_of
-        ]
-        if not tracked:
-            continue
-        body = _jit_body(eqn)
-        if body is not None:
-            inner = {
-                inner_var: leaf_of[outer]
-                for outer, inner_var in zip(eqn.invars, body.jaxpr.invars, strict=True)
-                if isinstance(outer, jex_core.Var) and outer in leaf_of
-            }
-            _find_uses(body.jaxpr, inner, uses)
-            continue
-        if eqn.primitive in _LAYOUT_PRIMITIVES:
-            ((_, leaf),) = tracked
-            leaf_of = {**leaf_of, eqn.outvars[0]: leaf}
-            continue
-        for position, leaf in tracked:
-            tappable = eqn.primitive is jax.lax.dot_general_p and position in (0, 1)
-            uses[leaf].append(_Use(eqn, position) if tappable else None)
-    for var in jaxpr.outvars:
-        if isinstance(var, jex_core.Var) and var in leaf_of:
-            uses[leaf_of[var]].append(None)
-
-
-def _tap_of(use: _Use, leaf: int) -> Tap | None:
-    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = use.eqn.params["dimension_numbers"]
-    if lhs_batch or rhs_batch:
-        return None  # per-batch-slice parameters: no single X Xᵀ
-    param_is_lhs = use.operand == 0
-    other = use.eqn.invars[1 if param_is_lhs else 0]
-    if other is use.eqn.invars[use.operand]:
-        return None  # W · W
-    other_contracting = tuple(rhs_contract if param_is_lhs else lhs_contract)
-    other_free = tuple(a for a in range(other.aval.ndim) if a not in other_contracting)
-    out = use.eqn.outvars[0].aval
-    return Tap(leaf, param_is_lhs, other_free, other_contracting, tuple(out.shape), out.dtype)
 
 
 def _worth_it(tap: Tap, other_shape: Sequence[int], num_losses: int) -> bool:
@@ -151,26 +86,35 @@ def _worth_it(tap: Tap, other_shape: Sequence[int], num_losses: int) -> bool:
 
 
 def find_taps(
-    closed: Any, selected: Sequence[bool], num_losses: int, *, always: bool = False
+    traced: program.TracedProgram,
+    candidates: Sequence[bool],
+    num_losses: int,
+    *,
+    always: bool = False,
 ) -> dict[int, Tap]:
-    """The taps of ``closed`` (a ClosedJaxpr whose invars are the parameter leaves).
+    """The taps among the ``candidates`` leaves of the walked program.
 
-    Returns ``{leaf index: Tap}`` for each selected leaf used exactly once, as
-    an operand of a ``dot_general`` without batch axes, where the factorized
+    Returns ``{leaf index: Tap}`` for each candidate used exactly once, as an
+    operand of a ``dot_general`` without batch axes, where the factorized
     Gramian is cheaper for ``num_losses`` losses (wherever possible with
     ``always``).
     """
-    jaxpr = closed.jaxpr
-    leaf_of = {var: i for i, var in enumerate(jaxpr.invars) if selected[i]}
-    uses: dict[int, list[_Use | None]] = {i: [] for i in leaf_of.values()}
-    _find_uses(jaxpr, leaf_of, uses)
     taps = {}
-    for leaf, leaf_uses in uses.items():
-        if len(leaf_uses) != 1 or leaf_uses[0] is None:
+    for leaf, uses in traced.uses.items():
+        eqn, operand = uses[0][:2] if len(uses) == 1 else (None, 0)
+        if not candidates[leaf] or eqn is None or eqn.primitive is not jax.lax.dot_general_p:
             continue
-        tap = _tap_of(leaf_uses[0], leaf)
-        other = leaf_uses[0].eqn.invars[1 if leaf_uses[0].operand == 0 else 0]
-        if tap is not None and (always or _worth_it(tap, other.aval.shape, num_losses)):
+        other = eqn.invars[1 - operand]
+        if other is eqn.invars[operand]:
+            continue  # W · W
+        (lhs_contract, rhs_contract), batch_axes = eqn.params["dimension_numbers"]
+        if any(batch_axes):
+            continue  # per-batch-slice parameters: no single X Xᵀ
+        other_contracting = tuple(rhs_contract if operand == 0 else lhs_contract)
+        other_free = tuple(a for a in range(other.aval.ndim) if a not in other_contracting)
+        out = eqn.outvars[0].aval
+        tap = Tap(leaf, operand == 0, other_free, other_contracting, out.shape, out.dtype)
+        if always or _worth_it(tap, other.aval.shape, num_losses):
             taps[leaf] = tap
     return taps
 
@@ -197,8 +141,8 @@ def _evaluate(
             for position, var in enumerate(eqn.invars)
             if isinstance(var, jex_core.Var) and var in leaf_of
         }
-        body = _jit_body(eqn) if tracked else None
-        if tracked and eqn.primitive in _LAYOUT_PRIMITIVES:
+        body = program.jit_body(eqn) if tracked else None
+        if tracked and eqn.primitive in program.LAYOUT_PRIMITIVES:
             leaf_of = {**leaf_of, eqn.outvars[0]: next(iter(tracked.values()))}
         if body is not None:
             inner = {body.jaxpr.invars[p]: leaf for p, leaf in tracked.items()}

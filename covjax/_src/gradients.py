@@ -47,7 +47,8 @@ and, for a pytree of scalar losses, which losses reach which layers: groups
 of losses that reach different layers (monodepth's scales, a task's own
 head) are pulled back separately, each through the transpose of one
 linearisation restricted to the group's outputs, which JAX prunes to the
-layers it reaches (:mod:`covjax._src.loss_groups`). Factorised kernels and
+layers it reaches. One walk over the traced program collects every fact
+these decisions read (:mod:`covjax._src.program`). Factorised kernels and
 groups combine. One reduction then forms the Gramian (or, for schemes that
 need them, the Jacobian's rows), and one place decides chunking:
 ``chunk_size`` bounds the memory of the batched backward (its activations'
@@ -77,7 +78,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.extend import core as jex_core
 
-from covjax._src import factorized, loss_groups
+from covjax._src import factorized, program
 from covjax._src import nnx_support as _nnx
 from covjax._src.base import Losses, PyTree, flatten_losses, path_name
 
@@ -209,6 +210,8 @@ def _without_trailing_transposes(
     transposed to (K, in, out): on CPU that copy costs as much as the product.
     A Gramian sums over all non-K axes, so their order does not matter and the
     transposes that keep axis 0 in place are dropped from the traced program.
+    This reads a different program from the plan's walk (:mod:`covjax._src.program`):
+    the batched pull-back, which exists only once the plan has chosen what to pull back.
     """
     closed = jax.make_jaxpr(batched_fn)(one_hots)
     producer = {var: eqn for eqn in closed.jaxpr.eqns for var in eqn.outvars}
@@ -375,20 +378,20 @@ def make_plan(closed: Any, losses_shape: Any, selected: Sequence[bool], output: 
     scalar_losses = len(loss_leaves) == k and all(len(leaf.shape) == 0 for leaf in loss_leaves)
     if closed.effects:  # side effects (prints, callbacks): every row materialised, one batch
         return Plan(k, selected, {}, (), {}, None)
-    copies = tuple(loss_groups.find_copies(closed, selected))
+    traced = program.walk(closed, selected, len(loss_leaves))
+    copies = tuple(traced.copies())
     owners: dict[int, int | None] = {}
     if _OPTIONS.block_diagonal and scalar_losses:
-        reach = loss_groups.loss_reach(closed, k)
         for i, keep in enumerate(selected):
-            if keep and reach[i].bit_count() <= 1:
-                owners[i] = reach[i].bit_length() - 1 if reach[i] else None
+            if keep and (reach := traced.reach(i)).bit_count() <= 1:
+                owners[i] = reach.bit_length() - 1 if reach else None
     remaining = [keep and i not in owners for i, keep in enumerate(selected)]
     taps: dict[int, factorized.Tap] = {}
     if output == "gramian" and _OPTIONS.factorize != "never":
-        taps = factorized.find_taps(closed, remaining, k, always=_OPTIONS.factorize == "always")
+        taps = factorized.find_taps(traced, remaining, k, always=_OPTIONS.factorize == "always")
     groups = None
     if _OPTIONS.group_losses and scalar_losses and any(remaining):
-        groups = loss_groups.find_groups(closed, remaining, k)
+        groups = traced.groups(remaining)
     return Plan(k, selected, owners, copies, taps, groups)
 
 
@@ -682,12 +685,11 @@ class Differentiable(NamedTuple):
 
 
 def _may_select_perturbations(wrt: Any) -> bool:
-    """Whether ``wrt`` can select ``nnx.Perturbation`` variables: only then is the loss traced
-    under ``nnx.capture`` to find them (a path regex selects parameters only; capture also
-    breaks ``nnx.Dict`` containers of submodules in flax 0.12)."""
+    """Whether ``wrt`` can select ``nnx.Perturbation`` variables: only then are they looked for
+    (one abstract evaluation of the loss). A path regex selects parameters only."""
     if wrt is None or isinstance(wrt, str):
         return False
-    if isinstance(wrt, (list, tuple)):
+    if isinstance(wrt, list | tuple):
         return any(_may_select_perturbations(item) for item in wrt)
     return True
 
@@ -706,9 +708,10 @@ def differentiable(
 
     For an ``nnx.Module`` the primal is ``(its nnx.Param state, its
     perturbations)``: the ``self.perturb(name, z)`` calls of ``loss_fn`` are
-    found by one abstract evaluation (when ``wrt`` is given), each gets a zero
-    of z's shape, and ``loss_fn`` always runs under ``nnx.capture`` so that
-    ``perturb`` adds them (and leaves the module unchanged otherwise).
+    found by one abstract evaluation (when ``wrt`` can select them), each gets
+    a zero of z's shape, and ``loss_fn`` runs on a copy of the module that
+    carries them as its ``nnx.Perturbation`` variables, which ``perturb`` adds
+    to z (the module itself is left unchanged but for its other variables).
     """
     if not _nnx.is_module(params):
 
@@ -731,7 +734,7 @@ def differentiable(
     )
 
     def module_fn(primal: tuple[PyTree, PyTree]) -> tuple[Losses, Any]:
-        output, new_rest = _nnx.call(graphdef, *primal, rest, loss_fn, args, kwargs)
+        output, new_rest, _ = _nnx.call(graphdef, *primal, rest, loss_fn, args, kwargs)
         losses, aux = split_output(output, has_aux)
         return losses, (aux, new_rest)
 

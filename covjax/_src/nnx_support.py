@@ -10,6 +10,7 @@ objects.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -70,6 +71,10 @@ def _raw_key(key: Any) -> Any:
     return key
 
 
+#: flax warns on each ``perturb`` call outside ``nnx.capture``; covjax calls it so on purpose.
+_PERTURB_OUTSIDE_CAPTURE = r"\s*Using 'Module\.perturb\(\)' outside of 'nnx\.capture\(\)'"
+
+
 def call(
     graphdef: Any,
     params: Any,
@@ -78,25 +83,30 @@ def call(
     fn: Callable[..., Any],
     args: Any,
     kwargs: dict[str, Any],
-) -> tuple[Any, Any]:
+) -> tuple[Any, Any, Any]:
     """``fn(module, *args, **kwargs)`` on a merged copy, with the given perturbations added.
 
-    Returns ``(output, new_rest)``: the module's non-parameter variables after
-    the call (batch statistics...). With perturbations, ``fn`` runs under
-    ``nnx.capture`` so that each ``module.perturb(name, z)`` returns z plus the
-    perturbation of that name; without, a ``perturb`` call returns z plus zero.
-    Perturbation variables are never part of the returned state.
+    Returns ``(output, new_rest, perturbations)``: the module's non-parameter,
+    non-perturbation variables after the call (batch statistics...), and its
+    Perturbation variables: the given ones, and a zero one for each
+    ``module.perturb(name, z)`` call that had none.
+
+    Outside ``nnx.capture`` a ``module.perturb(name, z)`` call returns z plus
+    the module's Perturbation variable ``name``, and creates it (zero, on this
+    copy only) when there is none. Not ``nnx.capture``: in flax 0.12 it also
+    gives every ``nnx.Dict`` container of submodules a ``__captures__`` entry,
+    which then breaks iterating over the container's items.
     """
     flax_nnx = nnx()
     model = flax_nnx.merge(graphdef, params, rest, copy=True)
-    if perturbations:
-        output = flax_nnx.capture(fn, init=perturbations)(model, *args, **kwargs)
-    else:
-        # Nothing to add: no capture (under it, flax 0.12 breaks ``nnx.Dict`` containers
-        # of submodules). A ``perturb`` call then creates a zero Perturbation variable on
-        # this copy only, which the returned state leaves out.
+    flax_nnx.update(model, perturbations)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _PERTURB_OUTSIDE_CAPTURE, DeprecationWarning)
         output = fn(model, *args, **kwargs)
-    return output, flax_nnx.split(model, flax_nnx.Param, flax_nnx.Perturbation, ...)[3]
+    _, _, perturbations, new_rest = flax_nnx.split(
+        model, flax_nnx.Param, flax_nnx.Perturbation, ...
+    )
+    return output, new_rest, perturbations
 
 
 def find_perturbations(
@@ -111,8 +121,7 @@ def find_perturbations(
     flax_nnx = nnx()
 
     def perturbations(params: Any, rest: Any) -> Any:
-        model = flax_nnx.merge(graphdef, params, rest, copy=True)
-        return flax_nnx.capture(fn, flax_nnx.Perturbation)(model, *args, **kwargs)[1]
+        return call(graphdef, params, flax_nnx.State({}), rest, fn, args, kwargs)[2]
 
     shapes = jax.eval_shape(perturbations, params, rest)
     return jax.tree.map(lambda shape: jax.numpy.zeros(shape.shape, shape.dtype), shapes)

@@ -18,7 +18,7 @@ batch 8); ``paper`` is ``configs/paper.py`` (ResNet-50MD, 256×512, batch 8);
 ``test`` is ``configs/test.py`` (a smoke run, no meaningful timing).
 ``--schemes=hand_tuned,mgda_ub,mgda_ub:ungrouped`` also times a gradient scheme
 with its 32 per-loss pull-backs in one batch instead of grouped by the layers
-each loss reaches (:mod:`covjax._src.loss_groups`); ``mgda_ub:one_image`` with
+each loss reaches (:mod:`covjax._src.program`); ``mgda_ub:one_image`` with
 its Gramian estimated from the batch's first image (the reference's convention).
 """
 
