@@ -26,8 +26,9 @@ For each size it times, in one process and in interleaved rounds (median):
 
 Both sides see the same random stereo batch (NHWC for us, NCHW for torch).
 The table gives seconds per step and our / reference ratios, with the load
-average before and after (the timings are only comparable on a quiet
-machine) and the torch, jax and jaxlib versions.
+average before and after each size (the timings are only comparable on a
+quiet machine: the reference's OpenMP threads slow down much more than XLA's
+under foreign load) and the torch, jax and jaxlib versions.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -193,20 +194,29 @@ def benchmark(
     steps: int,
     threads: int,
     xla_variants: list[str],
-) -> str:
-    """The Markdown table: seconds per step of each side at each size, and the ratios."""
+) -> Iterator[str]:
+    """The Markdown table, line by line (a row as soon as its size is timed)."""
     import jax
     import jaxlib
     import torch
 
+    yield (
+        f"static depth step (full ResNet-50MD, no batch norm, Adam) vs the reference PyTorch code "
+        f"({REFERENCE_URL}), torch {torch.__version__} on {threads} threads, jax "
+        f"{jax.__version__} / jaxlib {jaxlib.__version__} on {os.cpu_count()} CPU cores, "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, median of {rounds} interleaved "
+        f"rounds × {steps} steps"
+    )
     header = "| size | reference s/step | ours s/step | ours / reference |"
     rule = "|---|---|---|---|"
     for variant in xla_variants:
         header += f" ours, `{variant}` s/step | ratio |"
         rule += "---|---|"
-    rows, loads = [header, rule], [load_average()]
+    yield header + " load average (1/5/15 min) before → after |"
+    yield rule + "---|"
     for size in sizes:
         height, width = parse_size(size)
+        load_before = load_average()
         workers = [Worker(variant, height, width, batch_size) for variant in xla_variants]
         try:
             runners: dict[str, Callable[[], Any]] = {
@@ -227,17 +237,7 @@ def benchmark(
         for index in range(len(workers)):
             variant = seconds[f"variant {index}"]
             row += f" {variant:.3f} | {variant / reference:.2f} |"
-        rows.append(row)
-        loads.append(load_average())
-    title = (
-        f"static depth step (full ResNet-50MD, no batch norm, Adam) vs the reference PyTorch code "
-        f"({REFERENCE_URL}), torch {torch.__version__} on {threads} threads, jax "
-        f"{jax.__version__} / jaxlib {jaxlib.__version__} on {os.cpu_count()} CPU cores, "
-        f"median of {rounds} interleaved rounds × {steps} steps; load average (1/5/15 min) "
-        f"at start and after each size: {', '.join(loads)}; XLA_FLAGS="
-        f"{os.environ.get('XLA_FLAGS', '')!r}"
-    )
-    return "\n".join([title, *rows])
+        yield row + f" {load_before} → {load_average()} |"
 
 
 def main(argv: list[str]) -> None:
@@ -259,17 +259,16 @@ def main(argv: list[str]) -> None:
     for size in args.sizes:
         parse_size(size)  # fail before any compilation
     started = time.perf_counter()
-    print(
-        benchmark(
-            Path(args.reference_dir).resolve(),
-            args.sizes,
-            args.batch_size,
-            args.rounds,
-            args.steps,
-            args.threads,
-            [variant for variant in args.xla_variants if variant],
-        )
-    )
+    for line in benchmark(
+        Path(args.reference_dir).resolve(),
+        args.sizes,
+        args.batch_size,
+        args.rounds,
+        args.steps,
+        args.threads,
+        [variant for variant in args.xla_variants if variant],
+    ):
+        print(line, flush=True)
     print(f"({time.perf_counter() - started:.0f} s in all)")
 
 
