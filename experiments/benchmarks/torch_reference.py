@@ -25,10 +25,14 @@ For each size it times, in one process and in interleaved rounds (median):
   with the others.
 
 Both sides see the same random stereo batch (NHWC for us, NCHW for torch).
-The table gives seconds per step and our / reference ratios, with the load
-average before and after each size (the timings are only comparable on a
-quiet machine: the reference's OpenMP threads slow down much more than XLA's
-under foreign load) and the torch, jax and jaxlib versions.
+The table gives wall-clock seconds per step and, in brackets, CPU seconds
+per step (all threads of the process that ran it), each side's median, and
+our / reference ratios of both, with the load average before and after each
+size and the torch, jax and jaxlib versions. Wall times are comparable only
+on a quiet machine: under foreign load the reference's OpenMP threads wait
+for each other at every parallel region and slow down far more than XLA's;
+CPU seconds are steadier there (they still count OpenMP's spin-waiting:
+``OMP_WAIT_POLICY=passive`` turns that off).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +50,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import jax
 import ml_collections
 from absl import app, flags
 
@@ -134,8 +140,31 @@ def reference_step(
     return method.optimize_parameters
 
 
+class CpuTimed:
+    """A runner that also records the CPU seconds (all threads of its process) of each call.
+
+    Wall time on a machine shared with other jobs mostly measures how each
+    side copes with waiting for a core; CPU time measures the work done
+    (plus any time the threads spin), so it is the steadier comparison when
+    the load average is above the number of cores.
+    """
+
+    def __init__(self, run: Callable[[], Any]) -> None:
+        self.run = run
+        self.cpu_seconds: list[float] = []
+
+    def __call__(self) -> Any:
+        start = time.process_time()
+        out = jax.block_until_ready(self.run())
+        self.cpu_seconds.append(time.process_time() - start)
+        return out
+
+
 class Worker:
-    """Our step in a process of its own with extra ``XLA_FLAGS``, run one step per call."""
+    """Our step in a process of its own with extra ``XLA_FLAGS``, run one step per call.
+
+    ``cpu_seconds`` holds the CPU seconds the worker reported for each step.
+    """
 
     def __init__(self, xla_flags: str, height: int, width: int, batch_size: int) -> None:
         env = dict(os.environ)
@@ -145,6 +174,7 @@ class Worker:
         self.process = subprocess.Popen(
             command, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
+        self.cpu_seconds: list[float] = []
 
     def wait_until_compiled(self) -> None:
         self._reply()
@@ -153,12 +183,14 @@ class Worker:
         assert self.process.stdin is not None
         self.process.stdin.write("step\n")
         self.process.stdin.flush()
-        self._reply()
+        self.cpu_seconds.append(float(self._reply()))
 
-    def _reply(self) -> None:
+    def _reply(self) -> str:
         assert self.process.stdout is not None
-        if self.process.stdout.readline().strip() != "done":
+        reply = self.process.stdout.readline().split()
+        if not reply or reply[0] != "done":
             raise RuntimeError(f"the worker stopped (exit status {self.process.wait()}).")
+        return reply[-1]
 
     def close(self) -> None:
         """End the worker: at once if it is still compiling (the parent failed), else at EOF."""
@@ -172,14 +204,13 @@ class Worker:
 
 
 def serve(height: int, width: int, batch_size: int) -> None:
-    """The worker's side: compile, say ``done``, then one step per ``step`` line read."""
-    import jax
-
-    run = our_step(height, width, batch_size)
+    """The worker's side: compile, say ``done``, then one step per ``step`` line read,
+    answered with ``done CPU_SECONDS``."""
+    run = CpuTimed(our_step(height, width, batch_size))
     print("done", flush=True)
     for _ in sys.stdin:
-        jax.block_until_ready(run())
-        print("done", flush=True)
+        run()
+        print(f"done {run.cpu_seconds[-1]}", flush=True)
 
 
 def load_average() -> str:
@@ -196,7 +227,6 @@ def benchmark(
     xla_variants: list[str],
 ) -> Iterator[str]:
     """The Markdown table, line by line (a row as soon as its size is timed)."""
-    import jax
     import jaxlib
     import torch
 
@@ -207,10 +237,10 @@ def benchmark(
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, median of {rounds} interleaved "
         f"rounds × {steps} steps"
     )
-    header = "| size | reference s/step | ours s/step | ours / reference |"
+    header = "| size | reference s/step (CPU s) | ours s/step (CPU s) | ours / reference (CPU) |"
     rule = "|---|---|---|---|"
     for variant in xla_variants:
-        header += f" ours, `{variant}` s/step | ratio |"
+        header += f" ours, `{variant}` s/step (CPU s) | ratio (CPU) |"
         rule += "---|---|"
     yield header + " load average (1/5/15 min) before → after |"
     yield rule + "---|"
@@ -219,24 +249,26 @@ def benchmark(
         load_before = load_average()
         workers = [Worker(variant, height, width, batch_size) for variant in xla_variants]
         try:
-            runners: dict[str, Callable[[], Any]] = {
-                "reference": reference_step(reference_dir, height, width, batch_size, threads),
-                "ours": our_step(height, width, batch_size),
+            runners: dict[str, CpuTimed | Worker] = {
+                "reference": CpuTimed(
+                    reference_step(reference_dir, height, width, batch_size, threads)
+                ),
+                "ours": CpuTimed(our_step(height, width, batch_size)),
             }
-            runners["reference"]()  # warm-up (allocations, OpenMP pool)
+            runners["reference"].run()  # warm-up (allocations, OpenMP pool)
             for index, worker in enumerate(workers):
                 worker.wait_until_compiled()
                 runners[f"variant {index}"] = worker
-            seconds = interleaved_times(runners, rounds, steps, warm_up=False)
+            seconds = interleaved_times(dict(runners), rounds, steps, warm_up=False)
         finally:
             for worker in workers:
                 worker.close()
-        reference = seconds["reference"]
-        row = f"| {height}×{width}, batch {batch_size} | {reference:.3f} | "
-        row += f"{seconds['ours']:.3f} | {seconds['ours'] / reference:.2f} |"
-        for index in range(len(workers)):
-            variant = seconds[f"variant {index}"]
-            row += f" {variant:.3f} | {variant / reference:.2f} |"
+        cpu = {name: statistics.median(run.cpu_seconds) for name, run in runners.items()}
+        wall, work = seconds.pop("reference"), cpu.pop("reference")
+        row = f"| {height}×{width}, batch {batch_size} | {wall:.3f} ({work:.2f}) |"
+        for name in seconds:
+            row += f" {seconds[name]:.3f} ({cpu[name]:.2f}) |"
+            row += f" {seconds[name] / wall:.2f} ({cpu[name] / work:.2f}) |"
         yield row + f" {load_before} → {load_average()} |"
 
 
