@@ -249,13 +249,12 @@ def benchmark(
         load_before = load_average()
         workers = [Worker(variant, height, width, batch_size) for variant in xla_variants]
         try:
+            reference = reference_step(reference_dir, height, width, batch_size, threads)
+            reference()  # warm-up (allocations, OpenMP pool)
             runners: dict[str, CpuTimed | Worker] = {
-                "reference": CpuTimed(
-                    reference_step(reference_dir, height, width, batch_size, threads)
-                ),
+                "reference": CpuTimed(reference),
                 "ours": CpuTimed(our_step(height, width, batch_size)),
             }
-            runners["reference"].run()  # warm-up (allocations, OpenMP pool)
             for index, worker in enumerate(workers):
                 worker.wait_until_compiled()
                 runners[f"variant {index}"] = worker
