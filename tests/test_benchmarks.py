@@ -18,7 +18,7 @@ import pytest
 from fast_compile import fast_compile_env
 
 import covjax
-from experiments.benchmarks import gradients, libmtl_reference
+from experiments.benchmarks import gradients, libmtl_reference, suite, torch_reference
 
 REPO = Path(__file__).resolve().parents[1]
 #: The benchmarks run by a subprocess below, with tiny sizes.
@@ -48,25 +48,59 @@ TINY_RUNS = {
 }
 
 
+def python(arguments: list[str], timeout: int) -> subprocess.CompletedProcess[str]:
+    """This interpreter run with ``arguments`` in the repository root, output captured
+    (compiled fast: these runs only have to work)."""
+    return subprocess.run(
+        [sys.executable, *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=fast_compile_env(),
+    )
+
+
 def test_every_documented_benchmark_has_a_smoke_test() -> None:
     pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
     text = "\n".join(page.read_text() for page in pages)
     documented = set(re.findall(r"python -m experiments\.benchmarks\.(\w+)", text))
     assert documented, "no benchmark documented"
-    assert documented <= {"gradients", "suite", "libmtl_reference", *TINY_RUNS}, documented
+    optional = {"libmtl_reference", "torch_reference"}  # need PyTorch: skip-path tests below
+    assert documented <= {"gradients", "suite", *optional, *TINY_RUNS}, documented
+
+
+def test_torch_reference_without_torch_says_how_to_run() -> None:
+    """PyTorch is no dependency: without it the benchmark explains how to run it, status 0."""
+    hide_torch = (
+        "import runpy, sys; sys.modules['torch'] = None; "  # `import torch` raises ImportError
+        "sys.argv = ['torch_reference', '--reference_dir=/nonexistent']; "
+        "runpy.run_module('experiments.benchmarks.torch_reference', run_name='__main__')"
+    )
+    result = python(["-c", hide_torch], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == torch_reference.HOW_TO_RUN + "\n"
+    assert "PYTHONPATH=DIR python -m experiments.benchmarks.torch_reference" in result.stdout
+
+
+def test_suite_skips_the_torch_benchmark_without_a_reference_clone() -> None:
+    table = suite.suite(tiny=True, names=["torch_reference"])
+    assert suite.TORCH_SKIPPED in table
+    assert not [line for line in table.splitlines()[4:] if line.startswith("| ")]
+
+
+def test_torch_reference_sizes() -> None:
+    assert torch_reference.parse_size("128x256") == (128, 256)
+    with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
+        torch_reference.parse_size("128-256")
+    with pytest.raises(ValueError, match="multiples of 64"):
+        torch_reference.parse_size("100x200")
 
 
 @pytest.mark.parametrize("name", sorted(TINY_RUNS))
 def test_benchmark_runs_and_prints_its_table(name: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", f"experiments.benchmarks.{name}", *TINY_RUNS[name]],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env=fast_compile_env(),
-    )
+    result = python(["-m", f"experiments.benchmarks.{name}", *TINY_RUNS[name]], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     table_rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len(table_rows) >= 3, result.stdout  # a header, its rule and at least one row
@@ -135,15 +169,7 @@ def test_suite_collects_the_benchmarks_into_one_table(tmp_path: Path) -> None:
     output = tmp_path / "suite.md"
     only = ["weighting_overhead"]
     command = ["-m", "experiments.benchmarks.suite", "--tiny", "--only", *only]
-    result = subprocess.run(
-        [sys.executable, *command, "--output", str(output)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-        env=fast_compile_env(),
-    )
+    result = python([*command, "--output", str(output)], timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = output.read_text().splitlines()
     assert lines[2] == "| benchmark | table | row | cells |"
