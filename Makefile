@@ -39,7 +39,12 @@ NUMERIC_TESTS := tests/test_aggregators.py tests/test_pcgrad.py tests/test_gradv
 	tests/test_solvers.py tests/test_gradnorm.py tests/test_mgda.py tests/test_loss_groups.py \
 	tests/test_factorized.py tests/test_gradients.py tests/test_loss_schemes.py tests/test_cov.py \
 	tests/test_base.py tests/test_sharding.py tests/test_loss_values.py tests/test_wrappers.py \
-	tests/test_solvers_vs_peers.py tests/test_conv.py
+	tests/test_solvers_vs_peers.py tests/test_conv.py tests/test_aggregator_properties.py \
+	tests/test_fairgrad.py tests/test_dualproj.py tests/test_krum.py tests/test_sdmgrad.py tests/test_modo.py \
+	tests/test_cr_mogm.py tests/test_pcd.py tests/test_trimmed_mean.py tests/test_graddrop.py \
+	tests/test_conflict_free.py tests/test_moco.py tests/test_excess_mtl.py tests/test_stch.py \
+	tests/test_pbi.py tests/test_cosmos.py tests/test_lbpinn.py tests/test_lr_annealing.py \
+	tests/test_ntk_weighting.py
 test-numerics: $(STAMP)
 	taskset -c 0 $(PY) -m pytest -q -n 0 $(NUMERIC_TESTS)
 	XLA_FLAGS=--xla_cpu_max_isa=AVX2 $(PY) -m pytest -q -n 0 $(NUMERIC_TESTS)
