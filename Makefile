@@ -25,13 +25,8 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 # The docs build executes the three notebooks: a failing cell fails it, so this is their test.
-# The suite's time is mostly XLA compiling: the numerically sensitive tests run compiled as
-# users compile, the rest (experiments, commands, docs: pipelines and structure) with less
-# LLVM optimisation (COVJAX_FAST_COMPILE, tests/fast_compile.py).
 test: $(STAMP) lint
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=10 $(NUMERIC_TESTS)
-	COVJAX_FAST_COMPILE=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 \
-		$(addprefix --ignore=,$(NUMERIC_TESTS)) tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests
 	$(MAKE) docs
 
 # A fresh environment (-E) every time, so every page's warnings show (and fail) on every build.

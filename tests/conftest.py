@@ -19,11 +19,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _SESSION_CACHE = tempfile.mkdtemp(prefix="covjax-tests-xla-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
 
-if os.environ.get("COVJAX_FAST_COMPILE") == "1":  # see tests/fast_compile.py and the Makefile
-    from fast_compile import with_fast_compile
-
-    os.environ["XLA_FLAGS"] = with_fast_compile(os.environ.get("XLA_FLAGS", ""))
-
 import jax  # noqa: E402  (after the environment above, which jax reads on import)
 from hypothesis import settings  # noqa: E402
 

@@ -1,7 +1,5 @@
-"""XLA:CPU with less LLVM optimisation, for what only has to *run*: subprocesses
-(documented commands, benchmark smoke tests, the multi-host launch) and, with
-``COVJAX_FAST_COMPILE=1`` (``make test`` sets it for every test file outside its
-numerically sensitive set), the whole test process (tests/conftest.py).
+"""The environment for subprocesses that only have to *run* (documented commands,
+benchmark smoke tests, the multi-host launch): XLA:CPU with less LLVM optimisation.
 
 Their tiny configs spend most of their time compiling; these two flags take about
 a third off the compile time (depth benchmark at test size: 70 → 49 CPU seconds)
@@ -17,15 +15,8 @@ import os
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
-def with_fast_compile(xla_flags: str) -> str:
-    """``xla_flags`` with the fast-compile flags appended (once)."""
-    if FAST_COMPILE_FLAGS in xla_flags:
-        return xla_flags
-    return f"{xla_flags} {FAST_COMPILE_FLAGS}".strip()
-
-
 def fast_compile_env(**changes: str) -> dict[str, str]:
     """``os.environ`` with ``changes`` and the fast-compile XLA flags appended."""
     env = {**os.environ, **changes}
-    env["XLA_FLAGS"] = with_fast_compile(env.get("XLA_FLAGS", ""))
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
     return env

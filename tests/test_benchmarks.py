@@ -41,7 +41,7 @@ TINY_RUNS = {
     "aggregators": ["--losses=4", "--steps=2", "--repeats=1", "--dim=16"],
     "depth_throughput": [
         "--size=test",
-        "--schemes=hand_tuned",
+        "--schemes=hand_tuned,cov",
         "--steps=1",
         "--rounds=1",
     ],
