@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -357,6 +358,31 @@ def test_nyuv2_files_are_read_in_numeric_order(tmp_path: Path) -> None:
     # Depth holes and void labels reach the contract as its "unknown" values.
     assert np.all(loaded[0]["depth"][1:, -2:] == 0) and np.all(loaded[0]["normals"][1:, -2:] == 0)
     assert np.all(loaded[0]["semantic"][-2:, :2] == 255)
+
+
+def test_nyuv2_reads_one_file_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # tf.data maps the reader on several threads; np.load's header parsing is not
+    # thread-safe on CPython 3.11 (python/cpython#106905: a rare SystemError in CI).
+    # A slow np.load makes any overlap between threads visible.
+    fake.make_fake_nyuv2(tmp_path, counts={"val": 12}, height=2, width=3)
+    active, most_active = [0], [0]
+    real_load = np.load
+
+    def slow_load(*args, **kwargs):
+        active[0] += 1
+        most_active[0] = max(most_active[0], active[0])
+        time.sleep(0.005)
+        try:
+            return real_load(*args, **kwargs)
+        finally:
+            active[0] -= 1
+
+    monkeypatch.setattr(nyuv2.np, "load", slow_load)
+    dataset = nyuv2.load("val", tmp_path)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 4
+    assert len(as_list(dataset.with_options(options))) == 12
+    assert most_active[0] == 1
 
 
 def test_nyuv2_normals_are_renormalized() -> None:

@@ -18,6 +18,7 @@ normals went through 8-bit quantisation), 0 where invalid.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +74,18 @@ def to_contract(
     return left, semantic, depth, normals
 
 
+# tf.data runs ``_read_example`` on several Python threads at once, and ``np.load``
+# parses each file's header with ``ast.literal_eval``. CPython 3.11 keeps the AST
+# converter's recursion counter per interpreter, not per thread, so two threads
+# parsing at once can fail with "SystemError: AST constructor recursion depth
+# mismatch" (python/cpython#106905). Reading one file at a time costs little: the
+# arrays are small and the decoding below runs outside the lock.
+_NPY_READ_LOCK = threading.Lock()
+
+
 def _read_example(paths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    image, label, depth, normal = (np.load(p.decode()) for p in paths)
+    with _NPY_READ_LOCK:
+        image, label, depth, normal = (np.load(p.decode()) for p in paths)
     return to_contract(image, label, depth, normal)
 
 
