@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -234,6 +235,18 @@ def test_bad_configurations_are_named() -> None:
         schemes.build_scheme("cov", context, {"no_such_argument": 1})
     with pytest.raises(ValueError, match="gradient target 'layers'"):
         schemes.build_scheme("mgda_ub", context, gradient_target="layers")
+    # Without a model there is no P for the constructors that take num_params: named
+    # by the registry where it is required, by covjax where M-ConFIG's momentum needs it.
+    with pytest.raises(ValueError, match=r"'moco' keeps a vector .* scheme_kwargs.moco.num_params"):
+        schemes.build_scheme("moco", context)
+    with pytest.raises(ValueError, match=r"covjax\.conflict_free: num_params must be P"):
+        schemes.build_scheme("m_config", context)
+    assert schemes.build_scheme("conflict_free", context).name == "conflict_free"
+    sized = dataclasses.replace(context, parameter_count=lambda target: 6)
+    losses = {name: np.float32(1.0) for name in TASK.names}
+    for name in ("moco", "m_config", "excess_mtl"):
+        state = schemes.build_scheme(name, sized).weighting.init(losses)
+        assert {leaf.shape[-1] for leaf in jax.tree.leaves(state) if np.ndim(leaf) == 2} == {6}
     with pytest.raises(ValueError, match="already registered"):
         schemes.register_scheme("cov", schemes.SCHEMES["cov"])
     with pytest.raises(ValueError, match="Unknown optimizer 'adamw2'"):

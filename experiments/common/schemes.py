@@ -56,8 +56,9 @@ class SchemeContext:
       parameter_count: ``target -> P``, how many numbers the per-loss gradients
         of a gradient target have (the per-loss Jacobian's columns): the size of
         the state of the schemes that keep a vector over the parameters per loss
-        (MoCo, M-ConFIG, ExcessMTL; :attr:`SchemeEntry.sized`). ``None`` where
-        no model is built; those schemes then need ``num_params`` given.
+        (MoCo, M-ConFIG, ExcessMTL: the constructors that take ``num_params``).
+        ``None`` where no model is built; those schemes then need ``num_params``
+        given.
     """
 
     task: Task
@@ -78,8 +79,6 @@ class SchemeEntry:
       description: one line for the docs and ``--list_schemes``.
       fixed: hyper-parameters that make this entry differ from the
         constructor's defaults (e.g. ``decay=0.99`` for ``"cov_decay"``).
-      sized: the constructor's ``num_params`` is P of the scheme's gradient
-        target, from :attr:`SchemeContext.parameter_count` unless given.
       cross_batches: the scheme's ``gramian=`` is the cross-Gramian of two
         independent batches (SDMGrad, MoDo): the step feeds it that of the two
         halves of its batch (:attr:`Scheme.cross_batches`).
@@ -90,7 +89,6 @@ class SchemeEntry:
     defaults: Callable[[SchemeContext], dict[str, Any]]
     description: str
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    sized: bool = False
     cross_batches: bool = False
 
 
@@ -207,13 +205,12 @@ SCHEMES: dict[str, SchemeEntry] = {
         _none,
         "M-ConFIG, per-loss momenta",
         fixed={"momentum": True},
-        sized=True,
     ),
     "moco": SchemeEntry(
-        covjax.moco, "parameters", _none, "MoCo, tracked gradient estimates", sized=True
+        covjax.moco, "parameters", _none, "MoCo, tracked gradient estimates"
     ),
     "excess_mtl": SchemeEntry(
-        covjax.excess_mtl, "parameters", _none, "ExcessMTL, excess-risk weights", sized=True
+        covjax.excess_mtl, "parameters", _none, "ExcessMTL, excess-risk weights"
     ),
     # Stochastic MGDA: the cross-Gramian of the two halves of the step's batch.
     "sdmgrad": SchemeEntry(
@@ -322,13 +319,18 @@ def build_scheme(
             # A config tuple of K values (weights, priors), in the order of the task's losses.
             given[key] = np.asarray(value, np.float32)
     arguments = {**entry.defaults(context), **entry.fixed, **given}
-    if entry.sized and "num_params" not in given:
-        if context.parameter_count is None:
+    # A constructor that takes ``num_params`` keeps a vector over the parameters per
+    # loss (MoCo, M-ConFIG, ExcessMTL): P is that of the scheme's gradient target.
+    # Plain ConFIG takes it too but ignores it, so only a required one must be found.
+    size = inspect.signature(constructor).parameters.get("num_params")
+    if size is not None and "num_params" not in given:
+        if context.parameter_count is not None:
+            arguments["num_params"] = context.parameter_count(target)  # type: ignore[arg-type]
+        elif size.default is inspect.Parameter.empty:
             raise ValueError(
                 f"Scheme {name!r} keeps a vector over the parameters per loss: give "
                 f"scheme_kwargs.{name}.num_params, or a context with the model's parameter_count."
             )
-        arguments["num_params"] = context.parameter_count(target)  # type: ignore[arg-type]
     try:
         weighting = constructor(**arguments)
     except TypeError as error:
@@ -442,7 +444,7 @@ def hyperparameters(name: str) -> tuple[Hyperparameter, ...]:
         unset = "None"
         if required:
             unset = "required" if entry.defaults is _none else FROM_EXPERIMENT[parameter.name]
-        if entry.sized and parameter.name == "num_params":
+        if parameter.name == "num_params":
             unset = FROM_EXPERIMENT[parameter.name]
         settable.append(Hyperparameter(parameter.name, field_type, default, choices, unset))
     return tuple(settable)
