@@ -206,9 +206,7 @@ SCHEMES: dict[str, SchemeEntry] = {
         "M-ConFIG, per-loss momenta",
         fixed={"momentum": True},
     ),
-    "moco": SchemeEntry(
-        covjax.moco, "parameters", _none, "MoCo, tracked gradient estimates"
-    ),
+    "moco": SchemeEntry(covjax.moco, "parameters", _none, "MoCo, tracked gradient estimates"),
     "excess_mtl": SchemeEntry(
         covjax.excess_mtl, "parameters", _none, "ExcessMTL, excess-risk weights"
     ),
