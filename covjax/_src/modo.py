@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax import Array
 
-from covjax._src.base import GRAMIAN, Weighting, make_weighting
+from covjax._src.base import CROSS_GRAMIAN, Weighting, make_weighting
 from covjax._src.gramian import uniform_weights
 from covjax._src.sdmgrad import check_non_negative, with_three_batch_example
 from covjax._src.solvers import simplex_projection
@@ -85,7 +85,7 @@ def modo(gamma: float | Array = 1e-3, rho: float | Array = 0.1) -> Weighting:
         init_fn,
         update_fn,
         name="modo",
-        requires={GRAMIAN},
+        requires={CROSS_GRAMIAN},
         weights_sum="1",
         loss_scale="no",
     )

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from covjax._src.base import GRAMIAN, Weighting, make_weighting
+from covjax._src.base import CROSS_GRAMIAN, Weighting, make_weighting
 from covjax._src.gramian import uniform_weights
 from covjax._src.solvers import sdmgrad_weights
 
@@ -197,7 +197,7 @@ def sdmgrad(
         init_fn,
         update_fn,
         name="sdmgrad",
-        requires={GRAMIAN},
+        requires={CROSS_GRAMIAN},
         weights_sum="1",
         loss_scale="no",
     )
