@@ -295,6 +295,12 @@ def _cross_gramian(
     prepared: list[gradients.Prepared] = []
     for args, kwargs in _halves(arguments, examples):
         half = gradients.differentiable(loss_fn, params, args, kwargs, has_aux=has_aux, wrt=wrt)
+        if any(half.selected[len(jax.tree.leaves(half.grads_of(half.primal))) :]):
+            raise ValueError(
+                "covjax.value_and_grad: a CROSS_GRAMIAN scheme pairs the gradients of two half "
+                "batches, whose feature maps are different variables: select parameters with "
+                "wrt=, not nnx.Perturbation."
+            )
         plan = prepared[0].plan if prepared else None
         prepared.append(
             gradients.prepare(half.fn, half.primal, half.selected, chunk_size=chunk_size, plan=plan)
