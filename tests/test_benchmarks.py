@@ -12,12 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax.numpy as jnp
-import numpy as np
 import pytest
 from fast_compile import fast_compile_env
 
-import covjax
 from experiments.benchmarks import gradients, libmtl_reference, suite, torch_reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,27 +138,6 @@ def test_libmtl_reference_without_libmtl_says_how_to_run_it(
 def test_libmtl_reference_names_covjax_configurations_of_the_gradients_benchmark() -> None:
     for reference in libmtl_reference.REFERENCES.values():
         assert reference.ours in gradients.STEP_CONFIGURATIONS
-
-
-def test_two_batch_gramian_holds_the_cross_gramian() -> None:
-    """The SDMGrad/MoDo step's C = J(ξ) J(ξ')ᵀ, from one Gramian of both batches' losses."""
-    k = 3
-    params = gradients.init_params(k)
-    batch_a, batch_b = gradients.make_batch(k, 8, seed=2), gradients.make_batch(k, 8, seed=3)
-    jacobians = [
-        covjax.per_loss_jacobian(gradients.loss_fn, params, *batch, wrt="trunk")[1]
-        for batch in (batch_a, batch_b)
-    ]
-    expected = np.asarray(covjax.cross_gramian(*jacobians))
-    both_x = jnp.concatenate([batch_a[0], batch_b[0]])
-    both_labels = jnp.concatenate([batch_a[1], batch_b[1]], axis=1)
-    gramian = covjax.per_loss_gramian(
-        gradients.two_batch_losses, params, both_x, both_labels, wrt="trunk"
-    )[1]
-    # float32 sums of 0.66 M products, factorized vs materialised: ~1e-6 of the largest entry.
-    np.testing.assert_allclose(
-        gramian[:k, k:], expected, rtol=0, atol=1e-5 * np.abs(expected).max()
-    )
 
 
 def test_suite_collects_the_benchmarks_into_one_table(tmp_path: Path) -> None:
