@@ -178,6 +178,8 @@ def value_and_grad(
     output: gradients.Output = "jacobian" if needs_jacobian else "gramian"
 
     def step(params: Any, state: WeightingState, *args: Any, **kwargs: Any):
+        # The halves are checked before anything is traced.
+        halves = _halves((args, kwargs), gramian_examples) if needs_cross else None
         whole_batch_plan = needs_gradients and gramian_examples is None and not needs_cross
         target = gradients.differentiable(
             loss_fn,
@@ -199,9 +201,7 @@ def value_and_grad(
         if not needs_gradients:
             output_weights, new_state = scheme.update(losses, state)
         elif needs_cross:
-            cross = _cross_gramian(
-                loss_fn, params, (args, kwargs), gramian_examples, has_aux, wrt, chunk_size
-            )
+            cross = _cross_gramian(loss_fn, params, halves, has_aux, wrt, chunk_size)
             output_weights, new_state = scheme.update(losses, state, gramian=cross)
         else:
             if not whole_batch_plan:
@@ -285,15 +285,14 @@ def _halves(tree: Any, examples: int | None) -> tuple[Any, Any]:
 def _cross_gramian(
     loss_fn: LossFn,
     params: Any,
-    arguments: tuple[tuple[Any, ...], dict[str, Any]],
-    examples: int | None,
+    halves: tuple[Any, Any],
     has_aux: bool,
     wrt: Any,
     chunk_size: int | None,
 ) -> Array:
     """C = J_a J_bᵀ of ``loss_fn``'s per-loss gradients on the halves of the batch, one plan."""
     prepared: list[gradients.Prepared] = []
-    for args, kwargs in _halves(arguments, examples):
+    for args, kwargs in halves:
         half = gradients.differentiable(loss_fn, params, args, kwargs, has_aux=has_aux, wrt=wrt)
         if any(half.selected[len(jax.tree.leaves(half.grads_of(half.primal))) :]):
             raise ValueError(
