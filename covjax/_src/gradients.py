@@ -50,7 +50,9 @@ linearisation restricted to the group's outputs, which JAX prunes to the
 layers it reaches. One walk over the traced program collects every fact
 these decisions read (:mod:`covjax._src.program`). Factorised kernels and
 groups combine. One reduction then forms the Gramian (or, for schemes that
-need them, the Jacobian's rows), and one place decides chunking:
+need them, the Jacobian's rows; with two batches prepared under one plan,
+their cross-Gramian J_a J_bᵀ, a factorised kernel's block then
+Σ (X_a X_bᵀ) ⊙ (Δ_a Δ_bᵀ): :func:`cross_gramian`), and one place decides chunking:
 ``chunk_size`` bounds the memory of the batched backward (its activations'
 cotangents are K times those of a single backward) by running the K
 cotangents through :func:`jax.lax.map` ``chunk_size`` at a time (``1`` is

@@ -111,8 +111,13 @@ def sdmgrad(
     estimates), not by the Gramian of one batch (whose diagonal is biased
     upwards by the gradients' variance). The weights are then applied to
     the losses of a third batch ζ. So ``gramian=`` takes C
-    (:func:`covjax.cross_gramian`, not symmetric); passing the ordinary
-    Gramian of one batch gives the deterministic method.
+    (:func:`covjax.cross_gramian`, not symmetric; ``requires`` holds
+    :data:`covjax.CROSS_GRAMIAN`); passing the ordinary Gramian of one
+    batch gives the deterministic method. :func:`covjax.value_and_grad`
+    takes ξ and ξ' as the two halves of the step's batch (an even size),
+    whose whole losses the weights then multiply: the halves are part of
+    the weighted batch, not independent of it as ζ is in the paper (the
+    example below feeds three independent batches instead).
 
     Each step runs ``num_steps`` projected heavy-ball steps on w from the
     previous step's w (kept in the state, uniform at first)::

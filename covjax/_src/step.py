@@ -143,10 +143,9 @@ def value_and_grad(
     (unbiased, unlike the Gramian of one batch, whose diagonal carries the
     gradients' variance). The papers draw two extra batches and apply the
     weights to a third; here a and b are part of the weighted batch, so the
-    weights are not independent of the losses they multiply (the paper's
-    estimate with extra batches: pass them as the halves of a batch of
-    their own through ``covjax.per_loss_jacobian`` and
-    ``covjax.cross_gramian``, as the SDMGrad docstring shows).
+    weights are not independent of the losses they multiply (the papers'
+    form, with extra batches through ``covjax.per_loss_jacobian`` and
+    ``covjax.cross_gramian``, is the example of ``help(covjax.sdmgrad)``).
 
     Returns:
       A function with the signature above; ``grads`` has the structure of
@@ -159,7 +158,9 @@ def value_and_grad(
         ``wrt`` that selects nothing, or ``gramian_examples`` larger than an
         argument's leading axis (at trace time); for a ``CROSS_GRAMIAN``
         scheme, a batch whose size is odd (a batch of 1 included) or that
-        differs between arguments (at trace time).
+        differs between arguments, or ``wrt`` selecting ``nnx.Perturbation``
+        feature maps (two halves' maps are different variables) (at trace
+        time).
     """
     gradients._validate_chunk_size(chunk_size)
     if gramian_examples is not None and (
