@@ -6,6 +6,7 @@ scheme, as optax); this package re-exports the public API.
 
 from covjax._src.aligned_mtl import aligned_mtl
 from covjax._src.base import (
+    CROSS_GRAMIAN,
     DIRECTION,
     GRAMIAN,
     JACOBIAN,
@@ -69,6 +70,7 @@ from covjax._src.wrappers import apply_if_accepted
 __version__ = "0.1.0"
 
 __all__ = [
+    "CROSS_GRAMIAN",
     "DIRECTION",
     "GRAMIAN",
     "JACOBIAN",

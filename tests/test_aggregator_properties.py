@@ -1,7 +1,7 @@
 """One property suite for every gradient aggregator, and the promises table of docs/schemes.md.
 
-Every public scheme that needs the per-loss gradients (``GRAMIAN`` or ``JACOBIAN`` in
-``requires``, found in ``covjax.__all__``, so a new scheme joins when it is exported),
+Every public scheme that needs the per-loss gradients (``GRAMIAN``, ``JACOBIAN`` or
+``CROSS_GRAMIAN`` in ``requires``, found in ``covjax.__all__``: a new one joins when exported),
 plus the Mean and Constant baselines of TorchJD (``equal_weighting``, ``static_weighting``),
 is an aggregator A: J (K×P, row i the gradient g_i of loss i) ↦ d = Σ_i w_i g_i (a
 ``DIRECTION`` scheme's direction itself). Each declares in ``properties.promises``
@@ -120,7 +120,10 @@ def gradient_schemes() -> list[str]:
         if missing_arguments(constructor) and name not in REQUIRED:
             continue  # reported by test_every_scheme_is_constructible_for_the_suite
         scheme = Config(name, ()).make(4)
-        if scheme.requires & {covjax.GRAMIAN, covjax.JACOBIAN} or name in BASELINES:
+        if (
+            scheme.requires & {covjax.GRAMIAN, covjax.CROSS_GRAMIAN, covjax.JACOBIAN}
+            or name in BASELINES
+        ):
             names.append(name)
     return sorted(names)
 
@@ -261,9 +264,7 @@ def losses_for(k: int) -> np.ndarray:
 
 
 @functools.cache
-def jitted(
-    config: Config, k: int, p: int, precision: str
-) -> tuple[covjax.Weighting, Callable]:
+def jitted(config: Config, k: int, p: int, precision: str) -> tuple[covjax.Weighting, Callable]:
     """The scheme for K losses of P parameters and its jitted update (one compilation each)."""
     del precision  # part of the cache key: x64 and float32 programs are compiled apart
     scheme = config.make(k, p)

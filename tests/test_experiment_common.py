@@ -203,7 +203,7 @@ def test_sdmgrad_takes_the_cross_gramian_of_the_batch_halves() -> None:
     config = toy_task.toy_config(scheme="sdmgrad")
     mesh = sharding.make_mesh(1)
     trainer = train.Trainer(TASK, config, mesh)
-    assert trainer.scheme.cross_batches
+    assert covjax.CROSS_GRAMIAN in trainer.scheme.weighting.requires
     batch = next(TASK.train_batches(config, start_step=0, process_index=0, process_count=1))
     state = trainer.init_state(sharding.shard_batch(batch, mesh))
     halves = [{key: value[:4] for key, value in batch.items()}]

@@ -114,13 +114,19 @@ CONFIGS: dict[str, tuple[Callable[..., covjax.Weighting], dict]] = {
     "pcd": (covjax.pcd, {"tau": 0.3}),
     "conflict_free": (covjax.conflict_free, {}),
 }
+
+
+def takes_gramian(scheme: covjax.Weighting) -> bool:
+    """Whether ``update`` takes ``gramian=`` (a Gramian or a cross-Gramian)."""
+    return bool(scheme.requires & {covjax.GRAMIAN, covjax.CROSS_GRAMIAN})
+
+
 # Solvers whose scale behaviour is an identity of exact arithmetic: checked in float64
 # (their float32 solves on these Gramians, condition numbers up to ~1e4, lose ~1e-2).
 SOLVERS = {
     name
     for name, (constructor, _) in CONFIGS.items()
-    if covjax.GRAMIAN in constructor(**CONFIGS[name][1]).requires
-    and constructor is not covjax.gradnorm
+    if takes_gramian(constructor(**CONFIGS[name][1])) and constructor is not covjax.gradnorm
 }
 # Steps before a "compensated" scheme first rebalances (equal weights until then).
 FIRST_REBALANCING = {"lsb": 3, "lsb_scale_only": 3, "multi_loss_rebalancing": 1}
@@ -145,7 +151,7 @@ def positive(name: str) -> bool:
 
 def stepper(scheme: covjax.Weighting) -> Callable:
     """A jitted ``(losses, state, gramian) -> (weights, state)``; the Gramian only if required."""
-    if covjax.GRAMIAN in scheme.requires:
+    if takes_gramian(scheme):
         return jax.jit(lambda losses, state, gramian: scheme.update(losses, state, gramian=gramian))
     return jax.jit(lambda losses, state, gramian: scheme.update(losses, state))
 
@@ -182,7 +188,7 @@ def test_the_rule_is_in_help() -> None:
             assert re.search(r"must be positive|must exceed their minima", doc), constructor
             assert "is rejected" in doc, constructor
         # The aggregators other than DB-MTL never look at the loss values.
-        loss_statistics = covjax.GRAMIAN not in constructor(**arguments_of(constructor)).requires
+        loss_statistics = not takes_gramian(constructor(**arguments_of(constructor)))
         if loss_statistics and not all(needs_positive):
             assert re.search(r"any finite (value|losses)", doc), constructor
 
@@ -235,7 +241,7 @@ def test_schemes_without_positivity_use_zero_and_negative_losses(name: str, valu
     weights, state = run(scheme, trace)
     assert int(state.count) == len(trace)  # every step accepted
     assert np.all(np.isfinite(weights))
-    if covjax.GRAMIAN in scheme.requires:
+    if takes_gramian(scheme):
         return  # the aggregators' weights come from the gradients, not the loss values
     assert name in SIGNED_WEIGHTS or np.all(weights >= 0)
     if scheme.properties.weights_sum == "1":

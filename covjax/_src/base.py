@@ -41,6 +41,14 @@ from jax import Array
 #: means ``update`` needs ``gramian=``, the K×K Gramian of the per-loss gradients.
 GRAMIAN: Final = "gramian"
 
+#: ``CROSS_GRAMIAN in scheme.requires`` means ``update`` needs ``gramian=`` to be
+#: the K×K cross-Gramian C = J_a J_bᵀ of the per-loss gradients on two
+#: independent batches a and b (C_ij = ⟨∇L_i(a), ∇L_j(b)⟩, not symmetric;
+#: :func:`covjax.cross_gramian`): an unbiased estimate of the true gradients'
+#: Gramian, for the stochastic MGDA variants (SDMGrad, MoDo).
+#: :func:`covjax.value_and_grad` takes a and b as the two halves of the batch.
+CROSS_GRAMIAN: Final = "cross_gramian"
+
 #: ``JACOBIAN in scheme.requires`` means ``update`` needs ``jacobian=``: the K×P
 #: matrix whose row i is ∇L_i with respect to the selected parameters, flattened
 #: leaf by leaf (in ``jax.tree.leaves`` order) and concatenated. For schemes
@@ -54,6 +62,11 @@ JACOBIAN: Final = "jacobian"
 #: selected parameters, while its ``weights`` weigh the losses for every other
 #: parameter (and are what is reported).
 DIRECTION: Final = "direction"
+
+#: The requirements whose matrix is passed as ``gramian=``.
+GRAMIAN_REQUIREMENTS: Final = frozenset({GRAMIAN, CROSS_GRAMIAN})
+#: The requirements that make a scheme gradient-based (it needs per-loss gradients).
+GRADIENT_REQUIREMENTS: Final = frozenset({GRAMIAN, CROSS_GRAMIAN, JACOBIAN})
 
 PyTree = Any
 Losses = PyTree  # a 1-D array of K losses, or a pytree whose leaves are scalar losses
@@ -296,7 +309,9 @@ class Weighting(NamedTuple):
     ``state = init(losses)``; ``weights, state = update(losses, state)``.
     ``requires`` names what the scheme needs besides the losses:
     :data:`covjax.GRAMIAN` (the K×K Gramian of the per-loss gradients, passed
-    as ``gramian=``), :data:`covjax.JACOBIAN` (the K×P per-loss gradients,
+    as ``gramian=``), :data:`covjax.CROSS_GRAMIAN` (the K×K cross-Gramian of
+    two batches' per-loss gradients, passed as ``gramian=``),
+    :data:`covjax.JACOBIAN` (the K×P per-loss gradients,
     passed as ``jacobian=``); with :data:`covjax.DIRECTION` ``update`` returns
     an :class:`Aggregation` (weights and a direction) instead of the weights.
     ``properties`` are its user-facing facts (:class:`WeightingProperties`).
@@ -332,7 +347,8 @@ def make_weighting(
         given to ``init`` and only their shape should usually matter.
       update_fn: ``(losses (K,), inner_state, count int32, gradients)
         -> (weights (K,), inner_state)`` where ``gradients`` is the Gramian
-        (K, K) for a :data:`GRAMIAN` scheme, the Jacobian (K, P) for a
+        (K, K) for a :data:`GRAMIAN` scheme, the cross-Gramian (K, K) for a
+        :data:`CROSS_GRAMIAN` scheme, the Jacobian (K, P) for a
         :data:`JACOBIAN` scheme, else None; a :data:`DIRECTION` scheme returns
         ``(weights (K,), inner_state, direction (P,))``. Its results are used
         only for accepted steps (finite inputs, positive losses where required);
@@ -340,7 +356,8 @@ def make_weighting(
         given (maybe non-finite), so no loop over it may run without a cap.
       name: the scheme's name, used in error messages.
       requires: ``{GRAMIAN}`` for schemes that need the Gramian of the per-loss
-        gradients; ``{JACOBIAN}`` for the per-loss gradients themselves,
+        gradients; ``{CROSS_GRAMIAN}`` for the cross-Gramian of two batches';
+        ``{JACOBIAN}`` for the per-loss gradients themselves,
         ``{JACOBIAN, DIRECTION}`` when the scheme also forms the direction.
       positive_losses: the scheme's maths needs L_i > ``loss_minimum``
         (ratios, logarithms or divisions by a loss): a step with any loss at
@@ -352,13 +369,14 @@ def make_weighting(
         (:class:`AggregatorPromises`); the default promises nothing.
     """
     needs_jacobian = JACOBIAN in requires
-    needs_gramian = GRAMIAN in requires and not needs_jacobian
+    needs_gramian = bool(GRAMIAN_REQUIREMENTS & set(requires)) and not needs_jacobian
     gives_direction = DIRECTION in requires
     if gives_direction and not needs_jacobian:
         raise ValueError(f"covjax.{name}: a DIRECTION scheme must also require the JACOBIAN.")
-    if GRAMIAN in requires and needs_jacobian:
+    if len(GRADIENT_REQUIREMENTS & set(requires)) > 1:
         raise ValueError(
-            f"covjax.{name}: require the GRAMIAN or the JACOBIAN, not both (J Jᵀ is one product)."
+            f"covjax.{name}: require one of the GRAMIAN, the CROSS_GRAMIAN or the JACOBIAN "
+            "(each is passed to update on its own)."
         )
     properties = WeightingProperties(weights_sum, loss_scale, positive_losses, promises)
 
@@ -417,8 +435,9 @@ def make_weighting(
         safe_vector = jnp.where(finite, vector, jnp.ones_like(vector) + loss_minimum)
         if needs_gramian:
             if gramian is None:
+                what = "cross-Gramian" if CROSS_GRAMIAN in requires else "Gramian"
                 raise ValueError(
-                    f"covjax.{name} needs the Gramian of the per-loss gradients: call "
+                    f"covjax.{name} needs the {what} of the per-loss gradients: call "
                     "update(losses, state, gramian=G) or use covjax.value_and_grad."
                 )
             gramian = jnp.asarray(gramian)

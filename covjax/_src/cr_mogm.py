@@ -11,7 +11,7 @@ from jax import Array
 
 from covjax._src.base import (
     DIRECTION,
-    GRAMIAN,
+    GRAMIAN_REQUIREMENTS,
     JACOBIAN,
     LossScale,
     Weighting,
@@ -109,7 +109,7 @@ def cr_mogm(
         losses: Array, state: CRMOGMState, count: Array, gradients: Array | None
     ) -> tuple[Array, CRMOGMState]:
         given = {}
-        if GRAMIAN in weighting.requires:
+        if GRAMIAN_REQUIREMENTS & weighting.requires:
             given["gramian"] = gradients
         if JACOBIAN in weighting.requires:
             given["jacobian"] = gradients

@@ -187,12 +187,8 @@ def zero_perturbations(taps: dict[int, Tap]) -> dict[int, Array]:
     return {leaf: jnp.zeros(tap.out_shape, tap.out_dtype) for leaf, tap in taps.items()}
 
 
-def tap_gramian(tap: Tap, other: Array, output_cotangents: Array) -> Array:
-    """The K×K Gramian block of one tapped parameter, from X and the K cotangents Δ_i.
-
-    ``output_cotangents`` is (K, *tap.out_shape), row i the cotangent of L_i
-    at the product's output, axes in the product's own order.
-    """
+def _rows_and_cotangents(tap: Tap, other: Array, output_cotangents: Array) -> tuple[Array, Array]:
+    """X as (N, C) and the K cotangents Δ_i as (K, N, M), float32 or wider."""
     k = output_cotangents.shape[0]
     n, c, m = tap.sizes(other.shape)
     dtype = jnp.promote_types(other.dtype, jnp.float32)
@@ -206,8 +202,30 @@ def tap_gramian(tap: Tap, other: Array, output_cotangents: Array) -> Array:
         deltas = jnp.transpose(output_cotangents, order)
     else:
         deltas = output_cotangents
-    deltas = deltas.reshape(k, n, m).astype(dtype)
+    return x, deltas.reshape(k, n, m).astype(dtype)
+
+
+def tap_gramian(
+    tap: Tap,
+    other: Array,
+    output_cotangents: Array,
+    other_b: Array | None = None,
+    output_cotangents_b: Array | None = None,
+) -> Array:
+    """The K×K Gramian block of one tapped parameter, from X and the K cotangents Δ_i.
+
+    ``output_cotangents`` is (K, *tap.out_shape), row i the cotangent of L_i
+    at the product's output, axes in the product's own order. With a second
+    batch's ``other_b`` and ``output_cotangents_b`` (same shapes), the block
+    of the cross-Gramian J_a J_bᵀ: Σ (X_a X_bᵀ) ⊙ (Δ_a,i Δ_b,jᵀ), over the
+    a-b example pairs only.
+    """
+    x_a, deltas_a = _rows_and_cotangents(tap, other, output_cotangents)
+    if other_b is None or output_cotangents_b is None:
+        x_b, deltas_b = x_a, deltas_a
+    else:
+        x_b, deltas_b = _rows_and_cotangents(tap, other_b, output_cotangents_b)
     highest = jax.lax.Precision.HIGHEST
-    sample_gram = jnp.matmul(x, x.T, precision=highest)  # X Xᵀ, N×N
-    mixed = jnp.einsum("nq,kqm->knm", sample_gram, deltas, precision=highest)
-    return jnp.einsum("inm,jnm->ij", deltas, mixed, precision=highest)
+    sample_gram = jnp.matmul(x_a, x_b.T, precision=highest)  # X_a X_bᵀ, N×N
+    mixed = jnp.einsum("nq,kqm->knm", sample_gram, deltas_b, precision=highest)
+    return jnp.einsum("inm,jnm->ij", deltas_a, mixed, precision=highest)

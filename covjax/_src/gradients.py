@@ -50,7 +50,9 @@ linearisation restricted to the group's outputs, which JAX prunes to the
 layers it reaches. One walk over the traced program collects every fact
 these decisions read (:mod:`covjax._src.program`). Factorised kernels and
 groups combine. One reduction then forms the Gramian (or, for schemes that
-need them, the Jacobian's rows), and one place decides chunking:
+need them, the Jacobian's rows; with two batches prepared under one plan,
+their cross-Gramian J_a J_bᵀ, a factorised kernel's block then
+Σ (X_a X_bᵀ) ⊙ (Δ_a Δ_bᵀ): :func:`cross_gramian`), and one place decides chunking:
 ``chunk_size`` bounds the memory of the batched backward (its activations'
 cotangents are K times those of a single backward) by running the K
 cotangents through :func:`jax.lax.map` ``chunk_size`` at a time (``1`` is
@@ -81,6 +83,7 @@ from jax.extend import core as jex_core
 from covjax._src import factorized, program
 from covjax._src import nnx_support as _nnx
 from covjax._src.base import Losses, PyTree, flatten_losses, path_name
+from covjax._src.gramian import cross_gramian as cross_gramian_of_jacobians
 
 #: Per-loss gradients: each selected leaf's path → its (K, *leaf.shape) gradients.
 Jacobian = dict[str, Array]
@@ -316,20 +319,6 @@ def replace_selected(tree: PyTree, mask: Sequence[bool], flat: Array) -> PyTree:
     return jax.tree.unflatten(treedef, replaced)
 
 
-def gramian_of_jacobian(jacobian: Jacobian | Array) -> Array:
-    """G = J Jᵀ (K×K, float32 or wider), summed leaf by leaf without concatenating."""
-    leaves = jax.tree.leaves(jacobian)
-    if not leaves:
-        raise ValueError("covjax: the Jacobian is empty.")
-    k = leaves[0].shape[0]
-    gramian = jnp.zeros((k, k), jnp.promote_types(leaves[0].dtype, jnp.float32))
-    for leaf in leaves:
-        rows = leaf.reshape(k, -1).astype(gramian.dtype)
-        # HIGHEST: accelerators would otherwise multiply float32 in bf16/TF32.
-        gramian = gramian + jnp.matmul(rows, rows.T, precision=jax.lax.Precision.HIGHEST)
-    return gramian
-
-
 class Plan(NamedTuple):
     """What one trace of the loss function decided (see the module docstring).
 
@@ -406,6 +395,9 @@ class Prepared(NamedTuple):
         merged under the first copy's index; what :func:`gramian` and
         :func:`flat_jacobian` reduce. With factorised kernels use ``gramian``.
       gramian: ``gramian()`` → the K×K Gramian of the selected leaves.
+      factors: ``factors()`` → the :class:`GramianFactors` that :func:`gramian`
+        reduces; two batches' factors under one plan give their cross-Gramian
+        (:func:`cross_gramian`).
       plan: the plan.
     """
 
@@ -414,7 +406,26 @@ class Prepared(NamedTuple):
     aux: Any
     per_loss: Callable[[], list[tuple[int, Array]]]
     gramian: Callable[[], Array]
+    factors: Callable[[], GramianFactors]
     plan: Plan
+
+
+class GramianFactors(NamedTuple):
+    """One batch's per-loss gradient pieces under a plan, before the reduction.
+
+    Attributes:
+      leaves: the primal's leaves (shapes of the zero rows of unreached leaves).
+      dense: batched rows (K, ...) by leaf (non-K axes maybe permuted).
+      owned: the gradient of the one loss that reaches a leaf, by leaf.
+      deltas: each tap's output cotangents Δ_i (K, *out_shape), by leaf.
+      layer_inputs: each tap's other operand X, by leaf.
+    """
+
+    leaves: Sequence[Array]
+    dense: dict[int, Array]
+    owned: dict[int, Array]
+    deltas: dict[int, Array]
+    layer_inputs: dict[int, Array]
 
 
 def prepare(
@@ -424,10 +435,13 @@ def prepare(
     *,
     chunk_size: int | None = None,
     output: Output = "gramian",
+    plan: Plan | None = None,
 ) -> Prepared:
     """Trace ``fn(primal) -> (losses, aux)`` once, plan, and run its forward pass.
 
-    ``selected`` is aligned with ``jax.tree.leaves(primal)``.
+    ``selected`` is aligned with ``jax.tree.leaves(primal)``. ``plan``: use
+    this plan (made for a program of the same shapes, e.g. the other half of
+    a batch) instead of making one.
     """
     _validate_chunk_size(chunk_size)
     leaves, treedef = jax.tree.flatten(primal)
@@ -437,7 +451,8 @@ def prepare(
 
     closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*leaves)
     out_tree = jax.tree.structure(out_shape)
-    plan = make_plan(closed, out_shape[0], selected, output)
+    if plan is None:
+        plan = make_plan(closed, out_shape[0], selected, output)
     run = factorized.tapped_function(closed, plan.taps)
 
     def forward(p: PyTree, perturbations: dict[int, Array]) -> tuple[Losses, Any]:
@@ -466,11 +481,28 @@ def prepare(
         dense, owned, _ = rows(reorderable=False)
         return _merged_rows(plan, leaves, dense, owned)
 
-    def gramian() -> Array:
+    def factors() -> GramianFactors:
         dense, owned, deltas = rows(reorderable=True)
-        return _gramian(plan, leaves, dense, owned, deltas, layer_inputs)
+        return GramianFactors(leaves, dense, owned, deltas, layer_inputs)
 
-    return Prepared(losses, vjp_fn, aux, per_loss, gramian, plan)
+    def gramian() -> Array:
+        one = factors()
+        return _gramian(plan, one, one)
+
+    return Prepared(losses, vjp_fn, aux, per_loss, gramian, factors, plan)
+
+
+def cross_gramian(a: Prepared, b: Prepared) -> Array:
+    """C = J_a J_bᵀ (K×K) of two batches prepared under ONE plan (``prepare(..., plan=a.plan)``).
+
+    The same reduction as the Gramian, with batch a's pieces on the left and
+    b's on the right: a factorised kernel's block is Σ (X_a X_bᵀ) ⊙ (Δ_a Δ_bᵀ)
+    (the a-b example pairs only), a one-loss leaf adds ⟨∇L_i(a), ∇L_i(b)⟩ to
+    C_ii, every other leaf adds its rows' products J_a J_bᵀ.
+    """
+    if a.plan != b.plan:
+        raise ValueError("covjax: a cross-Gramian needs both batches prepared under one plan.")
+    return _gramian(a.plan, a.factors(), b.factors())
 
 
 def _copy_sets(plan: Plan) -> dict[int, tuple[int, ...]]:
@@ -594,35 +626,37 @@ def _merged_rows(
     return merged
 
 
-def _gramian(
-    plan: Plan,
-    leaves: Sequence[Array],
-    dense: dict[int, Array],
-    owned: dict[int, Array],
-    deltas: dict[int, Array],
-    layer_inputs: dict[int, Array],
-) -> Array:
-    """The one reduction: G = Σ_blocks of every kind (see the module docstring)."""
+def _gramian(plan: Plan, left: GramianFactors, right: GramianFactors) -> Array:
+    """The one reduction: Σ_blocks of every kind of J_left J_rightᵀ (module docstring).
+
+    ``left is right`` gives the Gramian; two batches' factors their cross-Gramian.
+    """
     k = plan.num_losses
-    selected = [leaves[i] for i, keep in enumerate(plan.selected) if keep]
+    selected = [leaf for leaf, keep in zip(left.leaves, plan.selected, strict=True) if keep]
     dtype = jnp.promote_types(selected[0].dtype, jnp.float32)
     gramian = jnp.zeros((k, k), dtype)
     copies = _copy_sets(plan)
     for i, tap in plan.taps.items():
-        gramian = gramian + factorized.tap_gramian(tap, layer_inputs[i], deltas[i]).astype(dtype)
-    # A leaf that one loss reaches adds only ‖∇L_i‖² to G_ii.
-    for i, gradient in owned.items():
+        second = () if right is left else (right.layer_inputs[i], right.deltas[i])
+        block = factorized.tap_gramian(tap, left.layer_inputs[i], left.deltas[i], *second)
+        gramian = gramian + block.astype(dtype)
+    # A leaf that one loss reaches adds only ⟨∇L_i, ∇L_i⟩ to G_ii.
+    for i, gradient in left.owned.items():
         if i not in copies:
-            flat = gradient.ravel().astype(dtype)
-            norm = jnp.dot(flat, flat, precision=jax.lax.Precision.HIGHEST)
-            gramian = gramian.at[plan.owners[i], plan.owners[i]].add(norm)
-    rows = [
-        row
-        for i, row in _merged_rows(plan, leaves, dense, owned)
-        if i not in plan.taps and (i in copies or i in dense)
-    ]
-    if rows:
-        gramian = gramian + gramian_of_jacobian(rows).astype(dtype)
+            flat_right = right.owned[i].ravel().astype(dtype)
+            product = jnp.dot(
+                gradient.ravel().astype(dtype), flat_right, precision=jax.lax.Precision.HIGHEST
+            )
+            gramian = gramian.at[plan.owners[i], plan.owners[i]].add(product)
+
+    def rows(factors: GramianFactors) -> list[Array]:
+        merged = _merged_rows(plan, factors.leaves, factors.dense, factors.owned)
+        return [row for i, row in merged if i in copies or i in factors.dense]
+
+    left_rows = rows(left)
+    if left_rows:
+        right_rows = left_rows if right is left else rows(right)
+        gramian = gramian + cross_gramian_of_jacobians(left_rows, right_rows).astype(dtype)
     return gramian
 
 

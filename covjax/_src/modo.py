@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax import Array
 
-from covjax._src.base import GRAMIAN, Weighting, make_weighting
+from covjax._src.base import CROSS_GRAMIAN, Weighting, make_weighting
 from covjax._src.gramian import uniform_weights
 from covjax._src.sdmgrad import check_non_negative, with_three_batch_example
 from covjax._src.solvers import simplex_projection
@@ -30,10 +30,15 @@ def modo(gamma: float | Array = 1e-3, rho: float | Array = 0.1) -> Weighting:
 
     where C is the cross-Gramian of the per-loss gradients of two
     independent batches ξ, ξ' (:func:`covjax.cross_gramian`, passed as
-    ``gramian=``) and Π_Δ the Euclidean projection onto the simplex; the
-    weights λ (≥ 0, summing to 1) then multiply the losses of a third
-    batch ζ. λ starts uniform and is kept in the state. The Gramian of one
-    batch instead of C gives the deterministic method (biased with
+    ``gramian=``; ``requires`` holds :data:`covjax.CROSS_GRAMIAN`) and Π_Δ
+    the Euclidean projection onto the simplex; the weights λ (≥ 0, summing
+    to 1) then multiply the losses of a third batch ζ.
+    :func:`covjax.value_and_grad` takes ξ and ξ' as the two halves of the
+    step's batch (an even size) and weighs the whole batch's losses: the
+    halves are part of the weighted batch, not independent of it as ζ is in
+    the paper (the example below feeds three independent batches). λ
+    starts uniform and is kept in the state. The Gramian of one batch
+    instead of C gives the deterministic method (biased with
     stochastic gradients: its diagonal carries their variance).
 
     C is used raw, as in the paper and the authors' code: γ acts on
@@ -85,7 +90,7 @@ def modo(gamma: float | Array = 1e-3, rho: float | Array = 0.1) -> Weighting:
         init_fn,
         update_fn,
         name="modo",
-        requires={GRAMIAN},
+        requires={CROSS_GRAMIAN},
         weights_sum="1",
         loss_scale="no",
     )

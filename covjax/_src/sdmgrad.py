@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from covjax._src.base import GRAMIAN, Weighting, make_weighting
+from covjax._src.base import CROSS_GRAMIAN, Weighting, make_weighting
 from covjax._src.gramian import uniform_weights
 from covjax._src.solvers import sdmgrad_weights
 
@@ -111,8 +111,13 @@ def sdmgrad(
     estimates), not by the Gramian of one batch (whose diagonal is biased
     upwards by the gradients' variance). The weights are then applied to
     the losses of a third batch ζ. So ``gramian=`` takes C
-    (:func:`covjax.cross_gramian`, not symmetric); passing the ordinary
-    Gramian of one batch gives the deterministic method.
+    (:func:`covjax.cross_gramian`, not symmetric; ``requires`` holds
+    :data:`covjax.CROSS_GRAMIAN`); passing the ordinary Gramian of one
+    batch gives the deterministic method. :func:`covjax.value_and_grad`
+    takes ξ and ξ' as the two halves of the step's batch (an even size),
+    whose whole losses the weights then multiply: the halves are part of
+    the weighted batch, not independent of it as ζ is in the paper (the
+    example below feeds three independent batches instead).
 
     Each step runs ``num_steps`` projected heavy-ball steps on w from the
     previous step's w (kept in the state, uniform at first)::
@@ -197,7 +202,7 @@ def sdmgrad(
         init_fn,
         update_fn,
         name="sdmgrad",
-        requires={GRAMIAN},
+        requires={CROSS_GRAMIAN},
         weights_sum="1",
         loss_scale="no",
     )

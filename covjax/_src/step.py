@@ -7,7 +7,10 @@ cotangent, which is exactly ∇ Σ stop_gradient(α_i) L_i.
 
 Gradient-based schemes (``covjax.GRAMIAN in scheme.requires``) additionally need the
 per-loss gradients; :mod:`covjax._src.gradients` computes them in one batched
-backward pass and hands the scheme their Gramian. Schemes that need the
+backward pass and hands the scheme their Gramian. Stochastic MGDA schemes
+(``covjax.CROSS_GRAMIAN in scheme.requires``: SDMGrad, MoDo) get the
+cross-Gramian C = J_a J_bᵀ of the per-loss gradients on the two halves a, b
+of the batch, from the same plan. Schemes that need the
 per-loss gradients themselves (``covjax.JACOBIAN in scheme.requires``) get the
 K×P Jacobian J of the selected leaves (row i = ∇L_i, leaves flattened in
 ``jax.tree.leaves`` order and concatenated); a ``covjax.DIRECTION`` scheme's
@@ -34,8 +37,9 @@ from jax import Array
 
 from covjax._src import gradients
 from covjax._src.base import (
+    CROSS_GRAMIAN,
     DIRECTION,
-    GRAMIAN,
+    GRADIENT_REQUIREMENTS,
     JACOBIAN,
     Aggregation,
     Losses,
@@ -121,7 +125,27 @@ def value_and_grad(
         estimated gradients, so E[Ĝ] = G + Cov(∇L̂_i, ∇L̂_j), whose covariance
         term shrinks like 1/n for mean losses over independent examples;
         only ``n`` = the batch size gives the step's own Gramian. ``None``:
-        the whole batch.
+        the whole batch. For a ``CROSS_GRAMIAN`` scheme, the halves are
+        those of the first n examples.
+
+    The cross-Gramian (``covjax.CROSS_GRAMIAN in scheme.requires``: SDMGrad,
+    MoDo). The batch (axis 0 of every array argument of ``loss_fn``, which
+    must all have one even size) is split into its first and second halves
+    a and b, and the scheme gets ``gramian=C``, C = J_a J_bᵀ (C_ij =
+    ⟨∇L_i(a), ∇L_j(b)⟩, not symmetric), with J_a, J_b the per-loss
+    gradients of ``loss_fn`` evaluated on each half alone (batch statistics
+    of a half are those of the half); the losses the scheme weighs and the
+    gradient come from the whole batch, as for any scheme. Both halves run
+    under the plan of one (factorised Dense kernels contribute
+    Σ (X_a X_bᵀ) ⊙ (Δ_a Δ_bᵀ), the a-b example pairs only), so C costs
+    about as much as the whole batch's Gramian plus one forward pass. With
+    independent examples E[C] is the Gramian of the expected gradients
+    (unbiased, unlike the Gramian of one batch, whose diagonal carries the
+    gradients' variance). The papers draw two extra batches and apply the
+    weights to a third; here a and b are part of the weighted batch, so the
+    weights are not independent of the losses they multiply (the papers'
+    form, with extra batches through ``covjax.per_loss_jacobian`` and
+    ``covjax.cross_gramian``, is the example of ``help(covjax.sdmgrad)``).
 
     Returns:
       A function with the signature above; ``grads`` has the structure of
@@ -132,7 +156,11 @@ def value_and_grad(
     Raises:
       ValueError: a bad ``chunk_size`` or ``gramian_examples`` (at once), a
         ``wrt`` that selects nothing, or ``gramian_examples`` larger than an
-        argument's leading axis (at trace time).
+        argument's leading axis (at trace time); for a ``CROSS_GRAMIAN``
+        scheme, a batch whose size is odd (a batch of 1 included) or that
+        differs between arguments, or ``wrt`` selecting ``nnx.Perturbation``
+        feature maps (two halves' maps are different variables) (at trace
+        time).
     """
     gradients._validate_chunk_size(chunk_size)
     if gramian_examples is not None and (
@@ -145,12 +173,15 @@ def value_and_grad(
             f"{gramian_examples!r}."
         )
     needs_jacobian = JACOBIAN in scheme.requires
-    needs_gradients = needs_jacobian or GRAMIAN in scheme.requires
+    needs_cross = CROSS_GRAMIAN in scheme.requires
+    needs_gradients = bool(GRADIENT_REQUIREMENTS & scheme.requires)
     gives_direction = DIRECTION in scheme.requires
     output: gradients.Output = "jacobian" if needs_jacobian else "gramian"
 
     def step(params: Any, state: WeightingState, *args: Any, **kwargs: Any):
-        whole_batch_plan = needs_gradients and gramian_examples is None
+        # The halves are checked before anything is traced.
+        halves = _halves((args, kwargs), gramian_examples) if needs_cross else None
+        whole_batch_plan = needs_gradients and gramian_examples is None and not needs_cross
         target = gradients.differentiable(
             loss_fn,
             params,
@@ -170,6 +201,9 @@ def value_and_grad(
             losses, vjp_fn, (aux, new_rest) = jax.vjp(target.fn, target.primal, has_aux=True)
         if not needs_gradients:
             output_weights, new_state = scheme.update(losses, state)
+        elif needs_cross:
+            cross = _cross_gramian(loss_fn, params, halves, has_aux, wrt, chunk_size)
+            output_weights, new_state = scheme.update(losses, state, gramian=cross)
         else:
             if not whole_batch_plan:
                 sub_args, sub_kwargs = _first_examples((args, kwargs), gramian_examples)
@@ -207,20 +241,71 @@ def value_and_grad(
     return step
 
 
-def _first_examples(tree: Any, n: int) -> Any:
-    """Every array leaf of ``tree`` cut to its first ``n`` entries on axis 0 (scalars kept)."""
+def _is_batched(leaf: Any) -> bool:
+    return hasattr(leaf, "shape") and len(leaf.shape) > 0
+
+
+def _first_examples(tree: Any, n: int, start: int = 0) -> Any:
+    """Every array leaf of ``tree`` cut to its entries ``start:n`` on axis 0 (scalars kept)."""
 
     def cut(leaf: Any) -> Any:
-        if not hasattr(leaf, "shape") or len(leaf.shape) == 0:
+        if not _is_batched(leaf):
             return leaf
         if leaf.shape[0] < n:
             raise ValueError(
                 f"covjax.value_and_grad: gramian_examples={n} but an argument has only "
                 f"{leaf.shape[0]} examples (shape {leaf.shape})."
             )
-        return leaf[:n]
+        return leaf[start:n]
 
     return jax.tree.map(cut, tree)
+
+
+def _halves(tree: Any, examples: int | None) -> tuple[Any, Any]:
+    """``tree``'s first and second halves on axis 0 (of its first ``examples`` examples)."""
+    sizes = {leaf.shape[0] for leaf in jax.tree.leaves(tree) if _is_batched(leaf)}
+    if not sizes:
+        raise ValueError(
+            "covjax.value_and_grad: a CROSS_GRAMIAN scheme splits the batch into two halves, "
+            "but loss_fn gets no array argument with a batch axis."
+        )
+    if examples is None and len(sizes) > 1:
+        raise ValueError(
+            "covjax.value_and_grad: a CROSS_GRAMIAN scheme splits the batch into two halves, "
+            f"but the arguments' leading axes differ: {sorted(sizes)}."
+        )
+    n = sizes.pop() if examples is None else examples
+    if n % 2 or n < 2:
+        raise ValueError(
+            f"covjax.value_and_grad: a CROSS_GRAMIAN scheme splits the batch into two halves, "
+            f"but it has {n} examples: use an even batch size of at least 2."
+        )
+    return _first_examples(tree, n // 2), _first_examples(tree, n, start=n // 2)
+
+
+def _cross_gramian(
+    loss_fn: LossFn,
+    params: Any,
+    halves: tuple[Any, Any],
+    has_aux: bool,
+    wrt: Any,
+    chunk_size: int | None,
+) -> Array:
+    """C = J_a J_bᵀ of ``loss_fn``'s per-loss gradients on the halves of the batch, one plan."""
+    prepared: list[gradients.Prepared] = []
+    for args, kwargs in halves:
+        half = gradients.differentiable(loss_fn, params, args, kwargs, has_aux=has_aux, wrt=wrt)
+        if any(half.selected[len(jax.tree.leaves(half.grads_of(half.primal))) :]):
+            raise ValueError(
+                "covjax.value_and_grad: a CROSS_GRAMIAN scheme pairs the gradients of two half "
+                "batches, whose feature maps are different variables: select parameters with "
+                "wrt=, not nnx.Perturbation."
+            )
+        plan = prepared[0].plan if prepared else None
+        prepared.append(
+            gradients.prepare(half.fn, half.primal, half.selected, chunk_size=chunk_size, plan=plan)
+        )
+    return gradients.cross_gramian(*prepared)
 
 
 def _with_direction(grads: PyTree, selected: list[bool], plan: Any, direction: Array) -> PyTree:

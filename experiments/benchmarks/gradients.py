@@ -16,8 +16,11 @@ Four tables, for K = 2, 8, 32 by default:
    trunk layer, and GradNorm, MGDA, PCGrad, CAGrad, Nash-MTL, IMTL-G,
    Aligned-MTL, UPGrad, GradVac, DB-MTL and the other Gramian and Jacobian
    schemes over all shared parameters (Dense Gramians factorized, and MGDA
-   once more with the per-loss gradients materialised; SDMGrad and MoDo also
-   with the cross-Gramian of two more batches, as their papers), MGDA-UB on
+   once more with the per-loss gradients materialised; SDMGrad and MoDo,
+   whose cross-Gramian ``covjax.value_and_grad`` takes of the batch's
+   halves, also on a batch of two batches: per-loss gradients on two
+   batches of ``--batch`` examples, as their papers and LibMTL take, the
+   weights on both rather than on a third), MGDA-UB on
    the trunk's output z (marked by a zero leaf added to it; plain, and with
    one zero leaf per task, whose gradients the engine's block-diagonal plan
    takes from one pull-back), and the loss-statistics schemes LibMTL also
@@ -89,10 +92,10 @@ def trunk(params: Params, x: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def heads(params: Params, z: jax.Array, x: jax.Array, labels: jax.Array) -> jax.Array:
-    """(K,) cross-entropies; ``labels`` is (K, batch) with one label set per task."""
+    """(K,) cross-entropies; ``labels`` is (batch, K): one label per example and task."""
     del x
     logits = jnp.einsum("bd,kdc->kbc", z, params["heads"]["w"]) + params["heads"]["b"][:, None]
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels), axis=1)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels.T), axis=1)
 
 
 def loss_fn(params: Params, x: jax.Array, labels: jax.Array) -> jax.Array:
@@ -114,7 +117,7 @@ def copies_loss(params: Params, x: jax.Array, labels: jax.Array) -> tuple[jax.Ar
     w, b = params["heads"]["w"], params["heads"]["b"]
     cross_entropy = optax.softmax_cross_entropy_with_integer_labels
     return tuple(
-        jnp.mean(cross_entropy((z + copy) @ w[k] + b[k], labels[k]))
+        jnp.mean(cross_entropy((z + copy) @ w[k] + b[k], labels[:, k]))
         for k, copy in enumerate(params["copies"])
     )
 
@@ -134,13 +137,14 @@ def with_marks(params: Params, x: jax.Array, labels: jax.Array, loss: str) -> Pa
     zero = jnp.zeros_like(trunk(params, x, labels))
     if loss == "representation":
         return {**params, "representation": zero}
-    return {**params, "copies": [zero] * labels.shape[0]}
+    return {**params, "copies": [zero] * labels.shape[1]}
 
 
 def make_batch(num_losses: int, batch: int, seed: int = 1) -> tuple[jax.Array, jax.Array]:
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.normal(size=(batch, 256)), jnp.float32)
-    labels = jnp.asarray(rng.integers(0, 10, size=(num_losses, batch)), jnp.int32)
+    # Drawn task by task (the draws of earlier runs), laid out batch first like x.
+    labels = jnp.asarray(rng.integers(0, 10, size=(num_losses, batch)).T, jnp.int32)
     return x, labels
 
 
@@ -163,7 +167,7 @@ def gramian_engine(params: Params, x: jax.Array, labels: jax.Array) -> jax.Array
 
 def gramian_loop(params: Params, x: jax.Array, labels: jax.Array) -> jax.Array:
     """K separate ``jax.grad`` calls (a Python loop, traced into one program)."""
-    num_losses = labels.shape[0]
+    num_losses = labels.shape[1]
     rows = []
     for i in range(num_losses):
         grads = jax.grad(lambda p, i=i: loss_fn(p, x, labels)[i])(params)
@@ -242,48 +246,8 @@ def make_train_step(
     return run
 
 
-def two_batch_losses(params: Params, x: jax.Array, labels: jax.Array) -> jax.Array:
-    """(2K,) losses: :func:`loss_fn` on each half of a batch of two batches, stacked."""
-    z = trunk(params, x, labels)
-    half = x.shape[0] // 2
-    return jnp.concatenate(
-        [heads(params, z[:half], x, labels[:, :half]), heads(params, z[half:], x, labels[:, half:])]
-    )
-
-
-def make_cross_gramian_step(
-    scheme: covjax.Weighting, wrt: str
-) -> Callable[..., tuple[Params, optax.OptState, covjax.WeightingState, jax.Array]]:
-    """The jitted step of SDMGrad and MoDo with stochastic gradients, as their papers run them.
-
-    The weights come from the cross-Gramian C = J(ξ) J(ξ')ᵀ of the per-loss
-    gradients of two more batches and weigh the losses of the step's own
-    batch. C is the off-diagonal block of the 2K×2K Gramian of both batches'
-    losses from one forward pass over the two batches together, so the
-    engine's factorized Gramian applies (the per-loss gradients are never
-    formed).
-    """
-    optimizer = optax.adam(1e-3)
-
-    def train_step(params, opt_state, weighting_state, x, labels, batch_a, batch_b):
-        both_x = jnp.concatenate([batch_a[0], batch_b[0]])
-        both_labels = jnp.concatenate([batch_a[1], batch_b[1]], axis=1)
-        num_losses = labels.shape[0]
-        gramian = covjax.per_loss_gramian(two_batch_losses, params, both_x, both_labels, wrt=wrt)[1]
-        losses, pull_back = jax.vjp(lambda p: loss_fn(p, x, labels), params)
-        weights, weighting_state = scheme.update(
-            losses, weighting_state, gramian=gramian[:num_losses, num_losses:]
-        )
-        (grads,) = pull_back(weights.astype(losses.dtype))
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        total = jnp.sum(weights * losses)
-        return optax.apply_updates(params, updates), opt_state, weighting_state, total
-
-    return jax.jit(train_step)
-
-
 #: name → (scheme constructor, value_and_grad options, description); the option
-#: ``"cross_batches": 2`` runs :func:`make_cross_gramian_step` on two more batches.
+#: ``"batches": n`` makes the step's batch n batches of ``--batch`` examples.
 STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]] = {
     "static": (static_weighting, {}, "static (baseline)"),
     "gradnorm": (covjax.gradnorm, {"wrt": "trunk/layer2/w"}, "GradNorm (last trunk layer)"),
@@ -315,18 +279,18 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
     "ntk_weighting": (covjax.ntk_weighting, {"wrt": "trunk"}, "NTK weighting (all shared)"),
     "fairgrad": (covjax.fairgrad, {"wrt": "trunk"}, "FairGrad (all shared)"),
     "dualproj": (covjax.dualproj, {"wrt": "trunk"}, "DualProj (all shared)"),
-    "sdmgrad": (covjax.sdmgrad, {"wrt": "trunk"}, "SDMGrad (one batch's Gramian)"),
-    "modo": (covjax.modo, {"wrt": "trunk"}, "MoDo (one batch's Gramian)"),
+    "sdmgrad": (covjax.sdmgrad, {"wrt": "trunk"}, "SDMGrad (cross-Gramian of the batch's halves)"),
+    "modo": (covjax.modo, {"wrt": "trunk"}, "MoDo (cross-Gramian of the batch's halves)"),
     "pcd": (covjax.pcd, {"wrt": "trunk"}, "PCD (all shared, the first loss primary)"),
-    "sdmgrad_three_batches": (
+    "sdmgrad_two_batches": (
         covjax.sdmgrad,
-        {"wrt": "trunk", "cross_batches": 2},
-        "SDMGrad (cross-Gramian of two more batches)",
+        {"wrt": "trunk", "batches": 2},
+        "SDMGrad (a batch of two batches, C of its halves)",
     ),
-    "modo_three_batches": (
+    "modo_two_batches": (
         covjax.modo,
-        {"wrt": "trunk", "cross_batches": 2},
-        "MoDo (cross-Gramian of two more batches)",
+        {"wrt": "trunk", "batches": 2},
+        "MoDo (a batch of two batches, C of its halves)",
     ),
     "cr_mogm": (
         lambda: covjax.cr_mogm(covjax.mgda()),
@@ -390,17 +354,18 @@ def step_runner(
     loss = options.get("loss", "plain")
     losses = LOSS_FUNCTIONS[loss](with_marks(params, x, labels, loss), x, labels)
     state = [params, optax.adam(1e-3).init(params), scheme.init(losses)]
-    cross_batches = [
-        make_batch(num_losses, x.shape[0], seed=2 + i)
-        for i in range(options.get("cross_batches", 0))
+    more = [
+        make_batch(num_losses, x.shape[0], seed=2 + i) for i in range(options.get("batches", 1) - 1)
     ]
-    if cross_batches:
-        train_step = make_cross_gramian_step(scheme, options["wrt"])
-    else:
-        train_step = make_train_step(scheme, **options)
+    if more:
+        x = jnp.concatenate([x, *(batch[0] for batch in more)])
+        labels = jnp.concatenate([labels, *(batch[1] for batch in more)])
+    train_step = make_train_step(
+        scheme, **{key: value for key, value in options.items() if key != "batches"}
+    )
 
     def run() -> jax.Array:
-        state[0], state[1], state[2], total = train_step(*state, x, labels, *cross_batches)
+        state[0], state[1], state[2], total = train_step(*state, x, labels)
         return total
 
     return run

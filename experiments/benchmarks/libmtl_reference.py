@@ -22,16 +22,19 @@ operations down 10-80×).
 
 LibMTL's conventions are kept (``Trainer.train_singlelevel``): per-loss
 gradients over all shared parameters (``rep_grad=False``; GradDrop, which
-LibMTL runs on the representation only, with ``rep_grad=True``); SDMGrad
-and MoDo forward three batches and take 3K per-loss gradients per step
-(covjax's rows too: the cross-Gramian of two batches' per-loss gradients
-weighs a third batch's losses); FAMO runs its extra no-grad forward
-pass after the step to update its logits; the hyper-parameters are the
-defaults of LibMTL's ``config.py``. The epoch counter is set past every
-warm-up (GradNorm, DWA, STCH) so that each weighting runs its own branch
-rather than equal weights. Two removals in the libraries LibMTL was written
-for are shimmed: ``torch.symeig`` (Aligned-MTL; ``torch.linalg.eigh``) and
-``numpy.alltrue`` (SDMGrad; ``numpy.all``).
+LibMTL runs on the representation only, with ``rep_grad=True``); SDMGrad and
+MoDo forward three batches and take 3K per-loss gradients per step (the
+cross-Gramian of two batches' per-loss gradients weighs a third batch's,
+from which LibMTL forms the direction); covjax's rows take 2K per-loss
+gradients, on the halves of a batch of two batches
+(``covjax.value_and_grad``'s cross-Gramian), and the weights multiply that
+batch's losses in one weighted backward pass instead of a third batch's;
+FAMO runs its extra no-grad forward pass after the step to update its
+logits; the hyper-parameters are the defaults of LibMTL's ``config.py``. The
+epoch counter is set past every warm-up (GradNorm, DWA, STCH) so that each
+weighting runs its own branch rather than equal weights. Two removals in the
+libraries LibMTL was written for are shimmed: ``torch.symeig`` (Aligned-MTL;
+``torch.linalg.eigh``) and ``numpy.alltrue`` (SDMGrad; ``numpy.all``).
 
 PyTorch and LibMTL are not dependencies of covjax. To run this::
 
@@ -99,8 +102,8 @@ REFERENCES: dict[str, Reference] = {
     "excess_mtl": Reference("ExcessMTL", "excess_mtl"),
     "moco": Reference("MoCo", "moco"),
     "graddrop": Reference("GradDrop", "graddrop", rep_grad=True, note="on the representation"),
-    "sdmgrad": Reference("SDMGrad", "sdmgrad_three_batches", batches=3, note="3 batches"),
-    "modo": Reference("MoDo", "modo_three_batches", batches=3, note="3 batches"),
+    "sdmgrad": Reference("SDMGrad", "sdmgrad_two_batches", batches=3, note="3 batches; ours 2"),
+    "modo": Reference("MoDo", "modo_two_batches", batches=3, note="3 batches; ours 2"),
     "uncertainty": Reference("UW", "uncertainty", loss_only=True),
     "dwa": Reference("DWA", "dwa", loss_only=True),
     "rlw": Reference("RLW", "rlw", loss_only=True),
@@ -237,7 +240,7 @@ def libmtl_runner(
         predictions = model(x)
         losses = torch.zeros(num_losses)
         for k, task in enumerate(tasks):
-            losses[k] = cross_entropy(predictions[task], labels[k])
+            losses[k] = cross_entropy(predictions[task], labels[:, k])
         return losses
 
     def run() -> None:

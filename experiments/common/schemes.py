@@ -79,9 +79,6 @@ class SchemeEntry:
       description: one line for the docs and ``--list_schemes``.
       fixed: hyper-parameters that make this entry differ from the
         constructor's defaults (e.g. ``decay=0.99`` for ``"cov_decay"``).
-      cross_batches: the scheme's ``gramian=`` is the cross-Gramian of two
-        independent batches (SDMGrad, MoDo): the step feeds it that of the two
-        halves of its batch (:attr:`Scheme.cross_batches`).
     """
 
     constructor: Callable[..., covjax.Weighting]
@@ -89,7 +86,6 @@ class SchemeEntry:
     defaults: Callable[[SchemeContext], dict[str, Any]]
     description: str
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    cross_batches: bool = False
 
 
 def _none(_: SchemeContext) -> dict[str, Any]:
@@ -216,14 +212,12 @@ SCHEMES: dict[str, SchemeEntry] = {
         "parameters",
         _none,
         "SDMGrad, the cross-Gramian of the batch's halves",
-        cross_batches=True,
     ),
     "modo": SchemeEntry(
         covjax.modo,
         "parameters",
         _none,
         "MoDo, the cross-Gramian of the batch's halves",
-        cross_batches=True,
     ),
     "graddrop": SchemeEntry(covjax.graddrop, "parameters", _none, "GradDrop"),
     "trimmed_mean": SchemeEntry(
@@ -256,23 +250,26 @@ def register_scheme(name: str, entry: SchemeEntry, *, overwrite: bool = False) -
 class Scheme:
     """A built scheme: the covjax weighting and what its gradients are taken of.
 
-    ``cross_batches``: ``update``'s ``gramian=`` is the cross-Gramian
-    C = J(ξ) J(ξ')ᵀ of the per-loss gradients on two independent batches
-    (:func:`covjax.cross_gramian`; SDMGrad, MoDo), not the Gramian of one. The
-    train step takes ξ and ξ' as the first and second half of its batch (their
-    examples are independent draws), and the weights multiply the whole
-    batch's losses. (The papers weigh a third independent batch; these halves
-    are part of it, as in a step of the usual size.)
+    A ``covjax.CROSS_GRAMIAN`` scheme (SDMGrad, MoDo) gets the cross-Gramian
+    C = J(ξ) J(ξ')ᵀ of the per-loss gradients on the first and second half
+    ξ, ξ' of the step's batch (their examples are independent draws) from
+    :func:`covjax.value_and_grad`, and its weights multiply the whole batch's
+    losses. (The papers weigh a third independent batch; these halves are
+    part of it, as in a step of the usual size.)
     """
 
     name: str
     weighting: covjax.Weighting
     gradient_target: GradientTarget
-    cross_batches: bool = False
 
     @property
     def needs_gradients(self) -> bool:
-        return bool(self.weighting.requires & {covjax.GRAMIAN, covjax.JACOBIAN})
+        return needs_gradients(self.weighting)
+
+
+def needs_gradients(weighting: covjax.Weighting) -> bool:
+    """Whether ``weighting`` needs per-loss gradients (a Gramian, cross-Gramian or Jacobian)."""
+    return bool(weighting.requires & {covjax.GRAMIAN, covjax.CROSS_GRAMIAN, covjax.JACOBIAN})
 
 
 def available_schemes() -> tuple[str, ...]:
@@ -336,8 +333,7 @@ def build_scheme(
             f"Scheme {name!r}: covjax.{constructor.__name__} rejected the arguments "
             f"{sorted(arguments)}: {error}"
         ) from error
-    needs_gradients = bool(weighting.requires & {covjax.GRAMIAN, covjax.JACOBIAN})
-    if not needs_gradients:
+    if not needs_gradients(weighting):
         target = "none"
     elif target == "none":
         raise ValueError(f"Scheme {name!r} needs per-loss gradients; pick a gradient target.")
@@ -347,7 +343,7 @@ def build_scheme(
             f"Scheme {name!r} takes per-loss gradients, but task {context.task.name!r} defines no "
             f"{', '.join(missing)}: it does not implement experiments.common.task.Task."
         )
-    if entry.cross_batches and target == "representation":
+    if covjax.CROSS_GRAMIAN in weighting.requires and target == "representation":
         raise ValueError(
             f"Scheme {name!r} takes the cross-Gramian of two half batches, whose representations "
             "are different variables: use the 'parameters' or 'layer' target."
@@ -356,7 +352,6 @@ def build_scheme(
         name=name,
         weighting=weighting,
         gradient_target=target,  # type: ignore[arg-type]
-        cross_batches=entry.cross_batches,
     )
 
 

@@ -276,51 +276,16 @@ class Trainer:
             return self.task.losses_from_representation(model, z, carry, batch)
         return self.task.losses(model, batch)
 
-    def _cross_fed(self, model: nnx.Module, batch: Batch) -> covjax.Weighting:
-        """The scheme as a loss-only weighting whose ``gramian=`` is bound to the
-        cross-Gramian of the per-loss gradients on the two halves of ``batch``
-        (:attr:`~experiments.common.schemes.Scheme.cross_batches`); the model's
-        other variables are not updated by these gradients."""
-        sizes = {np.shape(leaf)[0] for leaf in jax.tree.leaves(batch) if np.ndim(leaf)}
-        if len(sizes) != 1 or (size := sizes.pop()) < 2:
-            raise ValueError(
-                f"Scheme {self.scheme.name!r} splits the batch into two halves: it needs one "
-                f"batch size of at least 2, got leading sizes {sorted(sizes)}."
-            )
-        half = size // 2
-
-        def part(index: int) -> Batch:
-            cut = slice(index * half, (index + 1) * half)
-            return jax.tree.map(lambda leaf: leaf[cut] if np.ndim(leaf) else leaf, batch)
-
-        chunk_size = self.config.get("gradient_chunk_size", None)
-        jacobians = [
-            covjax.per_loss_jacobian(
-                self._objective, model, part(index), wrt=self._wrt, chunk_size=chunk_size
-            )[1]
-            for index in (0, 1)
-        ]
-        cross = covjax.cross_gramian(*jacobians)
-        weighting = self.scheme.weighting
-
-        def update(losses: Any, weighting_state: Any, **_: Any) -> Any:
-            return weighting.update(losses, weighting_state, gramian=cross)
-
-        return weighting._replace(update=update, requires=frozenset())
-
     def _train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, StepMetrics]:
         kwargs: dict[str, Any] = {}
         model = self.model(state.params, state.rest)
-        weighting = self.scheme.weighting
-        if self.scheme.cross_batches:
-            weighting = self._cross_fed(model, batch)
-        elif self.scheme.needs_gradients:
+        if self.scheme.needs_gradients:
             kwargs.update(
                 wrt=self._wrt,
                 chunk_size=self.config.get("gradient_chunk_size", None),
                 gramian_examples=self.config.get("gramian_examples", None),
             )
-        step = covjax.value_and_grad(self._objective, weighting, **kwargs)
+        step = covjax.value_and_grad(self._objective, self.scheme.weighting, **kwargs)
         # config.group_losses is a benchmark switch of the engine's cost model,
         # read while this step is traced.
         with engine_options(group_losses=self.config.get("group_losses", True)):
