@@ -29,6 +29,22 @@ class ExcessMTLState(NamedTuple):
     log_weights: Array
 
 
+def _excess_risks(jacobian: Array, accumulated: Array) -> Array:
+    """(K,) e_i = Σ_p g_ip² / √(S_ip + g_ip² + 1e-7), one row at a time.
+
+    A scan over the K rows keeps every temporary one row long: reduced over
+    the whole (K, P) array at once, XLA:CPU materialises g² and S + g² as
+    K × P arrays first (two more passes over memory, twice the update's time).
+    """
+
+    def row_excess(carry: None, row: tuple[Array, Array]) -> tuple[None, Array]:
+        gradient, previous = row
+        squared = gradient * gradient
+        return carry, jnp.sum(squared / jnp.sqrt(previous + squared + ACCUMULATOR_EPSILON))
+
+    return jax.lax.scan(row_excess, None, (jacobian, accumulated))[1]
+
+
 def excess_mtl(num_params: int, robust_step_size: float | Array = 1e-2) -> Weighting:
     """ExcessMTL, "Robust Multi-Task Learning with Excess Risks" (He et al., ICML 2024).
 
@@ -85,7 +101,7 @@ def excess_mtl(num_params: int, robust_step_size: float | Array = 1e-2) -> Weigh
         check_columns("excess_mtl", jacobian, columns)
         k = losses.shape[0]
         squared = state.squared_gradients + jacobian**2
-        excess = jnp.sum(jacobian**2 / jnp.sqrt(squared + ACCUMULATOR_EPSILON), axis=1)
+        excess = _excess_risks(jacobian, state.squared_gradients)
         first = count == 0
         initial = jnp.where(first, excess, state.initial_excess)
         has_reference = initial > 0
