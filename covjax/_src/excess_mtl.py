@@ -30,19 +30,14 @@ class ExcessMTLState(NamedTuple):
 
 
 def _excess_risks(jacobian: Array, accumulated: Array) -> Array:
-    """(K,) e_i = Σ_p g_ip² / √(S_ip + g_ip² + 1e-7), one row at a time.
+    """(K,) e_i = Σ_p g_ip² / √(S_ip + g_ip² + 1e-7), as a product of g with g / √(...).
 
-    A scan over the K rows keeps every temporary one row long: reduced over
-    the whole (K, P) array at once, XLA:CPU materialises g² and S + g² as
-    K × P arrays first (two more passes over memory, twice the update's time).
+    A sum over the (K, P) array would have XLA:CPU write g² and S + g² out as
+    K × P arrays first; the product needs one (measured in the train step:
+    30% faster at K = 8, 10% at K = 32, than either the sum or a scan over rows).
     """
-
-    def row_excess(carry: None, row: tuple[Array, Array]) -> tuple[None, Array]:
-        gradient, previous = row
-        squared = gradient * gradient
-        return carry, jnp.sum(squared / jnp.sqrt(previous + squared + ACCUMULATOR_EPSILON))
-
-    return jax.lax.scan(row_excess, None, (jacobian, accumulated))[1]
+    scaled = jacobian * jax.lax.rsqrt(accumulated + jacobian**2 + ACCUMULATOR_EPSILON)
+    return jnp.einsum("kp,kp->k", jacobian, scaled, precision=jax.lax.Precision.HIGHEST)
 
 
 def excess_mtl(num_params: int, robust_step_size: float | Array = 1e-2) -> Weighting:
