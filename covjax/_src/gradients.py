@@ -40,6 +40,9 @@ decides, for every selected leaf:
   per-loss output cotangents Δ_i as Σ (X Xᵀ) ⊙ (Δ_i Δ_jᵀ), so the batched
   backward stops at the layer outputs and the K per-loss weight gradients
   are never formed (:mod:`covjax._src.factorized`), where that is cheaper;
+  for schemes that need the rows themselves, a kernel read in its own layout
+  gets them as Xᵀ Δ_i from one batched product that puts K first (the
+  batched backward pass would form them transposed and copy all K × P);
 * *materialised*: every other leaf gets its K per-loss gradients from the
   batched backward pass;
 
