@@ -12,6 +12,7 @@ from flax import nnx
 from precision import assert_trees_close64
 
 import covjax
+from covjax._src import base
 
 
 def test_vector_and_pytree_losses() -> None:
@@ -263,6 +264,17 @@ def test_direction_scheme_contract() -> None:
         scheme.update(losses, state, jacobian=jacobian[:2])
     with pytest.raises(ValueError, match="must also require the JACOBIAN"):
         covjax.make_weighting(lambda x: (), lambda *a: a, name="x", requires={covjax.DIRECTION})
+
+
+def test_jacobian_finiteness_test_when_its_sum_overflows() -> None:
+    # One sum decides, and the entry-wise test runs when the sum is not finite: finite entries
+    # whose sum overflows float32 still pass, an inf or a NaN among them does not.
+    huge = jnp.full((3, 4), 3e38, jnp.float32)
+    all_finite = jax.jit(base._all_finite)
+    assert bool(all_finite(huge))
+    assert not bool(all_finite(huge.at[2, 1].set(jnp.inf)))
+    assert not bool(all_finite(huge.at[0, 3].set(jnp.nan)))
+    assert not bool(all_finite(jnp.ones((3, 4)).at[1, 1].set(-jnp.inf)))
 
 
 #: Every per-loss-gradient scheme, for a 3×4 Jacobian.

@@ -409,3 +409,54 @@ def test_product_of_two_parameters() -> None:
             per_loss_gramian_with(mode, losses, params, x) for mode in ("always", "never")
         )
         assert_trees_close64(tapped, plain)
+
+
+def test_row_taps_are_the_taps_read_in_their_leaf_layout() -> None:
+    leaves, treedef = jax.tree.flatten(PARAMS)
+    mask, names = gradients.select_leaves(PARAMS)
+    closed = jax.make_jaxpr(lambda *ls: loss_fn(jax.tree.unflatten(treedef, ls), X, Y))(*leaves)
+    traced = program.walk(closed, mask, num_losses=1)
+    # heads/w is read transposed, and jnp.einsum makes left/w the right operand contracted
+    # on its last axis: their rows would come transposed (a K×P copy), so they are materialised.
+    assert {names[leaf] for leaf in factorized.find_row_taps(traced, mask)} == {
+        "dense/w",
+        "attention/w",
+    }
+
+
+def loop_jacobian(losses_fn, params: dict, *args: Any) -> dict[str, np.ndarray]:
+    """{path: (K, *shape)} from K separate jax.grad calls."""
+    rows: dict[str, list] = {}
+    for i in range(K):
+        grads = jax.grad(lambda p, i=i: losses_fn(p, *args)[i])(params)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(grads)[0]:
+            rows.setdefault("/".join(str(k.key) for k in path), []).append(np.asarray(leaf))
+    return {name: np.stack(leaf_rows) for name, leaf_rows in rows.items()}
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_jacobian_rows_from_taps_match_loop(chunk_size: int | None) -> None:
+    with jax.enable_x64(True):
+        params, x, y = float64((PARAMS, X, Y))
+        jacobian_fn = jax.jit(
+            lambda p: gradients.per_loss_jacobian(loss_fn, p, x, y, chunk_size=chunk_size)[1]
+        )
+        assert_trees_close64(jacobian_fn(params), loop_jacobian(loss_fn, params, x, y))
+
+
+def test_jacobian_rows_of_a_product_of_two_parameters() -> None:
+    rng = np.random.default_rng(3)
+    params = {"a": jnp.asarray(rng.normal(size=(6, 5))), "b": jnp.asarray(rng.normal(size=(5, 4)))}
+
+    def losses(p: dict, x: jax.Array) -> jax.Array:
+        y = x @ (p["a"] @ p["b"])  # a is the left operand of a · b, b the right one
+        return jnp.stack([jnp.mean(y**2), jnp.mean(jnp.sin(y)), jnp.mean(y[:, :2])])
+
+    with jax.enable_x64(True):
+        params, x = float64((params, jnp.asarray(rng.normal(size=(7, 6)))))
+        leaves, treedef = jax.tree.flatten(params)
+        closed = jax.make_jaxpr(lambda *ls: losses(jax.tree.unflatten(treedef, ls), x))(*leaves)
+        traced = program.walk(closed, [True, True], num_losses=1)
+        assert set(factorized.find_row_taps(traced, [True, True])) == {0, 1}  # left and right
+        jacobian = jax.jit(lambda p: gradients.per_loss_jacobian(losses, p, x)[1])(params)
+        assert_trees_close64(jacobian, loop_jacobian(losses, params, x))

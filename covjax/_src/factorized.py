@@ -187,12 +187,64 @@ def zero_perturbations(taps: dict[int, Tap]) -> dict[int, Array]:
     return {leaf: jnp.zeros(tap.out_shape, tap.out_dtype) for leaf, tap in taps.items()}
 
 
+def find_row_taps(traced: program.TracedProgram, candidates: Sequence[bool]) -> dict[int, Tap]:
+    """The taps among the ``candidates`` leaves whose per-loss gradients :func:`tap_rows` forms.
+
+    Those of every factorisable kernel (:func:`find_taps`) read directly (no
+    transpose or reshape on the way) with its contracted axes first and in
+    order when it is the right operand (``x @ W``), last when it is the left
+    one (``W @ x``): then its K gradients Xᵀ Δ_i come out of one batched
+    product already in the leaf's layout, where the batched backward pass
+    forms them transposed and copies them over (on CPU, that copy of all
+    K × P numbers costs more than the product).
+    """
+    taps = find_taps(traced, candidates, num_losses=1, always=True)
+    return {leaf: tap for leaf, tap in taps.items() if _rows_in_leaf_layout(traced.uses[leaf][0])}
+
+
+def _rows_in_leaf_layout(use: program.Use) -> bool:
+    if use.relaid:
+        return False
+    (lhs_contracting, rhs_contracting), _ = use.eqn.params["dimension_numbers"]
+    contracting = tuple(lhs_contracting if use.operand == 0 else rhs_contracting)
+    ndim = use.eqn.invars[use.operand].aval.ndim
+    free = tuple(a for a in range(ndim) if a not in contracting)
+    order = free + contracting if use.operand == 0 else contracting + free
+    return order == tuple(range(ndim))
+
+
+def tap_rows(tap: Tap, other: Array, output_cotangents: Array, leaf: Array) -> Array:
+    """The (K, *leaf.shape) per-loss gradients Xᵀ Δ_i of a tap from :func:`find_row_taps`.
+
+    ``output_cotangents`` as for :func:`tap_gramian`; the rows come in
+    ``leaf``'s dtype, as the batched backward pass gives them.
+    """
+    k = output_cotangents.shape[0]
+    n, c, m = tap.sizes(other.shape)
+    x = _input_rows(tap, other)
+    highest = jax.lax.Precision.HIGHEST
+    if tap.param_is_lhs:  # W (M, C), product W Xᵀ (M, N): ∇_W L_i = Δ_i X
+        deltas = output_cotangents.reshape(k, m, n).astype(x.dtype)
+        rows = jnp.matmul(deltas, x, precision=highest)  # (K, M, C): no batch axis needed
+    else:  # W (C, M), product X W (N, M): ∇_W L_i = Xᵀ Δ_i; batched, so that K comes first
+        deltas = output_cotangents.reshape(k, n, m).astype(x.dtype)
+        rows = jnp.matmul(jnp.broadcast_to(x.T, (k, c, n)), deltas, precision=highest)
+    return rows.reshape(k, *leaf.shape).astype(leaf.dtype)
+
+
+def _input_rows(tap: Tap, other: Array) -> Array:
+    """X (N×C, float32 or wider): the tap's other operand, free axes first, flattened."""
+    n, c, _ = tap.sizes(other.shape)
+    dtype = jnp.promote_types(other.dtype, jnp.float32)
+    return jnp.transpose(other, tap.other_free + tap.other_contracting).reshape(n, c).astype(dtype)
+
+
 def _rows_and_cotangents(tap: Tap, other: Array, output_cotangents: Array) -> tuple[Array, Array]:
     """X as (N, C) and the K cotangents Δ_i as (K, N, M), float32 or wider."""
     k = output_cotangents.shape[0]
-    n, c, m = tap.sizes(other.shape)
-    dtype = jnp.promote_types(other.dtype, jnp.float32)
-    x = jnp.transpose(other, tap.other_free + tap.other_contracting).reshape(n, c).astype(dtype)
+    n, _, m = tap.sizes(other.shape)
+    x = _input_rows(tap, other)
+    dtype = x.dtype
     # The product's axes are (lhs free..., rhs free...): X's free axes come
     # first when the parameter is the right operand, last when it is the left.
     num_other = len(tap.other_free)

@@ -40,6 +40,9 @@ decides, for every selected leaf:
   per-loss output cotangents Δ_i as Σ (X Xᵀ) ⊙ (Δ_i Δ_jᵀ), so the batched
   backward stops at the layer outputs and the K per-loss weight gradients
   are never formed (:mod:`covjax._src.factorized`), where that is cheaper;
+  for schemes that need the rows themselves, a kernel read in its own layout
+  gets them as Xᵀ Δ_i from one batched product that puts K first (the
+  batched backward pass would form them transposed and copy all K × P);
 * *materialised*: every other leaf gets its K per-loss gradients from the
   batched backward pass;
 
@@ -360,7 +363,9 @@ def _num_losses(losses_shape: Any) -> int:
 
 def make_plan(closed: Any, losses_shape: Any, selected: Sequence[bool], output: Output) -> Plan:
     """The plan for ``closed``: a ClosedJaxpr over the primal's leaves, the losses' leaves first
-    among its outputs. ``output="jacobian"`` needs every row itself: nothing is factorised."""
+    among its outputs. ``output="jacobian"`` needs every row itself: a Dense-style kernel is
+    tapped only where its rows come out of X and the Δ_i in its own layout
+    (:func:`covjax._src.factorized.find_row_taps`)."""
     k = _num_losses(losses_shape)
     selected = tuple(selected)
     loss_leaves = jax.tree.leaves(losses_shape)
@@ -378,6 +383,8 @@ def make_plan(closed: Any, losses_shape: Any, selected: Sequence[bool], output: 
     taps: dict[int, factorized.Tap] = {}
     if output == "gramian" and _OPTIONS.factorize != "never":
         taps = factorized.find_taps(traced, remaining, k, always=_OPTIONS.factorize == "always")
+    elif output == "jacobian" and _OPTIONS.factorize != "never":
+        taps = factorized.find_row_taps(traced, remaining)
     groups = None
     if _OPTIONS.group_losses and scalar_losses and any(remaining):
         groups = traced.groups(remaining)
@@ -476,10 +483,12 @@ def prepare(
         )
 
     def per_loss() -> list[tuple[int, Array]]:
-        if plan.taps:
+        if plan.taps and output != "jacobian":
             raise ValueError("covjax: factorised kernels have no rows; reduce with gramian().")
-        dense, owned, _ = rows(reorderable=False)
-        return _merged_rows(plan, leaves, dense, owned)
+        dense, owned, deltas = rows(reorderable=False)
+        dense = _with_tap_rows(plan, leaves, dense, deltas, layer_inputs)
+        # The taps' rows are now rows like the batched ones.
+        return _merged_rows(plan._replace(taps={}), leaves, dense, owned)
 
     def factors() -> GramianFactors:
         dense, owned, deltas = rows(reorderable=True)
@@ -503,6 +512,21 @@ def cross_gramian(a: Prepared, b: Prepared) -> Array:
     if a.plan != b.plan:
         raise ValueError("covjax: a cross-Gramian needs both batches prepared under one plan.")
     return _gramian(a.plan, a.factors(), b.factors())
+
+
+def _with_tap_rows(
+    plan: Plan,
+    leaves: Sequence[Array],
+    dense: dict[int, Array],
+    deltas: dict[int, Array],
+    layer_inputs: dict[int, Array],
+) -> dict[int, Array]:
+    """``dense`` plus the rows of a ``output="jacobian"`` plan's taps, formed from X and Δ_i."""
+    tap_rows = {
+        i: factorized.tap_rows(tap, layer_inputs[i], deltas[i], leaves[i])
+        for i, tap in plan.taps.items()
+    }
+    return {**dense, **tap_rows}
 
 
 def _copy_sets(plan: Plan) -> dict[int, tuple[int, ...]]:
@@ -820,10 +844,9 @@ def per_loss_jacobian(
       path prefix (``"representation"`` for ``"representation/depth"``, ...).
     """
     target = differentiable(loss_fn, params, args, kwargs, has_aux=has_aux, wrt=wrt)
-    with _engine_options(factorize="never"):
-        prepared = prepare(
-            target.fn, target.primal, target.selected, chunk_size=chunk_size, output="jacobian"
-        )
+    prepared = prepare(
+        target.fn, target.primal, target.selected, chunk_size=chunk_size, output="jacobian"
+    )
     copies = _copy_sets(prepared.plan)
     jacobian = {}
     for i, rows in prepared.per_loss():

@@ -71,8 +71,8 @@ def moco(
     a bounded set); the reference code (and LibMTL) use a softmax of the
     updated λ and no projection of y, as covjax does.
 
-    Cost: the Jacobian, y's update O(K·P) and the K×K×P Gramian of y; state
-    (K, P) + (K,).
+    Cost: the Jacobian, y's update and three products with y, O(K·P) each
+    ((Y Yᵀ) λ as Y (Yᵀ λ): y's K×K Gramian is never formed); state (K, P) + (K,).
 
     References:
       Fernando, Shen, Liu, Chaudhury, Murugesan & Chen, "Mitigating Gradient
@@ -93,14 +93,19 @@ def moco(
     ) -> tuple[Array, MoCoState, Array]:
         check_columns("moco", jacobian, columns)
         step = (count + 1).astype(jacobian.dtype)
-        norms = jnp.linalg.norm(jacobian, axis=1, keepdims=True)
-        targets = jacobian / (norms + NORM_EPSILON) * losses[:, None]
+        highest = jax.lax.Precision.HIGHEST
+        # ‖g_i‖² as a product: a reduction of g² would first write g² out (K × P).
+        norms = jnp.sqrt(jnp.einsum("kp,kp->k", jacobian, jacobian, precision=highest))
+        targets = jacobian * (losses / (norms + NORM_EPSILON))[:, None]
         tracked = state.tracked - beta / step**beta_sigma * (state.tracked - targets)
-        k = losses.shape[0]
-        curvature = tracked @ tracked.T + rho * jnp.eye(k, dtype=tracked.dtype)
         weights = state.weights.astype(tracked.dtype)
-        weights = jax.nn.softmax(weights - gamma / step**gamma_sigma * (curvature @ weights))
-        return weights, MoCoState(tracked, weights), weights @ tracked
+        # (Y Yᵀ + ρ I) λ = Y (Yᵀ λ): two passes over Y (2·K·P) instead of the Gramian's K²·P.
+        curvature_times_weights = (
+            jnp.matmul(tracked, jnp.matmul(weights, tracked, precision=highest), precision=highest)
+            + rho * weights
+        )
+        weights = jax.nn.softmax(weights - gamma / step**gamma_sigma * curvature_times_weights)
+        return weights, MoCoState(tracked, weights), jnp.matmul(weights, tracked, precision=highest)
 
     return make_weighting(
         init_fn,

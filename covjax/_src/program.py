@@ -96,11 +96,13 @@ class Use(NamedTuple):
       added_to: for ``z + p`` with ``p`` the leaf itself (no re-layout), z of
         the same shape and dtype (no broadcasting) and not a selected leaf: z;
         else None.
+      relaid: whether it reads a re-laid-out view (transpose, reshape, cast).
     """
 
     eqn: Any
     operand: int
     added_to: Any = None
+    relaid: bool = False
 
 
 class TracedProgram(NamedTuple):
@@ -211,7 +213,7 @@ def _record_uses(
                 and other.aval.dtype == mine.aval.dtype
             ):
                 added_to = other
-        uses[leaf].append(Use(eqn, position, added_to))
+        uses[leaf].append(Use(eqn, position, added_to, relaid))
 
 
 def _record_returned(
