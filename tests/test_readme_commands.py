@@ -33,6 +33,7 @@ marked ``<!-- covered by tests/test_multihost.py -->``, which that file runs.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -47,8 +48,9 @@ from fake_datasets import make_fake_kitti, write_kitti_split_eigen, write_kitti_
 from fake_torchvision import fake_checkpoint
 from fast_compile import fast_compile_env
 
-from experiments.common import cli
+from experiments.common import cli, compare, evaluate, logging_utils
 from experiments.common.schemes import available_schemes
+from experiments.depth import metrics as depth_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 READMES = (
@@ -204,6 +206,45 @@ def rewrite(command: str, root: Path) -> list[str]:
     ]  # fmt: skip
 
 
+#: The commands that run the depth comparison (the main job is one).
+DEPTH_COMPARISONS = (("experiments.main", None), ("experiments.depth.main", "compare"))
+
+
+def check_depth_comparison(argv: list[str]) -> None:
+    """What a depth comparison leaves in its workdir: per run, its evaluation (summary =
+    mean of the finite per-image metrics) and all 32 weights logged by name; the weight
+    plots; the report with every run, the untrained network, the paper's rows and, for
+    two or more runs, the win rates."""
+    given = dict(word.split("=", 1) for word in argv if word.startswith("--") and "=" in word)
+    workdir = Path(given["--workdir"])
+    schemes = given["--schemes"].split(",")
+    report = (workdir / "results" / compare.REPORT_FILE).read_text()
+    seed = int(given.get("--config.seed", cli.load_config_file(str(REPO / given["--config"])).seed))
+    for scheme in schemes:
+        run = compare.run_dir(workdir, scheme, seed)
+        (summary_path,) = run.glob(f"eval_*/{evaluate.SUMMARY_FILE}")
+        summary = json.loads(summary_path.read_text())
+        assert summary["step"] == 2, (scheme, summary)  # TINY's num_train_steps
+        per_image = depth_metrics.load_per_image(summary_path.parent)
+        assert per_image.shape == (summary["num_images"], 7) and 0 < len(per_image) <= 4
+        assert np.all(np.isfinite(per_image))
+        np.testing.assert_allclose(
+            [summary[metric] for metric in depth_metrics.METRIC_NAMES],
+            per_image.mean(axis=0),
+            rtol=1e-6,
+        )
+        first = json.loads((run / logging_utils.METRICS_FILE).read_text().splitlines()[0])
+        assert sum(key.startswith("weight/") for key in first) == 32, scheme
+        for kind in ("group", "scale"):
+            png = workdir / "results" / "weights" / f"{scheme}_weights_by_{kind}.png"
+            assert png.read_bytes()[:4] == b"\x89PNG", png
+        assert f"| {scheme} |" in report, scheme
+    assert "| (untrained network) |" in report
+    assert "| paper: cov | 0.0912 | 0.5108 |" in report and "reference only" in report
+    if len(schemes) > 1:
+        assert "Win rates" in report and f"| A \\ B | {' | '.join(schemes)} |" in report
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name,commands", BLOCKS, ids=[name for name, _ in BLOCKS])
 def test_documented_commands_run(name: str, commands: list[str], layout: Path) -> None:
@@ -228,3 +269,5 @@ def test_documented_commands_run(name: str, commands: list[str], layout: Path) -
             f"{result.stderr[-4000:]}"
         )
         print(f"{name}: {seconds:.0f} s: {command}")
+        if program(argv[2:]) in DEPTH_COMPARISONS:
+            check_depth_comparison(argv)
