@@ -78,7 +78,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.extend import core as jex_core
 
-from covjax._src import factorized, program
+from covjax._src import block_diagonal, factorized, program
 from covjax._src import nnx_support as _nnx
 from covjax._src.base import Losses, PyTree, flatten_losses, path_name
 
@@ -395,6 +395,21 @@ def make_plan(closed: Any, losses_shape: Any, selected: Sequence[bool], output: 
     return Plan(k, selected, owners, copies, taps, groups)
 
 
+def _block_diagonal_split(
+    plan: Plan, closed: Any, losses_shape: Any
+) -> block_diagonal.Split | None:
+    """The shared/private split of the program when every selected leaf is block-diagonal.
+
+    Then the step's weighted backward pass reuses the one pull-back of Σ L_i
+    through the heads (:mod:`covjax._src.block_diagonal`) instead of pulling
+    back through them again.
+    """
+    all_owned = all(i in plan.owners for i, keep in enumerate(plan.selected) if keep)
+    if not plan.owners or not all_owned or plan.taps:
+        return None
+    return block_diagonal.split(closed, len(jax.tree.leaves(losses_shape)))
+
+
 class Prepared(NamedTuple):
     """One forward pass under a plan, ready for the per-loss gradients and a weighted VJP.
 
@@ -450,14 +465,43 @@ def prepare(
         return losses, (aux, layer_inputs)
 
     perturbations = factorized.zero_perturbations(plan.taps)
-    losses, full_vjp, (aux, layer_inputs) = jax.vjp(forward, primal, perturbations, has_aux=True)
+    split = _block_diagonal_split(plan, closed, out_shape[0])
+    if split is None:
+        losses, full_vjp, (aux, layer_inputs) = jax.vjp(
+            forward, primal, perturbations, has_aux=True
+        )
+
+        def summed() -> list[Array]:
+            return jax.tree.leaves(full_vjp(jax.tree.map(jnp.ones_like, losses))[0])
+
+    else:
+        # Every selected leaf block-diagonal: the heads are pulled back once, the trunk once.
+        split_pass = block_diagonal.run(split, leaves)
+        losses, aux = jax.tree.unflatten(out_tree, split_pass.outputs)
+        layer_inputs: dict[int, Array] = {}
+
+        def full_vjp(cotangent: Losses) -> tuple[PyTree, dict[int, Array]]:
+            weighted = split_pass.weighted(jax.tree.leaves(cotangent))
+            return jax.tree.unflatten(treedef, weighted), {}
+
+        def summed() -> list[Array]:
+            return split_pass.summed
 
     def vjp_fn(cotangent: Losses) -> tuple[PyTree]:
         return (full_vjp(cotangent)[0],)
 
     def rows(reorderable: bool) -> tuple[dict[int, Array], dict[int, Array], dict[int, Array]]:
         return _rows(
-            plan, leaves, treedef, forward, perturbations, losses, full_vjp, chunk_size, reorderable
+            plan,
+            leaves,
+            treedef,
+            forward,
+            perturbations,
+            losses,
+            full_vjp,
+            summed,
+            chunk_size,
+            reorderable,
         )
 
     def per_loss() -> list[tuple[int, Array]]:
@@ -485,19 +529,20 @@ def _rows(
     perturbations: dict[int, Array],
     losses: Losses,
     full_vjp: Callable[[Losses], tuple[PyTree, dict[int, Array]]],
+    summed: Callable[[], list[Array]],
     chunk_size: int | None,
     reorderable: bool,
 ) -> tuple[dict[int, Array], dict[int, Array], dict[int, Array]]:
     """``(dense, owned, deltas)``: batched rows by leaf, one-loss gradients, taps' Δ_i.
 
-    ``reorderable``: the non-K axes of batched rows may come permuted (enough
-    for a Gramian, cheaper), except for copies (summed with each other).
+    ``summed()``: every leaf's gradient of Σ L_i. ``reorderable``: the non-K
+    axes of batched rows may come permuted (enough for a Gramian, cheaper),
+    except for copies (summed with each other).
     """
     owned: dict[int, Array] = {}
     if any(owner is not None for owner in plan.owners.values()):
         # Block-diagonal: ONE pull-back of Σ L_i; a leaf that only L_i reaches gets ∇L_i.
-        (grads, _) = full_vjp(jax.tree.map(jnp.ones_like, losses))
-        grad_leaves = jax.tree.leaves(grads)
+        grad_leaves = summed()
         owned = {i: grad_leaves[i] for i, owner in plan.owners.items() if owner is not None}
     batched = plan.batched
     tapped = sorted(plan.taps)  # a dict's pytree leaves come in key order
