@@ -627,10 +627,15 @@ def _merged_rows(
         rows = None
         if len(private) > 1:
             # Copies that one loss each reaches: their gradients ARE rows; one scatter.
-            owners = jnp.asarray([plan.owners[m] for m in private])
-            stacked = jnp.stack([owned[m] for m in private])
-            rows = jnp.zeros((plan.num_losses, *stacked.shape[1:]), stacked.dtype)
-            rows = rows.at[owners].add(stacked)
+            by_owner = sorted(private, key=lambda m: plan.owners[m])
+            if [plan.owners[m] for m in by_owner] == list(range(plan.num_losses)):
+                # One copy per loss (MGDA-UB's per-task copies): the rows are their stack.
+                rows = jnp.stack([owned[m] for m in by_owner])
+            else:
+                owners = jnp.asarray([plan.owners[m] for m in private])
+                stacked = jnp.stack([owned[m] for m in private])
+                rows = jnp.zeros((plan.num_losses, *stacked.shape[1:]), stacked.dtype)
+                rows = rows.at[owners].add(stacked)
             members = tuple(m for m in members if m not in private)
         for member in members:
             member_rows = _dense(plan, leaves, dense, owned, member)
