@@ -33,8 +33,12 @@ decides, for every selected leaf:
 
 * *block-diagonal*: a leaf (or a copy of z) that only one loss reaches has
   per-loss gradients that are zero for every other loss, so ONE pull-back of
-  Σ_i L_i gives all of them (a task's own head, per-task copies of z: MGDA-UB
-  then costs about one extra pull-back through the heads);
+  Σ_i L_i gives all of them (a task's own head, per-task copies of z). When
+  every selected leaf is block-diagonal, the step's weighted backward pass
+  reuses that pull-back: the heads are pulled back once and the trunk once,
+  seeded with the heads' weighted cotangents (:mod:`covjax._src.block_diagonal`),
+  so MGDA-UB with per-task copies costs a static step plus the Gramian of the
+  rows and the min-norm solve;
 * *factorised*: a Dense-style kernel W, used once as an operand of a matrix
   product y = X W, gets its Gramian block from the layer input X and the
   per-loss output cotangents Δ_i as Σ (X Xᵀ) ⊙ (Δ_i Δ_jᵀ), so the batched
