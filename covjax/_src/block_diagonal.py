@@ -198,7 +198,8 @@ def run(plan: Split, leaves: Sequence[Array]) -> Pass:
                 for p, var in enumerate(eqn.invars)
             ]
             env.update(zip(eqn.outvars, _bind(eqn, invals), strict=True))
-        outputs = [_read({**values, **env}, var) for var in jaxpr.outvars]
+        env = {**values, **env}
+        outputs = [_read(env, var) for var in jaxpr.outvars]
         return outputs[:k], outputs[k:]
 
     initial = [values[plan.use_list[u].source] for u in differentiated]
