@@ -509,3 +509,54 @@ def test_mgda_ub_with_private_heads_against_a_float64_oracle() -> None:
             {k: v for k, v in unmarked(want).items() if k != "count"},
         )
         assert int(out.aux["count"]) == 4
+
+
+@jax.custom_vjp
+def clipped_gradient(x: jax.Array) -> jax.Array:
+    return x
+
+
+# A backward rule that is not linear in the cotangent (JAX's gradient-clipping example).
+clipped_gradient.defvjp(lambda x: (x, None), lambda _, g: (jnp.clip(g, -0.01, 0.01),))
+
+
+def scanned_loss(params: dict, x: jax.Array, clip: bool) -> dict:
+    """A scanned, rematerialised trunk; heads under ``lax.cond``, head 0 maybe clipped."""
+
+    def layer(h: jax.Array, w: jax.Array) -> tuple[jax.Array, None]:
+        return jnp.tanh(h @ w), None
+
+    z, _ = jax.lax.scan(jax.checkpoint(layer), x, params["trunk"])
+    losses = {}
+    for k, task in enumerate(TASKS):
+        h = (z + params["copies"][task]) @ params["heads"][k]
+        h = clipped_gradient(h) if clip and k == 0 else h
+        losses[task] = jax.lax.cond(k == 2, lambda h: jnp.sum(h**2), jnp.mean, jnp.sin(h))
+    return losses
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_mgda_ub_step_equals_the_gradient_of_the_weighted_sum(clip: bool) -> None:
+    """The split serves control flow and remat; a custom_vjp head is left to one weighted VJP."""
+    rng = np.random.default_rng(11)
+    x = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+    params = {
+        "trunk": jnp.asarray(rng.normal(size=(2, 5, 5)), jnp.float32),
+        "heads": jnp.asarray(rng.normal(size=(K, 5, 3)), jnp.float32),
+        "copies": dict.fromkeys(TASKS, jnp.zeros((4, 5), jnp.float32)),
+    }
+    scheme = covjax.mgda()
+    with jax.enable_x64(True):
+        params, x = float64((params, x))
+        leaves, treedef = jax.tree.flatten(params)
+        closed = jax.make_jaxpr(lambda *ls: scanned_loss(jax.tree.unflatten(treedef, ls), x, clip))(
+            *leaves
+        )
+        assert (block_diagonal.split(closed, K) is None) == clip
+        step = covjax.value_and_grad(lambda p, x: scanned_loss(p, x, clip), scheme, wrt="copies")
+        out, grads = jax.jit(step)(params, scheme.init(dict.fromkeys(TASKS, 0.0)), x)
+        want = jax.grad(
+            lambda p: sum(out.weights[t] * loss for t, loss in scanned_loss(p, x, clip).items())
+        )(params)
+        assert_trees_close64(grads, want)
+        assert np.ptp(np.asarray(jax.tree.leaves(out.weights))) > 1e-3

@@ -98,8 +98,10 @@ def split(closed: Any, num_losses: int) -> Split | None:
 
     It applies when each of the ``num_losses`` loss outputs is a distinct
     variable made by a private equation (a loss function under one nested
-    ``jit`` is a single shared equation: no split) and the program has no
-    side effects.
+    ``jit`` is a single shared equation: no split), the program has no side
+    effects, and no private equation holds a ``jax.custom_vjp`` function: its
+    backward rule need not be linear in the cotangent (gradient clipping), so
+    it must see the weighted cotangent itself.
     """
     jaxpr = closed.jaxpr
     losses = jaxpr.outvars[:num_losses]
@@ -124,6 +126,8 @@ def split(closed: Any, num_losses: int) -> Split | None:
         if mask.bit_count() >= 2:
             shared.append(eqn)
             continue
+        if _has_custom_vjp(eqn):
+            return None
         loss = mask.bit_length() - 1 if mask else None
         positions = {}
         for position, var in enumerate(eqn.invars):
@@ -136,6 +140,18 @@ def split(closed: Any, num_losses: int) -> Split | None:
     if not all(var in made_privately for var in losses):
         return None
     return Split(closed, num_losses, shared, private, uses, use_list)
+
+
+def _has_custom_vjp(eqn: Any) -> bool:
+    """Whether ``eqn`` is, or nests, a ``jax.custom_vjp`` call."""
+    if eqn.primitive.name.startswith("custom_vjp_call"):
+        return True
+    for value in eqn.params.values():
+        for candidate in value if isinstance(value, tuple | list) else (value,):
+            inner = getattr(candidate, "jaxpr", candidate)  # a ClosedJaxpr's Jaxpr
+            if isinstance(inner, jex_core.Jaxpr) and any(map(_has_custom_vjp, inner.eqns)):
+                return True
+    return False
 
 
 def _bind(eqn: Any, invals: Sequence[Any]) -> list[Any]:
