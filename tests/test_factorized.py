@@ -453,8 +453,12 @@ def test_block_diagonal_split_pulls_back_the_heads_once_and_the_trunk_once() -> 
     with jax.enable_x64(True):
         leaves = float64(leaves)
         closed = jax.make_jaxpr(flat_fn)(*leaves)
-        split = block_diagonal.split(closed, K)
+        selected, names = gradients.select_leaves(params, "copies")
+        split = block_diagonal.split(closed, K, selected)
         assert split is not None
+        # The heads read their slices of the stacked kernel, taken in the shared part.
+        stacked = closed.jaxpr.invars[names.index("stacked")]
+        assert stacked not in {use.source for use in split.use_list}
 
         def products(equations: list) -> int:
             return sum(eqn.primitive is jax.lax.dot_general_p for eqn in equations)
@@ -552,7 +556,8 @@ def test_mgda_ub_step_equals_the_gradient_of_the_weighted_sum(clip: bool) -> Non
         closed = jax.make_jaxpr(lambda *ls: scanned_loss(jax.tree.unflatten(treedef, ls), x, clip))(
             *leaves
         )
-        assert (block_diagonal.split(closed, K) is None) == clip
+        selected = gradients.select_leaves(params, "copies")[0]
+        assert (block_diagonal.split(closed, K, selected) is None) == clip
         step = covjax.value_and_grad(lambda p, x: scanned_loss(p, x, clip), scheme, wrt="copies")
         out, grads = jax.jit(step)(params, scheme.init(dict.fromkeys(TASKS, 0.0)), x)
         want = jax.grad(

@@ -35,6 +35,8 @@ import numpy as np
 from jax import Array
 from jax.extend import core as jex_core
 
+from covjax._src import program
+
 
 class Use(NamedTuple):
     """One read of a shared value or a leaf by a private equation.
@@ -93,8 +95,22 @@ def _differentiable(var: Any) -> bool:
     return jnp.issubdtype(var.aval.dtype, jnp.inexact)
 
 
-def split(closed: Any, num_losses: int) -> Split | None:
+#: Ops that only take a view of a parameter (a slice of a stacked kernel, ``W.T``...).
+VIEW_PRIMITIVES = (
+    *program.LAYOUT_PRIMITIVES,
+    jax.lax.slice_p,
+    jax.lax.squeeze_p,
+    jax.lax.dynamic_slice_p,
+)
+
+
+def split(closed: Any, num_losses: int, selected: Sequence[bool]) -> Split | None:
     """``closed``'s split, or None where it does not apply.
+
+    ``selected``: per leaf, whether its per-loss gradients are wanted. A
+    private view of another leaf (head k's slice of a kernel stacked over the
+    heads) is taken in the shared part, so that the private part's pull-back
+    gives the view's cotangent, not one leaf-sized cotangent per head.
 
     It applies when each of the ``num_losses`` loss outputs is a distinct
     variable made by a private equation (a loss function under one nested
@@ -122,9 +138,15 @@ def split(closed: Any, num_losses: int) -> Split | None:
     shared, private, uses, use_list = [], [], [], []
     made_privately: set[Any] = set()
     constants = set(jaxpr.constvars)
+    views = {var for var, keep in zip(jaxpr.invars, selected, strict=True) if not keep}
     for eqn, mask in zip(jaxpr.eqns, equation_reach, strict=True):
         if mask.bit_count() >= 2:
             shared.append(eqn)
+            continue
+        inputs = [var for var in eqn.invars if _is_var(var)]
+        if eqn.primitive in VIEW_PRIMITIVES and inputs and all(v in views for v in inputs):
+            shared.append(eqn)
+            views.update(eqn.outvars)
             continue
         if _has_custom_vjp(eqn):
             return None

@@ -411,7 +411,7 @@ def _block_diagonal_split(
     all_owned = all(i in plan.owners for i, keep in enumerate(plan.selected) if keep)
     if not plan.owners or not all_owned or plan.taps:
         return None
-    return block_diagonal.split(closed, len(jax.tree.leaves(losses_shape)))
+    return block_diagonal.split(closed, len(jax.tree.leaves(losses_shape)), plan.selected)
 
 
 class Prepared(NamedTuple):
