@@ -124,7 +124,7 @@ def test_gradients_benchmark_prints_every_table(
     assert "| MGDA (all shared) | " in out
     assert "| MGDA-UB (per-task copies of the representation) | " in out
     floor_row = out.strip().splitlines()[-1].split("|")[1:-1]
-    assert len(floor_row) == 6
+    assert len(floor_row) == 8
     assert "(2 × 16384)" in floor_row[2]  # K rows of batch 32 × 512 representation entries
 
 

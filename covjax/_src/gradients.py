@@ -33,8 +33,12 @@ decides, for every selected leaf:
 
 * *block-diagonal*: a leaf (or a copy of z) that only one loss reaches has
   per-loss gradients that are zero for every other loss, so ONE pull-back of
-  Σ_i L_i gives all of them (a task's own head, per-task copies of z: MGDA-UB
-  then costs about one extra pull-back through the heads);
+  Σ_i L_i gives all of them (a task's own head, per-task copies of z). When
+  every selected leaf is block-diagonal, the step's weighted backward pass
+  reuses that pull-back: the heads are pulled back once and the trunk once,
+  seeded with the heads' weighted cotangents (:mod:`covjax._src.block_diagonal`),
+  so MGDA-UB with per-task copies costs a static step plus the Gramian of the
+  rows and the min-norm solve;
 * *factorised*: a Dense-style kernel W, used once as an operand of a matrix
   product y = X W, gets its Gramian block from the layer input X and the
   per-loss output cotangents Δ_i as Σ (X Xᵀ) ⊙ (Δ_i Δ_jᵀ), so the batched
@@ -83,7 +87,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.extend import core as jex_core
 
-from covjax._src import factorized, program
+from covjax._src import block_diagonal, factorized, program
 from covjax._src import nnx_support as _nnx
 from covjax._src.base import Losses, PyTree, flatten_losses, path_name
 from covjax._src.gramian import cross_gramian as cross_gramian_of_jacobians
@@ -391,6 +395,21 @@ def make_plan(closed: Any, losses_shape: Any, selected: Sequence[bool], output: 
     return Plan(k, selected, owners, copies, taps, groups)
 
 
+def _block_diagonal_split(
+    plan: Plan, closed: Any, losses_shape: Any
+) -> block_diagonal.Split | None:
+    """The shared/private split of the program when every selected leaf is block-diagonal.
+
+    Then the step's weighted backward pass reuses the one pull-back of Σ L_i
+    through the heads (:mod:`covjax._src.block_diagonal`) instead of pulling
+    back through them again.
+    """
+    all_owned = all(i in plan.owners for i, keep in enumerate(plan.selected) if keep)
+    if not plan.owners or not all_owned or plan.taps:
+        return None
+    return block_diagonal.split(closed, len(jax.tree.leaves(losses_shape)), plan.selected)
+
+
 class Prepared(NamedTuple):
     """One forward pass under a plan, ready for the per-loss gradients and a weighted VJP.
 
@@ -472,14 +491,43 @@ def prepare(
         return losses, (aux, layer_inputs)
 
     perturbations = factorized.zero_perturbations(plan.taps)
-    losses, full_vjp, (aux, layer_inputs) = jax.vjp(forward, primal, perturbations, has_aux=True)
+    split = _block_diagonal_split(plan, closed, out_shape[0])
+    if split is None:
+        losses, full_vjp, (aux, layer_inputs) = jax.vjp(
+            forward, primal, perturbations, has_aux=True
+        )
+
+        def summed() -> list[Array]:
+            return jax.tree.leaves(full_vjp(jax.tree.map(jnp.ones_like, losses))[0])
+
+    else:
+        # Every selected leaf block-diagonal: the heads are pulled back once, the trunk once.
+        split_pass = block_diagonal.run(split, leaves)
+        losses, aux = jax.tree.unflatten(out_tree, split_pass.outputs)
+        layer_inputs: dict[int, Array] = {}
+
+        def full_vjp(cotangent: Losses) -> tuple[PyTree, dict[int, Array]]:
+            weighted = split_pass.weighted(jax.tree.leaves(cotangent))
+            return jax.tree.unflatten(treedef, weighted), {}
+
+        def summed() -> list[Array]:
+            return split_pass.summed
 
     def vjp_fn(cotangent: Losses) -> tuple[PyTree]:
         return (full_vjp(cotangent)[0],)
 
     def rows(reorderable: bool) -> tuple[dict[int, Array], dict[int, Array], dict[int, Array]]:
         return _rows(
-            plan, leaves, treedef, forward, perturbations, losses, full_vjp, chunk_size, reorderable
+            plan,
+            leaves,
+            treedef,
+            forward,
+            perturbations,
+            losses,
+            full_vjp,
+            summed,
+            chunk_size,
+            reorderable,
         )
 
     def per_loss() -> list[tuple[int, Array]]:
@@ -541,19 +589,20 @@ def _rows(
     perturbations: dict[int, Array],
     losses: Losses,
     full_vjp: Callable[[Losses], tuple[PyTree, dict[int, Array]]],
+    summed: Callable[[], list[Array]],
     chunk_size: int | None,
     reorderable: bool,
 ) -> tuple[dict[int, Array], dict[int, Array], dict[int, Array]]:
     """``(dense, owned, deltas)``: batched rows by leaf, one-loss gradients, taps' Δ_i.
 
-    ``reorderable``: the non-K axes of batched rows may come permuted (enough
-    for a Gramian, cheaper), except for copies (summed with each other).
+    ``summed()``: every leaf's gradient of Σ L_i. ``reorderable``: the non-K
+    axes of batched rows may come permuted (enough for a Gramian, cheaper),
+    except for copies (summed with each other).
     """
     owned: dict[int, Array] = {}
     if any(owner is not None for owner in plan.owners.values()):
         # Block-diagonal: ONE pull-back of Σ L_i; a leaf that only L_i reaches gets ∇L_i.
-        (grads, _) = full_vjp(jax.tree.map(jnp.ones_like, losses))
-        grad_leaves = jax.tree.leaves(grads)
+        grad_leaves = summed()
         owned = {i: grad_leaves[i] for i, owner in plan.owners.items() if owner is not None}
     batched = plan.batched
     tapped = sorted(plan.taps)  # a dict's pytree leaves come in key order
@@ -638,10 +687,15 @@ def _merged_rows(
         rows = None
         if len(private) > 1:
             # Copies that one loss each reaches: their gradients ARE rows; one scatter.
-            owners = jnp.asarray([plan.owners[m] for m in private])
-            stacked = jnp.stack([owned[m] for m in private])
-            rows = jnp.zeros((plan.num_losses, *stacked.shape[1:]), stacked.dtype)
-            rows = rows.at[owners].add(stacked)
+            by_owner = sorted(private, key=lambda m: plan.owners[m])
+            if [plan.owners[m] for m in by_owner] == list(range(plan.num_losses)):
+                # One copy per loss (MGDA-UB's per-task copies): the rows are their stack.
+                rows = jnp.stack([owned[m] for m in by_owner])
+            else:
+                owners = jnp.asarray([plan.owners[m] for m in private])
+                stacked = jnp.stack([owned[m] for m in private])
+                rows = jnp.zeros((plan.num_losses, *stacked.shape[1:]), stacked.dtype)
+                rows = rows.at[owners].add(stacked)
             members = tuple(m for m in members if m not in private)
         for member in members:
             member_rows = _dense(plan, leaves, dense, owned, member)

@@ -109,7 +109,9 @@ def value_and_grad(
         maps the module marks with ``self.perturb(name, z)`` (MGDA-UB: only a
         backward pass through the heads per loss; the parameters still get
         one weighted backward pass through the whole network, and batch
-        statistics update as in a normal step). A plain pytree marks z with a
+        statistics update as in a normal step; with one ``perturb`` per task,
+        each read by its own head, the heads are pulled back once in all and
+        the trunk once). A plain pytree marks z with a
         zero leaf, ``z = z + params["representation"]``, passes
         ``jnp.zeros_like(z)`` there and selects it with
         ``wrt="representation"`` (its gradient comes back in ``grads``: drop
