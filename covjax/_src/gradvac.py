@@ -84,7 +84,9 @@ def gradvac(beta: float = 0.5, seed: int = 0) -> Weighting:
                     / jnp.where(adjust, target_sine, 1.0)
                 )
                 coef = coef + jnp.where(adjust, amount, 0.0) * eye[j]
-                row = row.at[j].set(jnp.where(valid, (1.0 - beta) * target + beta * phi, target))
+                # The EMA keeps the state's dtype (a float64 Gramian may update a float32 state).
+                updated = jnp.where(valid, (1.0 - beta) * target + beta * phi, target)
+                row = row.at[j].set(updated.astype(row.dtype))
                 return (coef, row), None
 
             (coef, row), _ = jax.lax.scan(visit, (eye[i], targets), order)
