@@ -28,12 +28,14 @@ lint: $(STAMP)
 # Both share one persistent XLA compilation cache (a temporary one unless
 # JAX_COMPILATION_CACHE_DIR is set): the notebooks compile many of the programs the
 # tests compiled (the depth network at its test size), which saves the docs build
-# about 50 CPU seconds.
+# about 50 CPU seconds. Both compile with the tests' XLA flags (less LLVM
+# optimisation, tests/fast_compile.py); the cache's keys include the flags.
 test: $(STAMP) lint
 	@set -e; cache="$${JAX_COMPILATION_CACHE_DIR:-}"; \
 	if [ -z "$$cache" ]; then cache=$$(mktemp -d); trap 'rm -rf "$$cache"' EXIT; fi; \
 	export JAX_COMPILATION_CACHE_DIR="$$cache"; \
-	echo "pytest and the docs build share the XLA compilation cache $$cache"; \
+	export XLA_FLAGS="$$($(PY) tests/fast_compile.py)"; \
+	echo "pytest and the docs build share the XLA compilation cache $$cache (XLA_FLAGS=$$XLA_FLAGS)"; \
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests; \
 	$(MAKE) docs
 
@@ -41,7 +43,8 @@ test: $(STAMP) lint
 docs: $(STAMP)
 	$(PY) -m sphinx -b html -E -W --keep-going -q docs docs/_build/html
 
-# The numerically sensitive tests under two other XLA:CPU configurations (one core; AVX2).
+# The numerically sensitive tests under two other XLA:CPU configurations (one core; AVX2),
+# both with XLA's default optimisation (make test compiles with less: tests/fast_compile.py).
 NUMERIC_TESTS := tests/test_aggregators.py tests/test_pcgrad.py tests/test_gradvac.py tests/test_cagrad.py \
 	tests/test_imtl.py tests/test_nash_mtl.py tests/test_aligned_mtl.py tests/test_upgrad.py tests/test_db_mtl.py \
 	tests/test_solvers.py tests/test_gradnorm.py tests/test_mgda.py tests/test_loss_groups.py \
@@ -54,8 +57,8 @@ NUMERIC_TESTS := tests/test_aggregators.py tests/test_pcgrad.py tests/test_gradv
 	tests/test_pbi.py tests/test_cosmos.py tests/test_lbpinn.py tests/test_lr_annealing.py \
 	tests/test_ntk_weighting.py tests/test_cross_gramian.py
 test-numerics: $(STAMP)
-	taskset -c 0 $(PY) -m pytest -q -n 0 $(NUMERIC_TESTS)
-	XLA_FLAGS=--xla_cpu_max_isa=AVX2 $(PY) -m pytest -q -n 0 $(NUMERIC_TESTS)
+	COVJAX_TESTS_FULL_OPTIMISATION=1 taskset -c 0 $(PY) -m pytest -q -n 0 $(NUMERIC_TESTS)
+	COVJAX_TESTS_FULL_OPTIMISATION=1 XLA_FLAGS=--xla_cpu_max_isa=AVX2 $(PY) -m pytest -q -n 0 $(NUMERIC_TESTS)
 
 bench: $(STAMP)
 	$(PY) -m experiments.benchmarks.weighting_overhead

@@ -15,7 +15,6 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from fast_compile import fast_compile_env
 
 import covjax
 from experiments.benchmarks import gradients, libmtl_reference, suite, torch_reference
@@ -50,7 +49,7 @@ TINY_RUNS = {
 
 def python(arguments: list[str], timeout: int) -> subprocess.CompletedProcess[str]:
     """This interpreter run with ``arguments`` in the repository root, output captured
-    (compiled fast: these runs only have to work)."""
+    (compiled as the whole session is: tests/fast_compile.py)."""
     return subprocess.run(
         [sys.executable, *arguments],
         cwd=REPO,
@@ -58,7 +57,6 @@ def python(arguments: list[str], timeout: int) -> subprocess.CompletedProcess[st
         text=True,
         timeout=timeout,
         check=False,
-        env=fast_compile_env(),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 import signal
 import subprocess
@@ -16,7 +17,6 @@ import numpy as np
 import pytest
 import toy_task
 import yaml
-from fast_compile import fast_compile_env
 
 from experiments.common import cli, data, logging_utils, report, schemes
 from experiments.common import train as common_train
@@ -223,8 +223,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> Non
         "--config.checkpoint_every_steps=100000",
         "--config.log_every_steps=1",
     ]
-    # It only has to run: compiled as the documented commands are (tests/fast_compile.py).
-    env = fast_compile_env(PYTHONUNBUFFERED="1")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

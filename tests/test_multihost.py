@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fast_compile import FAST_COMPILE_FLAGS
 
 from experiments.common import cli
 
@@ -204,8 +203,9 @@ def logged_steps(workdir: Path) -> list[int]:
     ]
 
 
-def process_env(tmp_path: Path) -> dict[str, str]:
-    """This environment for CPU processes: one device each, no cluster variables, a shared cache."""
+def process_env() -> dict[str, str]:
+    """This environment for CPU processes: one device each, no cluster variables, the
+    session's compilation cache."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -215,15 +215,15 @@ def process_env(tmp_path: Path) -> dict[str, str]:
     }
     env.update(
         JAX_PLATFORMS="cpu",
-        # One CPU device per process, compiled fast; every run compared is compiled alike.
-        XLA_FLAGS=f"--xla_force_host_platform_device_count=1 {FAST_COMPILE_FLAGS}",
+        # One CPU device per process; the session's flags (tests/fast_compile.py)
+        # kept, so every run compared is compiled alike.
+        XLA_FLAGS=f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=1".strip(),
         TF_CPP_MIN_LOG_LEVEL="3",
         PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])]),
-        # The one-process resume runs the programs the reference compiled (a
-        # multi-process program's cache key changes from run to run).
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     )
+    # The session's compilation cache is inherited (tests/conftest.py): the
+    # one-process runs reuse what the reference and the other tests compiled (a
+    # multi-process program's cache key changes from run to run).
     return env
 
 
@@ -280,7 +280,7 @@ def test_readme_launches_on_two_processes_resume_and_equal_one_process(tmp_path:
     assert len(explicit) == 2 and slurm[0] == "srun", (explicit, slurm)
 
     two, one, two_then_one = tmp_path / "two", tmp_path / "one", tmp_path / "two_then_one"
-    env = process_env(tmp_path)
+    env = process_env()
     common = {"python": sys.executable, "experiments/depth/configs/cpu.py": TEST_CONFIG}
 
     def one_process(workdir: Path, data_dir: Path) -> list[str]:
@@ -356,7 +356,7 @@ def test_process_0_prepares_the_data_while_the_other_waits_or_fails(tmp_path: Pa
          str(tmp_path / mode)]
         for mode, rank in runs
     ]  # fmt: skip
-    with launched(commands, process_env(tmp_path), tmp_path / "prepare") as started:
+    with launched(commands, process_env(), tmp_path / "prepare") as started:
         codes = dict(zip(runs, wait_all(started, LAUNCH_TIMEOUT_S), strict=True))
         logs = {
             run: launch.log.read_text(errors="replace")

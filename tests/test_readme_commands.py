@@ -14,9 +14,9 @@ wrote). Each command is the documented one with these changes only:
   layout (tests/fake_datasets.py) in the documented format;
 * synthetic data is generated once per session into one shared directory,
   and the commands share the session's persistent JAX compilation cache
-  (tests/conftest.py; most of them compile the same tiny networks), caching
-  every program however quickly it compiled, and compile with less LLVM
-  optimisation (tests/fast_compile.py: they only have to run);
+  (tests/conftest.py; most of them compile the same tiny networks), which
+  caches every program however quickly it compiled, and compile with less LLVM
+  optimisation, as the whole session does (tests/fast_compile.py);
 * ``--schemes`` lists are cut to their first two names (every name is
   checked against the registry), a command relying on the default list
   gets ``--schemes=equal,cov``, and segmentation's ``compare`` trains one run.
@@ -46,7 +46,6 @@ import numpy as np
 import pytest
 from fake_datasets import make_fake_kitti, write_kitti_split_eigen, write_kitti_split_monodepth
 from fake_torchvision import fake_checkpoint
-from fast_compile import fast_compile_env
 
 from experiments.common import cli, compare, evaluate, logging_utils
 from experiments.common.schemes import available_schemes
@@ -250,11 +249,7 @@ def check_depth_comparison(argv: list[str]) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name,commands", BLOCKS, ids=[name for name, _ in BLOCKS])
 def test_documented_commands_run(name: str, commands: list[str], layout: Path) -> None:
-    env = fast_compile_env(
-        PYTHONUNBUFFERED="1",
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for command in commands:
         argv = rewrite(command, layout)
         command_env = env

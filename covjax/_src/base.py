@@ -65,7 +65,10 @@ DIRECTION: Final = "direction"
 
 #: The requirements whose matrix is passed as ``gramian=``.
 GRAMIAN_REQUIREMENTS: Final = frozenset({GRAMIAN, CROSS_GRAMIAN})
-#: The requirements that make a scheme gradient-based (it needs per-loss gradients).
+#: The requirements that make a scheme gradient-based: ``GRADIENT_REQUIREMENTS &
+#: scheme.requires`` is non-empty when ``update`` needs per-loss gradients (a
+#: Gramian, a cross-Gramian or the Jacobian), which :func:`covjax.value_and_grad`
+#: provides; otherwise the loss values are all it reads.
 GRADIENT_REQUIREMENTS: Final = frozenset({GRAMIAN, CROSS_GRAMIAN, JACOBIAN})
 
 PyTree = Any

@@ -535,8 +535,7 @@ def prepare(
             raise ValueError("covjax: factorised kernels have no rows; reduce with gramian().")
         dense, owned, deltas = rows(reorderable=False)
         dense = _with_tap_rows(plan, leaves, dense, deltas, layer_inputs)
-        # The taps' rows are now rows like the batched ones.
-        return _merged_rows(plan._replace(taps={}), leaves, dense, owned)
+        return _merged_rows(plan, leaves, dense, owned)
 
     def factors() -> GramianFactors:
         dense, owned, deltas = rows(reorderable=True)
@@ -676,11 +675,15 @@ def _dense(plan: Plan, leaves: Sequence[Array], dense: dict, owned: dict, i: int
 def _merged_rows(
     plan: Plan, leaves: Sequence[Array], dense: dict, owned: dict
 ) -> list[tuple[int, Array]]:
-    """``[(leaf, rows)]`` in leaf order; the rows of copies of one value summed at the first."""
+    """``[(leaf, rows)]`` in leaf order; the rows of copies of one value summed at the first.
+
+    A factorised kernel (``plan.taps``) has rows only once :func:`_with_tap_rows`
+    formed them into ``dense``; until then its Gramian block comes from X and Δ_i.
+    """
     copies = _copy_sets(plan)
     merged = []
     for i, keep in enumerate(plan.selected):
-        if not keep or i in plan.taps or (i in copies and copies[i][0] != i):
+        if not keep or (i in plan.taps and i not in dense) or (i in copies and copies[i][0] != i):
             continue
         members = copies.get(i, (i,))
         private = [m for m in members if plan.owners.get(m) is not None]

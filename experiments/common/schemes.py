@@ -269,7 +269,7 @@ class Scheme:
 
 def needs_gradients(weighting: covjax.Weighting) -> bool:
     """Whether ``weighting`` needs per-loss gradients (a Gramian, cross-Gramian or Jacobian)."""
-    return bool(weighting.requires & {covjax.GRAMIAN, covjax.CROSS_GRAMIAN, covjax.JACOBIAN})
+    return bool(weighting.requires & covjax.GRADIENT_REQUIREMENTS)
 
 
 def available_schemes() -> tuple[str, ...]:
