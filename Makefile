@@ -10,10 +10,12 @@ PYTEST_WORKERS ?= 2
 
 .PHONY: install demo test test-numerics lint bench docs clean
 
+# --no-compile: Python byte-compiles the modules it imports on first use; pip would
+# compile every module of every package (most of TensorFlow's are never imported).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,docs]'
+	$(PY) -m pip install --quiet --no-compile -e '.[test,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)

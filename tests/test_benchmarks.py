@@ -37,7 +37,11 @@ TINY_RUNS = {
         "cov",
         "famo",
     ],
-    "aggregators": ["--losses=4", "--steps=2", "--repeats=1", "--dim=16"],
+    # One scheme fed the Gramian and one fed the Jacobian: the script's two paths (every
+    # aggregator's jitted update is tested in its own test file).
+    "aggregators": [
+        "--losses=4", "--steps=2", "--repeats=1", "--dim=16", "--schemes", "upgrad", "graddrop",
+    ],
     "depth_throughput": [
         "--size=test",
         "--schemes=hand_tuned,cov",

@@ -19,7 +19,8 @@ wrote). Each command is the documented one with these changes only:
   optimisation, as the whole session does (tests/fast_compile.py);
 * ``--schemes`` lists are cut to their first two names (every name is
   checked against the registry), a command relying on the default list
-  gets ``--schemes=equal,cov``, and segmentation's ``compare`` trains one run.
+  gets ``--schemes=cov`` (the comparisons given two schemes check the win
+  rates), and segmentation's ``compare`` trains one run.
 
 The tools without a config run as documented on the same fake root:
 ``experiments.data.synthetic`` with tiny split sizes, and
@@ -193,7 +194,7 @@ def rewrite(command: str, root: Path) -> list[str]:
     given = {word.split("=", 1)[0] for word in own}
     depth_compare = (module, subcommand) == ("experiments.depth.main", "compare")
     if (module == "experiments.main" or depth_compare) and "--schemes" not in given:
-        extra.append("--schemes=equal,cov")
+        extra.append("--schemes=cov")
     if (module, subcommand) == (
         "experiments.segmentation.main",
         "compare",
