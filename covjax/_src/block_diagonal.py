@@ -115,9 +115,13 @@ def split(closed: Any, num_losses: int, selected: Sequence[bool]) -> Split | Non
     It applies when each of the ``num_losses`` loss outputs is a distinct
     variable made by a private equation (a loss function under one nested
     ``jit`` is a single shared equation: no split), the program has no side
-    effects, and no private equation holds a ``jax.custom_vjp`` function: its
-    backward rule need not be linear in the cotangent (gradient clipping), so
-    it must see the weighted cotangent itself.
+    effects, no private equation holds a ``jax.custom_vjp`` function (its
+    backward rule need not be linear in the cotangent, e.g. gradient
+    clipping, so it must see the weighted cotangent itself), and no shared
+    equation reads a selected leaf: the plan finds a leaf that one loss
+    reaches index by index (copy k stacked into one batched head that every
+    loss reads at its own index), whose gradient is then not the sum over
+    private uses; the plan's general block-diagonal path serves it.
     """
     jaxpr = closed.jaxpr
     losses = jaxpr.outvars[:num_losses]
@@ -139,8 +143,13 @@ def split(closed: Any, num_losses: int, selected: Sequence[bool]) -> Split | Non
     made_privately: set[Any] = set()
     constants = set(jaxpr.constvars)
     views = {var for var, keep in zip(jaxpr.invars, selected, strict=True) if not keep}
+    selected_leaves = {var for var, keep in zip(jaxpr.invars, selected, strict=True) if keep}
     for eqn, mask in zip(jaxpr.eqns, equation_reach, strict=True):
         if mask.bit_count() >= 2:
+            if any(_is_var(var) and var in selected_leaves for var in eqn.invars):
+                # A selected leaf read where several losses meet (one index each of a batched
+                # head over stacked copies): its gradient would not be its private uses' sum.
+                return None
             shared.append(eqn)
             continue
         inputs = [var for var in eqn.invars if _is_var(var)]
