@@ -379,7 +379,10 @@ def make_plan(closed: Any, losses_shape: Any, selected: Sequence[bool], output: 
     traced = program.walk(closed, selected, len(loss_leaves))
     copies = tuple(traced.copies())
     owners: dict[int, int | None] = {}
-    if _OPTIONS.block_diagonal and scalar_losses:
+    # Who reaches a leaf is known per loss for scalar losses, and for one array of losses
+    # whose entries the walk followed (one batched head over stacked copies of z).
+    per_loss_reach = scalar_losses or len(traced.loss_leaves) == k
+    if _OPTIONS.block_diagonal and per_loss_reach:
         for i, keep in enumerate(selected):
             if keep and (reach := traced.reach(i)).bit_count() <= 1:
                 owners[i] = reach.bit_length() - 1 if reach else None
@@ -405,9 +408,11 @@ def _block_diagonal_split(
     back through them again.
     """
     all_owned = all(i in plan.owners for i, keep in enumerate(plan.selected) if keep)
-    if not plan.owners or not all_owned or plan.taps:
+    num_outputs = len(jax.tree.leaves(losses_shape))
+    # The split weighs each loss output by its own cotangent: scalar losses only.
+    if not plan.owners or not all_owned or plan.taps or num_outputs != plan.num_losses:
         return None
-    return block_diagonal.split(closed, len(jax.tree.leaves(losses_shape)), plan.selected)
+    return block_diagonal.split(closed, num_outputs, plan.selected)
 
 
 class Prepared(NamedTuple):

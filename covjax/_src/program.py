@@ -274,8 +274,8 @@ def index_masks(eqn: Any, whole: _Whole, indexed: dict[Any, Indexed]) -> list[Na
     }
     if not tracked and eqn.primitive not in _STACKING:
         return None
-    rule = _INDEX_RULES.get(eqn.primitive)
-    if rule is None and eqn.primitive in _ELEMENTWISE:
+    rule = _nested_jit if jit_body(eqn) is not None else _INDEX_RULES.get(eqn.primitive)
+    if rule is None and (eqn.primitive in _ELEMENTWISE or eqn.primitive.name == "stop_gradient"):
         rule = _elementwise
     if rule is None and eqn.primitive in _REDUCTIONS:
         rule = _reduction
@@ -408,6 +408,44 @@ def _dynamic_slice(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list
     return [Indexed(parts.axis, tuple(m | rest for m in parts.masks[first : first + size]))]
 
 
+def _gather(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list[Narrowed] | None:
+    """A gather that keeps the operand's tracked axis whole: as a batching axis (paired with
+    the indices' batching axis: ``take_along_axis``) or as an offset axis sliced in full from
+    0 (``x[..., i]``: not indexed)."""
+    parts = tracked.get(0)
+    if parts is None:
+        return None
+    numbers = eqn.params["dimension_numbers"]
+    operand, indices, (out,) = eqn.invars[0], eqn.invars[1], eqn.outvars
+    out_batch = [d for d in range(out.aval.ndim) if d not in numbers.offset_dims]
+    if parts.axis in numbers.operand_batching_dims:
+        index_axis = numbers.start_indices_batching_dims[
+            numbers.operand_batching_dims.index(parts.axis)
+        ]
+        if index_axis >= indices.aval.ndim - 1:  # the index vector is the indices' last axis
+            return None
+        axis = out_batch[index_axis]
+        if 1 in tracked and tracked[1].axis != index_axis:
+            return None
+    elif (
+        parts.axis in numbers.start_index_map
+        or parts.axis in numbers.collapsed_slice_dims
+        or eqn.params["slice_sizes"][parts.axis] != operand.aval.shape[parts.axis]
+        or 1 in tracked
+    ):
+        return None
+    else:
+        sliced = [
+            d
+            for d in range(operand.aval.ndim)
+            if d not in numbers.collapsed_slice_dims and d not in numbers.operand_batching_dims
+        ]
+        axis = numbers.offset_dims[sliced.index(parts.axis)]
+    if out.aval.shape[axis] != len(parts.masks):
+        return None
+    return _joined(axis, tracked, _untracked(eqn, whole, tracked))
+
+
 def _concatenate(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list[Narrowed] | None:
     """Along the concatenated axis, each operand's entries in turn (an untracked one's whole
     mask at each of its indices); along another axis shared by the tracked operands, per index."""
@@ -446,6 +484,21 @@ def _unstack(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list[Narro
     return [moved] * len(eqn.outvars)
 
 
+def _nested_jit(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list[Narrowed] | None:
+    """A nested ``jit`` (``jnp.roll``, ``lax.dynamic_index_in_dim``...): its body, walked."""
+    body = jit_body(eqn).jaxpr
+    leaves_of = {inner: whole(outer) for inner, outer in zip(body.invars, eqn.invars, strict=True)}
+    indexed = {body.invars[position]: parts for position, parts in tracked.items()}
+    for inner in body.eqns:
+        leaves = functools.reduce(operator.or_, (_mask(leaves_of, var) for var in inner.invars), 0)
+        if leaves:
+            _propagate(inner, leaves, leaves_of, indexed)
+    return [
+        indexed.get(var, leaves_of.get(var, 0)) if isinstance(var, jex_core.Var) else 0
+        for var in body.outvars
+    ]
+
+
 _INDEX_RULES: dict[Any, Callable[[Any, _Whole, dict[int, Indexed]], list[Narrowed] | None]] = {
     jax.lax.dot_general_p: _dot_general,
     jax.lax.broadcast_in_dim_p: _broadcast_in_dim,
@@ -454,6 +507,7 @@ _INDEX_RULES: dict[Any, Callable[[Any, _Whole, dict[int, Indexed]], list[Narrowe
     jax.lax.squeeze_p: _squeeze,
     jax.lax.slice_p: _slice,
     jax.lax.dynamic_slice_p: _dynamic_slice,
+    jax.lax.gather_p: _gather,
     jax.lax.concatenate_p: _concatenate,
     jax.lax.stack_p: _stack,
     jax.lax.unstack_p: _unstack,
@@ -515,7 +569,14 @@ def _record_returned(
 def walk(closed: Any, selected: Sequence[bool], num_losses: int) -> TracedProgram:
     """One walk over ``closed``: a ClosedJaxpr over the primal's leaves whose first
     ``num_losses`` outputs are scalar losses (or one array of them: ``num_losses=1``);
-    ``selected``: per leaf, whether its per-loss gradients are wanted."""
+    ``selected``: per leaf, whether its per-loss gradients are wanted.
+
+    Masks are kept index by index along one axis of a value stacked from parts
+    (:class:`Indexed`, :func:`index_masks`): per-task copies of z stacked into
+    one batched head, each loss indexing its entry, are each reached by one
+    loss. A 1-D array of losses followed that way gets one ``loss_leaves``
+    entry per loss; otherwise the array is one entry.
+    """
     jaxpr = closed.jaxpr
     views = {var: (i, False) for i, var in enumerate(jaxpr.invars) if selected[i]}
     uses: dict[int, list[Use]] = {leaf: [] for leaf, _ in views.values()}
@@ -537,19 +598,34 @@ def walk(closed: Any, selected: Sequence[bool], num_losses: int) -> TracedProgra
         if cost > 0:
             upstream |= 1 << len(products)
             products.append((cost, leaves))
-        per_output = index_masks(eqn, lambda atom: _mask(leaves_of, atom), indexed)
-        for position, var in enumerate(eqn.outvars):
-            leaves_of[var], products_of[var] = leaves, upstream
-            if per_output is not None:
-                narrowed = per_output[position]
-                if isinstance(narrowed, Indexed):
-                    indexed[var] = narrowed
-                    narrowed = functools.reduce(operator.or_, narrowed.masks, 0)
-                leaves_of[var] = narrowed
+        for var in eqn.outvars:
+            products_of[var] = upstream
+        _propagate(eqn, leaves, leaves_of, indexed)
     _record_returned(jaxpr.outvars, views, uses)
     losses = jaxpr.outvars[:num_losses]
     loss_leaves = [_mask(leaves_of, var) for var in losses]
-    return TracedProgram(loss_leaves, [_mask(products_of, v) for v in losses], products, uses)
+    loss_products = [_mask(products_of, var) for var in losses]
+    (first, *_) = losses
+    if num_losses == 1 and isinstance(first, jex_core.Var) and first.aval.ndim == 1:
+        entries = indexed.get(first)
+        if entries is not None:  # one array of losses, followed entry by entry
+            loss_leaves = list(entries.masks)
+            loss_products = loss_products * len(loss_leaves)
+    return TracedProgram(loss_leaves, loss_products, products, uses)
+
+
+def _propagate(
+    eqn: Any, leaves: int, leaves_of: dict[Any, int], indexed: dict[Any, Indexed]
+) -> None:
+    """Set the masks of ``eqn``'s outputs: ``leaves`` (the union of its inputs'), narrowed
+    index by index where a rule of :func:`index_masks` applies."""
+    per_output = index_masks(eqn, lambda atom: _mask(leaves_of, atom), indexed)
+    for position, var in enumerate(eqn.outvars):
+        narrowed = leaves if per_output is None else per_output[position]
+        if isinstance(narrowed, Indexed):
+            indexed[var] = narrowed
+            narrowed = functools.reduce(operator.or_, narrowed.masks, 0)
+        leaves_of[var] = narrowed
 
 
 def _mask(masks: dict[Any, int], atom: Any) -> int:
