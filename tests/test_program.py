@@ -198,8 +198,12 @@ def test_mgda_ub_on_stacked_copies_against_a_float64_oracle(cross: bool, vector:
         # a head reading two copies makes neither private.
         assert plan.owners == ({} if cross else {i: k for k, i in enumerate(copies)})
         assert plan.copies == (tuple(copies),)
-        # Every loss reads the batched head: the shared/private split cannot serve the copies.
+        # Every loss reads the batched head: the shared/private split cannot serve the copies;
+        # the cut where they are added to z does, when each is private.
         assert block_diagonal.split(closed, K, target.selected) is None
+        num_outputs = len(closed.jaxpr.outvars)
+        cut = block_diagonal.cut_at_copies(closed, num_outputs, copies, plan.owners)
+        assert (cut is None) == cross
 
         step = jax.jit(covjax.value_and_grad(loss_fn, scheme, wrt="copies"))
         out, grads = step(params, scheme.init(loss_fn(params, x, labels)), x, labels)
@@ -225,3 +229,68 @@ def test_mgda_ub_on_stacked_copies_against_a_float64_oracle(cross: bool, vector:
             {key: grads[key] for key in ("trunk", "heads")},
             {key: want[key] for key in ("trunk", "heads")},
         )
+
+
+def test_copy_cut_pull_backs_match_jax_vjp() -> None:
+    """The cut's one pull-back gives each copy its loss's gradient, and its weighted pull-back
+    equals ``jax.vjp``'s for any cotangent (an integer leaf and an aux output beside)."""
+
+    def loss_fn(params: dict, x: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return stacked_heads_loss(params, x, labels, False, True), params["count"] + 1
+
+    with jax.enable_x64(True):
+        params, x, labels = float64(stacked_heads_problem())
+        params = {**params, "count": jnp.asarray(3, jnp.int32)}
+        leaves, treedef = jax.tree.flatten(params)
+        copies = list(range(K))  # "copies" sorts first among the keys
+        assert gradients.select_leaves(params, "copies")[0] == [True] * K + [False] * 5
+
+        def flat_fn(*flat: jax.Array) -> tuple[jax.Array, jax.Array]:
+            return loss_fn(jax.tree.unflatten(treedef, flat), x, labels)
+
+        closed = jax.make_jaxpr(flat_fn)(*leaves)
+        cut = block_diagonal.cut_at_copies(closed, 1, copies, {k: k for k in copies})
+        assert cut is not None
+        cut_pass = block_diagonal.run_cut(cut, leaves)
+        losses = flat_fn(*leaves)[0]
+        assert_trees_close64(cut_pass.outputs[0], losses)
+        assert int(cut_pass.outputs[1]) == 4
+        for k in range(K):
+            want = jax.grad(lambda *flat, k=k: flat_fn(*flat)[0][k], argnums=k)(*leaves)
+            assert_trees_close64(cut_pass.summed[k], want)
+        _, vjp = jax.vjp(lambda *flat: flat_fn(*flat)[0], *leaves)
+        floats = [i for i, leaf in enumerate(leaves) if leaf.dtype == jnp.float64]
+        for cotangent in (np.ones(K), np.array([0.2, -1.5, 0.7])):
+            want = vjp(jnp.asarray(cotangent))
+            got = cut_pass.weighted([jnp.asarray(cotangent)])
+            assert_trees_close64([got[i] for i in floats], [want[i] for i in floats])
+
+
+def test_z_read_beside_its_copies_is_not_cut() -> None:
+    """z also read whole (by every head): the copies stay private, the cut does not apply, and
+    the weighted gradient (from the general block-diagonal path) is still the exact one."""
+
+    def loss_fn(params: dict, x: jax.Array, labels: jax.Array) -> jax.Array:
+        z = jnp.tanh(x @ params["trunk"]["w"] + params["trunk"]["b"])
+        zs = jnp.stack([z + copy for copy in params["copies"]]) + 0.1 * jnp.sin(z)
+        return jnp.mean(jnp.einsum("kbd,kdc->kbc", zs, params["heads"]["w"]) ** 2, axis=(1, 2))
+
+    scheme = covjax.mgda()
+    with jax.enable_x64(True):
+        params, x, labels = float64(stacked_heads_problem())
+        target = gradients.differentiable(
+            loss_fn, params, (x, labels), {}, has_aux=False, wrt="copies"
+        )
+        leaves, treedef = jax.tree.flatten(target.primal)
+        closed = jax.make_jaxpr(lambda *ls: target.fn(jax.tree.unflatten(treedef, ls)))(*leaves)
+        plan = gradients.prepare(target.fn, target.primal, target.selected).plan
+        assert plan.owners == {k: k for k in range(K)}
+        assert block_diagonal.cut_at_copies(closed, 1, list(range(K)), plan.owners) is None
+        step = jax.jit(covjax.value_and_grad(loss_fn, scheme, wrt="copies"))
+        out, grads = step(params, scheme.init(jnp.zeros(K)), x, labels)
+        want = jax.grad(lambda p: jnp.sum(out.weights * loss_fn(p, x, labels)))(params)
+        assert_trees_close64(
+            {key: grads[key] for key in ("trunk", "heads")},
+            {key: want[key] for key in ("trunk", "heads")},
+        )
+        assert np.ptp(np.asarray(out.weights)) > 1e-3

@@ -398,21 +398,32 @@ def make_plan(closed: Any, losses_shape: Any, selected: Sequence[bool], output: 
     return Plan(k, selected, owners, copies, taps, groups)
 
 
-def _block_diagonal_split(
+def _block_diagonal_pass(
     plan: Plan, closed: Any, losses_shape: Any
-) -> block_diagonal.Split | None:
-    """The shared/private split of the program when every selected leaf is block-diagonal.
+) -> Callable[[Sequence[Array]], block_diagonal.Pass] | None:
+    """The step's pass when every selected leaf is block-diagonal, else None.
 
     Then the step's weighted backward pass reuses the one pull-back of Σ L_i
-    through the heads (:mod:`covjax._src.block_diagonal`) instead of pulling
-    back through them again.
+    (:mod:`covjax._src.block_diagonal`) instead of pulling back through the
+    heads again: the program split into its shared and private parts, or,
+    where every loss reads one shared batched head (copies stacked for it),
+    cut where the copies are added to z.
     """
-    all_owned = all(i in plan.owners for i, keep in enumerate(plan.selected) if keep)
+    chosen = [i for i, keep in enumerate(plan.selected) if keep]
+    if not plan.owners or not all(i in plan.owners for i in chosen) or plan.taps:
+        return None
     num_outputs = len(jax.tree.leaves(losses_shape))
     # The split weighs each loss output by its own cotangent: scalar losses only.
-    if not plan.owners or not all_owned or plan.taps or num_outputs != plan.num_losses:
-        return None
-    return block_diagonal.split(closed, num_outputs, plan.selected)
+    split = None
+    if num_outputs == plan.num_losses:
+        split = block_diagonal.split(closed, num_outputs, plan.selected)
+    if split is not None:
+        return lambda leaves: block_diagonal.run(split, leaves)
+    if plan.copies and sorted(plan.copies[0]) == chosen:
+        cut = block_diagonal.cut_at_copies(closed, num_outputs, chosen, plan.owners)
+        if cut is not None:
+            return lambda leaves: block_diagonal.run_cut(cut, leaves)
+    return None
 
 
 class Prepared(NamedTuple):
@@ -496,8 +507,8 @@ def prepare(
         return losses, (aux, layer_inputs)
 
     perturbations = factorized.zero_perturbations(plan.taps)
-    split = _block_diagonal_split(plan, closed, out_shape[0])
-    if split is None:
+    block_diagonal_pass = _block_diagonal_pass(plan, closed, out_shape[0])
+    if block_diagonal_pass is None:
         losses, full_vjp, (aux, layer_inputs) = jax.vjp(
             forward, primal, perturbations, has_aux=True
         )
@@ -507,7 +518,7 @@ def prepare(
 
     else:
         # Every selected leaf block-diagonal: the heads are pulled back once, the trunk once.
-        split_pass = block_diagonal.run(split, leaves)
+        split_pass = block_diagonal_pass(leaves)
         losses, aux = jax.tree.unflatten(out_tree, split_pass.outputs)
         layer_inputs: dict[int, Array] = {}
 

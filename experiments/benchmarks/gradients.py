@@ -23,8 +23,9 @@ Four tables, for K = 2, 8, 32 by default:
    weights on both rather than on a third), MGDA-UB on
    the trunk's output z (marked by a zero leaf added to it; plain, and with
    one zero leaf per task, the K copies stacked into one batched head, whose
-   gradients the engine's block-diagonal plan takes from one pull-back), and the loss-statistics schemes LibMTL also
-   has (UW, DWA, RLW, GLS, STCH, FAMO) for contrast. Timed in interleaved
+   gradients the engine's block-diagonal plan takes from one pull-back), and
+   the loss-statistics schemes LibMTL also has (UW, DWA, RLW, GLS, STCH,
+   FAMO) for contrast. Timed in interleaved
    rounds so that machine noise hits every scheme alike.
 3. :func:`covjax.min_norm_solver` alone for K = 32.
 4. MGDA-UB's floor at K = 32: a static step plus forming the K
@@ -109,22 +110,19 @@ def representation_loss(params: Params, x: jax.Array, labels: jax.Array) -> jax.
     return heads(params, trunk(params, x, labels) + params["representation"], x, labels)
 
 
-def copies_loss(params: Params, x: jax.Array, labels: jax.Array) -> tuple[jax.Array, ...]:
-    """K scalar losses, head k reading its own copy of z (one zero leaf per task added to z).
+def copies_loss(params: Params, x: jax.Array, labels: jax.Array) -> jax.Array:
+    """(K,) cross-entropies, head k reading its own copy of z (one zero leaf per task added to z).
 
-    The K copies are stacked and the K heads run as one batched product, as
-    in :func:`heads`; loss k indexes its entry. The engine's plan follows the
-    stacked axis index by index, so it sees that each copy is reached by one
-    loss only and takes every ∂L_k/∂z from ONE pull-back of Σ L_k
+    The K copies are stacked and the K heads run as one batched product and
+    one batched cross-entropy, as in :func:`heads`. The engine's plan follows
+    the stacked axis index by index, so it sees that each copy is reached by
+    one loss only and takes every ∂L_k/∂z from ONE pull-back of Σ L_k
     (block-diagonal).
     """
     z = trunk(params, x, labels)
     zs = jnp.stack([z + copy for copy in params["copies"]])  # (K, batch, d)
     logits = jnp.einsum("kbd,kdc->kbc", zs, params["heads"]["w"]) + params["heads"]["b"][:, None]
-    cross_entropy = optax.softmax_cross_entropy_with_integer_labels
-    return tuple(
-        jnp.mean(cross_entropy(logits[k], labels[:, k])) for k in range(len(params["copies"]))
-    )
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels.T), axis=1)
 
 
 #: The loss functions of the step table, and the zero leaves each adds to the parameters.
