@@ -42,6 +42,7 @@ def copies_and_z(seed: int = 0) -> tuple[jax.Array, ...]:
 
 HEAD = jnp.asarray(np.random.default_rng(1).normal(size=(K, WIDTH, CLASSES)))
 Z = K  # z's position among copies_and_z's arguments
+MIXING = jnp.asarray(np.random.default_rng(2).normal(size=(K, K)))
 
 
 # --- the walk's per-index masks ---
@@ -117,11 +118,8 @@ def _nested_jit_doubling(zs: jax.Array) -> jax.Array:
     [
         (lambda zs: jnp.cumsum(zs, axis=0), False),  # no rule: merged
         (lambda zs: zs[jnp.array([2, 0, 1])], False),  # a gather: merged
-        (lambda zs: jnp.einsum("kbd,kdc->bc", zs, HEAD)[None].repeat(K, 0), False),  # contracted
-        (
-            lambda zs: zs.reshape(K * BATCH, WIDTH).reshape(BATCH, K, WIDTH).transpose(1, 0, 2),
-            False,
-        ),
+        (lambda zs: jnp.einsum("kbd,kj->jbd", zs, MIXING), False),  # contracted over k
+        (lambda zs: zs.reshape(BATCH, K, WIDTH).transpose(1, 0, 2), False),  # not a transpose
         (lambda zs: jax.checkpoint(lambda v: v * 2.0)(zs), False),  # remat: merged
         (_nested_jit_doubling, True),  # a nested jit's body is walked: kept
     ],
