@@ -306,7 +306,9 @@ def cut_at_copies(
 
     It applies when each copy p's only use is ``z + p`` with one same z, made
     by an equation of the program and read by nothing else (nor returned),
-    and the program has no side effects. Then the losses are F(θ, z(θ), ...,
+    nothing that depends on a copy holds a ``jax.custom_vjp`` function (the
+    copies' cotangents must be linear in the losses'), and the program has
+    no side effects. Then the losses are F(θ, z(θ), ...,
     z(θ)) with copy k's addition reading the k-th z: the weighted pull-back
     is F's (w.r.t. θ only: its heads' part for z is never formed) plus z's
     pull-back of Σ_k w_{owner(k)} ∂L/∂p_k, the per-copy gradients of the one
@@ -320,10 +322,15 @@ def cut_at_copies(
     additions: dict[int, int] = {}
     readers: dict[Any, list[int]] = {}
     z = None
+    downstream = set(copy_vars)  # what depends on a copy
     for position, eqn in enumerate(jaxpr.eqns):
         for var in eqn.invars:
             if _is_var(var):
                 readers.setdefault(var, []).append(position)
+        if any(_is_var(var) and var in downstream for var in eqn.invars):
+            if _has_custom_vjp(eqn):
+                return None  # its backward rule need not be linear in the cotangent
+            downstream.update(eqn.outvars)
         read = [var for var in eqn.invars if _is_var(var) and var in copy_vars]
         if not read:
             continue
