@@ -33,12 +33,24 @@ decides, for every selected leaf:
 
 * *block-diagonal*: a leaf (or a copy of z) that only one loss reaches has
   per-loss gradients that are zero for every other loss, so ONE pull-back of
-  Σ_i L_i gives all of them (a task's own head, per-task copies of z). When
-  every selected leaf is block-diagonal, the step's weighted backward pass
-  reuses that pull-back: the heads are pulled back once and the trunk once,
-  seeded with the heads' weighted cotangents (:mod:`covjax._src.block_diagonal`),
-  so MGDA-UB with per-task copies costs a static step plus the Gramian of the
-  rows and the min-norm solve;
+  Σ_i L_i gives all of them (a task's own head, per-task copies of z). Who
+  reaches what is followed index by index along a stacked axis: K copies
+  stacked, ``jnp.stack([z + p_k ...])``, and read by ONE batched head (a
+  ``dot_general`` with the stacked axis as a batch axis, elementwise ops,
+  reductions, reshapes and transposes that keep the axis, a batched
+  ``take_along_axis``), each loss indexing its entry (``logits[k]``, or one
+  (K,) array of losses), leave copy k to loss k alone. Ops that may mix the
+  indices (a contraction over the stacked axis, a cumulative sum, a gather
+  by computed indices, ``scan``, ``cond``, remat, custom derivative rules —
+  the body of a nested ``jit`` is followed) merge the axis: then every
+  loss reaching the stack reaches every copy, which is never wrong, only
+  slower. When every selected leaf is block-diagonal, the step's weighted
+  backward pass reuses that pull-back: the heads are pulled back once and
+  the trunk once, seeded with the heads' weighted cotangents
+  (:mod:`covjax._src.block_diagonal`: the program split into the trunk and
+  each head, or, for copies stacked into one batched head, cut where the
+  copies are added to z), so MGDA-UB with per-task copies costs a static
+  step plus the Gramian of the rows and the min-norm solve;
 * *factorised*: a Dense-style kernel W, used once as an operand of a matrix
   product y = X W, gets its Gramian block from the layer input X and the
   per-loss output cotangents Δ_i as Σ (X Xᵀ) ⊙ (Δ_i Δ_jᵀ), so the batched
