@@ -22,6 +22,13 @@ pull-back of Σ_u w_{loss(u)} c_u over the uses of shared values, plus
 Σ_u w_{loss(u)} c_u over its own uses in the private part; and a selected
 leaf's per-loss gradient is Σ_u c_u over its uses (all of one loss). Nothing
 is pulled back twice.
+
+Per-task copies of z stacked into ONE batched head that every loss reads at
+its own index have no such split (the head is shared by every loss); they
+are cut instead where each copy is added to z (:func:`cut_at_copies`): the
+part after the cut is pulled back once with ones (copy k's cotangent is
+∂L_k/∂z) and once with the weights for the heads' parameters only, and the
+trunk once, seeded with Σ_k w_k ∂L_k/∂z.
 """
 
 from __future__ import annotations

@@ -393,7 +393,7 @@ def make_plan(closed: Any, losses_shape: Any, selected: Sequence[bool], output: 
     owners: dict[int, int | None] = {}
     # Who reaches a leaf is known per loss for scalar losses, and for one array of losses
     # whose entries the walk followed (one batched head over stacked copies of z).
-    per_loss_reach = scalar_losses or len(traced.loss_leaves) == k
+    per_loss_reach = scalar_losses or (len(loss_leaves) == 1 and len(traced.loss_leaves) == k)
     if _OPTIONS.block_diagonal and per_loss_reach:
         for i, keep in enumerate(selected):
             if keep and (reach := traced.reach(i)).bit_count() <= 1:

@@ -7,7 +7,13 @@ and :func:`walk` goes over its equations once, collecting every fact the plan ne
   (differentiated matrix products and convolutions; an equation with
   sub-programs counts as one) it depends on. At the K losses these give each
   loss's reach — a leaf that one loss reaches is block-diagonal — and its
-  *cone*, the products its backward pass runs through;
+  *cone*, the products its backward pass runs through. Where a value is a
+  stack of per-index parts (K per-task copies of z stacked for one batched
+  head) its leaf masks are also kept index by index along that axis
+  (:class:`Indexed`, :func:`index_masks`), through the ops that provably
+  keep index i reading index i, so that a loss indexing entry k reaches
+  copy k only; any other op merges them (conservative: a dependency is
+  never dropped);
 * per selected leaf, its uses, directly or through a transpose, reshape or
   dtype cast, inside the nested ``jit`` calls that receive it too (the tapped
   re-evaluation of :mod:`covjax._src.factorized` inlines them). One use as an
@@ -605,9 +611,8 @@ def walk(closed: Any, selected: Sequence[bool], num_losses: int) -> TracedProgra
     losses = jaxpr.outvars[:num_losses]
     loss_leaves = [_mask(leaves_of, var) for var in losses]
     loss_products = [_mask(products_of, var) for var in losses]
-    (first, *_) = losses
-    if num_losses == 1 and isinstance(first, jex_core.Var) and first.aval.ndim == 1:
-        entries = indexed.get(first)
+    if num_losses == 1 and isinstance(losses[0], jex_core.Var) and losses[0].aval.ndim == 1:
+        entries = indexed.get(losses[0])
         if entries is not None:  # one array of losses, followed entry by entry
             loss_leaves = list(entries.masks)
             loss_products = loss_products * len(loss_leaves)
