@@ -107,7 +107,10 @@ def test_no_groups_when_every_loss_reaches_everything_or_saving_is_small() -> No
         return jnp.stack(jax.tree.leaves(loss_fn(p, x)))
 
     traced = trace(stacked, params)
-    assert len(traced.loss_leaves) == 1 and traced.groups(mask) is None
+    # The walk follows the stacked losses entry by entry (each reaches its own leaves), but
+    # products are per whole value: every entry runs through every product, so one cone.
+    assert len(traced.loss_leaves) == 5 and len(set(traced.loss_leaves)) > 1
+    assert traced.groups(mask) is None
     traced = trace(lambda p: loss_fn(p, x), params)
     assert traced.groups(mask, min_saving=0.99) is None
     assert traced.groups(mask, max_groups=2) is None

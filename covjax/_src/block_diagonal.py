@@ -22,6 +22,13 @@ pull-back of Σ_u w_{loss(u)} c_u over the uses of shared values, plus
 Σ_u w_{loss(u)} c_u over its own uses in the private part; and a selected
 leaf's per-loss gradient is Σ_u c_u over its uses (all of one loss). Nothing
 is pulled back twice.
+
+Per-task copies of z stacked into ONE batched head that every loss reads at
+its own index have no such split (the head is shared by every loss); they
+are cut instead where each copy is added to z (:func:`cut_at_copies`): the
+part after the cut is pulled back once with ones (copy k's cotangent is
+∂L_k/∂z) and once with the weights for the heads' parameters only, and the
+trunk once, seeded with Σ_k w_k ∂L_k/∂z.
 """
 
 from __future__ import annotations
@@ -115,9 +122,13 @@ def split(closed: Any, num_losses: int, selected: Sequence[bool]) -> Split | Non
     It applies when each of the ``num_losses`` loss outputs is a distinct
     variable made by a private equation (a loss function under one nested
     ``jit`` is a single shared equation: no split), the program has no side
-    effects, and no private equation holds a ``jax.custom_vjp`` function: its
-    backward rule need not be linear in the cotangent (gradient clipping), so
-    it must see the weighted cotangent itself.
+    effects, no private equation holds a ``jax.custom_vjp`` function (its
+    backward rule need not be linear in the cotangent, e.g. gradient
+    clipping, so it must see the weighted cotangent itself), and no shared
+    equation reads a selected leaf: the plan finds a leaf that one loss
+    reaches index by index (copy k stacked into one batched head that every
+    loss reads at its own index), whose gradient is then not the sum over
+    private uses; the plan's general block-diagonal path serves it.
     """
     jaxpr = closed.jaxpr
     losses = jaxpr.outvars[:num_losses]
@@ -139,8 +150,13 @@ def split(closed: Any, num_losses: int, selected: Sequence[bool]) -> Split | Non
     made_privately: set[Any] = set()
     constants = set(jaxpr.constvars)
     views = {var for var, keep in zip(jaxpr.invars, selected, strict=True) if not keep}
+    selected_leaves = {var for var, keep in zip(jaxpr.invars, selected, strict=True) if keep}
     for eqn, mask in zip(jaxpr.eqns, equation_reach, strict=True):
         if mask.bit_count() >= 2:
+            if any(_is_var(var) and var in selected_leaves for var in eqn.invars):
+                # A selected leaf read where several losses meet (one index each of a batched
+                # head over stacked copies): its gradient would not be its private uses' sum.
+                return None
             shared.append(eqn)
             continue
         inputs = [var for var in eqn.invars if _is_var(var)]
@@ -267,6 +283,146 @@ def run(plan: Split, leaves: Sequence[Array]) -> Pass:
         return [
             own if not _differentiable(var) else own + through
             for var, own, through in zip(jaxpr.invars, leaf_part, through_shared, strict=True)
+        ]
+
+    return Pass(list(losses) + list(rest), summed, weighted)
+
+
+class CopyCut(NamedTuple):
+    """The program cut where per-task copies of one value z are added to it.
+
+    Attributes:
+      closed: the ClosedJaxpr (over the primal's leaves; the losses its first outputs).
+      num_outputs: how many of its outputs are losses (K scalars, or one (K,) array).
+      z: the variable the copies are added to.
+      additions: per equation position of a copy's ``z + p``, the copy's leaf.
+      owners: per copy leaf, the one loss that reaches it.
+    """
+
+    closed: Any
+    num_outputs: int
+    z: Any
+    additions: dict[int, int]
+    owners: dict[int, int]
+
+
+def cut_at_copies(
+    closed: Any, num_outputs: int, copies: Sequence[int], owners: dict[int, int | None]
+) -> CopyCut | None:
+    """The cut for ``copies`` (leaf indices, each reached by one loss: ``owners``), or None.
+
+    It applies when each copy p's only use is ``z + p`` with one same z, made
+    by an equation of the program and read by nothing else (nor returned),
+    nothing that depends on a copy holds a ``jax.custom_vjp`` function (the
+    copies' cotangents must be linear in the losses'), and the program has
+    no side effects. Then the losses are F(θ, z(θ), ...,
+    z(θ)) with copy k's addition reading the k-th z: the weighted pull-back
+    is F's (w.r.t. θ only: its heads' part for z is never formed) plus z's
+    pull-back of Σ_k w_{owner(k)} ∂L/∂p_k, the per-copy gradients of the one
+    pull-back of Σ L_i. A batched head over stacked copies, which every loss
+    reads at its own index (no shared/private :func:`split`), is served this way.
+    """
+    jaxpr = closed.jaxpr
+    if closed.effects or any(owners.get(leaf) is None for leaf in copies):
+        return None
+    copy_vars = {jaxpr.invars[leaf]: leaf for leaf in copies}
+    additions: dict[int, int] = {}
+    readers: dict[Any, list[int]] = {}
+    z = None
+    downstream = set(copy_vars)  # what depends on a copy
+    for position, eqn in enumerate(jaxpr.eqns):
+        for var in eqn.invars:
+            if _is_var(var):
+                readers.setdefault(var, []).append(position)
+        if any(_is_var(var) and var in downstream for var in eqn.invars):
+            if _has_custom_vjp(eqn):
+                return None  # its backward rule need not be linear in the cotangent
+            downstream.update(eqn.outvars)
+        read = [var for var in eqn.invars if _is_var(var) and var in copy_vars]
+        if not read:
+            continue
+        if eqn.primitive is not jax.lax.add_p or len(read) != 1 or len(eqn.invars) != 2:
+            return None
+        (copy,) = read
+        other = eqn.invars[1 - eqn.invars.index(copy)]
+        if z is None:
+            z = other
+        if other is not z or copy_vars[copy] in additions.values():
+            return None
+        additions[position] = copy_vars[copy]
+    made = {var for eqn in jaxpr.eqns for var in eqn.outvars}
+    if (
+        z is None
+        or len(additions) != len(copies)
+        or not _is_var(z)
+        or z not in made
+        or any(var is z for var in jaxpr.outvars)
+        or sorted(readers.get(z, [])) != sorted(additions)
+        # every copy is read once, by its addition
+        or any(len(readers.get(var, [])) != 1 for var in copy_vars)
+    ):
+        return None
+    return CopyCut(closed, num_outputs, z, additions, {leaf: owners[leaf] for leaf in copies})
+
+
+def _live(jaxpr: Any, roots: Sequence[Any], cut: dict[int, Any] | None = None) -> list[bool]:
+    """Per equation, whether ``roots`` depend on it (``cut``: equation → input it does not read)."""
+    needed = {var for var in roots if _is_var(var)}
+    live = [False] * len(jaxpr.eqns)
+    for position in reversed(range(len(jaxpr.eqns))):
+        eqn = jaxpr.eqns[position]
+        if not any(var in needed for var in eqn.outvars):
+            continue
+        live[position] = True
+        skipped = (cut or {}).get(position)
+        needed.update(var for var in eqn.invars if _is_var(var) and var is not skipped)
+    return live
+
+
+def run_cut(cut: CopyCut, leaves: Sequence[Array]) -> Pass:
+    """The forward pass and the one pull-back of Σ L_i under a :class:`CopyCut`."""
+    jaxpr = cut.closed.jaxpr
+    constants = dict(zip(jaxpr.constvars, cut.closed.consts, strict=True))
+    to_z = _live(jaxpr, [cut.z])
+    from_z = _live(jaxpr, jaxpr.outvars, dict.fromkeys(cut.additions, cut.z))
+
+    def evaluate(flat_leaves: list[Array], live: list[bool], z_value: Any) -> dict[Any, Any]:
+        """The live equations; the copies' additions read ``z_value`` (not None) as z."""
+        env = {**constants, **dict(zip(jaxpr.invars, flat_leaves, strict=True))}
+        for position, (eqn, keep) in enumerate(zip(jaxpr.eqns, live, strict=True)):
+            if not keep:
+                continue
+            reads_z = z_value is not None and position in cut.additions
+            invals = [
+                z_value if reads_z and var is cut.z else _read(env, var) for var in eqn.invars
+            ]
+            env.update(zip(eqn.outvars, _bind(eqn, invals), strict=True))
+        return env
+
+    def z_fn(flat_leaves: list[Array]) -> Array:
+        return evaluate(flat_leaves, to_z, None)[cut.z]
+
+    def heads_fn(flat_leaves: list[Array], z_value: Array) -> tuple[list[Array], list[Any]]:
+        env = evaluate(flat_leaves, from_z, z_value)
+        outputs = [_read(env, var) for var in jaxpr.outvars]
+        return outputs[: cut.num_outputs], outputs[cut.num_outputs :]
+
+    z_value, z_vjp = jax.vjp(z_fn, list(leaves))
+    losses, heads_vjp, rest = jax.vjp(heads_fn, list(leaves), z_value, has_aux=True)
+    summed, _ = heads_vjp([jnp.ones_like(loss) for loss in losses])
+
+    def weighted(cotangents: Sequence[Array]) -> list[Any]:
+        # F's pull-back w.r.t. θ (its part for z unused), then z's of Σ_k w_{owner(k)} ∂L/∂p_k.
+        direct, _ = heads_vjp(list(cotangents))
+        vector = jnp.concatenate([jnp.ravel(c) for c in cotangents])
+        z_cotangent = sum(
+            vector[owner].astype(summed[leaf].dtype) * summed[leaf]
+            for leaf, owner in cut.owners.items()
+        )
+        (through_z,) = z_vjp(z_cotangent)
+        return [
+            own if not _differentiable(var) else own + through
+            for var, own, through in zip(jaxpr.invars, direct, through_z, strict=True)
         ]
 
     return Pass(list(losses) + list(rest), summed, weighted)

@@ -33,12 +33,24 @@ decides, for every selected leaf:
 
 * *block-diagonal*: a leaf (or a copy of z) that only one loss reaches has
   per-loss gradients that are zero for every other loss, so ONE pull-back of
-  Σ_i L_i gives all of them (a task's own head, per-task copies of z). When
-  every selected leaf is block-diagonal, the step's weighted backward pass
-  reuses that pull-back: the heads are pulled back once and the trunk once,
-  seeded with the heads' weighted cotangents (:mod:`covjax._src.block_diagonal`),
-  so MGDA-UB with per-task copies costs a static step plus the Gramian of the
-  rows and the min-norm solve;
+  Σ_i L_i gives all of them (a task's own head, per-task copies of z). Who
+  reaches what is followed index by index along a stacked axis: K copies
+  stacked, ``jnp.stack([z + p_k ...])``, and read by ONE batched head (a
+  ``dot_general`` with the stacked axis as a batch axis, elementwise ops,
+  reductions, reshapes and transposes that keep the axis, a batched
+  ``take_along_axis``), each loss indexing its entry (``logits[k]``, or one
+  (K,) array of losses), leave copy k to loss k alone. Ops that may mix the
+  indices (a contraction over the stacked axis, a cumulative sum, a gather
+  by computed indices, ``scan``, ``cond``, remat, custom derivative rules —
+  the body of a nested ``jit`` is followed) merge the axis: then every
+  loss reaching the stack reaches every copy, which is never wrong, only
+  slower. When every selected leaf is block-diagonal, the step's weighted
+  backward pass reuses that pull-back: the heads are pulled back once and
+  the trunk once, seeded with the heads' weighted cotangents
+  (:mod:`covjax._src.block_diagonal`: the program split into the trunk and
+  each head, or, for copies stacked into one batched head, cut where the
+  copies are added to z), so MGDA-UB with per-task copies costs a static
+  step plus the Gramian of the rows and the min-norm solve;
 * *factorised*: a Dense-style kernel W, used once as an operand of a matrix
   product y = X W, gets its Gramian block from the layer input X and the
   per-loss output cotangents Δ_i as Σ (X Xᵀ) ⊙ (Δ_i Δ_jᵀ), so the batched
@@ -379,7 +391,10 @@ def make_plan(closed: Any, losses_shape: Any, selected: Sequence[bool], output: 
     traced = program.walk(closed, selected, len(loss_leaves))
     copies = tuple(traced.copies())
     owners: dict[int, int | None] = {}
-    if _OPTIONS.block_diagonal and scalar_losses:
+    # Who reaches a leaf is known per loss for scalar losses, and for one array of losses
+    # whose entries the walk followed (one batched head over stacked copies of z).
+    per_loss_reach = scalar_losses or (len(loss_leaves) == 1 and len(traced.loss_leaves) == k)
+    if _OPTIONS.block_diagonal and per_loss_reach:
         for i, keep in enumerate(selected):
             if keep and (reach := traced.reach(i)).bit_count() <= 1:
                 owners[i] = reach.bit_length() - 1 if reach else None
@@ -395,19 +410,32 @@ def make_plan(closed: Any, losses_shape: Any, selected: Sequence[bool], output: 
     return Plan(k, selected, owners, copies, taps, groups)
 
 
-def _block_diagonal_split(
+def _block_diagonal_pass(
     plan: Plan, closed: Any, losses_shape: Any
-) -> block_diagonal.Split | None:
-    """The shared/private split of the program when every selected leaf is block-diagonal.
+) -> Callable[[Sequence[Array]], block_diagonal.Pass] | None:
+    """The step's pass when every selected leaf is block-diagonal, else None.
 
     Then the step's weighted backward pass reuses the one pull-back of Σ L_i
-    through the heads (:mod:`covjax._src.block_diagonal`) instead of pulling
-    back through them again.
+    (:mod:`covjax._src.block_diagonal`) instead of pulling back through the
+    heads again: the program split into its shared and private parts, or,
+    where every loss reads one shared batched head (copies stacked for it),
+    cut where the copies are added to z.
     """
-    all_owned = all(i in plan.owners for i, keep in enumerate(plan.selected) if keep)
-    if not plan.owners or not all_owned or plan.taps:
+    chosen = [i for i, keep in enumerate(plan.selected) if keep]
+    if not plan.owners or not all(i in plan.owners for i in chosen) or plan.taps:
         return None
-    return block_diagonal.split(closed, len(jax.tree.leaves(losses_shape)), plan.selected)
+    num_outputs = len(jax.tree.leaves(losses_shape))
+    # The split weighs each loss output by its own cotangent: scalar losses only.
+    split = None
+    if num_outputs == plan.num_losses:
+        split = block_diagonal.split(closed, num_outputs, plan.selected)
+    if split is not None:
+        return lambda leaves: block_diagonal.run(split, leaves)
+    if plan.copies and sorted(plan.copies[0]) == chosen:
+        cut = block_diagonal.cut_at_copies(closed, num_outputs, chosen, plan.owners)
+        if cut is not None:
+            return lambda leaves: block_diagonal.run_cut(cut, leaves)
+    return None
 
 
 class Prepared(NamedTuple):
@@ -491,8 +519,8 @@ def prepare(
         return losses, (aux, layer_inputs)
 
     perturbations = factorized.zero_perturbations(plan.taps)
-    split = _block_diagonal_split(plan, closed, out_shape[0])
-    if split is None:
+    block_diagonal_pass = _block_diagonal_pass(plan, closed, out_shape[0])
+    if block_diagonal_pass is None:
         losses, full_vjp, (aux, layer_inputs) = jax.vjp(
             forward, primal, perturbations, has_aux=True
         )
@@ -502,7 +530,7 @@ def prepare(
 
     else:
         # Every selected leaf block-diagonal: the heads are pulled back once, the trunk once.
-        split_pass = block_diagonal.run(split, leaves)
+        split_pass = block_diagonal_pass(leaves)
         losses, aux = jax.tree.unflatten(out_tree, split_pass.outputs)
         layer_inputs: dict[int, Array] = {}
 

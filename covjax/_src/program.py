@@ -7,7 +7,13 @@ and :func:`walk` goes over its equations once, collecting every fact the plan ne
   (differentiated matrix products and convolutions; an equation with
   sub-programs counts as one) it depends on. At the K losses these give each
   loss's reach — a leaf that one loss reaches is block-diagonal — and its
-  *cone*, the products its backward pass runs through;
+  *cone*, the products its backward pass runs through. Where a value is a
+  stack of per-index parts (K per-task copies of z stacked for one batched
+  head) its leaf masks are also kept index by index along that axis
+  (:class:`Indexed`, :func:`index_masks`), through the ops that provably
+  keep index i reading index i, so that a loss indexing entry k reaches
+  copy k only; any other op merges them (conservative: a dependency is
+  never dropped);
 * per selected leaf, its uses, directly or through a transpose, reshape or
   dtype cast, inside the nested ``jit`` calls that receive it too (the tapped
   re-evaluation of :mod:`covjax._src.factorized` inlines them). One use as an
@@ -31,7 +37,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -172,6 +178,348 @@ class TracedProgram(NamedTuple):
         return [tuple(members) for members in groups.values()]
 
 
+class Indexed(NamedTuple):
+    """A value's leaf masks index by index along one of its axes.
+
+    A stack (or concatenation) of per-index parts — K per-task copies of z
+    stacked for one batched head — depends on leaf set ``masks[i]`` at index
+    i; its whole-variable mask is their union. Indexing one entry out of it
+    then depends on that entry's leaves only.
+    """
+
+    axis: int
+    masks: tuple[int, ...]
+
+
+#: A tracked axis longer than this is merged to its union (its masks are kept per index).
+MAX_INDICES = 4096
+
+#: Ops computed position by position (operands of the output's shape, or scalars).
+_ELEMENTWISE = frozenset(
+    (
+        jax.lax.abs_p,
+        jax.lax.add_p,
+        jax.lax.and_p,
+        jax.lax.atan2_p,
+        jax.lax.clamp_p,
+        jax.lax.convert_element_type_p,
+        jax.lax.copy_p,
+        jax.lax.cos_p,
+        jax.lax.div_p,
+        jax.lax.eq_p,
+        jax.lax.erf_p,
+        jax.lax.exp2_p,
+        jax.lax.exp_p,
+        jax.lax.expm1_p,
+        jax.lax.ge_p,
+        jax.lax.gt_p,
+        jax.lax.integer_pow_p,
+        jax.lax.is_finite_p,
+        jax.lax.le_p,
+        jax.lax.log1p_p,
+        jax.lax.log_p,
+        jax.lax.logistic_p,
+        jax.lax.lt_p,
+        jax.lax.max_p,
+        jax.lax.min_p,
+        jax.lax.mul_p,
+        jax.lax.ne_p,
+        jax.lax.neg_p,
+        jax.lax.not_p,
+        jax.lax.or_p,
+        jax.lax.pow_p,
+        jax.lax.reduce_precision_p,
+        jax.lax.rem_p,
+        jax.lax.rsqrt_p,
+        jax.lax.select_n_p,
+        jax.lax.sign_p,
+        jax.lax.sin_p,
+        jax.lax.sqrt_p,
+        jax.lax.square_p,
+        jax.lax.sub_p,
+        jax.lax.tan_p,
+        jax.lax.tanh_p,
+    )
+)
+#: Reductions over their ``axes``.
+_REDUCTIONS = frozenset(
+    (
+        jax.lax.argmax_p,
+        jax.lax.argmin_p,
+        jax.lax.reduce_and_p,
+        jax.lax.reduce_max_p,
+        jax.lax.reduce_min_p,
+        jax.lax.reduce_or_p,
+        jax.lax.reduce_prod_p,
+        jax.lax.reduce_sum_p,
+    )
+)
+#: Ops that make an indexed value out of untracked parts.
+_STACKING = (jax.lax.stack_p, jax.lax.concatenate_p)
+
+#: Per output of an equation: its per-index masks, or its whole mask.
+Narrowed = int | Indexed
+_Whole = Callable[[Any], int]
+
+
+def index_masks(eqn: Any, whole: _Whole, indexed: dict[Any, Indexed]) -> list[Narrowed] | None:
+    """Per output of ``eqn``, what it depends on index by index (see :class:`Indexed`).
+
+    ``whole(atom)``: an input's whole-variable mask; ``indexed``: the inputs
+    tracked index by index. None where no rule applies: each output then
+    depends on the union of the inputs, as any op may (nested ``jit``,
+    ``scan``, ``cond``, ``custom_vjp``, gathers...). A rule may only narrow
+    what an output depends on where the op's semantics guarantee it: one
+    that under-reports a dependency would make the plan's block-diagonal
+    gradients wrong.
+    """
+    tracked = {
+        position: indexed[var]
+        for position, var in enumerate(eqn.invars)
+        if isinstance(var, jex_core.Var) and var in indexed
+    }
+    if not tracked and eqn.primitive not in _STACKING:
+        return None
+    rule = _nested_jit if jit_body(eqn) is not None else _INDEX_RULES.get(eqn.primitive)
+    if rule is None and (eqn.primitive in _ELEMENTWISE or eqn.primitive.name == "stop_gradient"):
+        rule = _elementwise
+    if rule is None and eqn.primitive in _REDUCTIONS:
+        rule = _reduction
+    return None if rule is None else rule(eqn, whole, tracked)
+
+
+def _untracked(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> int:
+    """The union of the whole masks of ``eqn``'s untracked inputs."""
+    masks = [whole(atom) for position, atom in enumerate(eqn.invars) if position not in tracked]
+    return functools.reduce(operator.or_, masks, 0)
+
+
+def _joined(axis: int, tracked: dict[int, Indexed], rest: int) -> list[Narrowed]:
+    """Index i of every tracked input (all along ``axis``) and all of the rest, per index i."""
+    size = len(next(iter(tracked.values())).masks)
+    masks = [rest] * size
+    for parts in tracked.values():
+        masks = [mask | part for mask, part in zip(masks, parts.masks, strict=True)]
+    return [Indexed(axis, tuple(masks))]
+
+
+def _only_operand(eqn: Any, tracked: dict[int, Indexed]) -> Indexed | None:
+    """The tracked input of a one-input op, else None."""
+    return tracked.get(0) if len(eqn.invars) == 1 and len(eqn.outvars) == 1 else None
+
+
+def _elementwise(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list[Narrowed] | None:
+    """Index i of the output reads index i of each tracked operand (of the output's rank;
+    one whose axis has size 1 is broadcast: read whole), and all of the others."""
+    (out,) = eqn.outvars
+    full = {
+        position: parts
+        for position, parts in tracked.items()
+        if eqn.invars[position].aval.ndim == out.aval.ndim
+        and len(parts.masks) == out.aval.shape[parts.axis]
+    }
+    axes = {parts.axis for parts in full.values()}
+    if len(axes) != 1:
+        return None
+    return _joined(axes.pop(), full, _untracked(eqn, whole, full))
+
+
+def _dot_general(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list[Narrowed] | None:
+    """A batch or free axis of an operand becomes the output's (a contracted one merges)."""
+    contracting, batch = eqn.params["dimension_numbers"]
+    lhs_free = eqn.invars[0].aval.ndim - len(contracting[0]) - len(batch[0])
+    out_axes = set()
+    for position, parts in tracked.items():
+        if parts.axis in contracting[position]:
+            return None
+        if parts.axis in batch[position]:
+            out_axes.add(batch[position].index(parts.axis))
+            continue
+        ndim = eqn.invars[position].aval.ndim
+        free = [d for d in range(ndim) if d not in contracting[position] + batch[position]]
+        out_axes.add(len(batch[0]) + lhs_free * position + free.index(parts.axis))
+    if len(out_axes) != 1:
+        return None
+    return _joined(out_axes.pop(), tracked, _untracked(eqn, whole, tracked))
+
+
+def _reduction(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list[Narrowed] | None:
+    parts = _only_operand(eqn, tracked)
+    axes = eqn.params["axes"]
+    if parts is None or parts.axis in axes:
+        return None
+    return [Indexed(parts.axis - sum(a < parts.axis for a in axes), parts.masks)]
+
+
+def _broadcast_in_dim(
+    eqn: Any, whole: _Whole, tracked: dict[int, Indexed]
+) -> list[Narrowed] | None:
+    parts = _only_operand(eqn, tracked)
+    if parts is None:
+        return None
+    axis = eqn.params["broadcast_dimensions"][parts.axis]
+    if eqn.outvars[0].aval.shape[axis] != len(parts.masks):
+        return None  # a size-1 axis broadcast: every index reads the one entry
+    return [Indexed(axis, parts.masks)]
+
+
+def _reshape(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list[Narrowed] | None:
+    """The axis survives where the output has it after the same leading elements."""
+    parts = _only_operand(eqn, tracked)
+    if parts is None or eqn.params.get("dimensions") is not None:
+        return None
+    shape, new_shape = eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape
+    leading = math.prod(shape[: parts.axis])
+    for axis, size in enumerate(new_shape):
+        if size == shape[parts.axis] and math.prod(new_shape[:axis]) == leading:
+            return [Indexed(axis, parts.masks)]
+    return None
+
+
+def _transpose(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list[Narrowed] | None:
+    parts = _only_operand(eqn, tracked)
+    if parts is None:
+        return None
+    return [Indexed(tuple(eqn.params["permutation"]).index(parts.axis), parts.masks)]
+
+
+def _squeeze(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list[Narrowed] | None:
+    parts = _only_operand(eqn, tracked)
+    dimensions = eqn.params["dimensions"]
+    if parts is None or parts.axis in dimensions:
+        return None  # a size-1 axis: its one entry is the whole
+    return [Indexed(parts.axis - sum(d < parts.axis for d in dimensions), parts.masks)]
+
+
+def _slice(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list[Narrowed] | None:
+    parts = _only_operand(eqn, tracked)
+    if parts is None:
+        return None
+    axis, strides = parts.axis, eqn.params["strides"]
+    start, limit = eqn.params["start_indices"][axis], eqn.params["limit_indices"][axis]
+    return [Indexed(axis, parts.masks[start : limit : strides[axis] if strides else 1])]
+
+
+def _dynamic_slice(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list[Narrowed] | None:
+    """A slice at a constant start along the tracked axis (clamped as XLA does)."""
+    parts = tracked.get(0)
+    if parts is None or len(tracked) != 1:
+        return None
+    start = eqn.invars[1 + parts.axis]
+    if not isinstance(start, jex_core.Literal):
+        return None
+    size, length = eqn.params["slice_sizes"][parts.axis], len(parts.masks)
+    first = min(max(int(start.val), 0), length - size)
+    rest = _untracked(eqn, whole, tracked)
+    return [Indexed(parts.axis, tuple(m | rest for m in parts.masks[first : first + size]))]
+
+
+def _gather(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list[Narrowed] | None:
+    """A gather that keeps the operand's tracked axis whole: as a batching axis (paired with
+    the indices' batching axis: ``take_along_axis``) or as an offset axis sliced in full from
+    0 (``x[..., i]``: not indexed)."""
+    parts = tracked.get(0)
+    if parts is None:
+        return None
+    numbers = eqn.params["dimension_numbers"]
+    operand, indices, (out,) = eqn.invars[0], eqn.invars[1], eqn.outvars
+    out_batch = [d for d in range(out.aval.ndim) if d not in numbers.offset_dims]
+    if parts.axis in numbers.operand_batching_dims:
+        index_axis = numbers.start_indices_batching_dims[
+            numbers.operand_batching_dims.index(parts.axis)
+        ]
+        if index_axis >= indices.aval.ndim - 1:  # the index vector is the indices' last axis
+            return None
+        axis = out_batch[index_axis]
+        if 1 in tracked and tracked[1].axis != index_axis:
+            return None
+    elif (
+        parts.axis in numbers.start_index_map
+        or parts.axis in numbers.collapsed_slice_dims
+        or eqn.params["slice_sizes"][parts.axis] != operand.aval.shape[parts.axis]
+        or 1 in tracked
+    ):
+        return None
+    else:
+        sliced = [
+            d
+            for d in range(operand.aval.ndim)
+            if d not in numbers.collapsed_slice_dims and d not in numbers.operand_batching_dims
+        ]
+        axis = numbers.offset_dims[sliced.index(parts.axis)]
+    if out.aval.shape[axis] != len(parts.masks):
+        return None
+    return _joined(axis, tracked, _untracked(eqn, whole, tracked))
+
+
+def _concatenate(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list[Narrowed] | None:
+    """Along the concatenated axis, each operand's entries in turn (an untracked one's whole
+    mask at each of its indices); along another axis shared by the tracked operands, per index."""
+    dimension = eqn.params["dimension"]
+    axes = {parts.axis for parts in tracked.values()}
+    if axes and dimension not in axes:
+        if len(axes) != 1:
+            return None
+        return _joined(axes.pop(), tracked, _untracked(eqn, whole, tracked))
+    if eqn.outvars[0].aval.shape[dimension] > MAX_INDICES:
+        return None
+    masks: list[int] = []
+    for position, atom in enumerate(eqn.invars):
+        parts = tracked.get(position)
+        if parts is not None and parts.axis == dimension:
+            masks.extend(parts.masks)
+        else:
+            masks.extend([whole(atom)] * atom.aval.shape[dimension])
+    return [Indexed(dimension, tuple(masks))]
+
+
+def _stack(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list[Narrowed] | None:
+    if len(eqn.invars) > MAX_INDICES:
+        return None
+    return [Indexed(eqn.params["axis"], tuple(whole(atom) for atom in eqn.invars))]
+
+
+def _unstack(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list[Narrowed] | None:
+    parts = tracked.get(0)
+    axis = eqn.params["axis"]
+    if parts is None:
+        return None
+    if parts.axis == axis:
+        return list(parts.masks)
+    moved = Indexed(parts.axis - (parts.axis > axis), parts.masks)
+    return [moved] * len(eqn.outvars)
+
+
+def _nested_jit(eqn: Any, whole: _Whole, tracked: dict[int, Indexed]) -> list[Narrowed] | None:
+    """A nested ``jit`` (``jnp.roll``, ``lax.dynamic_index_in_dim``...): its body, walked."""
+    body = jit_body(eqn).jaxpr
+    leaves_of = {inner: whole(outer) for inner, outer in zip(body.invars, eqn.invars, strict=True)}
+    indexed = {body.invars[position]: parts for position, parts in tracked.items()}
+    for inner in body.eqns:
+        leaves = functools.reduce(operator.or_, (_mask(leaves_of, var) for var in inner.invars), 0)
+        if leaves:
+            _propagate(inner, leaves, leaves_of, indexed)
+    return [
+        indexed.get(var, leaves_of.get(var, 0)) if isinstance(var, jex_core.Var) else 0
+        for var in body.outvars
+    ]
+
+
+_INDEX_RULES: dict[Any, Callable[[Any, _Whole, dict[int, Indexed]], list[Narrowed] | None]] = {
+    jax.lax.dot_general_p: _dot_general,
+    jax.lax.broadcast_in_dim_p: _broadcast_in_dim,
+    jax.lax.reshape_p: _reshape,
+    jax.lax.transpose_p: _transpose,
+    jax.lax.squeeze_p: _squeeze,
+    jax.lax.slice_p: _slice,
+    jax.lax.dynamic_slice_p: _dynamic_slice,
+    jax.lax.gather_p: _gather,
+    jax.lax.concatenate_p: _concatenate,
+    jax.lax.stack_p: _stack,
+    jax.lax.unstack_p: _unstack,
+}
+
+
 def _record_uses(
     eqn: Any,
     views: dict[Any, tuple[int, bool]],
@@ -227,7 +575,14 @@ def _record_returned(
 def walk(closed: Any, selected: Sequence[bool], num_losses: int) -> TracedProgram:
     """One walk over ``closed``: a ClosedJaxpr over the primal's leaves whose first
     ``num_losses`` outputs are scalar losses (or one array of them: ``num_losses=1``);
-    ``selected``: per leaf, whether its per-loss gradients are wanted."""
+    ``selected``: per leaf, whether its per-loss gradients are wanted.
+
+    Masks are kept index by index along one axis of a value stacked from parts
+    (:class:`Indexed`, :func:`index_masks`): per-task copies of z stacked into
+    one batched head, each loss indexing its entry, are each reached by one
+    loss. A 1-D array of losses followed that way gets one ``loss_leaves``
+    entry per loss; otherwise the array is one entry.
+    """
     jaxpr = closed.jaxpr
     views = {var: (i, False) for i, var in enumerate(jaxpr.invars) if selected[i]}
     uses: dict[int, list[Use]] = {leaf: [] for leaf, _ in views.values()}
@@ -235,6 +590,8 @@ def walk(closed: Any, selected: Sequence[bool], num_losses: int) -> TracedProgra
     leaves_of: dict[Any, int] = {var: 1 << leaf for var, (leaf, _) in views.items()}
     products_of: dict[Any, int] = {}
     products: list[tuple[float, int]] = []
+    # Per variable stacked from per-index parts, its masks index by index along one axis.
+    indexed: dict[Any, Indexed] = {}
     for eqn in jaxpr.eqns:
         _record_uses(eqn, views, uses)
         leaves = upstream = 0
@@ -248,11 +605,32 @@ def walk(closed: Any, selected: Sequence[bool], num_losses: int) -> TracedProgra
             upstream |= 1 << len(products)
             products.append((cost, leaves))
         for var in eqn.outvars:
-            leaves_of[var], products_of[var] = leaves, upstream
+            products_of[var] = upstream
+        _propagate(eqn, leaves, leaves_of, indexed)
     _record_returned(jaxpr.outvars, views, uses)
     losses = jaxpr.outvars[:num_losses]
     loss_leaves = [_mask(leaves_of, var) for var in losses]
-    return TracedProgram(loss_leaves, [_mask(products_of, v) for v in losses], products, uses)
+    loss_products = [_mask(products_of, var) for var in losses]
+    if num_losses == 1 and isinstance(losses[0], jex_core.Var) and losses[0].aval.ndim == 1:
+        entries = indexed.get(losses[0])
+        if entries is not None:  # one array of losses, followed entry by entry
+            loss_leaves = list(entries.masks)
+            loss_products = loss_products * len(loss_leaves)
+    return TracedProgram(loss_leaves, loss_products, products, uses)
+
+
+def _propagate(
+    eqn: Any, leaves: int, leaves_of: dict[Any, int], indexed: dict[Any, Indexed]
+) -> None:
+    """Set the masks of ``eqn``'s outputs: ``leaves`` (the union of its inputs'), narrowed
+    index by index where a rule of :func:`index_masks` applies."""
+    per_output = index_masks(eqn, lambda atom: _mask(leaves_of, atom), indexed)
+    for position, var in enumerate(eqn.outvars):
+        narrowed = leaves if per_output is None else per_output[position]
+        if isinstance(narrowed, Indexed):
+            indexed[var] = narrowed
+            narrowed = functools.reduce(operator.or_, narrowed.masks, 0)
+        leaves_of[var] = narrowed
 
 
 def _mask(masks: dict[Any, int], atom: Any) -> int:
