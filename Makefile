@@ -57,7 +57,7 @@ NUMERIC_TESTS := tests/test_aggregators.py tests/test_pcgrad.py tests/test_gradv
 	tests/test_cr_mogm.py tests/test_pcd.py tests/test_trimmed_mean.py tests/test_graddrop.py \
 	tests/test_conflict_free.py tests/test_moco.py tests/test_excess_mtl.py tests/test_stch.py \
 	tests/test_pbi.py tests/test_cosmos.py tests/test_lbpinn.py tests/test_lr_annealing.py \
-	tests/test_ntk_weighting.py tests/test_cross_gramian.py
+	tests/test_ntk_weighting.py tests/test_cross_gramian.py tests/test_program.py
 test-numerics: $(STAMP)
 	COVJAX_TESTS_FULL_OPTIMISATION=1 taskset -c 0 $(PY) -m pytest -q -n 0 $(NUMERIC_TESTS)
 	COVJAX_TESTS_FULL_OPTIMISATION=1 XLA_FLAGS=--xla_cpu_max_isa=AVX2 $(PY) -m pytest -q -n 0 $(NUMERIC_TESTS)
