@@ -11,6 +11,7 @@ each (not block-diagonal), against a float64 oracle built from ``jax.grad``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -157,6 +158,17 @@ def stacked_heads_loss(
     return tuple(jnp.mean(cross_entropy(logits[k], labels[:, k])) for k in range(K))
 
 
+def traced_with_copies(
+    loss_fn: Callable[..., Any], params: dict, x: jax.Array, labels: jax.Array
+) -> tuple[Any, Any, gradients.Plan]:
+    """``loss_fn``'s differentiable target w.r.t. its copies, its jaxpr over the target's
+    leaves and the engine's plan for it."""
+    target = gradients.differentiable(loss_fn, params, (x, labels), {}, has_aux=False, wrt="copies")
+    leaves, treedef = jax.tree.flatten(target.primal)
+    closed = jax.make_jaxpr(lambda *ls: target.fn(jax.tree.unflatten(treedef, ls)))(*leaves)
+    return target, closed, gradients.prepare(target.fn, target.primal, target.selected).plan
+
+
 def stacked_heads_problem() -> tuple[dict, jax.Array, jax.Array]:
     rng = np.random.default_rng(3)
     params = {
@@ -185,12 +197,7 @@ def test_mgda_ub_on_stacked_copies_against_a_float64_oracle(cross: bool, vector:
 
     with jax.enable_x64(True):
         params, x, labels = float64(stacked_heads_problem())
-        target = gradients.differentiable(
-            loss_fn, params, (x, labels), {}, has_aux=False, wrt="copies"
-        )
-        leaves, treedef = jax.tree.flatten(target.primal)
-        closed = jax.make_jaxpr(lambda *ls: target.fn(jax.tree.unflatten(treedef, ls)))(*leaves)
-        plan = gradients.prepare(target.fn, target.primal, target.selected).plan
+        target, closed, plan = traced_with_copies(loss_fn, params, x, labels)
         copies = [i for i, name in enumerate(target.names) if name.startswith("copies/")]
         # Own copies: each reached by its loss only (one pull-back of Σ L_k gives all K rows);
         # a head reading two copies makes neither private.
@@ -276,12 +283,7 @@ def test_z_read_beside_its_copies_is_not_cut() -> None:
     scheme = covjax.mgda()
     with jax.enable_x64(True):
         params, x, labels = float64(stacked_heads_problem())
-        target = gradients.differentiable(
-            loss_fn, params, (x, labels), {}, has_aux=False, wrt="copies"
-        )
-        leaves, treedef = jax.tree.flatten(target.primal)
-        closed = jax.make_jaxpr(lambda *ls: target.fn(jax.tree.unflatten(treedef, ls)))(*leaves)
-        plan = gradients.prepare(target.fn, target.primal, target.selected).plan
+        _, closed, plan = traced_with_copies(loss_fn, params, x, labels)
         assert plan.owners == {k: k for k in range(K)}
         assert block_diagonal.cut_at_copies(closed, 1, list(range(K)), plan.owners) is None
         step = jax.jit(covjax.value_and_grad(loss_fn, scheme, wrt="copies"))
