@@ -454,6 +454,118 @@ def test_direction_scheme_on_nnx_module() -> None:
         assert not np.allclose(model.norm.mean.value, 0.0)
 
 
+class PerTaskCopies(MultiHead):
+    """MultiHead whose heads each read their own copy of z (one ``perturb`` per task)."""
+
+    def losses(self, z: jax.Array, y: jax.Array) -> dict:
+        return {
+            n: jnp.mean((head(self.perturb(f"representation/{n}", z)) - y) ** 2)
+            for n, head in zip(NAMES, self.heads, strict=True)
+        }
+
+
+@pytest.mark.parametrize("model_type", [PerturbedMultiHead, PerTaskCopies])
+def test_direction_on_a_feature_map(model_type: type[MultiHead]) -> None:
+    # With wrt=nnx.Perturbation the direction d is w.r.t. z: the encoder is pulled
+    # back from d, the heads get ∇ Σ w_i L_i (LibMTL's rep_grad=True).
+    with jax.enable_x64(True):
+        _, x, y, _ = float64_case()
+        model = model_type(nnx.Rngs(0), dtype=jnp.float64)
+        reference = nnx.clone(model)
+        scheme = first_loss_direction()
+        step = covjax.value_and_grad(module_loss, scheme, wrt=nnx.Perturbation)
+        state = scheme.init({n: 0.0 for n in NAMES})
+        out, grads = nnx.jit(step)(model, state, x, y)
+
+        graphdef, params, rest = nnx.split(reference, nnx.Param, ...)
+
+        def encode(p):
+            return MultiHead.encode(nnx.merge(graphdef, p, rest, copy=True), x)
+
+        def losses(p, z):
+            return MultiHead.losses(nnx.merge(graphdef, p, rest, copy=True), z, y)
+
+        z, encode_vjp = jax.vjp(encode, params)
+        rows = [jax.grad(lambda rep, n=n: losses(params, rep)[n])(z) for n in NAMES]
+        weights = [float(out.weights[n]) for n in NAMES]  # 1/K stored in float32
+        (encoder_grads,) = encode_vjp(rows[0] + 2.0 * rows[1])
+        head_grads = jax.grad(
+            lambda p: sum(w * v for w, v in zip(weights, losses(p, z).values(), strict=True))
+        )(params)
+        for name in ("kernel", "bias"):
+            assert_trees_close64(
+                grads["encoder"][name].value, np.asarray(encoder_grads["encoder"][name].value)
+            )
+            for index in range(K):
+                assert_trees_close64(
+                    grads["heads"][index][name].value,
+                    np.asarray(head_grads["heads"][index][name].value),
+                )
+        # Not the weighted sum's gradient: the direction reached the encoder.
+        plain = nnx.grad(
+            lambda m: sum(
+                w * v for w, v in zip(weights, module_loss(m, x, y).values(), strict=True)
+            )
+        )(nnx.clone(reference))
+        assert not np.allclose(
+            grads["encoder"]["kernel"].value, plain["encoder"]["kernel"].value, atol=1e-3
+        )
+        # BatchNorm's running statistics were updated in place, once.
+        MultiHead.encode(reference, x)
+        assert_trees_close64(model.norm.mean.value, np.asarray(reference.norm.mean.value))
+        assert not jax.tree.leaves(nnx.state(model, nnx.Perturbation))  # no variable added
+
+
+def test_direction_on_a_feature_map_of_a_plain_pytree() -> None:
+    # A zero leaf added to z marks it; feature_maps=True says so (never inferred).
+    with jax.enable_x64(True):
+        params, x, y, loop = float64_case()
+        scheme = first_loss_direction()
+        marked = with_zero_representation(params, x, y)
+        state = scheme.init(loss_fn(params, x, y))
+        step = covjax.value_and_grad(marked_loss, scheme, wrt="representation", feature_maps=True)
+        out, grads = jax.jit(step)(marked, state, x, y)
+        weights = np.array([out.weights[n] for n in NAMES])
+        z, encode_vjp = jax.vjp(lambda p: encoder(p, x, y), params)
+        rows = [jax.grad(lambda rep, n=n: heads(params, rep, x, y)[n])(z) for n in NAMES]
+        (encoder_grads,) = encode_vjp(rows[0] + 2.0 * rows[1])
+        expected = expected_step(weights, params, x, y)  # the heads: ∇ Σ w_i L_i
+        expected["encoder/w"] = np.asarray(encoder_grads["encoder"]["w"])
+        expected["encoder/b"] = np.asarray(encoder_grads["encoder"]["b"])
+        assert_trees_close64(flat(without_representation(grads)), expected)
+        # The mark's own gradient: what Σ w_i L_i sends back into z.
+        weighted_rows = sum(w * row for w, row in zip(weights, rows, strict=True))
+        assert_trees_close64(np.asarray(grads["representation"]), np.asarray(weighted_rows))
+        # Without feature_maps the direction replaces the mark's gradient only.
+        plain = covjax.value_and_grad(marked_loss, scheme, wrt="representation")
+        _, plain_grads = jax.jit(plain)(marked, state, x, y)
+        assert_trees_close64(
+            np.asarray(plain_grads["representation"]), np.asarray(rows[0] + 2.0 * rows[1])
+        )
+
+
+def test_direction_on_a_feature_map_refuses_what_it_cannot_do() -> None:
+    x, y = make_batch()
+    model = PerturbedMultiHead(nnx.Rngs(0))
+    scheme = first_loss_direction()
+    state = scheme.init({n: 0.0 for n in NAMES})
+    both = covjax.value_and_grad(
+        module_loss, scheme, wrt=[nnx.Perturbation, nnx.PathContains("encoder")]
+    )
+    with pytest.raises(ValueError, match="either parameters or feature maps"):
+        both(model, state, x, y)
+    with pytest.raises(ValueError, match="gramian_examples"):
+        covjax.value_and_grad(module_loss, scheme, wrt=nnx.Perturbation, gramian_examples=2)
+    with pytest.raises(ValueError, match="feature_maps=False"):
+        covjax.value_and_grad(module_loss, scheme, wrt=nnx.Perturbation, feature_maps=False)(
+            model, state, x, y
+        )
+    # encoder/w is a matrix product's operand, not a zero leaf added to a feature map.
+    not_a_mark = covjax.value_and_grad(loss_fn, scheme, wrt="encoder/w", feature_maps=True)
+    with pytest.raises(ValueError, match="encoder/w is not"):
+        not_a_mark(PARAMS, state, x, y)
+
+
 def test_gramian_from_the_first_examples() -> None:
     with jax.enable_x64(True):
         params, x, y, _ = float64_case()

@@ -350,6 +350,8 @@ class Plan(NamedTuple):
         it), whose per-loss gradients are summed.
       taps: factorised Dense-style kernels, by leaf.
       groups: loss indices pulled back group by group, or None (one batch).
+      marks: selected leaves used once as ``z + leaf`` (marks of a feature map
+        z, ``nnx.Module.perturb``) → z's variable in the traced program.
     """
 
     num_losses: int
@@ -358,6 +360,7 @@ class Plan(NamedTuple):
     copies: tuple[tuple[int, ...], ...]
     taps: dict[int, factorized.Tap]
     groups: list[tuple[int, ...]] | None
+    marks: dict[int, Any]
 
     @property
     def batched(self) -> list[int]:
@@ -387,7 +390,7 @@ def make_plan(closed: Any, losses_shape: Any, selected: Sequence[bool], output: 
     loss_leaves = jax.tree.leaves(losses_shape)
     scalar_losses = len(loss_leaves) == k and all(len(leaf.shape) == 0 for leaf in loss_leaves)
     if closed.effects:  # side effects (prints, callbacks): every row materialised, one batch
-        return Plan(k, selected, {}, (), {}, None)
+        return Plan(k, selected, {}, (), {}, None, {})
     traced = program.walk(closed, selected, len(loss_leaves))
     copies = tuple(traced.copies())
     owners: dict[int, int | None] = {}
@@ -407,7 +410,7 @@ def make_plan(closed: Any, losses_shape: Any, selected: Sequence[bool], output: 
     groups = None
     if _OPTIONS.group_losses and scalar_losses and any(remaining):
         groups = traced.groups(remaining)
-    return Plan(k, selected, owners, copies, taps, groups)
+    return Plan(k, selected, owners, copies, taps, groups, traced.marks())
 
 
 def _block_diagonal_pass(
@@ -453,6 +456,11 @@ class Prepared(NamedTuple):
         reduces; two batches' factors under one plan give their cross-Gramian
         (:func:`cross_gramian`).
       plan: the plan.
+      marked_vjp: with ``prepare(..., expose_marks=True)``,
+        ``marked_vjp(cotangent, value_cotangents) -> (grads,)``: the VJP of
+        the losses and of the marked values z (one per entry of ``per_loss()``,
+        whose leaves are all marks of a value): Σ_i c_i ∇L_i + Σ_z J_zᵀ c_z,
+        from the same forward pass; else None.
     """
 
     losses: Losses
@@ -462,6 +470,7 @@ class Prepared(NamedTuple):
     gramian: Callable[[], Array]
     factors: Callable[[], GramianFactors]
     plan: Plan
+    marked_vjp: Callable[[Losses, Sequence[Array]], tuple[PyTree]] | None = None
 
 
 class GramianFactors(NamedTuple):
@@ -490,12 +499,19 @@ def prepare(
     chunk_size: int | None = None,
     output: Output = "gramian",
     plan: Plan | None = None,
+    expose_marks: bool = False,
+    names: Sequence[str] = (),
 ) -> Prepared:
     """Trace ``fn(primal) -> (losses, aux)`` once, plan, and run its forward pass.
 
     ``selected`` is aligned with ``jax.tree.leaves(primal)``. ``plan``: use
     this plan (made for a program of the same shapes, e.g. the other half of
-    a batch) instead of making one.
+    a batch) instead of making one. ``expose_marks``: every selected leaf
+    marks a value z (``z + leaf``, :attr:`Plan.marks`); the values become
+    extra outputs of the one forward pass, so that a cotangent can be given
+    to them (:attr:`Prepared.marked_vjp`: a direction w.r.t. z pulled back
+    through the part of the program that computes z). ``names``: the leaves'
+    names, for errors.
     """
     _validate_chunk_size(chunk_size)
     leaves, treedef = jax.tree.flatten(primal)
@@ -507,23 +523,53 @@ def prepare(
     out_tree = jax.tree.structure(out_shape)
     if plan is None:
         plan = make_plan(closed, out_shape[0], selected, output)
+    marked_values = _marked_values(plan, names) if expose_marks else []
+    if marked_values:
+        closed = jex_core.ClosedJaxpr(
+            closed.jaxpr.replace(
+                outvars=[*closed.jaxpr.outvars, *marked_values],
+                debug_info=closed.jaxpr.debug_info.with_unknown_names(),
+            ),
+            closed.consts,
+        )
     run = factorized.tapped_function(closed, plan.taps)
+    num_outputs = out_tree.num_leaves
+
+    def forward_with_marks(
+        p: PyTree, perturbations: dict[int, Array]
+    ) -> tuple[tuple[Losses, list[Array]], Any]:
+        """``fn`` with a zero perturbation on each tap's output (the cotangent there is Δ_i),
+        and the marked values."""
+        if not plan.taps and not marked_values:
+            losses, aux = fn(p)
+            return (losses, []), (aux, {})
+        outputs, layer_inputs = run(jax.tree.leaves(p), perturbations)
+        losses, aux = jax.tree.unflatten(out_tree, outputs[:num_outputs])
+        return (losses, outputs[num_outputs:]), (aux, layer_inputs)
 
     def forward(p: PyTree, perturbations: dict[int, Array]) -> tuple[Losses, Any]:
-        """``fn`` with a zero perturbation on each tap's output (the cotangent there is Δ_i)."""
-        if not plan.taps:
-            losses, aux = fn(p)
-            return losses, (aux, {})
-        outputs, layer_inputs = run(jax.tree.leaves(p), perturbations)
-        losses, aux = jax.tree.unflatten(out_tree, outputs)
-        return losses, (aux, layer_inputs)
+        (losses, _), aux = forward_with_marks(p, perturbations)
+        return losses, aux
 
     perturbations = factorized.zero_perturbations(plan.taps)
-    block_diagonal_pass = _block_diagonal_pass(plan, closed, out_shape[0])
+    # A cotangent on the marked values needs the whole program's pull-back.
+    block_diagonal_pass = (
+        None if marked_values else _block_diagonal_pass(plan, closed, out_shape[0])
+    )
+    marked_vjp = None
     if block_diagonal_pass is None:
-        losses, full_vjp, (aux, layer_inputs) = jax.vjp(
-            forward, primal, perturbations, has_aux=True
+        (losses, values), vjp_with_values, (aux, layer_inputs) = jax.vjp(
+            forward_with_marks, primal, perturbations, has_aux=True
         )
+        no_value_cotangents = [jnp.zeros_like(value) for value in values]
+
+        def full_vjp(cotangent: Losses) -> tuple[PyTree, dict[int, Array]]:
+            return vjp_with_values((cotangent, no_value_cotangents))
+
+        if marked_values:
+
+            def marked_vjp(cotangent: Losses, value_cotangents: Sequence[Array]) -> tuple[PyTree]:
+                return (vjp_with_values((cotangent, list(value_cotangents)))[0],)
 
         def summed() -> list[Array]:
             return jax.tree.leaves(full_vjp(jax.tree.map(jnp.ones_like, losses))[0])
@@ -573,7 +619,26 @@ def prepare(
         one = factors()
         return _gramian(plan, one, one)
 
-    return Prepared(losses, vjp_fn, aux, per_loss, gramian, factors, plan)
+    return Prepared(losses, vjp_fn, aux, per_loss, gramian, factors, plan, marked_vjp)
+
+
+def _marked_values(plan: Plan, names: Sequence[str]) -> list[Any]:
+    """The values z marked by the selected leaves, one per entry of ``per_loss()`` (copies of
+    one value share it), in its order."""
+    copies = _copy_sets(plan)
+    values = []
+    for leaf, keep in enumerate(plan.selected):
+        if not keep or (leaf in copies and copies[leaf][0] != leaf):
+            continue
+        if leaf not in plan.marks:
+            raise ValueError(
+                "covjax: a direction w.r.t. feature maps needs each selected leaf to be added "
+                "to its feature map z once, at the top level of the loss function (z + leaf of "
+                "z's shape and dtype, e.g. z = self.perturb(name, z) outside any nested "
+                f"jax.jit); {names[leaf] if leaf < len(names) else f'leaf {leaf}'} is not."
+            )
+        values.append(plan.marks[leaf])
+    return values
 
 
 def cross_gramian(a: Prepared, b: Prepared) -> Array:

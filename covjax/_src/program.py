@@ -132,6 +132,19 @@ class TracedProgram(NamedTuple):
         """The bit mask of the losses that depend on ``leaf`` (bit i: loss i)."""
         return sum(1 << i for i, leaves in enumerate(self.loss_leaves) if leaves >> leaf & 1)
 
+    def marks(self) -> dict[int, Any]:
+        """Selected leaves whose only use adds them to a value z (``z + p``): leaf → z's variable.
+
+        ``nnx.Module.perturb(name, z)`` marks a feature map this way (as does a
+        zero leaf of a plain pytree added to it); z is a variable of the
+        traced program's top level.
+        """
+        return {
+            leaf: uses[0].added_to
+            for leaf, uses in self.uses.items()
+            if len(uses) == 1 and uses[0].added_to is not None
+        }
+
     def copies(self) -> list[tuple[int, ...]]:
         """Sets of ≥ 2 selected leaves whose only use adds each to one same value.
 
@@ -140,9 +153,8 @@ class TracedProgram(NamedTuple):
         ``p_b`` are copies of z, so the gradient w.r.t. z is the sum of theirs.
         """
         by_value: dict[Any, list[int]] = {}
-        for leaf, uses in self.uses.items():
-            if len(uses) == 1 and uses[0].added_to is not None:
-                by_value.setdefault(uses[0].added_to, []).append(leaf)
+        for leaf, value in self.marks().items():
+            by_value.setdefault(value, []).append(leaf)
         return [tuple(sorted(leaves)) for leaves in by_value.values() if len(leaves) >= 2]
 
     def groups(

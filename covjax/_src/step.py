@@ -47,6 +47,7 @@ from covjax._src.base import (
     Weighting,
     WeightingState,
     Weights,
+    flatten_losses,
     step_accepted,
     weighted_sum,
 )
@@ -92,6 +93,7 @@ def value_and_grad(
     wrt: Any = None,
     chunk_size: int | None = None,
     gramian_examples: int | None = None,
+    feature_maps: bool | None = None,
 ) -> Callable[..., tuple[WeightedLosses, PyTree]]:
     """Make ``step(params, weighting_state, *args, **kwargs) -> (WeightedLosses, grads)``.
 
@@ -129,6 +131,19 @@ def value_and_grad(
         only ``n`` = the batch size gives the step's own Gramian. ``None``:
         the whole batch. For a ``CROSS_GRAMIAN`` scheme, the halves are
         those of the first n examples.
+      feature_maps: DIRECTION schemes only: whether the selected leaves mark
+        feature maps z (each used once, as ``z + leaf``). Then the direction
+        d is w.r.t. z (LibMTL's ``rep_grad=True``): the layers before z are
+        pulled back from d in place of Σ_i α_i ∂L_i/∂z, and every other
+        parameter (the heads) gets its gradient of Σ_i α_i L_i, all in one
+        backward pass. ``None`` (default): True when ``wrt`` selects
+        ``nnx.Perturbation`` variables, else False (the direction replaces
+        the selected parameters' gradients). ``True`` with a plain pytree (or
+        Flax Linen's ``perturb``): ``wrt`` selects zero leaves added to the
+        feature maps; their own gradients in ``grads`` are Σ_i α_i ∂L_i/∂z
+        (drop them before the optimiser). Never inferred for a plain pytree:
+        a parameter added to a value of its shape (an adapter ``W₀ + ΔW``)
+        looks the same.
 
     The cross-Gramian (``covjax.CROSS_GRAMIAN in scheme.requires``: SDMGrad,
     MoDo). The batch (axis 0 of every array argument of ``loss_fn``, which
@@ -162,7 +177,10 @@ def value_and_grad(
         scheme, a batch whose size is odd (a batch of 1 included) or that
         differs between arguments, or ``wrt`` selecting ``nnx.Perturbation``
         feature maps (two halves' maps are different variables) (at trace
-        time).
+        time); for a DIRECTION scheme w.r.t. feature maps, ``gramian_examples``
+        (at once), ``wrt`` selecting both parameters and feature maps, or a
+        selected leaf that is not added to a feature map once at the top
+        level of ``loss_fn`` (at trace time).
     """
     gradients._validate_chunk_size(chunk_size)
     if gramian_examples is not None and (
@@ -179,6 +197,16 @@ def value_and_grad(
     needs_gradients = bool(GRADIENT_REQUIREMENTS & scheme.requires)
     gives_direction = DIRECTION in scheme.requires
     output: gradients.Output = "jacobian" if needs_jacobian else "gramian"
+    if (
+        gives_direction
+        and gramian_examples is not None
+        and (feature_maps or (feature_maps is None and gradients._may_select_perturbations(wrt)))
+    ):
+        raise ValueError(
+            "covjax.value_and_grad: gramian_examples with a DIRECTION scheme takes the "
+            "direction on the first examples only; w.r.t. a feature map (nnx.Perturbation) "
+            "it would not have the feature map's shape: use gramian_examples=None."
+        )
 
     def step(params: Any, state: WeightingState, *args: Any, **kwargs: Any):
         # The halves are checked before anything is traced.
@@ -193,9 +221,16 @@ def value_and_grad(
             wrt=wrt,
             needs_selection=whole_batch_plan,
         )
+        on_feature_maps = gives_direction and _selects_feature_maps(target, feature_maps)
         if whole_batch_plan:
             prepared = gradients.prepare(
-                target.fn, target.primal, target.selected, chunk_size=chunk_size, output=output
+                target.fn,
+                target.primal,
+                target.selected,
+                chunk_size=chunk_size,
+                output=output,
+                expose_marks=on_feature_maps,
+                names=target.names,
             )
             losses, vjp_fn, (aux, new_rest) = prepared.losses, prepared.vjp_fn, prepared.aux
             selected = target.selected
@@ -225,9 +260,14 @@ def value_and_grad(
         weights = jax.lax.stop_gradient(
             output_weights.weights if isinstance(output_weights, Aggregation) else output_weights
         )
-        (grads,) = vjp_fn(_cotangent(weights, losses))
+        if on_feature_maps:
+            grads = _with_feature_map_direction(
+                prepared, rows, weights, losses, output_weights.direction
+            )
+        else:
+            (grads,) = vjp_fn(_cotangent(weights, losses))
         grads = target.grads_of(grads)
-        if gives_direction:
+        if gives_direction and not on_feature_maps:
             grads = _with_direction(grads, selected, prepared.plan, output_weights.direction)
         target.finish(new_rest)
         result = WeightedLosses(
@@ -313,12 +353,60 @@ def _cross_gramian(
 def _with_direction(grads: PyTree, selected: list[bool], plan: Any, direction: Array) -> PyTree:
     """``grads`` with the selected parameters' gradient replaced by a DIRECTION scheme's."""
     num_params = len(jax.tree.leaves(grads))
-    if any(selected[num_params:]) or plan.copies:
+    if plan.copies:
         raise ValueError(
-            "covjax.value_and_grad: a DIRECTION scheme's direction replaces parameter "
-            "gradients; select parameters with wrt=, not perturbations or copies of a value."
+            "covjax.value_and_grad: a DIRECTION scheme's direction replaces the gradient of "
+            "the selected parameters, but some of them are copies of one value (each added to "
+            "it): mark a feature map with nnx.Module.perturb and select wrt=nnx.Perturbation."
         )
     return gradients.replace_selected(grads, selected[:num_params], direction)
+
+
+def _selects_feature_maps(target: gradients.Differentiable, feature_maps: bool | None) -> bool:
+    """Whether a DIRECTION scheme's direction is w.r.t. the feature maps that ``wrt`` marks."""
+    num_params = len(jax.tree.leaves(target.grads_of(target.primal)))
+    perturbations = any(target.selected[num_params:])
+    if perturbations and feature_maps is False:
+        raise ValueError(
+            "covjax.value_and_grad: feature_maps=False, but wrt selects nnx.Perturbation "
+            "variables, which are feature maps, not parameters whose gradient a direction "
+            "could replace."
+        )
+    if perturbations and any(target.selected[:num_params]):
+        raise ValueError(
+            "covjax.value_and_grad: a DIRECTION scheme's direction is taken w.r.t. either "
+            "parameters or feature maps (nnx.Perturbation), but wrt= selects both: "
+            f"{', '.join(n for n, keep in zip(target.names, target.selected) if keep)}."
+        )
+    return perturbations or bool(feature_maps)
+
+
+def _with_feature_map_direction(
+    prepared: gradients.Prepared,
+    rows: list[Array],
+    weights: Weights,
+    losses: Losses,
+    direction: Array,
+) -> PyTree:
+    """The step's gradient when a DIRECTION scheme's direction d is w.r.t. feature maps z.
+
+    The direction replaces what ∇ Σ_i w_i L_i sends back into each z
+    (Σ_i w_i ∂L_i/∂z, the weighted rows of the Jacobian): the part of the
+    program that computes z is pulled back from d instead, and every other
+    parameter (the heads after z) gets its gradient of Σ_i w_i L_i. One
+    pull-back: the losses' cotangent w and, on z itself, d − Σ_i w_i ∂L_i/∂z.
+    """
+    flat_weights, _ = flatten_losses(weights)
+    cotangents = []
+    offset = 0
+    for leaf_rows in rows:
+        size = leaf_rows[0].size
+        piece = direction[offset : offset + size].reshape(leaf_rows.shape[1:])
+        weighted = jnp.tensordot(flat_weights.astype(leaf_rows.dtype), leaf_rows, axes=1)
+        cotangents.append((piece - weighted).astype(leaf_rows.dtype))
+        offset += size
+    (grads,) = prepared.marked_vjp(_cotangent(weights, losses), cotangents)
+    return grads
 
 
 def _cotangent(weights: Weights, losses: Losses) -> Losses:
