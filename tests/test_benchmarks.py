@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -40,7 +41,13 @@ TINY_RUNS = {
     # One scheme fed the Gramian and one fed the Jacobian: the script's two paths (every
     # aggregator's jitted update is tested in its own test file).
     "aggregators": [
-        "--losses=4", "--steps=2", "--repeats=1", "--dim=16", "--schemes", "upgrad", "graddrop",
+        "--losses=4",
+        "--steps=2",
+        "--repeats=1",
+        "--dim=16",
+        "--schemes",
+        "upgrad",
+        "graddrop",
     ],
     "depth_throughput": [
         "--size=test",
@@ -142,7 +149,31 @@ def test_libmtl_reference_without_libmtl_says_how_to_run_it(
 
 def test_libmtl_reference_names_covjax_configurations_of_the_gradients_benchmark() -> None:
     for reference in libmtl_reference.REFERENCES.values():
-        assert reference.ours in gradients.STEP_CONFIGURATIONS
+        assert reference.gradients_only or reference.ours in gradients.STEP_CONFIGURATIONS
+
+
+def test_per_loss_gradients_floor_forms_every_row() -> None:
+    k, size = 3, 8
+    x, labels = gradients.make_batch(k, size)
+    total = gradients.per_loss_gradients_runner(k, x, labels)()
+    params = gradients.init_params(k)
+    losses = gradients.loss_fn(params, x, labels)
+    rows = [
+        jax.grad(lambda p, i=i: gradients.loss_fn(p, x, labels)[i])(params)["trunk"]
+        for i in range(k)
+    ]
+    terms = [jnp.ravel(leaf) for row in rows for leaf in jax.tree.leaves(row)]
+    expected = jnp.sum(losses) + sum(jnp.sum(term) for term in terms)
+    # Two float32 summation orders over ~0.66 M terms per row: bounded by a few
+    # eps32 times the sum of the terms' magnitudes (the sum itself may cancel).
+    magnitude = jnp.sum(losses) + sum(jnp.sum(jnp.abs(term)) for term in terms)
+    assert abs(float(total - expected)) <= 1e-5 * float(magnitude)
+
+
+def test_graddrop_on_the_representation_step_runs() -> None:
+    x, labels = gradients.make_batch(2, 8)
+    run = gradients.step_runner("graddrop_representation", 2, x, labels)
+    assert np.isfinite([float(run()) for _ in range(2)]).all()
 
 
 def test_two_batch_step_weighs_with_the_cross_gramian_of_its_two_batches() -> None:

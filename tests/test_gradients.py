@@ -519,7 +519,7 @@ def test_direction_on_a_feature_map(model_type: type[MultiHead]) -> None:
 def test_direction_on_a_feature_map_of_a_plain_pytree() -> None:
     # A zero leaf added to z marks it; feature_maps=True says so (never inferred).
     with jax.enable_x64(True):
-        params, x, y, loop = float64_case()
+        params, x, y, _ = float64_case()
         scheme = first_loss_direction()
         marked = with_zero_representation(params, x, y)
         state = scheme.init(loss_fn(params, x, y))

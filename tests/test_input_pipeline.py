@@ -405,6 +405,8 @@ def test_resize_scales_focal_and_principal_point_offset_with_the_width():
     assert float(native["doffs"]) == 5.5 and float(native["focal"]) == 700.0
     selected = ip.select_features(tf.data.Dataset.from_tensors(example), ["left", "depth"])
     assert set(selected.element_spec) == {"left", "depth", "focal", "doffs"}
+
+
 @pytest.mark.parametrize("num_shards", [2, 4])
 def test_process_shards_are_rows_of_the_one_process_batches(num_shards):
     # Process i of P gets rows [i·b, (i+1)·b) of each global batch, augmentation

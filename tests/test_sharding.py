@@ -105,6 +105,8 @@ def test_launch_fields_without_distributed_are_refused() -> None:
     config.process_id = 1
     with pytest.raises(ValueError, match=r"without --config\.distributed=True"):
         setup_runtime(config)
+
+
 @pytest.mark.slow
 def test_sharded_gradient_step_matches_single_device() -> None:
     report = run_with_devices("sharded_gradients_check.py")

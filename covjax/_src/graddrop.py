@@ -112,10 +112,18 @@ def graddrop(
         identity, as in the paper's experiments and TorchJD).
       seed: seed of the PRNG key kept in the state.
 
-    Deviations: the paper (and LibMTL) apply GradDrop to the gradients
-    w.r.t. a shared activation, multiplied by the activation's sign
-    ("batch-separated" inputs); covjax applies it to the parameter gradients
-    of the selected parameters (``wrt``), as TorchJD does.
+    Where: on the parameter gradients of the selected parameters (``wrt``),
+    as TorchJD does, or, as the paper and LibMTL do, on the gradients w.r.t.
+    a shared activation z (``covjax.value_and_grad(..., wrt=nnx.Perturbation)``
+    with ``z = self.perturb(name, z)``, or ``feature_maps=True`` for a zero
+    leaf added to z): then the direction w.r.t. z is pulled back through the
+    layers before z, and the heads get ∇ Σ_i L_i.
+
+    Deviations: on an activation, the paper and LibMTL compute the purity
+    per feature from the gradients multiplied by the activation's sign and
+    summed over the batch ("batch-separated" inputs) and drop a feature for
+    every example at once; covjax computes it per coordinate of z (each
+    example's own), the rule above applied to the K rows of z's size.
 
     Cost: one pass over the Jacobian's rows (O(K·P)); state: one PRNG key.
 

@@ -168,7 +168,9 @@ def value_and_grad(
       A function with the signature above; ``grads`` has the structure of
       ``params`` (an ``nnx.State`` of the ``nnx.Param`` variables for a
       module) and equals ∇ Σ α_i L_i (for a DIRECTION scheme, the
-      direction on the ``wrt`` leaves). ``WeightedLosses.weights`` are the α_i.
+      direction on the ``wrt`` parameters, or, w.r.t. feature maps, the
+      layers before them pulled back from it: ``feature_maps``).
+      ``WeightedLosses.weights`` are the α_i.
 
     Raises:
       ValueError: a bad ``chunk_size`` or ``gramian_examples`` (at once), a
@@ -373,10 +375,11 @@ def _selects_feature_maps(target: gradients.Differentiable, feature_maps: bool |
             "could replace."
         )
     if perturbations and any(target.selected[:num_params]):
+        chosen = [name for name, keep in zip(target.names, target.selected, strict=True) if keep]
         raise ValueError(
             "covjax.value_and_grad: a DIRECTION scheme's direction is taken w.r.t. either "
             "parameters or feature maps (nnx.Perturbation), but wrt= selects both: "
-            f"{', '.join(n for n, keep in zip(target.names, target.selected) if keep)}."
+            f"{', '.join(chosen)}."
         )
     return perturbations or bool(feature_maps)
 

@@ -307,6 +307,11 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
         "Trimmed mean (all shared)",
     ),
     "graddrop": (covjax.graddrop, {"wrt": "trunk"}, "GradDrop (all shared)"),
+    "graddrop_representation": (
+        covjax.graddrop,
+        {"loss": "representation", "wrt": "representation", "feature_maps": True},
+        "GradDrop (on the representation, pulled back through the trunk)",
+    ),
     "conflict_free": (covjax.conflict_free, {"wrt": "trunk"}, "ConFIG (all shared)"),
     "m_config": (
         lambda: covjax.conflict_free(momentum=True, num_params=trunk_num_params()),
@@ -372,6 +377,25 @@ def step_runner(
         return total
 
     return run
+
+
+def per_loss_gradients_runner(
+    num_losses: int, x: jax.Array, labels: jax.Array
+) -> Callable[[], jax.Array]:
+    """The losses and their K per-loss gradients over the trunk alone, per call: no scheme, no
+    update, each row reduced to a sum (nothing K × P leaves the jitted function).
+
+    The floor of every step that needs the rows themselves (ExcessMTL, MoCo, GradDrop on
+    the parameters): it differs from such a step by the scheme and the update only.
+    """
+    params = init_params(num_losses)
+
+    @jax.jit
+    def rows_only(params: Params, x: jax.Array, labels: jax.Array) -> jax.Array:
+        losses, jacobian, _ = covjax.per_loss_jacobian(loss_fn, params, x, labels, wrt="trunk")
+        return jnp.sum(losses) + sum(jnp.sum(rows) for rows in jax.tree.leaves(jacobian))
+
+    return lambda: rows_only(params, x, labels)
 
 
 def step_table(ks: list[int], batch: int, rounds: int, steps: int, names: list[str]) -> None:

@@ -22,7 +22,8 @@ operations down 10-80×).
 
 LibMTL's conventions are kept (``Trainer.train_singlelevel``): per-loss
 gradients over all shared parameters (``rep_grad=False``; GradDrop, which
-LibMTL runs on the representation only, with ``rep_grad=True``); SDMGrad and
+LibMTL runs on the representation only, with ``rep_grad=True``, as covjax's
+``value_and_grad(..., feature_maps=True)`` does here); SDMGrad and
 MoDo forward three batches and take 3K per-loss gradients per step (the
 cross-Gramian of two batches' per-loss gradients weighs a third batch's,
 from which LibMTL forms the direction); covjax's rows take 2K per-loss
@@ -84,6 +85,9 @@ class Reference:
     rep_grad: bool = False  #: LibMTL takes the per-loss gradients w.r.t. the representation
     batches: int = 1  #: batches LibMTL's Trainer feeds one step of this weighting
     note: str = ""  #: how LibMTL's step differs beyond the library
+    #: not a weighting: the forward pass and the K per-loss gradients of the shared
+    #: parameters alone, the floor of every scheme that needs them themselves
+    gradients_only: bool = False
 
 
 #: covjax name → the LibMTL weighting it is timed against.
@@ -101,9 +105,14 @@ REFERENCES: dict[str, Reference] = {
     "fairgrad": Reference("FairGrad", "fairgrad"),
     "excess_mtl": Reference("ExcessMTL", "excess_mtl"),
     "moco": Reference("MoCo", "moco"),
-    "graddrop": Reference("GradDrop", "graddrop", rep_grad=True, note="on the representation"),
+    "graddrop": Reference(
+        "GradDrop", "graddrop_representation", rep_grad=True, note="on the representation"
+    ),
     "sdmgrad": Reference("SDMGrad", "sdmgrad_two_batches", batches=3, note="3 batches; ours 2"),
     "modo": Reference("MoDo", "modo_two_batches", batches=3, note="3 batches; ours 2"),
+    "per_loss_gradients": Reference(
+        "EW", "per_loss_gradients", gradients_only=True, note="`_get_grads`, no step"
+    ),
     "uncertainty": Reference("UW", "uncertainty", loss_only=True),
     "dwa": Reference("DWA", "dwa", loss_only=True),
     "rlw": Reference("RLW", "rlw", loss_only=True),
@@ -245,6 +254,9 @@ def libmtl_runner(
 
     def run() -> None:
         losses = torch.stack([losses_of(*b) for b in batches]).squeeze(0)
+        if reference.gradients_only:  # what ExcessMTL and MoCo call, without the rest
+            model._get_grads(losses, mode="autograd")
+            return
         optimizer.zero_grad(set_to_none=False)
         model.backward(losses, **kwargs)
         optimizer.step()
@@ -268,7 +280,11 @@ def measure(
         }
         for name in names:
             reference = REFERENCES[name]
-            runners[f"ours:{name}"] = gradients.step_runner(reference.ours, k, x, labels)
+            runners[f"ours:{name}"] = (
+                gradients.per_loss_gradients_runner(k, x, labels)
+                if reference.gradients_only
+                else gradients.step_runner(reference.ours, k, x, labels)
+            )
             runners[f"libmtl:{name}"] = libmtl_runner(libmtl, reference.libmtl, k, batch, reference)
         for run in runners.values():  # compilation, first-step set-up (Nash-MTL's problem)
             jax.block_until_ready(run())
@@ -297,6 +313,8 @@ def target_met(name: str, times: dict[int, dict[str, float]]) -> str:
     if REFERENCES[name].loss_only:
         # A few per cent, below this benchmark's noise: weighting_overhead measures it.
         return f"loss-only: ≤ {TARGET_LOSS_ONLY}× static (weighting_overhead)"
+    if REFERENCES[name].gradients_only:
+        return "floor of the Jacobian schemes (no target)"
     quotients = [quotient(name, t) for k, t in times.items() if k >= 8]
     if not quotients:
         return "—"
@@ -343,7 +361,12 @@ def print_table(
                 f"{t[f'libmtl:{name}'] / t['libmtl:EW']:.2f} | {quotient(name, t):.2f}"
             )
         reference = REFERENCES[name]
-        label = f"{gradients.STEP_CONFIGURATIONS[reference.ours][2]}; LibMTL `{reference.libmtl}`"
+        ours = (
+            "the K per-loss gradients of the shared parameters alone (forward pass included)"
+            if reference.gradients_only
+            else gradients.STEP_CONFIGURATIONS[reference.ours][2]
+        )
+        label = f"{ours}; LibMTL `{reference.libmtl}`"
         label += f" ({reference.note})" if reference.note else ""
         print(f"| {label} | " + " | ".join(cells) + f" | {target_met(name, times)} |")
 
