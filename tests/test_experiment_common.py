@@ -12,9 +12,11 @@ import types
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import toy_task
+from flax import nnx
 
 import covjax
 from experiments.common import logging_utils, report, schemes, sharding, train
@@ -195,6 +197,30 @@ def test_registry_builds_and_steps_every_scheme(name: str) -> None:
         np.testing.assert_allclose(weights / weights.sum(), [0.1, 0.2, 0.3, 0.4], rtol=1e-6)
     if name == "equal":
         np.testing.assert_allclose(weights, weights[0])
+
+
+def test_a_direction_scheme_runs_on_the_representation() -> None:
+    """GradDrop on z (LibMTL's rep_grad=True): the trunk follows its direction w.r.t. z."""
+    targets = ml_collections.ConfigDict({"graddrop": "representation"})
+    mesh = sharding.make_mesh(1)
+    runs = {}
+    for target in ("parameters", "representation"):
+        config = toy_task.toy_config(scheme="graddrop")
+        if target == "representation":
+            config.scheme_gradient_target = targets
+        trainer = train.Trainer(TASK, config, mesh)
+        assert trainer.scheme.gradient_target == target
+        batches = TASK.train_batches(config, start_step=0, process_index=0, process_count=1)
+        state = trainer.init_state(sharding.shard_batch(next(batches), mesh))
+        for _ in range(3):
+            state, metrics = trainer.train_step(state, sharding.shard_batch(next(batches), mesh))
+            assert bool(metrics.accepted)
+        runs[target] = jax.tree.leaves(nnx.state(trainer.model_from_state(state), nnx.Param))
+    assert all(np.all(np.isfinite(leaf)) for leaf in runs["representation"])
+    assert any(
+        not np.allclose(a, b)
+        for a, b in zip(runs["parameters"], runs["representation"], strict=True)
+    )
 
 
 def test_sdmgrad_takes_the_cross_gramian_of_the_batch_halves() -> None:

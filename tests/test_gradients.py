@@ -536,6 +536,11 @@ def test_direction_on_a_feature_map_of_a_plain_pytree() -> None:
         # The mark's own gradient: what Σ w_i L_i sends back into z.
         weighted_rows = sum(w * row for w, row in zip(weights, rows, strict=True))
         assert_trees_close64(np.asarray(grads["representation"]), np.asarray(weighted_rows))
+        # One loss's cotangent at a time: the same pull-backs, the same gradient.
+        chunked = covjax.value_and_grad(
+            marked_loss, scheme, wrt="representation", feature_maps=True, chunk_size=1
+        )
+        assert_trees_close64(jax.jit(chunked)(marked, state, x, y)[1], grads)
         # Without feature_maps the direction replaces the mark's gradient only.
         plain = covjax.value_and_grad(marked_loss, scheme, wrt="representation")
         _, plain_grads = jax.jit(plain)(marked, state, x, y)
