@@ -2,8 +2,10 @@
 
 Trains a small multi-head network for a few steps with MGDA (gradients w.r.t.
 all parameters; Gramians factorized and materialised), with GradNorm (w.r.t.
-one shared layer) and with MGDA-UB over separate two-layer heads whose losses
-are pulled back in groups (covjax._src.program), once with the
+one shared layer), with MGDA-UB over separate two-layer heads whose losses
+are pulled back in groups (covjax._src.program), and with GradDrop's
+direction w.r.t. the same heads' input z pulled back through the trunk
+(``feature_maps=True``), once with the
 batch sharded over a ``Mesh`` of all devices (parameters and weighting state
 replicated) and once on a single device, and prints the largest differences in
 weights and parameters as JSON.
@@ -29,6 +31,7 @@ from covjax._src import gradients
 jax.config.update("jax_enable_x64", True)
 
 NUM_LOSSES = 4
+SCHEMES = ("mgda", "mgda_materialised", "gradnorm", "mgda_ub_grouped", "graddrop_representation")
 
 
 def loss_fn(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -86,19 +89,22 @@ def train(scheme_name: str, devices: list, steps: int = 4) -> tuple[list, dict]:
         scheme, wrt, factorize = covjax.mgda(normalization="l2"), None, "never"
     else:
         scheme, wrt, factorize = covjax.gradnorm(learning_rate=0.05), "shared/w2", "always"
-    if scheme_name == "mgda_ub_grouped":
-        scheme = covjax.mgda()
+    if scheme_name in ("mgda_ub_grouped", "graddrop_representation"):
+        on_z = scheme_name == "graddrop_representation"
+        scheme = covjax.graddrop(leak=0.3) if on_z else covjax.mgda()
         state = jax.device_put(
             scheme.init({f"task{i}": 1.0 for i in range(NUM_LOSSES)}), replicated
         )
-        step = covjax.value_and_grad(marked_heads, scheme, wrt="representation", chunk_size=2)
+        step = covjax.value_and_grad(
+            marked_heads, scheme, wrt="representation", chunk_size=2, feature_maps=on_z
+        )
     else:
         state = jax.device_put(scheme.init(jnp.ones(NUM_LOSSES)), replicated)
         step = covjax.value_and_grad(loss_fn, scheme, wrt=wrt, chunk_size=2)
 
     @jax.jit
     def train_step(params, state, x, y):
-        if scheme_name == "mgda_ub_grouped":
+        if scheme_name in ("mgda_ub_grouped", "graddrop_representation"):
             z = jnp.zeros((x.shape[0], params["shared"]["w2"].shape[1]), x.dtype)
             out, grads = step({**params, "representation": z}, state, x, y)
             grads = {key: value for key, value in grads.items() if key != "representation"}
@@ -125,7 +131,7 @@ def train(scheme_name: str, devices: list, steps: int = 4) -> tuple[list, dict]:
 def main() -> None:
     devices = jax.devices()
     report: dict = {"devices": len(devices)}
-    for scheme_name in ("mgda", "mgda_materialised", "gradnorm", "mgda_ub_grouped"):
+    for scheme_name in SCHEMES:
         sharded_weights, sharded_params = train(scheme_name, devices)
         single_weights, single_params = train(scheme_name, devices[:1])
         report[scheme_name] = {

@@ -118,3 +118,8 @@ def test_sharded_gradient_step_matches_single_device() -> None:
         assert report[scheme]["weights"] <= EPS32, report
         assert report[scheme]["params"] <= IDENTITY_RTOL64, report
         assert report[scheme]["weight_spread"] > 1e-3, report  # not trivially uniform
+    # GradDrop's weights are 1; its direction (per-coordinate draws from one key, the
+    # same on 1 or 8 shards) moved the trunk identically.
+    drop = report["graddrop_representation"]
+    assert drop["dtype"] == "float64" and drop["weights"] == 0.0, report
+    assert drop["params"] <= IDENTITY_RTOL64, report
