@@ -560,7 +560,16 @@ def test_direction_on_a_feature_map_refuses_what_it_cannot_do() -> None:
     with pytest.raises(ValueError, match="either parameters or feature maps"):
         both(model, state, x, y)
     with pytest.raises(ValueError, match="gramian_examples"):
-        covjax.value_and_grad(module_loss, scheme, wrt=nnx.Perturbation, gramian_examples=2)
+        covjax.value_and_grad(module_loss, scheme, wrt=nnx.Perturbation, gramian_examples=2)(
+            model, state, x, y
+        )
+    with pytest.raises(ValueError, match="gramian_examples"):
+        covjax.value_and_grad(loss_fn, scheme, feature_maps=True, gramian_examples=2)
+    # On parameters selected by an NNX filter, the first examples' direction is fine.
+    on_encoder = covjax.value_and_grad(
+        module_loss, scheme, wrt=nnx.PathContains("encoder"), gramian_examples=2
+    )
+    on_encoder(model, state, x, y)
     with pytest.raises(ValueError, match="feature_maps=False"):
         covjax.value_and_grad(module_loss, scheme, wrt=nnx.Perturbation, feature_maps=False)(
             model, state, x, y

@@ -180,9 +180,10 @@ def value_and_grad(
         differs between arguments, or ``wrt`` selecting ``nnx.Perturbation``
         feature maps (two halves' maps are different variables) (at trace
         time); for a DIRECTION scheme w.r.t. feature maps, ``gramian_examples``
-        (at once), ``wrt`` selecting both parameters and feature maps, or a
-        selected leaf that is not added to a feature map once at the top
-        level of ``loss_fn`` (at trace time).
+        (at once with ``feature_maps=True``, else at trace time), ``wrt``
+        selecting both parameters and feature maps, or a selected leaf that is
+        not added to a feature map once at the top level of ``loss_fn`` (at
+        trace time).
     """
     gradients._validate_chunk_size(chunk_size)
     if gramian_examples is not None and (
@@ -199,16 +200,8 @@ def value_and_grad(
     needs_gradients = bool(GRADIENT_REQUIREMENTS & scheme.requires)
     gives_direction = DIRECTION in scheme.requires
     output: gradients.Output = "jacobian" if needs_jacobian else "gramian"
-    if (
-        gives_direction
-        and gramian_examples is not None
-        and (feature_maps or (feature_maps is None and gradients._may_select_perturbations(wrt)))
-    ):
-        raise ValueError(
-            "covjax.value_and_grad: gramian_examples with a DIRECTION scheme takes the "
-            "direction on the first examples only; w.r.t. a feature map (nnx.Perturbation) "
-            "it would not have the feature map's shape: use gramian_examples=None."
-        )
+    if gives_direction and gramian_examples is not None and feature_maps:
+        raise ValueError(_SUB_BATCH_FEATURE_MAPS)
 
     def step(params: Any, state: WeightingState, *args: Any, **kwargs: Any):
         # The halves are checked before anything is traced.
@@ -223,7 +216,9 @@ def value_and_grad(
             wrt=wrt,
             needs_selection=whole_batch_plan,
         )
-        on_feature_maps = gives_direction and _selects_feature_maps(target, feature_maps)
+        on_feature_maps = (
+            gives_direction and whole_batch_plan and _selects_feature_maps(target, feature_maps)
+        )
         if whole_batch_plan:
             prepared = gradients.prepare(
                 target.fn,
@@ -249,6 +244,8 @@ def value_and_grad(
                 sub = gradients.differentiable(
                     loss_fn, params, sub_args, sub_kwargs, has_aux=has_aux, wrt=wrt
                 )
+                if gives_direction and _selects_feature_maps(sub, feature_maps):
+                    raise ValueError(_SUB_BATCH_FEATURE_MAPS)
                 prepared = gradients.prepare(
                     sub.fn, sub.primal, sub.selected, chunk_size=chunk_size, output=output
                 )
@@ -359,9 +356,17 @@ def _with_direction(grads: PyTree, selected: list[bool], plan: Any, direction: A
         raise ValueError(
             "covjax.value_and_grad: a DIRECTION scheme's direction replaces the gradient of "
             "the selected parameters, but some of them are copies of one value (each added to "
-            "it): mark a feature map with nnx.Module.perturb and select wrt=nnx.Perturbation."
+            "it), i.e. marks of a feature map: pass feature_maps=True to take the direction "
+            "w.r.t. the feature map."
         )
     return gradients.replace_selected(grads, selected[:num_params], direction)
+
+
+_SUB_BATCH_FEATURE_MAPS = (
+    "covjax.value_and_grad: gramian_examples=n takes a DIRECTION scheme's direction from the "
+    "first n examples; w.r.t. a feature map it would not have the feature map's shape (the "
+    "whole batch's): use gramian_examples=None."
+)
 
 
 def _selects_feature_maps(target: gradients.Differentiable, feature_maps: bool | None) -> bool:
