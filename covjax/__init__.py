@@ -8,6 +8,7 @@ from covjax._src.aligned_mtl import aligned_mtl
 from covjax._src.base import (
     CROSS_GRAMIAN,
     DIRECTION,
+    FEATURE_MAPS,
     GRADIENT_REQUIREMENTS,
     GRAMIAN,
     JACOBIAN,
@@ -73,6 +74,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CROSS_GRAMIAN",
     "DIRECTION",
+    "FEATURE_MAPS",
     "GRADIENT_REQUIREMENTS",
     "GRAMIAN",
     "JACOBIAN",

@@ -32,6 +32,83 @@ def test_matches_oracle_in_float64(leak) -> None:
     assert int(state.count) == 2
 
 
+@pytest.mark.parametrize("leak", [0.0, 0.4], ids=["none", "scalar"])
+def test_batch_separated_matches_oracle_in_float64(leak) -> None:
+    rng = np.random.default_rng(11)
+    k, batch = 4, 5
+    # Two activations: ReLU-like (exact zeros: sign 0) and signed, one of them 3-D.
+    activations = [np.maximum(rng.normal(size=(batch, 6)), 0.0), rng.normal(size=(batch, 2, 3))]
+    per_grads = [rng.normal(size=(k, *a.shape)) for a in activations]
+    J = np.concatenate([g.reshape(k, -1) for g in per_grads], axis=1)
+    scheme = covjax.graddrop(leak=leak, seed=5, batch_separated=True)
+    assert covjax.FEATURE_MAPS in scheme.requires
+    with jax.enable_x64(True):
+        losses = jnp.ones(k, jnp.float64)
+        out, _ = scheme.update(
+            losses,
+            scheme.init(losses),
+            jacobian=J,
+            feature_maps=[jnp.asarray(a) for a in activations],
+        )
+        _, uniform = uniform_draws(jax.random.PRNGKey(5), 6 + 6, jnp.float64)
+    flat = [g.reshape(k, batch, -1) for g in per_grads]
+    maps = [a.reshape(batch, -1) for a in activations]
+    want = oracle.graddrop_batch_separated(flat, maps, np.asarray(uniform), leak)
+    np.testing.assert_allclose(out.direction, want, rtol=1e-12, atol=1e-12 * np.abs(J).max())
+
+
+def test_batch_separated_on_a_marked_activation_end_to_end() -> None:
+    # value_and_grad hands GradDrop z's values; the trunk is pulled back from its direction.
+    rng = np.random.default_rng(12)
+    k, batch = 3, 6
+    with jax.enable_x64(True):
+        params = {
+            "trunk": jnp.asarray(rng.normal(size=(4, 5))),
+            "heads": jnp.asarray(rng.normal(size=(k, 5))),
+        }
+        x = jnp.asarray(rng.normal(size=(batch, 4)))
+        y = jnp.asarray(rng.normal(size=(batch,)))
+
+        def features(p):
+            return jax.nn.relu(x @ p["trunk"])  # exact zeros: sign 0
+
+        def heads(p, z):
+            return jnp.stack([jnp.mean((z @ p["heads"][i] - y * i) ** 2) for i in range(k)])
+
+        def loss_fn(p, x, y):
+            return heads(p, features(p) + p["mark"])
+
+        z, features_vjp = jax.vjp(features, params)
+        scheme = covjax.graddrop(seed=2, batch_separated=True)
+        step = covjax.value_and_grad(loss_fn, scheme, wrt="mark", feature_maps=True)
+        state = scheme.init(jnp.ones(k))
+        _, grads = jax.jit(step)({**params, "mark": jnp.zeros_like(z)}, state, x, y)
+        rows = jax.jacrev(lambda z: heads(params, z))(z)  # (K, B, F)
+        _, uniform = uniform_draws(jax.random.PRNGKey(2), z.shape[1], jnp.float64)
+        direction = oracle.graddrop_batch_separated(
+            [np.asarray(rows)], [np.asarray(z)], np.asarray(uniform)
+        ).reshape(z.shape)
+        (want_trunk,) = features_vjp(jnp.asarray(direction))
+        want_heads = jax.grad(lambda p: jnp.sum(heads(p, z)))(params)["heads"]
+        np.testing.assert_allclose(grads["trunk"], want_trunk["trunk"], rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(grads["heads"], want_heads, rtol=1e-12, atol=1e-13)
+        assert np.any(np.asarray(z) == 0.0)
+
+
+def test_batch_separated_needs_the_feature_maps() -> None:
+    scheme = covjax.graddrop(batch_separated=True)
+    losses = jnp.ones(3)
+    with pytest.raises(ValueError, match="needs the feature maps"):
+        scheme.update(losses, scheme.init(losses), jacobian=jnp.ones((3, 8)))
+    with pytest.raises(ValueError, match=r"do not match the Jacobian's 8 columns"):
+        scheme.update(
+            losses, scheme.init(losses), jacobian=jnp.ones((3, 8)), feature_maps=[jnp.ones((2, 3))]
+        )
+    step = covjax.value_and_grad(lambda p, x: jnp.stack([p["w"] @ x] * 3), scheme, wrt="w")
+    with pytest.raises(ValueError, match="FEATURE_MAPS"):
+        step({"w": jnp.ones(2)}, scheme.init(losses), jnp.ones(2))
+
+
 def test_full_leak_is_the_sum_and_agreeing_signs_pass() -> None:
     J = random_jacobian(2, k=4, p=9)
     direction = run_steps64(covjax.graddrop(leak=1.0), [J])[0][0].direction

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Final, Literal, NamedTuple, Protocol
 
 import jax
@@ -62,6 +62,15 @@ JACOBIAN: Final = "jacobian"
 #: selected parameters, while its ``weights`` weigh the losses for every other
 #: parameter (and are what is reported).
 DIRECTION: Final = "direction"
+
+#: ``FEATURE_MAPS in scheme.requires`` (with :data:`JACOBIAN`) means the Jacobian's
+#: columns must be the entries of feature maps z (the per-loss gradients w.r.t. the
+#: maps a module marks, :func:`covjax.value_and_grad` with ``feature_maps``) and
+#: ``update`` also needs ``feature_maps=``: the values of those maps, a sequence of
+#: arrays in the order of the Jacobian's columns, each with its batch axis first
+#: (GradDrop's batch-separated form reads the activations' signs and pools over the
+#: batch).
+FEATURE_MAPS: Final = "feature_maps"
 
 #: The requirements whose matrix is passed as ``gramian=``.
 GRAMIAN_REQUIREMENTS: Final = frozenset({GRAMIAN, CROSS_GRAMIAN})
@@ -315,8 +324,10 @@ class Weighting(NamedTuple):
     as ``gramian=``), :data:`covjax.CROSS_GRAMIAN` (the K×K cross-Gramian of
     two batches' per-loss gradients, passed as ``gramian=``),
     :data:`covjax.JACOBIAN` (the K×P per-loss gradients,
-    passed as ``jacobian=``); with :data:`covjax.DIRECTION` ``update`` returns
-    an :class:`Aggregation` (weights and a direction) instead of the weights.
+    passed as ``jacobian=``; with :data:`covjax.FEATURE_MAPS`, w.r.t. feature
+    maps whose values come as ``feature_maps=``); with :data:`covjax.DIRECTION`
+    ``update`` returns an :class:`Aggregation` (weights and a direction)
+    instead of the weights.
     ``properties`` are its user-facing facts (:class:`WeightingProperties`).
     """
 
@@ -352,7 +363,9 @@ def make_weighting(
         -> (weights (K,), inner_state)`` where ``gradients`` is the Gramian
         (K, K) for a :data:`GRAMIAN` scheme, the cross-Gramian (K, K) for a
         :data:`CROSS_GRAMIAN` scheme, the Jacobian (K, P) for a
-        :data:`JACOBIAN` scheme, else None; a :data:`DIRECTION` scheme returns
+        :data:`JACOBIAN` scheme, else None; a :data:`FEATURE_MAPS` scheme gets
+        the feature maps' values as a fifth argument (a list of arrays, batch
+        axis first); a :data:`DIRECTION` scheme returns
         ``(weights (K,), inner_state, direction (P,))``. Its results are used
         only for accepted steps (finite inputs, positive losses where required);
         on the others it gets harmless losses and Gramian but the Jacobian as
@@ -361,7 +374,8 @@ def make_weighting(
       requires: ``{GRAMIAN}`` for schemes that need the Gramian of the per-loss
         gradients; ``{CROSS_GRAMIAN}`` for the cross-Gramian of two batches';
         ``{JACOBIAN}`` for the per-loss gradients themselves,
-        ``{JACOBIAN, DIRECTION}`` when the scheme also forms the direction.
+        ``{JACOBIAN, DIRECTION}`` when the scheme also forms the direction,
+        plus :data:`FEATURE_MAPS` when it also reads the feature maps.
       positive_losses: the scheme's maths needs L_i > ``loss_minimum``
         (ratios, logarithms or divisions by a loss): a step with any loss at
         or below it is rejected exactly like a non-finite one.
@@ -374,8 +388,11 @@ def make_weighting(
     needs_jacobian = JACOBIAN in requires
     needs_gramian = bool(GRAMIAN_REQUIREMENTS & set(requires)) and not needs_jacobian
     gives_direction = DIRECTION in requires
+    needs_feature_maps = FEATURE_MAPS in requires
     if gives_direction and not needs_jacobian:
         raise ValueError(f"covjax.{name}: a DIRECTION scheme must also require the JACOBIAN.")
+    if needs_feature_maps and not needs_jacobian:
+        raise ValueError(f"covjax.{name}: a FEATURE_MAPS scheme must also require the JACOBIAN.")
     if len(GRADIENT_REQUIREMENTS & set(requires)) > 1:
         raise ValueError(
             f"covjax.{name}: require one of the GRAMIAN, the CROSS_GRAMIAN or the JACOBIAN "
@@ -419,6 +436,7 @@ def make_weighting(
         state: WeightingState,
         gramian: Array | None = None,
         jacobian: Array | None = None,
+        feature_maps: Sequence[Array] | None = None,
     ) -> tuple[Weights | Aggregation, WeightingState]:
         vector, structure = flatten_losses(losses)
         check_state(state, vector)
@@ -470,7 +488,12 @@ def make_weighting(
             # Passed on as it is, unlike the Gramian: cleaning it would copy all K×P entries
             # each step, and what a non-finite one yields is discarded with the step.
             finite = finite & _all_finite(gradients)
-        outputs = update_fn(safe_vector, state.inner, state.count, gradients)
+        if needs_feature_maps:
+            maps = _checked_feature_maps(name, feature_maps, gradients.shape[1])
+            finite = finite & jnp.all(jnp.stack([jnp.all(jnp.isfinite(z)) for z in maps]))
+            outputs = update_fn(safe_vector, state.inner, state.count, gradients, maps)
+        else:
+            outputs = update_fn(safe_vector, state.inner, state.count, gradients)
         new_weights, new_inner = outputs[:2]
         new_weights = new_weights.astype(state.weights.dtype)
         accept = finite & jnp.all(jnp.isfinite(new_weights))
@@ -491,6 +514,27 @@ def make_weighting(
         return weights, new_state
 
     return Weighting(init=init, update=update, requires=frozenset(requires), properties=properties)
+
+
+def _checked_feature_maps(
+    name: str, feature_maps: Sequence[Array] | None, num_columns: int
+) -> list[Array]:
+    """The feature maps of a :data:`FEATURE_MAPS` scheme's update, checked against J's columns."""
+    if feature_maps is None:
+        raise ValueError(
+            f"covjax.{name} needs the feature maps whose per-loss gradients the Jacobian holds: "
+            "call update(losses, state, jacobian=J, feature_maps=[z, ...]), or use "
+            "covjax.value_and_grad with wrt=nnx.Perturbation (or feature_maps=True)."
+        )
+    maps = [jnp.asarray(z) for z in feature_maps]
+    sizes = [z.size for z in maps]
+    if not maps or sum(sizes) != num_columns or any(z.ndim < 1 for z in maps):
+        raise ValueError(
+            f"covjax.{name}: feature maps of shapes {[z.shape for z in maps]} ({sum(sizes)} "
+            f"entries, each with a batch axis first) do not match the Jacobian's {num_columns} "
+            "columns."
+        )
+    return maps
 
 
 def _all_finite(array: Array) -> Array:

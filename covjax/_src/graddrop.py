@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from covjax._src.base import DIRECTION, JACOBIAN, Weighting, make_weighting
+from covjax._src.base import DIRECTION, FEATURE_MAPS, JACOBIAN, Weighting, make_weighting
 
 
 class GradDropState(NamedTuple):
@@ -77,10 +77,50 @@ def uniform_draws(key: Array, num_params: int, dtype: jnp.dtype) -> tuple[Array,
     return next_key, jax.random.uniform(draw_key, (num_params,), dtype)
 
 
+def batch_separated_direction(
+    jacobian: Array,
+    feature_maps: list[Array],
+    leaks: Array,
+    uniform: Array,
+    transform: Callable[[Array], Array],
+) -> Array:
+    """The paper's Algorithm 1 on activations A (batch axis first): the direction (P,).
+
+    Per feature f of each map (pooled over the batch b): the signed gradients
+    𝒢_if = Σ_b sign(A_bf) ∂L_i/∂A_bf, the purity P_f = ½ (1 + Σ_i 𝒢_if / Σ_i abs(𝒢_if))
+    (½ where every 𝒢_if is 0), one draw U_f, M_if = [f(P_f) > U_f]·[𝒢_if > 0] +
+    [f(P_f) < U_f]·[𝒢_if < 0], and d_bf = Σ_i (ℓ_i + (1 − ℓ_i) M_if) ∂L_i/∂A_bf.
+    ``uniform``: the draws, one per feature of the maps in order.
+    """
+    k = jacobian.shape[0]
+    pieces = []
+    column = feature = 0
+    for z in feature_maps:
+        examples, features = z.shape[0], z.size // z.shape[0]
+        rows = jacobian[:, column : column + z.size].reshape(k, examples, features)
+        signed = jnp.einsum(
+            "kbf,bf->kf", rows, jnp.sign(z.reshape(examples, features)).astype(rows.dtype)
+        )
+        total = jnp.sum(jnp.abs(signed), axis=0)
+        live = total > 0
+        purity = 0.5 * (
+            1.0 + jnp.where(live, jnp.sum(signed, axis=0) / jnp.where(live, total, 1.0), 0.0)
+        )
+        threshold = transform(purity)
+        draws = uniform[feature : feature + features]
+        kept = (threshold > draws) & (signed > 0) | (threshold < draws) & (signed < 0)
+        factors = leaks[:, None] + (1.0 - leaks[:, None]) * kept.astype(rows.dtype)
+        pieces.append(jnp.einsum("kf,kbf->bf", factors, rows).reshape(-1))
+        column += z.size
+        feature += features
+    return jnp.concatenate(pieces)
+
+
 def graddrop(
     leak: float | Array = 0.0,
     purity_transform: Callable[[Array], Array] | None = None,
     seed: int = 0,
+    batch_separated: bool = False,
 ) -> Weighting:
     """GradDrop, "Just Pick a Sign: Optimizing Deep Multitask Models with Gradient
     Sign Dropout" (Chen et al., NeurIPS 2020), on the per-loss gradients.
@@ -111,21 +151,34 @@ def graddrop(
       purity_transform: f, monotonically increasing on [0, 1] (default the
         identity, as in the paper's experiments and TorchJD).
       seed: seed of the PRNG key kept in the state.
+      batch_separated: the paper's form on activations (Algorithm 1 with
+        "batch-separated" inputs, as LibMTL's ``GradDrop``): the Jacobian is
+        w.r.t. feature maps A (``value_and_grad(..., wrt=nnx.Perturbation)``
+        or ``feature_maps=True``; ``requires`` holds
+        :data:`covjax.FEATURE_MAPS`), each gradient is multiplied by sign(A)
+        and summed over the batch (the maps' first axis) before the purity,
+        and one draw per feature keeps or drops that feature for every
+        example: 𝒢_if = Σ_b sign(A_bf) ∂L_i/∂A_bf, P_f and M_if as above
+        from 𝒢, d_bf = Σ_i (ℓ_i + (1 − ℓ_i) M_if) ∂L_i/∂A_bf.
 
     Where: on the parameter gradients of the selected parameters (``wrt``),
     as TorchJD does, or, as the paper and LibMTL do, on the gradients w.r.t.
     a shared activation z (``covjax.value_and_grad(..., wrt=nnx.Perturbation)``
     with ``z = self.perturb(name, z)``, or ``feature_maps=True`` for a zero
     leaf added to z): then the direction w.r.t. z is pulled back through the
-    layers before z, and the heads get ∇ Σ_i L_i.
+    layers before z, and the heads get ∇ Σ_i L_i; ``batch_separated=True``
+    there is the paper's own form.
 
     Deviations: on an activation, the paper and LibMTL compute the purity
     per feature from the gradients multiplied by the activation's sign and
-    summed over the batch ("batch-separated" inputs) and drop a feature for
-    every example at once; covjax computes it per coordinate of z (each
-    example's own), the rule above applied to the K rows of z's size.
+    summed over the batch and drop a feature for every example at once:
+    ``batch_separated=True``; by default covjax computes it per coordinate of
+    z (each example's own), the rule above applied to the K rows of z's
+    size. Where every 𝒢_if is 0 the purity is ½ (LibMTL adds 1e-7 to the
+    denominator instead, which gives ½ there too).
 
-    Cost: one pass over the Jacobian's rows (O(K·P)); state: one PRNG key.
+    Cost: one pass over the Jacobian's rows (O(K·P)); ``batch_separated``:
+    two (the signed sums, then the masked sum); state: one PRNG key.
 
     References:
       Chen, Ngiam, Huang, Luong, Kretzschmar, Chai & Anguelov, "Just Pick a
@@ -146,9 +199,16 @@ def graddrop(
         return GradDropState(jax.random.PRNGKey(seed))
 
     def update_fn(
-        losses: Array, state: GradDropState, count: Array, jacobian: Array | None
+        losses: Array, state: GradDropState, count: Array, jacobian: Array | None, *maps: Array
     ) -> tuple[Array, GradDropState, Array]:
         del count
+        if batch_separated:
+            (feature_maps,) = maps
+            num_features = sum(z.size // z.shape[0] for z in feature_maps)
+            next_key, uniform = uniform_draws(state.key, num_features, jacobian.dtype)
+            leaks = jnp.broadcast_to(jnp.asarray(leak, jacobian.dtype), losses.shape)
+            direction = batch_separated_direction(jacobian, feature_maps, leaks, uniform, transform)
+            return jnp.ones_like(losses), GradDropState(next_key), direction
         next_key, uniform = uniform_draws(state.key, jacobian.shape[1], jacobian.dtype)
         leaks = jnp.asarray(leak, jacobian.dtype)
         sums = sign_sums(jacobian, leaks)
@@ -164,7 +224,7 @@ def graddrop(
         init_fn,
         update_fn,
         name="graddrop",
-        requires={JACOBIAN, DIRECTION},
+        requires={JACOBIAN, DIRECTION, FEATURE_MAPS} if batch_separated else {JACOBIAN, DIRECTION},
         weights_sum="K",
         loss_scale="unchanged",
     )

@@ -461,6 +461,8 @@ class Prepared(NamedTuple):
         the losses and of the marked values z (one per entry of ``per_loss()``,
         whose leaves are all marks of a value): Σ_i c_i ∇L_i + Σ_z J_zᵀ c_z,
         from the same forward pass; else None.
+      marked_values: with ``expose_marks=True``, the values of the marked z,
+        one per entry of ``per_loss()``, from the forward pass; else empty.
     """
 
     losses: Losses
@@ -471,6 +473,7 @@ class Prepared(NamedTuple):
     factors: Callable[[], GramianFactors]
     plan: Plan
     marked_vjp: Callable[[Losses, Sequence[Array]], tuple[PyTree]] | None = None
+    marked_values: Sequence[Array] = ()
 
 
 class GramianFactors(NamedTuple):
@@ -557,6 +560,7 @@ def prepare(
         None if marked_values else _block_diagonal_pass(plan, closed, out_shape[0])
     )
     marked_vjp = None
+    values: list[Array] = []
     if block_diagonal_pass is None:
         (losses, values), vjp_with_values, (aux, layer_inputs) = jax.vjp(
             forward_with_marks, primal, perturbations, has_aux=True
@@ -619,7 +623,7 @@ def prepare(
         one = factors()
         return _gramian(plan, one, one)
 
-    return Prepared(losses, vjp_fn, aux, per_loss, gramian, factors, plan, marked_vjp)
+    return Prepared(losses, vjp_fn, aux, per_loss, gramian, factors, plan, marked_vjp, values)
 
 
 def _marked_values(plan: Plan, names: Sequence[str]) -> list[Any]:

@@ -39,6 +39,7 @@ from covjax._src import gradients
 from covjax._src.base import (
     CROSS_GRAMIAN,
     DIRECTION,
+    FEATURE_MAPS,
     GRADIENT_REQUIREMENTS,
     JACOBIAN,
     Aggregation,
@@ -143,7 +144,8 @@ def value_and_grad(
         feature maps; their own gradients in ``grads`` are Σ_i α_i ∂L_i/∂z
         (drop them before the optimiser). Never inferred for a plain pytree:
         a parameter added to a value of its shape (an adapter ``W₀ + ΔW``)
-        looks the same.
+        looks the same. A scheme that requires :data:`covjax.FEATURE_MAPS`
+        (``graddrop(batch_separated=True)``) also gets the maps' values.
 
     The cross-Gramian (``covjax.CROSS_GRAMIAN in scheme.requires``: SDMGrad,
     MoDo). The batch (axis 0 of every array argument of ``loss_fn``, which
@@ -253,6 +255,15 @@ def value_and_grad(
             if needs_jacobian:
                 rows = [leaf_rows for _, leaf_rows in prepared.per_loss()]
                 update = {"jacobian": gradients.flat_jacobian(rows)}
+                if FEATURE_MAPS in scheme.requires:
+                    if not on_feature_maps:
+                        raise ValueError(
+                            "covjax.value_and_grad: the scheme reads the feature maps whose "
+                            "per-loss gradients it gets (FEATURE_MAPS): mark them (z + leaf, "
+                            "nnx.Module.perturb) and select them with wrt=nnx.Perturbation or "
+                            "feature_maps=True."
+                        )
+                    update["feature_maps"] = prepared.marked_values
             else:
                 update = {"gramian": prepared.gramian()}
             output_weights, new_state = scheme.update(losses, state, **update)

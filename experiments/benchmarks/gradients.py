@@ -308,9 +308,9 @@ STEP_CONFIGURATIONS: dict[str, tuple[Callable[[], covjax.Weighting], dict, str]]
     ),
     "graddrop": (covjax.graddrop, {"wrt": "trunk"}, "GradDrop (all shared)"),
     "graddrop_representation": (
-        covjax.graddrop,
+        lambda: covjax.graddrop(batch_separated=True),
         {"loss": "representation", "wrt": "representation", "feature_maps": True},
-        "GradDrop (on the representation, pulled back through the trunk)",
+        "GradDrop (the paper's batch-separated form on the representation)",
     ),
     "conflict_free": (covjax.conflict_free, {"wrt": "trunk"}, "ConFIG (all shared)"),
     "m_config": (

@@ -41,6 +41,37 @@ def graddrop(J: np.ndarray, uniform: np.ndarray, leak: np.ndarray | float = 0.0)
     return direction
 
 
+def graddrop_batch_separated(
+    per_grads: list[np.ndarray],
+    activations: list[np.ndarray],
+    uniform: np.ndarray,
+    leak: np.ndarray | float = 0.0,
+) -> np.ndarray:
+    """Chen et al. 2020, Alg. 1 with batch-separated inputs, as LibMTL's ``GradDrop`` forms it.
+
+    ``per_grads[m]``: (K, B, F) gradients w.r.t. activation m (B, F); ``uniform``: one
+    draw per feature of the maps in order. Returns the direction, maps flattened in order.
+    """
+    k = per_grads[0].shape[0]
+    leak = np.broadcast_to(np.asarray(leak, np.float64), (k,))
+    out = []
+    offset = 0
+    for grads, activation in zip(per_grads, activations, strict=True):
+        signed = (grads * np.sign(activation)[None]).sum(axis=1)  # (K, F)
+        features = signed.shape[1]
+        direction = np.zeros(grads.shape[1:])
+        for f in range(features):
+            magnitude = np.abs(signed[:, f]).sum()
+            purity = 0.5 * (1.0 + signed[:, f].sum() / magnitude) if magnitude > 0 else 0.5
+            draw = uniform[offset + f]
+            for i in range(k):
+                keep = (purity > draw and signed[i, f] > 0) or (purity < draw and signed[i, f] < 0)
+                direction[:, f] += (leak[i] + (1.0 - leak[i]) * float(keep)) * grads[i, :, f]
+        out.append(direction.ravel())
+        offset += features
+    return np.concatenate(out)
+
+
 def config(J: np.ndarray, preference: np.ndarray | None = None) -> np.ndarray:
     """Liu et al. 2024, Eq. 2: x = pinv(unit rows) t, u = x/‖x‖, d = (Σ_j g_j·u) u."""
     k = J.shape[0]
