@@ -4,7 +4,8 @@ Trains a small multi-head network for a few steps with MGDA (gradients w.r.t.
 all parameters; Gramians factorized and materialised), with GradNorm (w.r.t.
 one shared layer), with MGDA-UB over separate two-layer heads whose losses
 are pulled back in groups (covjax._src.program), and with GradDrop's
-direction w.r.t. the same heads' input z pulled back through the trunk
+direction w.r.t. the same heads' input z (its batch-separated form, which
+sums over the sharded batch) pulled back through the trunk
 (``feature_maps=True``), once with the
 batch sharded over a ``Mesh`` of all devices (parameters and weighting state
 replicated) and once on a single device, and prints the largest differences in
@@ -91,7 +92,7 @@ def train(scheme_name: str, devices: list, steps: int = 4) -> tuple[list, dict]:
         scheme, wrt, factorize = covjax.gradnorm(learning_rate=0.05), "shared/w2", "always"
     if scheme_name in ("mgda_ub_grouped", "graddrop_representation"):
         on_z = scheme_name == "graddrop_representation"
-        scheme = covjax.graddrop(leak=0.3) if on_z else covjax.mgda()
+        scheme = covjax.graddrop(leak=0.3, batch_separated=True) if on_z else covjax.mgda()
         state = jax.device_put(
             scheme.init({f"task{i}": 1.0 for i in range(NUM_LOSSES)}), replicated
         )
