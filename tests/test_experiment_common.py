@@ -204,23 +204,31 @@ def test_a_direction_scheme_runs_on_the_representation() -> None:
     targets = ml_collections.ConfigDict({"graddrop": "representation"})
     mesh = sharding.make_mesh(1)
     runs = {}
-    for target in ("parameters", "representation"):
+    for run in ("parameters", "representation", "batch_separated"):
         config = toy_task.toy_config(scheme="graddrop")
-        if target == "representation":
+        if run != "parameters":
             config.scheme_gradient_target = targets
+        if run == "batch_separated":  # the paper's form: z's values reach the scheme
+            config.scheme_kwargs = ml_collections.ConfigDict(
+                {"graddrop": {"batch_separated": True}}
+            )
         trainer = train.Trainer(TASK, config, mesh)
-        assert trainer.scheme.gradient_target == target
+        assert trainer.scheme.gradient_target == (
+            "parameters" if run == "parameters" else "representation"
+        )
+        assert (covjax.FEATURE_MAPS in trainer.scheme.weighting.requires) == (
+            run == "batch_separated"
+        )
         batches = TASK.train_batches(config, start_step=0, process_index=0, process_count=1)
         state = trainer.init_state(sharding.shard_batch(next(batches), mesh))
         for _ in range(3):
             state, metrics = trainer.train_step(state, sharding.shard_batch(next(batches), mesh))
             assert bool(metrics.accepted)
-        runs[target] = jax.tree.leaves(nnx.state(trainer.model_from_state(state), nnx.Param))
-    assert all(np.all(np.isfinite(leaf)) for leaf in runs["representation"])
-    assert any(
-        not np.allclose(a, b)
-        for a, b in zip(runs["parameters"], runs["representation"], strict=True)
-    )
+        runs[run] = jax.tree.leaves(nnx.state(trainer.model_from_state(state), nnx.Param))
+    for other in ("representation", "batch_separated"):
+        assert all(np.all(np.isfinite(leaf)) for leaf in runs[other])
+        pairs = zip(runs["parameters"], runs[other], strict=True)
+        assert any(not np.allclose(a, b) for a, b in pairs)
 
 
 def test_sdmgrad_takes_the_cross_gramian_of_the_batch_halves() -> None:
