@@ -63,12 +63,16 @@ def sign_sums(jacobian: Array, leaks: Array) -> SignSums:
     return jax.lax.scan(add_row, SignSums(*[zeros] * 5), (jacobian, leaks))[0]
 
 
+def purity(signed: Array, magnitude: Array) -> Array:
+    """The Gradient Positive Sign Purity ½ (1 + Σ_i g_i / Σ_i |g_i|) from its two sums, ½ where
+    the magnitude Σ_i |g_i| is 0."""
+    live = magnitude > 0
+    return 0.5 * (1.0 + jnp.where(live, signed / jnp.where(live, magnitude, 1.0), 0.0))
+
+
 def sign_purity(sums: SignSums) -> Array:
-    """(P,) the Gradient Positive Sign Purity P = ½ (1 + Σ_i g_i / Σ_i |g_i|), ½ where all are 0."""
-    total = sums.positive - sums.negative
-    live = total > 0
-    signed = sums.positive + sums.negative
-    return 0.5 * (1.0 + jnp.where(live, signed / jnp.where(live, total, 1.0), 0.0))
+    """(P,) the purity of each coordinate (:func:`purity`) from its sign sums."""
+    return purity(sums.positive + sums.negative, sums.positive - sums.negative)
 
 
 def uniform_draws(key: Array, num_params: int, dtype: jnp.dtype) -> tuple[Array, Array]:
@@ -101,12 +105,7 @@ def batch_separated_direction(
         signed = jnp.einsum(
             "kbf,bf->kf", rows, jnp.sign(z.reshape(examples, features)).astype(rows.dtype)
         )
-        total = jnp.sum(jnp.abs(signed), axis=0)
-        live = total > 0
-        purity = 0.5 * (
-            1.0 + jnp.where(live, jnp.sum(signed, axis=0) / jnp.where(live, total, 1.0), 0.0)
-        )
-        threshold = transform(purity)
+        threshold = transform(purity(jnp.sum(signed, axis=0), jnp.sum(jnp.abs(signed), axis=0)))
         draws = uniform[feature : feature + features]
         kept = (threshold > draws) & (signed > 0) | (threshold < draws) & (signed < 0)
         factors = leaks[:, None] + (1.0 - leaks[:, None]) * kept.astype(rows.dtype)
@@ -186,7 +185,7 @@ def graddrop(
       NeurIPS 2020, https://arxiv.org/abs/2010.06808; TorchJD ``GradDrop``,
       https://github.com/TorchJD/torchjd.
     """
-    transform = (lambda purity: purity) if purity_transform is None else purity_transform
+    transform = (lambda value: value) if purity_transform is None else purity_transform
 
     def init_fn(losses: Array) -> GradDropState:
         if jnp.ndim(leak) not in (0, 1) or (

@@ -629,11 +629,8 @@ def prepare(
 def _marked_values(plan: Plan, names: Sequence[str]) -> list[Any]:
     """The values z marked by the selected leaves, one per entry of ``per_loss()`` (copies of
     one value share it), in its order."""
-    copies = _copy_sets(plan)
     values = []
-    for leaf, keep in enumerate(plan.selected):
-        if not keep or (leaf in copies and copies[leaf][0] != leaf):
-            continue
+    for leaf in _entry_leaves(plan):
         if leaf not in plan.marks:
             raise ValueError(
                 "covjax: a direction w.r.t. feature maps needs each selected leaf to be added "
@@ -769,6 +766,17 @@ def _dense(plan: Plan, leaves: Sequence[Array], dense: dict, owned: dict, i: int
     return rows if owner is None else rows.at[owner].set(owned[i])
 
 
+def _entry_leaves(plan: Plan) -> list[int]:
+    """The selected leaves that head an entry of ``per_loss()``, in its order: every selected
+    leaf but the copies of one value after the first, which it stands for."""
+    copies = _copy_sets(plan)
+    return [
+        i
+        for i, keep in enumerate(plan.selected)
+        if keep and not (i in copies and copies[i][0] != i)
+    ]
+
+
 def _merged_rows(
     plan: Plan, leaves: Sequence[Array], dense: dict, owned: dict
 ) -> list[tuple[int, Array]]:
@@ -779,8 +787,8 @@ def _merged_rows(
     """
     copies = _copy_sets(plan)
     merged = []
-    for i, keep in enumerate(plan.selected):
-        if not keep or (i in plan.taps and i not in dense) or (i in copies and copies[i][0] != i):
+    for i in _entry_leaves(plan):
+        if i in plan.taps and i not in dense:
             continue
         members = copies.get(i, (i,))
         private = [m for m in members if plan.owners.get(m) is not None]
@@ -894,6 +902,11 @@ class Differentiable(NamedTuple):
     names: list[str]
     grads_of: Callable[[PyTree], PyTree]
     finish: Callable[[Any], None]
+
+    @property
+    def num_params(self) -> int:
+        """How many of the primal's leaves are parameters (the perturbations come after)."""
+        return len(jax.tree.leaves(self.grads_of(self.primal)))
 
 
 def _may_select_perturbations(wrt: Any) -> bool:

@@ -347,7 +347,7 @@ def _cross_gramian(
     prepared: list[gradients.Prepared] = []
     for args, kwargs in halves:
         half = gradients.differentiable(loss_fn, params, args, kwargs, has_aux=has_aux, wrt=wrt)
-        if any(half.selected[len(jax.tree.leaves(half.grads_of(half.primal))) :]):
+        if any(half.selected[half.num_params :]):
             raise ValueError(
                 "covjax.value_and_grad: a CROSS_GRAMIAN scheme pairs the gradients of two half "
                 "batches, whose feature maps are different variables: select parameters with "
@@ -382,7 +382,7 @@ _SUB_BATCH_FEATURE_MAPS = (
 
 def _selects_feature_maps(target: gradients.Differentiable, feature_maps: bool | None) -> bool:
     """Whether a DIRECTION scheme's direction is w.r.t. the feature maps that ``wrt`` marks."""
-    num_params = len(jax.tree.leaves(target.grads_of(target.primal)))
+    num_params = target.num_params
     perturbations = any(target.selected[num_params:])
     if perturbations and feature_maps is False:
         raise ValueError(
